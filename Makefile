@@ -1,0 +1,48 @@
+# gptcli developer tasks. `make install` then `make test` is all a fresh machine needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch: on machines with a local wheel (see README) this installs in seconds
+# and never pulls the multi-GB CUDA build. Override with TORCH_SPEC=torch on a GPU machine.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install test test-fast lint format demo bench clean
+
+install: $(BIN)/gptcli
+
+$(BIN)/gptcli: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[test]"
+	# The book's own code, as the independent reference in tests and benchmarks. Its declared
+	# dependencies (TensorFlow, JupyterLab) are not needed for the parts we call.
+	$(BIN)/pip install -q --no-deps llms-from-scratch==1.0.19
+	$(BIN)/pip install -q tqdm
+	touch $(BIN)/gptcli
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check gptcli tests benchmarks examples
+	$(BIN)/ruff format --check gptcli tests benchmarks examples
+
+format: install
+	$(BIN)/ruff format gptcli tests benchmarks examples
+	$(BIN)/ruff check --fix gptcli tests benchmarks examples
+
+# The main job on the bundled example: the book's chapter-5 run, then a sample and the plot.
+demo: install
+	$(BIN)/gptcli train examples/the-verdict.txt --epochs 10 --out runs/demo
+	$(BIN)/gptcli sample --checkpoint runs/demo --temperature 1.4 --top-k 25 --seed 123
+	$(BIN)/gptcli plot runs/demo -o runs/demo/loss.png
+
+bench: install
+	$(BIN)/python benchmarks/run_cpu.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,260 @@
+"""One versioned checkpoint format: atomic save, safe load, RNG capture, and finding the latest.
+
+A checkpoint is a ``.pth`` that ``torch.load(path, weights_only=True)`` reads: plain dicts, lists,
+numbers, strings and tensors only (RNG states are stored as tensors), so loading one never runs
+code. It keeps the book's ``model_state_dict`` and ``optimizer_state_dict`` keys.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gptcli.errors import CheckpointError
+
+FORMAT = "gptcli-checkpoint"
+VERSION = 1
+CHECKPOINT_DIR = "checkpoints"
+_STEP_RE = re.compile(r"^step-(\d+)\.pth$")
+TMP_PREFIX = ".tmp-"
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: dict[str, Any], path: str | Path) -> Path:
+    """Write ``obj`` to a temporary file beside ``path``, fsync it, then rename it into place.
+
+    A crash at any moment leaves either the old file or the complete new one, never a partial file
+    under the final name. On failure (a full disk, say) the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise CheckpointError(f"{path}: could not save checkpoint ({e.strerror or e})") from None
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete temporary files that an interrupted save left behind."""
+    removed = []
+    if directory.is_dir():
+        for p in directory.glob(f"{TMP_PREFIX}*"):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a gptcli checkpoint; any problem is one CheckpointError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except Exception as e:  # pickle, zip and tensor errors all mean "not a usable checkpoint"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "Weights only load failed" in str(e):
+            reason = "it contains objects other than tensors and plain data, refused for safety"
+        elif isinstance(e, (zipfile.BadZipFile, EOFError, RuntimeError)) or "zip" in reason.lower():
+            reason = f"file is truncated or corrupt ({reason[:120]})"
+        raise CheckpointError(f"{path}: not a readable gptcli checkpoint: {reason}") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a gptcli checkpoint (no '{FORMAT}' format marker)")
+    if obj.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {obj.get('version')} is newer than this gptcli")
+    for key in ("model_config", "model_state_dict"):
+        if key not in obj:
+            raise CheckpointError(f"{path}: checkpoint lacks '{key}'")
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG states, as tensors so that weights-only loading accepts them
+
+
+def capture_rng() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    rng: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"].cpu())
+    np_rng = rng["numpy"]
+    np.random.set_state(
+        ("MT19937", np_rng["keys"].numpy().astype(np.uint32), np_rng["pos"], np_rng["has_gauss"], np_rng["cached_gaussian"])
+    )
+    py = rng["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directories
+
+
+def step_checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}.pth"
+
+
+def list_step_checkpoints(run_dir: Path) -> list[Path]:
+    """A run's step checkpoints, oldest first."""
+    d = Path(run_dir) / CHECKPOINT_DIR
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / CHECKPOINT_DIR).is_dir() or (path / "metrics.jsonl").exists())
+
+
+def find_latest_run(root: Path = Path("runs")) -> Path | None:
+    """The most recently modified run directory under ``root``."""
+    if not root.is_dir():
+        return None
+    runs = [p for p in root.iterdir() if is_run_dir(p)]
+    if not runs:
+        return None
+
+    def last_touch(p: Path) -> float:
+        files = [p / "metrics.jsonl", *list_step_checkpoints(p)]
+        return max((f.stat().st_mtime for f in files if f.exists()), default=p.stat().st_mtime)
+
+    return max(runs, key=last_touch)
+
+
+def run_dir_of(checkpoint: Path) -> Path | None:
+    """The run directory a checkpoint belongs to, if it sits in one's ``checkpoints/``."""
+    parent = checkpoint.resolve().parent
+    if parent.name == CHECKPOINT_DIR and (parent.parent / "config.yaml").exists():
+        return parent.parent
+    return None
+
+
+def resolve_checkpoint(target: str | Path | None, *, runs_root: Path = Path("runs"), warn=None) -> Path:
+    """A checkpoint file from a file, a run directory, or (None) the most recent run.
+
+    In a run directory the newest checkpoint that loads is taken; a broken one is skipped with a
+    warning through ``warn``.
+    """
+    if target is None:
+        run = find_latest_run(runs_root)
+        if run is None:
+            raise CheckpointError(f"no training run found under {runs_root}/; train one first with: gptcli train FILE.txt")
+        target = run
+    p = Path(target)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        candidates = list_step_checkpoints(p)
+        if not candidates:
+            raise CheckpointError(f"{p}: no checkpoints in this run directory")
+        for cand in reversed(candidates):
+            try:
+                load_checkpoint(cand)
+                return cand
+            except CheckpointError as e:
+                if warn is not None:
+                    warn(f"skipping unreadable checkpoint: {e}")
+        raise CheckpointError(f"{p}: none of its {len(candidates)} checkpoints can be loaded")
+    raise CheckpointError(f"{p}: checkpoint or run directory not found")
+
+
+def rotate(run_dir: Path, keep_last: int, *, protect: set[Path] = frozenset()) -> list[Path]:
+    """Delete all but the newest ``keep_last`` step checkpoints (never one in ``protect``)."""
+    ckpts = list_step_checkpoints(run_dir)
+    doomed = [p for p in ckpts[: max(0, len(ckpts) - keep_last)] if p.resolve() not in protect]
+    for p in doomed:
+        p.unlink(missing_ok=True)
+    return doomed
+
+
+def model_from_checkpoint(obj: dict[str, Any], path: Path | str = "checkpoint"):
+    """Rebuild the model from a loaded checkpoint alone (its stored config and weights)."""
+    from gptcli.config import ModelConfig
+    from gptcli.errors import UsageError
+    from gptcli.model import GPT
+
+    try:
+        cfg = ModelConfig.from_dict(dict(obj["model_config"]), where=f"{path}: model_config")
+    except UsageError as e:
+        raise CheckpointError(str(e)) from None
+    model = GPT(cfg)
+    load_weights(model, obj["model_state_dict"], source=str(path))
+    return model
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *, source: str) -> None:
+    """Load a state dict, naming every missing, unexpected or mis-shaped tensor on failure."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [
+        f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(own[k].shape)})"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append("missing " + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
+    if unexpected:
+        problems.append("unexpected " + ", ".join(unexpected[:8]) + (" ..." if len(unexpected) > 8 else ""))
+    if shapes:
+        problems.append("wrong shape " + ", ".join(shapes[:8]) + (" ..." if len(shapes) > 8 else ""))
+    if problems:
+        raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(problems))
+    model.load_state_dict(state_dict)

@@ -1,0 +1,39 @@
+"""Typed errors raised by the library; the CLI turns each into one line and an exit code."""
+
+from __future__ import annotations
+
+
+class GptCliError(Exception):
+    """Base class. `exit_code` is what the CLI exits with: 1 for run-time failures."""
+
+    exit_code = 1
+
+
+class UsageError(GptCliError):
+    """A bad flag or config value: the message names the flag or key."""
+
+    exit_code = 2
+
+
+class DataError(GptCliError):
+    """Unusable input text: missing, empty, undecodable or too short."""
+
+    exit_code = 2
+
+
+class CheckpointError(GptCliError):
+    """A file that is not a usable gptcli checkpoint, or one that does not fit the model."""
+
+    exit_code = 2
+
+
+class DownloadError(GptCliError):
+    """A download that failed: the message names the URL and the HTTP status or error."""
+
+    exit_code = 1
+
+
+class TrainingError(GptCliError):
+    """A failure while training, e.g. a non-finite loss."""
+
+    exit_code = 1

@@ -1,0 +1,172 @@
+"""The GPT-2 model, built only from a ModelConfig.
+
+Parameter names follow OpenAI's GPT-2 (``wte``, ``h.N.attn.c_attn``, ``ln_f`` ...), so released
+weights map onto it almost one to one. It computes the same function as the book's ``GPTModel``
+(checked in tests/test_model.py) but with one fused qkv projection, PyTorch's
+``scaled_dot_product_attention`` with causal masking (no mask buffer), native LayerNorm and
+tanh-GELU, and a vocabulary padded to a multiple of 64 internally.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptcli.config import ModelConfig
+
+
+class KVCache:
+    """Keys and values of every layer for positions already processed, for incremental decoding."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, *, device: torch.device | str, dtype: torch.dtype):
+        shape = (cfg.n_layers, batch_size, cfg.n_heads, cfg.context_length, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled so far
+        self.capacity = cfg.context_length
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads = cfg.n_heads
+        self.head_dim = cfg.head_dim
+        self.dropout = cfg.drop_rate
+        self.c_attn = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
+        self.c_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        is_causal = True
+        if cache is not None:
+            start = cache.length
+            cache.k[self.layer_idx, :, :, start : start + T] = k
+            cache.v[self.layer_idx, :, :, start : start + T] = v
+            k = cache.k[self.layer_idx, :, :, : start + T]  # (B, nh, start+T, hs)
+            v = cache.v[self.layer_idx, :, :, : start + T]
+            if start > 0:
+                # One new query sees every cached position; a longer chunk after a prefix is never
+                # produced by generate(), which prefills from an empty cache.
+                assert T == 1, "the KV cache takes one token at a time after the prefill"
+                is_causal = False
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim)
+        self.c_proj = nn.Linear(4 * cfg.emb_dim, cfg.emb_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
+        self.attn = CausalSelfAttention(cfg, layer_idx)
+        self.ln_2 = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.drop_rate)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln_1(x), cache))
+        x = x + self.drop(self.mlp(self.ln_2(x)))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        # Modules are built on the meta device and initialised afterwards in one pass, so that the
+        # random draws happen in exactly the book's order and sizes (see reset_parameters), and a
+        # large model is not initialised twice.
+        with torch.device("meta"):
+            self.wte = nn.Embedding(cfg.padded_vocab_size, cfg.emb_dim)
+            self.wpe = nn.Embedding(cfg.context_length, cfg.emb_dim)
+            self.drop = nn.Dropout(cfg.drop_rate)
+            self.h = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+            self.ln_f = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
+            self.lm_head = nn.Linear(cfg.emb_dim, cfg.padded_vocab_size, bias=False)
+        self.to_empty(device="cpu")
+        if cfg.tie_weights:  # after to_empty, which gives every module its own storage
+            self.lm_head.weight = self.wte.weight
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The book's initialisation: PyTorch's defaults for nn.Embedding (N(0, 1)) and nn.Linear
+        (U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias), drawn in the book's module order
+        and sizes, so ``torch.manual_seed(123)`` gives the book's ``GPTModel`` weights exactly."""
+        cfg, V, C = self.cfg, self.cfg.vocab_size, self.cfg.emb_dim
+
+        def linear(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+            if bias is not None:
+                bound = 1 / math.sqrt(weight.shape[1])
+                nn.init.uniform_(bias, -bound, bound)
+
+        self.wte.weight.zero_()
+        self.wte.weight[:V].normal_()
+        self.wpe.weight.normal_()
+        for block in self.h:
+            attn = block.attn
+            for i in range(3):  # the book's W_query, W_key, W_value, in that order
+                rows = slice(i * C, (i + 1) * C)
+                linear(attn.c_attn.weight[rows], attn.c_attn.bias[rows] if cfg.qkv_bias else None)
+            linear(attn.c_proj.weight, attn.c_proj.bias)
+            linear(block.mlp.c_fc.weight, block.mlp.c_fc.bias)
+            linear(block.mlp.c_proj.weight, block.mlp.c_proj.bias)
+            for ln in (block.ln_1, block.ln_2):
+                ln.reset_parameters()
+        self.ln_f.reset_parameters()
+        if not cfg.tie_weights:
+            self.lm_head.weight.zero_()
+            linear(self.lm_head.weight[:V], None)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits over the real vocabulary, shape (B, T, vocab_size)."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.cfg.context_length:
+            raise ValueError(f"sequence of {start + T} tokens exceeds the context length {self.cfg.context_length}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for block in self.h:
+            x = block(x, cache)
+        if cache is not None:
+            cache.length += T
+        x = self.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, padded_vocab)
+        return logits[..., : self.cfg.vocab_size]
+
+    def num_params(self) -> int:
+        """Parameters of the unpadded model (shared tensors counted once)."""
+        pad = self.cfg.padded_vocab_size - self.cfg.vocab_size
+        n = sum(p.numel() for p in self.parameters())
+        n -= pad * self.cfg.emb_dim * (1 if self.cfg.tie_weights else 2)
+        return n
+
+
+def build_model(cfg: ModelConfig, *, seed: int | None = None) -> GPT:
+    if seed is not None:
+        torch.manual_seed(seed)
+    return GPT(cfg)

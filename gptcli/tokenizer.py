@@ -1,0 +1,63 @@
+"""GPT-2's byte-pair encoding through tiktoken, built offline from the BPE files gptcli ships.
+
+``tiktoken.get_encoding("gpt2")`` downloads its files on first use, which fails on machines with
+no internet (most GPU clusters' compute nodes). The package carries OpenAI's ``encoder.json`` and
+``vocab.bpe`` in ``gptcli/assets`` and builds the identical encoding from them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+
+EOT_TOKEN = "<|endoftext|>"
+EOT_ID = 50256
+
+# tiktoken's r50k/gpt2 pre-tokenisation pattern (tiktoken_ext/openai_public.py).
+_GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+
+
+def _data_gym_byte_decoder() -> dict[str, int]:
+    """GPT-2 stores byte-level tokens as printable unicode; this maps each character back to its byte."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    decoder = {chr(b): b for b in printable}
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            decoder[chr(256 + n)] = b
+            n += 1
+    return decoder
+
+
+def _mergeable_ranks() -> dict[bytes, int]:
+    encoder = json.loads(resources.files("gptcli.assets").joinpath("encoder.json").read_text("utf-8"))
+    byte_of = _data_gym_byte_decoder()
+    # In GPT-2's encoder.json a token's id is its merge rank, which is what tiktoken needs.
+    return {bytes(byte_of[ch] for ch in token): rank for token, rank in encoder.items() if token != EOT_TOKEN}
+
+
+@functools.lru_cache(maxsize=1)
+def get_tokenizer():  # -> tiktoken.Encoding
+    """The GPT-2 encoding, identical to ``tiktoken.get_encoding("gpt2")``, with no network access."""
+    import tiktoken
+
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=_GPT2_PATTERN,
+        mergeable_ranks=_mergeable_ranks(),
+        special_tokens={EOT_TOKEN: EOT_ID},
+    )
+
+
+def encode(text: str) -> list[int]:
+    """Token ids of ``text``; ``<|endoftext|>`` in the text becomes id 50256."""
+    return get_tokenizer().encode(text, allowed_special={EOT_TOKEN})
+
+
+def encode_batch(texts: list[str], *, num_threads: int = 2) -> list[list[int]]:
+    return get_tokenizer().encode_batch(texts, num_threads=num_threads, allowed_special={EOT_TOKEN})
+
+
+def decode(ids: list[int]) -> str:
+    return get_tokenizer().decode(ids)
