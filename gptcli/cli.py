@@ -13,11 +13,16 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from gptcli.errors import GptCliError
+
+# Recent typer versions vendor click; take its exception classes from wherever typer's come from.
+_click_exceptions = sys.modules[typer.BadParameter.__module__]
+_ClickException = _click_exceptions.ClickException
+_Abort = typer.Abort
+_NoArgsIsHelp = getattr(_click_exceptions, "NoArgsIsHelpError", ())
 
 
 class _Group(TyperGroup):
@@ -30,16 +35,16 @@ class _Group(TyperGroup):
                 raise
             _error(str(e))
             sys.exit(e.exit_code)
-        except click.exceptions.NoArgsIsHelpError as e:
-            click.echo(e.ctx.get_help(), err=True)
+        except _NoArgsIsHelp as e:
+            typer.echo(e.ctx.get_help(), err=True)
             sys.exit(2)
-        except click.ClickException as e:
+        except _ClickException as e:
             if debug:
                 raise
             cmd = f"{e.ctx.command_path}: " if getattr(e, "ctx", None) is not None else "gptcli: "
             _error(cmd + e.format_message().replace("\n", " "))
             sys.exit(e.exit_code)
-        except click.exceptions.Abort:
+        except _Abort:
             _error("aborted")
             sys.exit(130)
         except KeyboardInterrupt:
