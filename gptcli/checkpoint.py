@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptcli.errors import CheckpointError
+from gptcli.errors import CheckpointError, SaveError
 
 FORMAT = "gptcli-checkpoint"
 VERSION = 1
@@ -61,7 +61,9 @@ def atomic_save(obj: dict[str, Any], path: str | Path) -> Path:
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise CheckpointError(f"{path}: could not save checkpoint ({e.strerror or e})") from None
+            raise SaveError(
+                f"{path}: could not save checkpoint ({e.strerror or e}); the previous checkpoint is intact"
+            ) from None
         raise
     _fsync_dir(path.parent)
     return path
@@ -81,13 +83,30 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
 # Loading
 
 
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def verify_archive(path: Path) -> None:
+    """Check every record of the checkpoint's zip archive against its stored CRC32.
+
+    torch.save writes a CRC32 per record but torch.load does not check them (least of all with
+    mmap), so a bit flipped on disk would otherwise load silently as a wrong weight.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable gptcli checkpoint: truncated or not a checkpoint archive ({e})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path}: checkpoint is corrupt: CRC mismatch in record {bad!r}")
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu", verify: bool = True) -> dict[str, Any]:
     """Load and check a gptcli checkpoint; any problem is one CheckpointError naming the file."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    if verify:
+        verify_archive(path)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as e:  # pickle, zip and tensor errors all mean "not a usable checkpoint"
@@ -205,7 +224,7 @@ def resolve_checkpoint(target: str | Path | None, *, runs_root: Path = Path("run
             raise CheckpointError(f"{p}: no checkpoints in this run directory")
         for cand in reversed(candidates):
             try:
-                load_checkpoint(cand)
+                verify_archive(cand)
                 return cand
             except CheckpointError as e:
                 if warn is not None:

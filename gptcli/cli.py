@@ -8,7 +8,6 @@ stderr and an exit code in ``_Group.main``; set GPTCLI_DEBUG=1 for the traceback
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -121,6 +120,7 @@ def train(
     save_every: Annotated[Optional[int], typer.Option(help="Also save every N steps [default: 0, epoch ends only].", rich_help_panel=_OUT)] = None,
     keep_last: Annotated[Optional[int], typer.Option(help="Step checkpoints to keep [default: 2].", rich_help_panel=_OUT)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel=_OUT)] = False,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also write TensorBoard events to <run>/tensorboard (needs: pip install 'gptcli[tensorboard]').", rich_help_panel=_OUT)] = False,
 ) -> None:
     """Train a GPT model on text files (the book's chapter-5 training loop)."""
     from gptcli import runner
@@ -140,7 +140,7 @@ def train(
     )
     runner.train_command(
         config_file=config, preset=preset, model_flags=model_flags, train_flags=train_flags,
-        out=out, print_config=print_config, quiet=quiet,
+        out=out, print_config=print_config, quiet=quiet, tensorboard=tensorboard,
     )
 
 
@@ -176,7 +176,8 @@ def eval_(
 @app.command(
     epilog="Examples:\n\n  gptcli sample --temperature 1.4 --top-k 25\n\n"
     "  gptcli sample --model gpt2-124M --prompt \"Every effort moves you\" --top-k 50 --temperature 1.5\n\n"
-    "  gptcli sample --prompt \"Hello\" --num-samples 4 --seed 1 --json"
+    "  gptcli sample --prompt \"Hello\" --num-samples 4 --seed 1 --json\n\n"
+    "  gptcli sample --interactive --temperature 1.0 --top-k 40"
 )
 def sample(
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Checkpoint or run directory [default: the most recent run].")] = None,
@@ -193,10 +194,19 @@ def sample(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-run the whole context for every token (slow; for checking).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
     stream: Annotated[Optional[bool], typer.Option("--stream/--no-stream", help="Print tokens as they come [default: when stdout is a terminal].", show_default=False)] = None,
+    interactive: Annotated[bool, typer.Option("--interactive", "-i", help="Prompt loop that keeps the model loaded (one prompt per line; Ctrl-D to leave).")] = False,
 ) -> None:
     """Generate text with temperature, top-k and top-p sampling, stopping at <|endoftext|>."""
     from gptcli import runner
 
+    if interactive:
+        if prompt or json_out or num_samples != 1:
+            raise typer.BadParameter("cannot be combined with --prompt, --json or --num-samples", param_hint="--interactive")
+        runner.interactive_sample(
+            checkpoint=checkpoint, model=model, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+            top_p=top_p, seed=seed, device=device, dtype=dtype, use_cache=not no_cache, stream=stream,
+        )
+        return
     runner.sample_command(
         checkpoint=checkpoint, model=model, prompts=prompt or ["Every effort moves you"],
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
@@ -216,6 +226,73 @@ def plot(
     from gptcli import runner
 
     runner.plot_command(targets or [], output=output, log_y=log_y, terminal=terminal)
+
+
+@app.command(
+    epilog="Examples:\n\n  gptcli info runs/verdict\n\n"
+    "  gptcli info runs/verdict/checkpoints/step-00000090.pth --json\n\n  gptcli info gpt2-124M"
+)
+def info(
+    target: Annotated[Optional[str], typer.Argument(help="Checkpoint file, run directory or downloaded model name like gpt2-124M [default: the most recent run].", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Show a checkpoint's config, parameter count, step, epoch, tokens seen and last losses."""
+    from gptcli import runner
+
+    runner.info_command(target, json_out=json_out)
+
+
+@app.command(epilog="Examples:\n\n  gptcli runs\n\n  gptcli runs --root experiments --json")
+def runs(
+    root: Annotated[Path, typer.Option("--root", help="Directory holding run directories.")] = Path("runs"),
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """List the training runs under ./runs with their progress and last losses."""
+    from gptcli import runner
+
+    runner.runs_command(root, json_out=json_out)
+
+
+@app.command(
+    epilog="Examples:\n\n  gptcli download --size 124M\n\n"
+    "  gptcli download --size 355M --dir models/355M --no-convert\n\n"
+    "  gptcli download --size 124M --base-url https://my-mirror.example/gpt2"
+)
+def download(
+    size: Annotated[str, typer.Option(help="124M, 355M, 774M or 1558M.")] = "124M",
+    directory: Annotated[Optional[Path], typer.Option("--dir", "-d", help="Folder for the files [default: $GPTCLI_HOME/gpt2/<size>, i.e. ~/.cache/gptcli/gpt2/<size>].", show_default=False)] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="Mirror serving <size>/<file> [default: $GPTCLI_GPT2_BASE_URL, else OpenAI's host, then the book's mirror].", show_default=False)] = None,
+    no_convert: Annotated[bool, typer.Option("--no-convert", help="Only download; skip the conversion to model.pth.")] = False,
+    reader: Annotated[str, typer.Option(help="Read the TensorFlow checkpoint with: builtin (no TensorFlow needed) or tensorflow.")] = "builtin",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Download OpenAI's GPT-2 weights (resumable, verified) and convert them for gptcli."""
+    from gptcli.weights.commands import download_command
+
+    download_command(size=size, directory=directory, base_url=base_url, convert=not no_convert, reader=reader, quiet=quiet)
+
+
+@app.command(
+    epilog="Examples:\n\n  gptcli convert ~/.cache/gptcli/gpt2/124M\n\n"
+    "  gptcli convert model_and_optimizer.pth --data the-verdict.txt -o book.pth && gptcli resume book.pth\n\n"
+    "  gptcli convert hf-gpt2/ -o gpt2.pth\n\n  gptcli convert runs/verdict --to hf -o verdict-hf/"
+)
+def convert(
+    src: Annotated[str, typer.Argument(help="OpenAI checkpoint folder, Hugging Face folder or weights file, the book's .pth, or (with --to hf) a gptcli checkpoint, run or gpt2-124M.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .pth (--to gptcli) or folder (--to hf) [default: beside SRC].", show_default=False)] = None,
+    from_: Annotated[Optional[str], typer.Option("--from", help="openai, hf or book [default: detected].", show_default=False)] = None,
+    to: Annotated[str, typer.Option("--to", help="gptcli or hf.")] = "gptcli",
+    reader: Annotated[str, typer.Option(help="TensorFlow checkpoints: builtin (no TensorFlow needed) or tensorflow.")] = "builtin",
+    n_heads: Annotated[Optional[int], typer.Option(help="Book checkpoints: attention heads (not stored in the file) [default: emb_dim / 64].", show_default=False)] = None,
+    drop_rate: Annotated[float, typer.Option(help="Book checkpoints: dropout rate for further training.")] = 0.1,
+    data: Annotated[Optional[list[Path]], typer.Option("--data", help="Book checkpoints with optimizer state: the training text, so 'gptcli resume' can continue (repeatable).", show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Convert GPT-2 weights: OpenAI (TensorFlow), Hugging Face or the book's checkpoints -> gptcli, or gptcli -> Hugging Face."""
+    from gptcli.weights.commands import convert_command
+
+    convert_command(src, output=output, source=from_, target=to, reader=reader, n_heads=n_heads, drop_rate=drop_rate,
+                    data=data, quiet=quiet)
 
 
 def main() -> None:

@@ -33,6 +33,12 @@ class DownloadError(GptCliError):
     exit_code = 1
 
 
+class SaveError(GptCliError):
+    """A checkpoint could not be written (a full disk, say); the previous one is intact."""
+
+    exit_code = 1
+
+
 class TrainingError(GptCliError):
     """A failure while training, e.g. a non-finite loss."""
 

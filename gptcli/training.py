@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from gptcli import checkpoint as ckpt
+from gptcli import distributed
 from gptcli.config import ModelConfig, TrainConfig, dump_yaml_config
 from gptcli.data import (
     TokenWindows,
@@ -196,6 +197,27 @@ def default_run_dir(data: list[str], root: Path = Path("runs")) -> Path:
     return out
 
 
+# Dense bf16 peak of common GPUs (FLOP/s), for MFU; unknown cards report no MFU.
+_GPU_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12,
+                  "A10": 125e12, "L4": 121e12, "4090": 165e12, "3090": 71e12}
+
+
+def gpu_bf16_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in _GPU_BF16_PEAK.items():
+        if key in name:
+            return peak
+    return None
+
+
+def flops_per_token(cfg: ModelConfig) -> float:
+    """Training FLOPs per token: 6N for the matmuls plus 12·L·H·Q·T for attention (PaLM's count)."""
+    n = cfg.num_params(non_embedding=True)
+    return 6 * n + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * cfg.context_length
+
+
 class Trainer:
     def __init__(
         self,
@@ -211,21 +233,40 @@ class Trainer:
         self.cb = callbacks or Callbacks()
         self.should_stop = should_stop or (lambda: None)
         self.device = resolve_device(cfg.device)
+        self.dist = distributed.init(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise UsageError("invalid --precision: 'fp16' needs a CUDA device (use bf16 or fp32)")
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.data = prepare_data(model_cfg, cfg)
         self.state = TrainState()
 
+        # Every rank seeds alike: identical initial weights, and identical CPU RNG streams, so
+        # all ranks draw the same shuffling order (each then takes its own slice of it).
         torch.manual_seed(cfg.seed)
         self.model = GPT(model_cfg)
         if init_state_dict is not None:
-            self.model.load_state_dict(init_state_dict)
+            ckpt.load_weights(self.model, init_state_dict, source=f"--init {cfg.init}")
         self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
         use_compile = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
-        self.train_model: torch.nn.Module = torch.compile(self.model) if use_compile else self.model
+        net: torch.nn.Module = torch.compile(self.model) if use_compile else self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            net = DDP(net, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
+        self.train_model = net
+        # On CUDA a non-finite loss is caught on the device (the fused AdamW kernel skips the
+        # update when found_inf is set) and read back only at eval/save points: no per-step sync.
+        self._device_nan_check = self.device.type == "cuda" and not self.scaler.is_enabled()
+        self._bad_steps = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
         self.metrics: MetricsWriter | None = None
+        self._best_saved = float("inf")
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -242,15 +283,39 @@ class Trainer:
             "progress": self.state.to_dict(),
             "rng": ckpt.capture_rng(),
             "data_fingerprint": self.data.fingerprint,
+            "world_size": self.dist.world_size,
         }
 
     def save(self, reason: str) -> Path:
+        self._check_finite()
         path = self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.step_checkpoint_name(self.state.step)
-        self.state.metrics_lines = self.metrics.lines if self.metrics else 0
-        ckpt.atomic_save(self.checkpoint_dict(), path)
-        ckpt.rotate(self.run_dir, self.cfg.keep_last, protect={path.resolve()})
-        self.cb.on_save(path, reason)
+        if self.dist.is_main:
+            self.state.metrics_lines = self.metrics.lines if self.metrics else 0
+            ckpt.atomic_save(self.checkpoint_dict(), path)
+            self._update_best(path)
+            ckpt.rotate(self.run_dir, self.cfg.keep_last, protect={path.resolve()})
+            self.cb.on_save(path, reason)
+        distributed.barrier()
         return path
+
+    def _update_best(self, path: Path) -> None:
+        """best.pth: a hard link to the checkpoint whose latest validation loss is the lowest."""
+        hist = self.state.history
+        if not hist or math.isnan(hist[-1]["val_loss"]) or hist[-1]["val_loss"] > self.state.best_val:
+            return
+        if hist[-1]["val_loss"] >= self._best_saved:
+            return
+        best = self.run_dir / ckpt.CHECKPOINT_DIR / "best.pth"
+        tmp = best.with_name(f"{ckpt.TMP_PREFIX}{os.getpid()}-best.pth")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, best)
+        self._best_saved = hist[-1]["val_loss"]
 
     def restore(self, obj: dict[str, Any]) -> None:
         if obj.get("data_fingerprint") not in (None, self.data.fingerprint):
@@ -258,12 +323,13 @@ class Trainer:
                 "the training text differs from the one this checkpoint was trained on; "
                 "exact resumption needs the same data (start a new run with --init instead)"
             )
-        self.model.load_state_dict(obj["model_state_dict"])
+        ckpt.load_weights(self.model, obj["model_state_dict"], source="checkpoint")
         if obj.get("optimizer_state_dict"):
             self.optimizer.load_state_dict(obj["optimizer_state_dict"])
         if obj.get("scaler_state_dict"):
             self.scaler.load_state_dict(obj["scaler_state_dict"])
         self.state = TrainState.from_dict(obj.get("progress", {}))
+        self._best_saved = self.state.best_val
         if "rng" in obj:
             ckpt.restore_rng(obj["rng"])
 
@@ -273,12 +339,12 @@ class Trainer:
     def _mean_loss(self, windows: TokenWindows, batches: list[list[int]]) -> float:
         if not batches:
             return float("nan")
-        total = 0.0
+        total = torch.zeros((), device=self.device)
         for b in batches:
             x, y = windows.batch(b)
             with autocast_for(self.device, self.cfg.precision):
-                total += batch_loss(self.model, x.to(self.device), y.to(self.device)).item()
-        return total / len(batches)
+                total += batch_loss(self.model, x.to(self.device), y.to(self.device)).float()
+        return total.item() / len(batches)
 
     def evaluate(self) -> tuple[float, float]:
         """The book's ``evaluate_model``: mean loss over ``eval_iter`` batches of each split."""
@@ -305,19 +371,39 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
 
     def _global_batch(self) -> int:
-        return self.cfg.batch_size * self.cfg.grad_accum
+        """Windows per optimizer step, over all ranks and micro-batches."""
+        return self.cfg.batch_size * self.cfg.grad_accum * self.dist.world_size
 
     def steps_per_epoch(self) -> int:
         return len(self.data.train) // self._global_batch()
 
     def _log(self, record: dict[str, Any]) -> None:
-        if self.metrics is not None:
+        if self.metrics is not None and self.dist.is_main:
             self.metrics.write(record)
 
+    def _check_finite(self) -> None:
+        """Raise if more non-finite steps happened than --skip-nonfinite allows."""
+        if self._device_nan_check:
+            bad = int(self._bad_steps.item())
+            if bad > self.state.nonfinite_steps:
+                first = int(self._first_bad.item())
+                self.state.nonfinite_steps = bad
+                self._raise_if_too_many(first)
+
+    def _raise_if_too_many(self, step: int) -> None:
+        if self.state.nonfinite_steps > self.cfg.skip_nonfinite:
+            hint = (
+                f" (more than --skip-nonfinite {self.cfg.skip_nonfinite})"
+                if self.cfg.skip_nonfinite
+                else "; --skip-nonfinite N tolerates N such steps"
+            )
+            raise TrainingError(f"non-finite loss at step {step}; no checkpoint written for it{hint}")
+        self.cb.warn(f"skipped step {step}: non-finite loss")
+
     def _train_step(self, batch_ids: list[int]) -> torch.Tensor:
-        cfg = self.cfg
+        cfg, st = self.cfg, self.state
         lr = lr_at(
-            self.state.step,
+            st.step,
             lr=cfg.lr,
             warmup_steps=cfg.warmup_steps,
             total_steps=self.steps_per_epoch() * cfg.epochs,
@@ -326,25 +412,34 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        micro = [batch_ids[i : i + cfg.batch_size] for i in range(0, len(batch_ids), cfg.batch_size)]
+        per_rank = cfg.batch_size * cfg.grad_accum
+        mine = batch_ids[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
+        micro = [mine[i : i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
         loss_sum = torch.zeros((), device=self.device)
-        for ids in micro:
+        for i, ids in enumerate(micro):
             x, y = self.data.train.batch(ids)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with autocast_for(self.device, cfg.precision):
-                loss = batch_loss(self.train_model, x, y)
-            self.scaler.scale(loss / len(micro)).backward()
-            loss_sum += loss.detach()
+            last = i == len(micro) - 1
+            # Gradients are all-reduced once per step, on the last micro-batch.
+            sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.train_model.no_sync()
+            with sync:
+                with autocast_for(self.device, cfg.precision):
+                    loss = batch_loss(self.train_model, x, y)
+                self.scaler.scale(loss / len(micro)).backward()
+            loss_sum += loss.detach().float()
         loss_mean = loss_sum / len(micro)
-        bad = not bool(torch.isfinite(loss_mean))
-        if bad:
-            self.state.nonfinite_steps += 1
-            if self.state.nonfinite_steps > cfg.skip_nonfinite:
-                raise TrainingError(
-                    f"non-finite loss ({loss_mean.item()}) at step {self.state.step}; no checkpoint written for it"
-                    + (f" (already skipped {cfg.skip_nonfinite})" if cfg.skip_nonfinite else "; --skip-nonfinite N tolerates N such steps")
-                )
-            self.cb.warn(f"skipping step {self.state.step}: non-finite loss")
+        nonfinite = ~torch.isfinite(loss_mean)
+        if self.dist.enabled:
+            flag = nonfinite.to(torch.float32)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            nonfinite = flag > 0
+        if self._device_nan_check:
+            self._bad_steps += nonfinite.to(torch.int64)
+            self._first_bad = torch.where(nonfinite & (self._first_bad < 0), st.step, self._first_bad)
+            self.optimizer.found_inf = nonfinite.to(torch.float32).reshape(1)
+        elif bool(nonfinite):
+            st.nonfinite_steps += 1
+            self._raise_if_too_many(st.step)
             self.optimizer.zero_grad(set_to_none=True)
             return loss_mean
         if cfg.grad_clip > 0:
@@ -354,19 +449,41 @@ class Trainer:
         self.scaler.update()
         return loss_mean
 
+    def _stop_requested(self) -> int | None:
+        signum = self.should_stop() or 0
+        if self.dist.enabled:  # every rank must stop at the same step
+            signum = distributed.all_reduce_max_int(signum, self.device)
+        return signum or None
+
     def fit(self) -> TrainState:
+        try:
+            return self._fit()
+        except torch.cuda.OutOfMemoryError:
+            raise TrainingError(
+                f"CUDA out of memory at --batch-size {self.cfg.batch_size} and context {self.model_cfg.context_length}; "
+                "use a smaller --batch-size (with --grad-accum to keep the effective batch), a shorter "
+                "--context-length, or --precision bf16"
+            ) from None
+
+    def _fit(self) -> TrainState:
         cfg, st, d = self.cfg, self.state, self.data
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.remove_stale_temporaries(self.run_dir / ckpt.CHECKPOINT_DIR)
-        (self.run_dir / "config.yaml").write_text(dump_yaml_config(self.model_cfg, cfg), encoding="utf-8")
-        self.metrics = MetricsWriter(self.run_dir / METRICS_FILE)
-        if self.metrics.lines != st.metrics_lines:
-            self.metrics.truncate(st.metrics_lines)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_stale_temporaries(self.run_dir / ckpt.CHECKPOINT_DIR)
+            (self.run_dir / "config.yaml").write_text(dump_yaml_config(self.model_cfg, cfg), encoding="utf-8")
+            self.metrics = MetricsWriter(self.run_dir / METRICS_FILE)
+            if self.metrics.lines != st.metrics_lines:
+                self.metrics.truncate(st.metrics_lines)
         steps_per_epoch = self.steps_per_epoch()
+        if steps_per_epoch < 1:
+            raise DataError(
+                f"training text has {len(d.train)} windows, fewer than one step needs "
+                f"({self._global_batch()} = batch size x grad accum x world size)"
+            )
         self.cb.on_start(
             {
                 "params": self.model.num_params(),
-                "device": str(self.device),
+                "device": str(self.device) + (f" x {self.dist.world_size} ranks" if self.dist.enabled else ""),
                 "train_tokens": d.train_tokens,
                 "val_tokens": d.val_tokens,
                 "train_windows": len(d.train),
@@ -379,13 +496,15 @@ class Trainer:
         )
         self.model.train()
         gb = self._global_batch()
+        peak = gpu_bf16_peak(self.device)
+        fpt = flops_per_token(self.model_cfg)
         t_last, tokens_last = time.perf_counter(), st.tokens_seen
         while st.epoch < cfg.epochs:
             if st.epoch_seed is None:
                 st.epoch_seed = loader_iter_seed(shuffle=True)
                 st.windows_done = 0
             order = permutation(len(d.train), st.epoch_seed)
-            usable = steps_per_epoch * gb
+            usable = (len(d.train) // gb) * gb
             while st.windows_done + gb <= usable:
                 batch_ids = order[st.windows_done : st.windows_done + gb]
                 loss = self._train_step(batch_ids)
@@ -394,8 +513,10 @@ class Trainer:
                 st.tokens_seen += gb * self.model_cfg.context_length
                 info: dict[str, Any] = {"loss": loss, "steps_per_epoch": steps_per_epoch}
                 if (st.step - 1) % cfg.eval_freq == 0:
+                    self._check_finite()
                     train_loss, val_loss = self.evaluate()
                     now = time.perf_counter()
+                    tps = (st.tokens_seen - tokens_last) / max(now - t_last, 1e-9)
                     record = {
                         "type": "eval",
                         "epoch": st.epoch + 1,
@@ -404,23 +525,27 @@ class Trainer:
                         "train_loss": train_loss,
                         "val_loss": val_loss,
                         "lr": self.optimizer.param_groups[0]["lr"],
-                        "tokens_per_sec": (st.tokens_seen - tokens_last) / max(now - t_last, 1e-9),
+                        "tokens_per_sec": tps,
                     }
+                    if peak:
+                        record["mfu"] = tps * fpt / (peak * self.dist.world_size)
                     t_last, tokens_last = now, st.tokens_seen
                     st.history.append({k: record[k] for k in ("epoch", "step", "tokens_seen", "train_loss", "val_loss")})
-                    st.best_val = min(st.best_val, val_loss) if not math.isnan(val_loss) else st.best_val
+                    if not math.isnan(val_loss):
+                        st.best_val = min(st.best_val, val_loss)
                     self._log(record)
                     self.cb.on_eval(record)
                 self.cb.on_step(st, info)
                 if cfg.save_every and st.step % cfg.save_every == 0 and st.windows_done + gb <= usable:
                     self.save("save-every")
-                signum = self.should_stop()
+                signum = self._stop_requested()
                 if signum is not None:
                     path = self.save("interrupted")
                     raise Interrupted(
                         f"interrupted at step {st.step}; saved {path}; continue with: gptcli resume {self.run_dir}",
                         128 + signum,
                     )
+            self._check_finite()
             text = self.sample_text()
             record = {"type": "sample", "epoch": st.epoch + 1, "step": st.step - 1, "tokens_seen": st.tokens_seen, "text": text}
             self._log(record)
@@ -429,7 +554,7 @@ class Trainer:
             st.epoch_seed = None
             st.windows_done = 0
             self.save("epoch")
-            signum = self.should_stop()
+            signum = self._stop_requested()
             if signum is not None and st.epoch < cfg.epochs:
                 raise Interrupted(
                     f"interrupted after epoch {st.epoch}; continue with: gptcli resume {self.run_dir}", 128 + signum
