@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -27,7 +27,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from gptcli.training import Callbacks, TrainState
+if TYPE_CHECKING:
+    from gptcli.training import TrainState
 
 _err: Console | None = None
 _quiet = False
@@ -52,11 +53,11 @@ def interactive() -> bool:
 
 def info(message: str) -> None:
     if not _quiet:
-        err_console().print(message, markup=False)
+        err_console().print(message, markup=False, soft_wrap=True)  # a log line is never wrapped
 
 
 def warn(message: str) -> None:
-    err_console().print(f"warning: {message}", style="yellow", markup=False)
+    err_console().print(f"warning: {message}", style="yellow", markup=False, soft_wrap=True)
 
 
 def error(message: str) -> None:
@@ -72,7 +73,24 @@ def fmt_loss(x: float) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
-class TrainProgress(Callbacks):
+def __getattr__(name: str) -> Any:
+    # TrainProgress subclasses the training loop's Callbacks, and importing the loop imports torch
+    # (seconds). Building the class on first use keeps torch out of every command that reports
+    # without training: help, usage errors, `runs`, `plot`.
+    if name == "TrainProgress":
+        cls = _train_progress_class()
+        globals()["TrainProgress"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _train_progress_class() -> type:
+    from gptcli.training import Callbacks
+
+    return type("TrainProgress", (_TrainProgress, Callbacks), {"__module__": __name__, "__doc__": _TrainProgress.__doc__})
+
+
+class _TrainProgress:
     """Drives a rich progress bar (or log lines) from the training loop's callbacks."""
 
     def __init__(self, *, print_samples: bool = True):
@@ -159,7 +177,51 @@ class TrainProgress(Callbacks):
             self.progress = None
 
 
+class _LogLines(Progress):
+    """A Progress that draws nothing: when stderr is not a terminal (a log file, CI), each task
+    logs one tidy line per tenth of its total instead, and a last line when it completes."""
+
+    def __init__(self, label: str, *, as_bytes: bool = False, **kwargs: Any):
+        super().__init__(disable=True, **kwargs)
+        self._label, self._as_bytes = label, as_bytes
+        self._logged: dict[Any, int] = {}
+
+    def update(self, task_id, **kwargs: Any) -> None:  # type: ignore[override]
+        super().update(task_id, **kwargs)
+        self._log(task_id)
+
+    def advance(self, task_id, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._log(task_id)
+
+    def _log(self, task_id) -> None:
+        task = self._tasks[task_id]
+        if _quiet or not task.total:
+            return
+        tenth = min(10, int(10 * task.completed / task.total))
+        if tenth <= self._logged.get(task_id, 0):
+            return
+        self._logged[task_id] = tenth
+        label = self._label.format(task=task) if "{" in self._label else self._label
+        if self._as_bytes:
+            done = f"{_human_bytes(task.completed)} of {_human_bytes(task.total)}"
+        else:
+            done = f"{int(task.completed):,}/{int(task.total):,}"
+        info(f"{label}: {10 * tenth:3d}% ({done}, {task.elapsed or 0:.1f} s)")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
 def byte_progress(total_files: int) -> Progress:
+    """Progress for downloads and conversions, in bytes; log lines when not on a terminal."""
+    if not interactive():
+        return _LogLines("{task.description}", as_bytes=True, console=err_console())
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -167,16 +229,17 @@ def byte_progress(total_files: int) -> Progress:
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         console=err_console(),
-        disable=not interactive(),
     )
 
 
 def step_progress(description: str, total: int | None) -> Progress:
+    """Progress over counted steps (evaluation windows, tokenizing); log lines when not on a terminal."""
+    if not interactive():
+        return _LogLines(description, console=err_console())
     return Progress(
         TextColumn(description),
         BarColumn(),
         TaskProgressColumn(),
         TimeElapsedColumn(),
         console=err_console(),
-        disable=not interactive(),
     )

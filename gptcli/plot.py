@@ -35,7 +35,15 @@ def eval_series(path: Path) -> dict[str, list[float]]:
     }
 
 
+def run_labels(targets: list[str | Path]) -> list[str]:
+    """A legend label per run: its directory name, or the whole path where two names collide."""
+    paths = [Path(t) for t in targets]
+    names = [(p if p.is_dir() else p.parent).name or str(p) for p in paths]
+    return [n if names.count(n) == 1 else str(p) for n, p in zip(names, paths, strict=True)]
+
+
 def plot_runs(targets: list[str | Path], output: str | Path, *, log_y: bool = False) -> Path:
+    """The book's figure 5.12 for one run; several runs overlaid, one colour each, with a legend."""
     out = Path(output)
     if out.suffix.lower() not in FORMATS:
         raise UsageError(f"invalid -o/--output: {out} (the extension must be one of {', '.join(FORMATS)})")
@@ -44,65 +52,103 @@ def plot_runs(targets: list[str | Path], output: str | Path, *, log_y: bool = Fa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [(Path(t), eval_series(metrics_path(t))) for t in targets]
-    fig, ax1 = plt.subplots(figsize=(6, 3.5))
+    series = [eval_series(metrics_path(t)) for t in targets]
+    labels = run_labels(targets)
     multi = len(series) > 1
-    for i, (target, s) in enumerate(series):
-        name = (target if target.is_dir() else target.parent).name
-        prefix = f"{name}: " if multi else ""
+    fig, ax1 = plt.subplots(figsize=(6, 3.5) if not multi else (7, 4))
+    for i, (label, s) in enumerate(zip(labels, series, strict=True)):
+        prefix = f"{label}: " if multi else ""
         color = f"C{i}"
         ax1.plot(s["epoch"], s["train"], color=color, label=f"{prefix}Training loss")
         ax1.plot(s["epoch"], s["val"], color=color, linestyle="-." if not multi else "--", label=f"{prefix}Validation loss")
     ax1.set_xlabel("Epochs")
-    ax1.set_ylabel("Loss")
+    ax1.set_ylabel("Loss" + (" (log scale)" if log_y else ""))
     if log_y:
+        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
         ax1.set_yscale("log")
-    ax1.legend(loc="upper right", fontsize="small")
+        ax1.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax1.yaxis.set_major_formatter(FormatStrFormatter("%g"))  # 0.5, 1, 2, 5 rather than 10^0
+        ax1.yaxis.set_minor_formatter(NullFormatter())
+    if multi:  # below the axes, one column per run, so no curve hides behind it
+        ax1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=min(len(series), 4), fontsize="small", frameon=False)
+    else:
+        ax1.legend(loc="upper right", fontsize="small")
     # Second x axis: tokens seen, from the first run (the book's figure)
     ax2 = ax1.twiny()
-    first = series[0][1]
+    first = series[0]
     ax2.plot(first["tokens"], first["train"], alpha=0)
-    ax2.set_xlabel("Tokens seen")
+    ax2.set_xlabel("Tokens seen" + (f" ({labels[0]})" if multi else ""))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    fig.savefig(out, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return out
 
 
-def terminal_plot(targets: list[str | Path], *, width: int = 72, height: int = 18, log_y: bool = False) -> str:
-    """Loss curves drawn with characters, for a terminal over SSH."""
-    import math
+def terminal_plot(
+    targets: list[str | Path], *, width: int | None = None, height: int = 18, log_y: bool = False
+) -> str:
+    """Loss curves drawn with characters, for a terminal over SSH.
 
-    series = [(Path(t), eval_series(metrics_path(t))) for t in targets]
-    pts = []
+    Each curve has its own letter at the evaluations, joined by dots; the y axis is labelled in
+    loss (log-scaled with ``log_y``) and the x axis in epochs.
+    """
+    import math
+    import shutil
+
+    if width is None:  # fill the terminal, less the axis labels
+        width = max(40, min(120, shutil.get_terminal_size((80, 24)).columns - 10))
+    series = [eval_series(metrics_path(t)) for t in targets]
+    labels = run_labels(targets)
     marks = "tv*o+x#@"
-    for i, (_, s) in enumerate(series):
-        pts.append((marks[(2 * i) % len(marks)], s["epoch"], s["train"]))
-        pts.append((marks[(2 * i + 1) % len(marks)], s["epoch"], s["val"]))
-    f = (lambda v: math.log10(v)) if log_y else (lambda v: v)
-    xs = [x for _, ex, _ in pts for x in ex]
-    ys = [f(y) for _, _, ey in pts for y in ey if y == y and y > 0 or (not log_y and y == y)]
+    curves = []
+    for i, s in enumerate(series):
+        curves.append((marks[(2 * i) % len(marks)], s["epoch"], s["train"]))
+        curves.append((marks[(2 * i + 1) % len(marks)], s["epoch"], s["val"]))
+
+    def usable(y: float) -> bool:
+        return y == y and not math.isinf(y) and (y > 0 or not log_y)
+
+    f = math.log10 if log_y else (lambda v: v)
+    xs = [x for _, ex, _ in curves for x in ex]
+    ys = [f(y) for _, _, ey in curves for y in ey if usable(y)]
+    if not ys:
+        raise UsageError("nothing to plot: every loss is NaN or infinite" + (" (or <= 0 with --log-y)" if log_y else ""))
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(ys), max(ys)
+
+    def col(x: float) -> int:
+        return round((x - x0) / ((x1 - x0) or 1) * (width - 1))
+
+    def row(y: float) -> int:
+        return height - 1 - round((f(y) - y0) / ((y1 - y0) or 1) * (height - 1))
+
     grid = [[" "] * width for _ in range(height)]
-    for mark, ex, ey in pts:
-        for x, y in zip(ex, ey):
-            if y != y or (log_y and y <= 0):
-                continue
-            c = int((x - x0) / (x1 - x0 or 1) * (width - 1))
-            r = height - 1 - int((f(y) - y0) / (y1 - y0 or 1) * (height - 1))
-            grid[r][c] = mark
+    # Dots first, so every evaluation's letter is drawn over them.
+    for _, ex, ey in curves:
+        pts = [(col(x), row(y)) for x, y in zip(ex, ey, strict=True) if usable(y)]
+        for (c0, r0), (c1, r1) in zip(pts, pts[1:], strict=False):
+            n = max(abs(c1 - c0), abs(r1 - r0))
+            for k in range(1, n):
+                c, r = round(c0 + (c1 - c0) * k / n), round(r0 + (r1 - r0) * k / n)
+                if grid[r][c] == " ":
+                    grid[r][c] = "."
+    for mark, ex, ey in curves:
+        for x, y in zip(ex, ey, strict=True):
+            if usable(y):
+                grid[row(y)][col(x)] = mark
     lab = (lambda v: f"{10 ** v:7.3f}") if log_y else (lambda v: f"{v:7.3f}")
-    lines = []
-    for r, row in enumerate(grid):
+    lines = [f"loss{' (log scale)' if log_y else ''}"]
+    for r, cells in enumerate(grid):
         yv = y1 - (y1 - y0) * r / (height - 1)
-        lines.append(f"{lab(yv)} |" + "".join(row))
+        lines.append(f"{lab(yv)} |" + "".join(cells).rstrip())
     lines.append(" " * 8 + "+" + "-" * width)
-    lines.append(" " * 9 + f"epoch {x0:.2f}".ljust(width - 12) + f"{x1:.2f}")
-    legend = []
-    for i, (t, _) in enumerate(series):
-        name = (t if t.is_dir() else t.parent).name
-        legend.append(f"{marks[(2 * i) % len(marks)]} train, {marks[(2 * i + 1) % len(marks)]} val: {name}")
-    lines.extend(" " * 9 + x for x in legend)
+    mid = f"{(x0 + x1) / 2:.2f}"
+    left, right = f"{x0:.2f}", f"{x1:.2f}"
+    axis = left + " " * max(1, width // 2 - len(left) - len(mid) // 2) + mid
+    axis += " " * max(1, width - len(axis) - len(right)) + right
+    lines.append(" " * 9 + axis + "  epochs")
+    for i, label in enumerate(labels):
+        lines.append(" " * 9 + f"{marks[(2 * i) % len(marks)]} training loss, {marks[(2 * i + 1) % len(marks)]} validation loss: {label}")
     return "\n".join(lines)

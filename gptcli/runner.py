@@ -102,6 +102,7 @@ def train_command(
     out: Path | None = None,
     print_config: bool = False,
     quiet: bool = False,
+    tensorboard: bool = False,
 ) -> Path:
     console.set_quiet(quiet)
     model_cfg, train_cfg, given_model = resolve_train_configs(
@@ -110,6 +111,10 @@ def train_command(
     if print_config:
         console.print_result(dump_yaml_config(model_cfg, train_cfg), end="")
         return Path()
+    if tensorboard:
+        from gptcli.tensorboard import check_available
+
+        check_available()
     if not train_cfg.data:
         raise UsageError("no training text given: pass one or more files or directories (or 'data' in --config)")
     init_state = None
@@ -124,13 +129,14 @@ def train_command(
             f"--out {run_dir} already holds checkpoints; continue it with 'gptcli resume {run_dir}' "
             "or choose another --out"
         )
-    return _fit(model_cfg, train_cfg, run_dir, init_state=init_state)
+    return _fit(model_cfg, train_cfg, run_dir, init_state=init_state, tensorboard=tensorboard)
 
 
-def _fit(model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, *, init_state=None, restore_from=None) -> Path:
+def _fit(model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, *, init_state=None, restore_from=None,
+         tensorboard: bool = False) -> Path:
     from gptcli.training import Trainer
 
-    progress = console.TrainProgress()
+    progress = _train_callbacks(console.TrainProgress(), run_dir, tensorboard=tensorboard, restore_from=restore_from)
     stop = StopFlag().install()
     try:
         trainer = Trainer(model_cfg, train_cfg, run_dir, callbacks=progress, should_stop=stop, init_state_dict=init_state)
@@ -320,3 +326,323 @@ def plot_command(targets: list[Path], *, output: Path, log_y: bool = False, term
         return
     path = plot_runs(targets, output, log_y=log_y)
     console.info(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# training callbacks: the progress display, plus TensorBoard when asked for
+
+
+class _Fanout:
+    """Passes each training callback to several receivers (the progress display, TensorBoard)."""
+
+    def __init__(self, *receivers: Any):
+        self.receivers = receivers
+
+    def __getattr__(self, name: str):
+        if not (name.startswith("on_") or name == "warn"):
+            raise AttributeError(name)
+
+        def call(*args: Any, **kwargs: Any) -> None:
+            for r in self.receivers:
+                method = getattr(r, name, None)
+                if method is not None:
+                    method(*args, **kwargs)
+
+        return call
+
+    def close(self) -> None:
+        for r in self.receivers:
+            r.close()
+
+
+def _train_callbacks(progress: Any, run_dir: Path, *, tensorboard: bool, restore_from: dict[str, Any] | None) -> Any:
+    """The progress display, and a TensorBoard writer for ``--tensorboard`` or for a resumed run
+    that wrote TensorBoard events before (the run directory remembers it; resume takes no flag)."""
+    from gptcli.tensorboard import LOG_DIR, TensorBoardWriter, is_main_process
+
+    if not (tensorboard or (Path(run_dir) / LOG_DIR).is_dir()) or not is_main_process():
+        return progress
+    purge = int(restore_from.get("progress", {}).get("step", 0)) if restore_from is not None else None
+    try:
+        writer = TensorBoardWriter(run_dir, purge_step=purge)
+    except UsageError:
+        if tensorboard:
+            raise
+        console.warn(f"{run_dir}/{LOG_DIR} exists but tensorboard is not installed; not logging to it")
+        return progress
+    return _Fanout(progress, writer)
+
+
+# ---------------------------------------------------------------------------------------------
+# info and runs: inspecting checkpoints and run directories
+
+
+def _human_size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} TB"
+
+
+def _display_path(p: Path) -> str:
+    """A path relative to the current directory when it lies below it (as the user typed it)."""
+    try:
+        return str(Path(p).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
+def _resolve_info_target(target: str | None) -> Path:
+    from gptcli.checkpoint import resolve_checkpoint
+    from gptcli.weights import model_name_to_size, resolve_model
+
+    if target is not None and not Path(target).exists() and model_name_to_size(target):
+        return resolve_model(target)  # gpt2-124M etc.: the converted download
+    return resolve_checkpoint(Path(target) if target is not None else None, warn=console.warn)
+
+
+def info_command(target: str | None, *, json_out: bool = False) -> dict[str, Any]:
+    """A checkpoint's kind, config, parameter count, progress and last losses."""
+    from gptcli.checkpoint import load_checkpoint, run_dir_of
+
+    path = _resolve_info_target(target)
+    obj = load_checkpoint(path)  # memory-mapped: the tensors are not read
+    model_cfg = ModelConfig.from_dict(dict(obj["model_config"]), where=f"{path}: model_config")
+    progress = dict(obj.get("progress") or {})
+    history = list(progress.get("history") or [])
+    train_cfg = dict(obj.get("train_config") or {})
+    run_dir = run_dir_of(path)
+    result: dict[str, Any] = {
+        "checkpoint": str(path),
+        "size_bytes": path.stat().st_size,
+        "kind": obj.get("kind", "unknown"),
+        "version": obj.get("version"),
+        "run_dir": str(run_dir) if run_dir else None,
+        "parameters": model_cfg.num_params(),
+        "model_config": model_cfg.to_dict(),
+        "train_config": train_cfg or None,
+        "step": progress.get("step"),
+        "epoch": progress.get("epoch"),
+        "epochs": train_cfg.get("epochs"),
+        "tokens_seen": progress.get("tokens_seen"),
+        "last_eval": history[-1] if history else None,
+        "best_val_loss": progress.get("best_val") if history else None,
+    }
+    if json_out:
+        console.print_result(json.dumps(result, indent=2, default=str))
+        return result
+    lines = [
+        ("checkpoint", f"{path} ({_human_size(result['size_bytes'])})"),
+        ("kind", f"{result['kind']}" + ("" if result["kind"] != "weights" else " (no optimizer state: use it with --init, --model)")),
+    ]
+    if run_dir:
+        lines.append(("run", _display_path(run_dir)))
+    lines.append(("parameters", f"{result['parameters']:,}"))
+    if result["step"] is not None:
+        epochs = f" of {result['epochs']}" if result["epochs"] else ""
+        lines.append(("progress", f"epoch {result['epoch']}{epochs} done, step {result['step']:,}, {result['tokens_seen'] or 0:,} tokens seen"))
+    last = result["last_eval"]
+    if last:
+        from gptcli.console import fmt_loss
+
+        lines.append(("last losses", f"train {fmt_loss(last['train_loss'])}, val {fmt_loss(last['val_loss'])} (step {last['step']})"))
+        lines.append(("best val loss", fmt_loss(result["best_val_loss"])))
+    width = max(len(k) for k, _ in lines) + 2
+    out = [f"{k + ':':<{width}}{v}" for k, v in lines]
+    import yaml
+
+    sections = {"model": result["model_config"], **({"train": train_cfg} if train_cfg else {})}
+    console.print_result("\n".join(out) + "\n" + yaml.safe_dump(sections, sort_keys=False), end="")
+    return result
+
+
+def _run_summary(run: Path) -> dict[str, Any]:
+    """What `gptcli runs` shows for one run, read from config.yaml, metrics.jsonl and file names
+    (no checkpoint is opened, so listing stays instant)."""
+    import re
+    import time
+
+    from gptcli.metrics import METRICS_FILE, read_metrics
+
+    records = read_metrics(run / METRICS_FILE) if (run / METRICS_FILE).is_file() else []
+    evals = [r for r in records if r.get("type") == "eval"]
+    epochs_total = None
+    if (run / "config.yaml").is_file():
+        import yaml
+
+        try:
+            epochs_total = ((yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}).get("train") or {}).get("epochs")
+        except (yaml.YAMLError, AttributeError):
+            epochs_total = None
+    steps = [int(m.group(1)) for p in (run / "checkpoints").glob("step-*.pth") if (m := re.match(r"step-(\d+)\.pth$", p.name))]
+    files = [run / METRICS_FILE, *(run / "checkpoints").glob("step-*.pth")]
+    mtime = max((f.stat().st_mtime for f in files if f.exists()), default=run.stat().st_mtime)
+    last = evals[-1] if evals else {}
+    return {
+        "run": str(run),
+        "epochs_done": sum(1 for r in records if r.get("type") == "sample"),
+        "epochs": epochs_total,
+        "step": max(steps) if steps else (records[-1]["step"] + 1 if records else 0),
+        "tokens_seen": records[-1].get("tokens_seen", 0) if records else 0,
+        "train_loss": last.get("train_loss"),
+        "val_loss": last.get("val_loss"),
+        "best_val_loss": min((r["val_loss"] for r in evals if r.get("val_loss") == r.get("val_loss")), default=None),
+        "checkpoints": len(steps),
+        "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(mtime)),
+        "_mtime": mtime,
+    }
+
+
+def runs_command(root: Path = Path("runs"), *, json_out: bool = False) -> list[dict[str, Any]]:
+    """Every run directory under ``root``, oldest first, with its progress and last losses."""
+    from gptcli.console import fmt_loss
+
+    root = Path(root)
+    dirs = [p for p in root.iterdir() if p.is_dir() and any((p / n).exists() for n in ("metrics.jsonl", "config.yaml", "checkpoints"))] if root.is_dir() else []
+    runs = sorted((_run_summary(p) for p in dirs), key=lambda r: r["_mtime"])
+    for r in runs:
+        del r["_mtime"]
+    if json_out:
+        console.print_result(json.dumps(runs, indent=2))
+        return runs
+    if not runs:
+        console.info(f"no runs under {root}/ (start one with: gptcli train FILE.txt)")
+        return runs
+    header = ("RUN", "EPOCHS", "STEP", "TOKENS", "TRAIN", "VAL", "BEST VAL", "UPDATED")
+    rows = [
+        (
+            r["run"],
+            f"{r['epochs_done']}/{r['epochs']}" if r["epochs"] else str(r["epochs_done"]),
+            str(r["step"]),
+            f"{r['tokens_seen']:,}",
+            fmt_loss(r["train_loss"]) if r["train_loss"] is not None else "-",
+            fmt_loss(r["val_loss"]) if r["val_loss"] is not None else "-",
+            fmt_loss(r["best_val_loss"]) if r["best_val_loss"] is not None else "-",
+            r["updated"],
+        )
+        for r in runs
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    left = {0, 7}
+    for row in [header, *rows]:
+        cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        console.print_result("  ".join(cells).rstrip())
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# sample --interactive: a prompt loop that keeps the model loaded
+
+_INTERACTIVE_HELP = """\
+Type a prompt and press Enter to continue it. Settings for the next prompts:
+  /temperature 1.4    /top-k 25    /top-p 0.9    /max-new-tokens 100    /seed 123
+  /top-k off and /top-p off turn a filter off; /settings shows them all.
+Ctrl-C stops a generation; Ctrl-D or /quit leaves."""
+
+
+def interactive_sample(
+    *, checkpoint: Path | None = None, model: str | None = None, max_new_tokens: int = 50,
+    temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+    device: str = "auto", dtype: str = "auto", use_cache: bool = True, stream: bool | None = None,
+    input_fn=input,
+) -> int:
+    """Read prompts until end of input and print a continuation of each; returns how many ran.
+
+    The model is loaded once. On a terminal the tokens stream as they are generated; with input
+    piped in, each continuation is printed whole, so ``gptcli sample -i < prompts.txt`` works too.
+    """
+    import dataclasses
+
+    import torch
+
+    from gptcli.generation import SampleConfig, generate
+    from gptcli.tokenizer import EOT_ID, decode, encode
+
+    settings = SampleConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    net, path, dev = load_model_for_inference(checkpoint, model, device=device, dtype=dtype, fallback_gpt2=True)
+    if seed is not None:
+        torch.manual_seed(seed)
+    tty = sys.stdin.isatty()
+    streaming = sys.stdout.isatty() if stream is None else stream
+    console.info(f"loaded {path} ({net.cfg.num_params():,} parameters, context {net.cfg.context_length}) on {dev}")
+    if tty:
+        console.info("type a prompt and press Enter; /help for settings; Ctrl-D or /quit to leave")
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+    names = {"temperature": float, "top_k": int, "top_p": float, "max_new_tokens": int, "seed": int}
+    done = 0
+    while True:
+        try:
+            line = input_fn(">>> " if tty else "")
+        except EOFError:
+            if tty:
+                console.print_result("")
+            return done
+        except KeyboardInterrupt:
+            console.print_result("")
+            console.info("(Ctrl-D or /quit to leave)")
+            continue
+        prompt = line.rstrip("\n")
+        if not prompt.strip():
+            continue
+        if prompt.startswith("/"):
+            word, _, value = prompt[1:].strip().partition(" ")
+            key = word.replace("-", "_")
+            if key in ("quit", "exit", "q"):
+                return done
+            if key in ("help", "h", "?"):
+                console.info(_INTERACTIVE_HELP)
+            elif key == "settings":
+                console.info(", ".join(f"{k.replace('_', '-')} {getattr(settings, k)}" for k in names))
+            elif key in names:
+                raw = value.strip()
+                try:
+                    parsed = None if raw.lower() in ("off", "none") and key in ("top_k", "top_p", "seed") else names[key](raw)
+                    settings = dataclasses.replace(settings, **{key: parsed})
+                except ValueError:
+                    console.warn(f"/{word} needs a number, got {raw!r}")
+                    continue
+                except UsageError as e:
+                    console.warn(str(e).replace("--", "/"))
+                    continue
+                if key == "seed" and parsed is not None:
+                    torch.manual_seed(parsed)
+                console.info(f"{word} = {parsed}")
+            else:
+                console.warn(f"unknown command /{word}; /help lists them")
+            continue
+        ids = encode(prompt)
+        if len(ids) > net.cfg.context_length:
+            console.warn(f"prompt of {len(ids)} tokens is longer than the context ({net.cfg.context_length}); keeping its last {net.cfg.context_length}")
+        state = {"ids": [], "printed": ""}
+
+        def on_token(tok, state=state):
+            t = int(tok[0, 0])
+            if t == EOT_ID:
+                return
+            state["ids"].append(t)
+            text = decode(state["ids"])
+            if streaming and not text.endswith("\ufffd"):  # wait for a complete UTF-8 character
+                console.print_result(text[len(state["printed"]):], end="")
+                state["printed"] = text
+
+        if streaming:
+            console.print_result(prompt, end="")
+        try:
+            generate(net, torch.tensor([ids], device=dev), max_new_tokens=settings.max_new_tokens,
+                     temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p, eos_id=EOT_ID,
+                     use_cache=use_cache, on_token=on_token)
+        except KeyboardInterrupt:
+            if not streaming:
+                console.print_result(prompt + decode(state["ids"]), end="")
+            console.print_result("")
+            console.info("(stopped)")
+            continue
+        if streaming:
+            console.print_result(decode(state["ids"])[len(state["printed"]):])
+        else:
+            console.print_result(prompt + decode(state["ids"]))
+        done += 1

@@ -1,0 +1,117 @@
+"""``gptcli train --tensorboard``: the records of ``metrics.jsonl`` as TensorBoard event files.
+
+Events go to ``<run>/tensorboard/``; view them with ``tensorboard --logdir runs``. Needs the
+optional extra: ``pip install 'gptcli[tensorboard]'``.
+
+The events are written with the ``tensorboard`` package's own writer and protocol buffers rather
+than ``torch.utils.tensorboard``: that module imports TensorFlow whenever it is installed, which
+costs seconds and floods stderr with TensorFlow's start-up logs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from gptcli.errors import UsageError
+
+LOG_DIR = "tensorboard"
+INSTALL_HINT = "pip install 'gptcli[tensorboard]'"
+
+
+def check_available() -> None:
+    """Raise a one-line UsageError unless the tensorboard package can be imported."""
+    try:
+        import tensorboard.compat.proto.event_pb2  # noqa: F401
+        import tensorboard.summary.writer.event_file_writer  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--tensorboard needs the tensorboard package, which is not installed; run: {INSTALL_HINT}") from None
+
+
+class TensorBoardWriter:
+    """Training callbacks that mirror each eval and sample record into TensorBoard.
+
+    Scalars: ``loss/train``, ``loss/val``, ``perplexity/val``, ``lr``, ``tokens_seen`` and
+    ``tokens_per_sec`` at each evaluation's step; each epoch's sample as text. On resume from step
+    ``purge_step``, events the earlier session wrote at or after that step are discarded by
+    TensorBoard, exactly as ``metrics.jsonl`` is truncated back to the checkpoint.
+    """
+
+    def __init__(self, run_dir: str | Path, *, purge_step: int | None = None):
+        check_available()
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self.log_dir = Path(run_dir) / LOG_DIR
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._writer = EventFileWriter(str(self.log_dir), max_queue_size=50, flush_secs=10)
+        if purge_step is not None:
+            self._writer.add_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+
+    # -- the training loop's callbacks (see gptcli.training.Callbacks) ----------------------------
+
+    def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_step(self, state: Any, info: dict[str, Any]) -> None: ...
+    def on_save(self, path: Path, reason: str) -> None: ...
+    def warn(self, message: str) -> None: ...
+
+    def on_eval(self, record: dict[str, Any]) -> None:
+        step = int(record["step"])
+        scalars = {
+            "loss/train": record.get("train_loss"),
+            "loss/val": record.get("val_loss"),
+            "lr": record.get("lr"),
+            "tokens_seen": record.get("tokens_seen"),
+            "tokens_per_sec": record.get("tokens_per_sec"),
+        }
+        val = record.get("val_loss")
+        if isinstance(val, (int, float)) and math.isfinite(val) and val < 700:
+            scalars["perplexity/val"] = math.exp(val)
+        for tag, value in scalars.items():
+            if isinstance(value, (int, float)):
+                self.add_scalar(tag, float(value), step)
+        self._writer.flush()
+
+    def on_sample(self, record: dict[str, Any]) -> None:
+        self.add_text("sample", f"epoch {record['epoch']}: {record['text']}", int(record["step"]))
+        self._writer.flush()
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        self._add(Summary(value=[Summary.Value(tag=tag, simple_value=value)]), step)
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto
+        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+        from tensorboard.plugins.text.plugin_data_pb2 import TextPluginData
+
+        meta = SummaryMetadata(
+            plugin_data=SummaryMetadata.PluginData(plugin_name="text", content=TextPluginData(version=0).SerializeToString())
+        )
+        tensor = TensorProto(
+            dtype="DT_STRING",
+            string_val=[text.encode("utf-8")],
+            tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]),
+        )
+        self._add(Summary(value=[Summary.Value(tag=tag, metadata=meta, tensor=tensor)]), step)
+
+    def _add(self, summary: Any, step: int) -> None:
+        import time
+
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        self._writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def is_main_process() -> bool:
+    """Under torchrun only rank 0 writes events, as only it writes metrics.jsonl."""
+    return os.environ.get("RANK", "0") == "0"
