@@ -34,10 +34,14 @@ def resolve_model(name: str) -> Path:
         return p
     size = model_name_to_size(name)
     if size is None:
-        raise CheckpointError(f"{name}: no such file, and not a GPT-2 model name (gpt2-124M, gpt2-355M, gpt2-774M, gpt2-1558M)")
+        raise CheckpointError(
+            f"{name}: no such file, and not a GPT-2 model name (gpt2-124M, gpt2-355M, gpt2-774M, gpt2-1558M)"
+        )
     converted = gpt2_dir(size) / CONVERTED_NAME
     if not converted.is_file():
-        raise CheckpointError(f"gpt2-{size} is not downloaded yet ({converted} missing); run: gptcli download --size {size}")
+        raise CheckpointError(
+            f"gpt2-{size} is not downloaded yet ({converted} missing); run: gptcli download --size {size}"
+        )
     return converted
 
 

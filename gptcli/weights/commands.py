@@ -1,0 +1,167 @@
+"""``gptcli download`` and ``gptcli convert`` as plain functions: the CLI layer of gptcli.weights.
+
+Like ``gptcli.runner`` for the other commands, this is where progress bars meet the library's
+callbacks; the library modules beside it never print.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gptcli import console
+from gptcli.weights.download import DownloadCallbacks
+
+
+def _mb(n: int | None) -> str:
+    return "unknown size" if n is None else f"{n / 1e6:,.1f} MB"
+
+
+class _DownloadDisplay(DownloadCallbacks):
+    """A bar per file and one overall (on a terminal); a log line per file otherwise."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.tasks: dict[str, object] = {}
+        self.done: dict[str, int] = {}
+        self.total: dict[str, int | None] = {}
+        self.planned: dict[str, int | None] = {}
+        self.overall = progress.add_task("all files", total=None)
+        self.interactive = console.interactive()
+
+    def _refresh(self) -> None:
+        totals = [self.total.get(n) or self.planned.get(n) or 0 for n in self.planned]
+        self.progress.update(self.overall, completed=sum(self.done.values()), total=sum(totals) or None)
+
+    def _task(self, name: str, total: int | None, done: int):
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=total, completed=done)
+        else:
+            self.progress.reset(self.tasks[name], total=total, completed=done)
+        return self.tasks[name]
+
+    def on_plan(self, files):
+        self.planned = dict(files)
+        self._refresh()
+
+    def on_file_start(self, name, total, done):
+        self.total[name], self.done[name] = total, done
+        self._task(name, total, done)
+        self._refresh()
+        if not self.interactive:
+            console.info(f"{name}: downloading {_mb(total)}" + (f", resuming at {_mb(done)}" if done else ""))
+
+    def on_bytes(self, name, n):
+        self.done[name] = self.done.get(name, 0) + n
+        self.progress.advance(self.tasks[name], n)
+        self.progress.update(self.overall, completed=sum(self.done.values()))
+
+    def on_file_done(self, name, path, *, skipped):
+        size = path.stat().st_size
+        self.total[name] = self.done[name] = size
+        self._task(name, size, size)
+        self._refresh()
+        if skipped and not self.interactive:
+            console.info(f"{name}: already complete")
+
+    def on_restart(self, name, reason):
+        console.warn(f"{name}: {reason}")
+
+    def on_retry(self, url, reason, delay):
+        console.warn(f"{url}: {reason}; retrying in {delay:.1f}s")
+
+    def on_fallback(self, failed_url, reason, next_url):
+        console.warn(f"{reason}; trying {next_url}")
+
+    def on_wait(self, lock):
+        console.info(f"waiting for another download into {lock.parent} to finish")
+
+
+def _convert_bar(description: str):
+    prog = console.step_progress(description, None)
+    task = prog.add_task(description, total=None)
+
+    def on_progress(done: int, total: int) -> None:
+        prog.update(task, completed=done, total=total)
+
+    return prog, on_progress
+
+
+def download_command(
+    *,
+    size: str,
+    directory: Path | None = None,
+    base_url: str | None = None,
+    convert: bool = True,
+    reader: str = "builtin",
+    quiet: bool = False,
+) -> Path:
+    from gptcli.weights import CONVERTED_NAME, gpt2_dir
+    from gptcli.weights.download import DATA_FILE, download_gpt2
+
+    console.set_quiet(quiet)
+    with console.byte_progress(7) as prog:
+        out = download_gpt2(size, directory, base_url=base_url, callbacks=_DownloadDisplay(prog))
+    console.info(f"downloaded GPT-2 {size} to {out}")
+    if not convert:
+        console.info(f"convert it with: gptcli convert {out}")
+        return out
+    target = out / CONVERTED_NAME
+    if target.is_file() and target.stat().st_mtime >= (out / DATA_FILE).stat().st_mtime:
+        console.info(f"already converted: {target}")
+    else:
+        from gptcli.weights.openai import convert_openai
+
+        prog, on_progress = _convert_bar("converting")
+        with prog:
+            convert_openai(out, target, reader=reader, on_progress=on_progress)
+        console.info(f"wrote {target}")
+    in_cache = directory is None or Path(directory).resolve() == gpt2_dir(size).resolve()
+    console.info(f"sample with: gptcli sample --model {'gpt2-' + size if in_cache else target}")
+    return target
+
+
+def convert_command(
+    src: str,
+    *,
+    output: Path | None = None,
+    source: str | None = None,
+    target: str = "gptcli",
+    reader: str = "builtin",
+    n_heads: int | None = None,
+    drop_rate: float = 0.1,
+    data: list[Path] | None = None,
+    quiet: bool = False,
+) -> Path:
+    from gptcli.weights.convert import convert
+
+    console.set_quiet(quiet)
+    prog, on_progress = _convert_bar("converting")
+    with prog:
+        out = convert(
+            src,
+            output,
+            source=source,
+            target=target,
+            reader=reader,
+            n_heads=n_heads,
+            drop_rate=drop_rate,
+            data=[str(p) for p in data] if data else None,
+            on_progress=on_progress,
+        )
+    console.info(f"wrote {out}")
+    if target == "gptcli" and out.is_file():
+        import torch
+
+        obj = torch.load(out, map_location="cpu", weights_only=True, mmap=True)
+        if obj.get("kind") == "training":
+            if obj["train_config"].get("data"):
+                console.info(f"continue training with: gptcli resume {out}")
+            else:
+                console.warn(
+                    f"{out} holds optimizer state but no training text, so 'gptcli resume' cannot continue it; "
+                    f"convert again with --data FILE (the text the notebook trained on), "
+                    f"or start a new run with: gptcli train FILE --init {out}"
+                )
+        else:
+            console.info(f"use it with: gptcli sample --model {out}  (or train --init {out})")
+    return out

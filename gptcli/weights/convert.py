@@ -1,0 +1,153 @@
+"""``gptcli convert``: detect what a file is, and route it to the right map.
+
+Into gptcli: OpenAI's TensorFlow checkpoint, Hugging Face's GPT-2, the book's ``model.pth`` /
+``model_and_optimizer.pth``. Out to Hugging Face: any of those, or a gptcli checkpoint or run.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import torch
+
+from gptcli.config import ModelConfig
+from gptcli.errors import CheckpointError, UsageError
+from gptcli.weights.common import Progress, check_tensors, gptcli_shapes
+
+SOURCES = ("openai", "hf", "book", "gptcli")
+TARGETS = ("gptcli", "hf")
+
+
+def _is_gptcli_file(path: Path) -> bool:
+    from gptcli import checkpoint as ckpt
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            if not any(n.endswith("/data.pkl") for n in z.namelist()):
+                return False
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    return isinstance(obj, dict) and obj.get("format") == ckpt.FORMAT
+
+
+def detect_format(src: Path) -> str:
+    """openai, hf, book or gptcli, from the files' names (and for a .pth, its format marker)."""
+    from gptcli.checkpoint import is_run_dir
+
+    if src.is_dir():
+        if (src / "hparams.json").is_file() or list(src.glob("*.index")):
+            return "openai"
+        if (src / "config.json").is_file():
+            return "hf"
+        if is_run_dir(src):
+            return "gptcli"
+        raise UsageError(
+            f"{src}: cannot tell what this folder holds (no hparams.json, config.json or checkpoints/); name the file"
+        )
+    if not src.exists():
+        raise CheckpointError(f"{src}: not found")
+    name = src.name
+    if name.endswith(".index") or ".data-0" in name:
+        return "openai"
+    if name.endswith((".safetensors", ".safetensors.index.json", ".bin")):
+        return "hf"
+    if name.endswith((".pth", ".pt")):
+        return "gptcli" if _is_gptcli_file(src) else "book"
+    raise UsageError(f"{src}: cannot tell the format from the name; pass --from openai, hf or book")
+
+
+def default_output(src: Path, source: str, target: str) -> Path:
+    if target == "hf":
+        base = src if src.is_dir() else src.with_suffix("")
+        return base.with_name(base.name + "-hf")
+    if source == "openai":
+        from gptcli.weights import CONVERTED_NAME
+
+        return (src if src.is_dir() else src.parent) / CONVERTED_NAME
+    if source == "hf":
+        return (src if src.is_dir() else src.parent) / "gptcli-model.pth"
+    return src.with_name(src.stem + "-gptcli.pth")
+
+
+def _load_gptcli(src: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    from gptcli.checkpoint import load_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(src)
+    obj = load_checkpoint(path)
+    try:
+        cfg = ModelConfig.from_dict(dict(obj["model_config"]), where=f"{path}: model_config")
+    except UsageError as e:
+        raise CheckpointError(str(e)) from None
+    state = obj["model_state_dict"]
+    check_tensors({k: tuple(v.shape) for k, v in state.items()}, gptcli_shapes(cfg), source=str(path))
+    return cfg, state
+
+
+def convert(
+    src: str | Path,
+    out: str | Path | None = None,
+    *,
+    source: str | None = None,
+    target: str = "gptcli",
+    reader: str = "builtin",
+    n_heads: int | None = None,
+    drop_rate: float = 0.1,
+    data: list[str | Path] | None = None,
+    on_progress: Progress | None = None,
+) -> Path:
+    """Convert ``src`` and return the path written."""
+    src = Path(src)
+    if target not in TARGETS:
+        raise UsageError(f"invalid --to: {target!r} (choose from {', '.join(TARGETS)})")
+    if source is not None and source not in SOURCES:
+        raise UsageError(f"invalid --from: {source!r} (choose from openai, hf, book)")
+    if not src.exists():
+        from gptcli.weights import model_name_to_size, resolve_model
+
+        if model_name_to_size(str(src)) is None:
+            raise CheckpointError(f"{src}: not found")
+        src, source = resolve_model(str(src)), source or "gptcli"  # gpt2-124M: the converted cache file
+    source = source or detect_format(src)
+    if data and not (source == "book" and target == "gptcli"):
+        raise UsageError(
+            "invalid --data: only a book checkpoint with optimizer state, converted to gptcli, keeps training text"
+        )
+    out_path = Path(out) if out is not None else default_output(src, source, target)
+    if out_path.exists() and src.exists() and out_path.resolve() == src.resolve():
+        raise UsageError(f"invalid --output: {out_path} is the input; choose another path")
+
+    if target == "gptcli":
+        if source == "openai":
+            from gptcli.weights.openai import convert_openai
+
+            return convert_openai(src, out_path, reader=reader, on_progress=on_progress)
+        if source == "hf":
+            from gptcli.weights.hf import convert_hf
+
+            return convert_hf(src, out_path, on_progress=on_progress)
+        if source == "book":
+            from gptcli.weights.book import convert_book
+
+            return convert_book(src, out_path, n_heads=n_heads, drop_rate=drop_rate, data=data, on_progress=on_progress)
+        raise UsageError(f"{src}: is already a gptcli checkpoint (use --to hf to export it)")
+
+    # target == "hf": bring any source into memory as (config, state), then export
+    if source == "gptcli":
+        cfg, state = _load_gptcli(src)
+    elif source == "openai":
+        from gptcli.weights.openai import load_openai
+
+        cfg, state = load_openai(src, reader=reader, on_progress=on_progress)
+    elif source == "book":
+        from gptcli.weights.book import book_to_gptcli, infer_config, load_book_file
+
+        sd, _ = load_book_file(src)
+        cfg = infer_config(sd, n_heads=n_heads, drop_rate=drop_rate, source=str(src))
+        state = book_to_gptcli(sd, cfg, source=str(src), on_progress=on_progress)
+    else:
+        raise UsageError(f"{src}: is already in Hugging Face's format")
+    from gptcli.weights.hf import export_hf
+
+    return export_hf(cfg, state, out_path, on_progress=on_progress)

@@ -1,0 +1,181 @@
+"""OpenAI's GPT-2 TensorFlow checkpoints <-> gptcli's state dict.
+
+OpenAI's layout (``model/h3/attn/c_attn/w`` ...) is GPT-2's original one: the same names as
+ours, but each projection is a 1x1 convolution, ``[1, in, out]``, where ours is an
+``nn.Linear`` weight ``(out, in)``. So the map is a rename, a squeeze and a transpose; the fused
+q|k|v columns of ``c_attn`` keep their order. The output head is tied to ``wte``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptcli.config import PRESETS, ModelConfig
+from gptcli.errors import CheckpointError
+from gptcli.weights.common import Progress, check_tensors, pad_rows, weights_checkpoint
+
+HPARAMS = "hparams.json"
+FILES = (
+    "checkpoint",
+    "encoder.json",
+    "hparams.json",
+    "model.ckpt.data-00000-of-00001",
+    "model.ckpt.index",
+    "model.ckpt.meta",
+    "vocab.bpe",
+)
+
+
+def config_from_hparams(hp: dict, *, where: str = HPARAMS) -> ModelConfig:
+    try:
+        shape = {
+            "vocab_size": int(hp["n_vocab"]),
+            "context_length": int(hp["n_ctx"]),
+            "emb_dim": int(hp["n_embd"]),
+            "n_heads": int(hp["n_head"]),
+            "n_layers": int(hp["n_layer"]),
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: needs integer n_vocab, n_ctx, n_embd, n_head and n_layer ({e})") from None
+    from gptcli.errors import UsageError
+
+    try:
+        return ModelConfig(**shape, qkv_bias=True, tie_weights=True)
+    except UsageError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+
+
+def hparams_from_config(cfg: ModelConfig) -> dict[str, int]:
+    return {
+        "n_vocab": cfg.vocab_size,
+        "n_ctx": cfg.context_length,
+        "n_embd": cfg.emb_dim,
+        "n_head": cfg.n_heads,
+        "n_layer": cfg.n_layers,
+    }
+
+
+def preset_name(cfg: ModelConfig) -> str | None:
+    for name, p in PRESETS.items():
+        if (cfg.emb_dim, cfg.n_layers, cfg.n_heads) == (p["emb_dim"], p["n_layers"], p["n_heads"]):
+            return name
+    return None
+
+
+def openai_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every variable of an OpenAI GPT-2 checkpoint of this shape."""
+    C = cfg.emb_dim
+    shapes: dict[str, tuple[int, ...]] = {"model/wte": (cfg.vocab_size, C), "model/wpe": (cfg.context_length, C)}
+    for i in range(cfg.n_layers):
+        p = f"model/h{i}/"
+        for ln in ("ln_1", "ln_2"):
+            shapes[p + ln + "/g"] = (C,)
+            shapes[p + ln + "/b"] = (C,)
+        shapes[p + "attn/c_attn/w"] = (1, C, 3 * C)
+        shapes[p + "attn/c_attn/b"] = (3 * C,)
+        shapes[p + "attn/c_proj/w"] = (1, C, C)
+        shapes[p + "attn/c_proj/b"] = (C,)
+        shapes[p + "mlp/c_fc/w"] = (1, C, 4 * C)
+        shapes[p + "mlp/c_fc/b"] = (4 * C,)
+        shapes[p + "mlp/c_proj/w"] = (1, 4 * C, C)
+        shapes[p + "mlp/c_proj/b"] = (C,)
+    shapes["model/ln_f/g"] = (C,)
+    shapes["model/ln_f/b"] = (C,)
+    return shapes
+
+
+def data_size(cfg: ModelConfig) -> int:
+    """Bytes of ``model.ckpt.data-00000-of-00001`` for this shape: float32 tensors back to back
+    (497,759,232 for 124M), whoever wrote it."""
+    return 4 * sum(int(np.prod(s)) for s in openai_shapes(cfg).values())
+
+
+def gptcli_name(openai_name: str) -> str:
+    """``model/h3/attn/c_attn/w`` -> ``h.3.attn.c_attn.weight``."""
+    parts = openai_name.split("/")[1:]
+    if parts[0].startswith("h") and parts[0][1:].isdigit():
+        parts[0] = f"h.{parts[0][1:]}"
+    leaf = {"w": "weight", "b": "bias", "g": "weight"}[parts[-1]] if parts[-1] in ("w", "b", "g") else parts[-1]
+    return ".".join(parts[:-1] + [leaf]) if parts[0] not in ("wte", "wpe") else f"{parts[0]}.weight"
+
+
+def _is_not_model(name: str) -> bool:
+    # Training left-overs a fine-tuned checkpoint may hold: global_step, Adam's slots and powers.
+    return not name.startswith("model/") or name.endswith(("/Adam", "/Adam_1"))
+
+
+def read_hparams(directory: Path) -> ModelConfig:
+    path = directory / HPARAMS
+    try:
+        hp = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{path}: missing (OpenAI's checkpoints come with it; the model's shape is read from it)"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(hp, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return config_from_hparams(hp, where=str(path))
+
+
+def load_openai(
+    src: str | Path, *, reader: str = "builtin", on_progress: Progress | None = None
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Read an OpenAI GPT-2 checkpoint (a directory, or a prefix beside hparams.json) into a
+    gptcli config and state dict. Every tensor is read once and kept once."""
+    from gptcli.weights.tf_checkpoint import open_checkpoint
+
+    src = Path(src)
+    with open_checkpoint(src, reader) as r:
+        cfg = read_hparams(src if src.is_dir() else r.prefix.parent)
+        expected = openai_shapes(cfg)
+        check_tensors({n: r.shape(n) for n in r.names()}, expected, source=str(r.prefix), ignore=_is_not_model)
+        entries = getattr(r, "entries", None)
+        order = sorted(expected, key=lambda n: entries[n].offset) if entries else list(expected)
+        state: dict[str, torch.Tensor] = {}
+        for done, name in enumerate(order, 1):
+            t = torch.from_numpy(r.read(name)).float()
+            if name.endswith("/w"):  # conv1d [1, in, out] -> linear (out, in)
+                t = t.squeeze(0).t().contiguous()
+            if name == "model/wte":
+                t = pad_rows(t, cfg.padded_vocab_size)
+            state[gptcli_name(name)] = t
+            if on_progress is not None:
+                on_progress(done, len(order))
+    state["lm_head.weight"] = state["wte.weight"]  # tied: one tensor, saved once
+    from gptcli.weights.common import gptcli_shapes
+
+    return cfg, {k: state[k] for k in gptcli_shapes(cfg)}
+
+
+def convert_openai(
+    src: str | Path, out: str | Path, *, reader: str = "builtin", on_progress: Progress | None = None
+) -> Path:
+    from gptcli.weights.common import save_checkpoint
+
+    cfg, state = load_openai(src, reader=reader, on_progress=on_progress)
+    return save_checkpoint(weights_checkpoint(cfg, state, source="openai"), out)
+
+
+def openai_tensors(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The inverse map: a gptcli state dict in OpenAI's layout (tests write checkpoints with it)."""
+    if not cfg.tie_weights:
+        raise CheckpointError("OpenAI's layout has no separate output head; only a tied model maps onto it")
+    out = {}
+    for name, shape in openai_shapes(cfg).items():
+        ours = gptcli_name(name)
+        if ours not in state and name.endswith("c_attn/b"):
+            t = torch.zeros(shape)  # a model without qkv bias is the same as one with a zero bias
+        else:
+            t = state[ours].detach().float().cpu()
+        if name.endswith("/w"):
+            t = t.t().unsqueeze(0)
+        if name == "model/wte":
+            t = t[: cfg.vocab_size]
+        out[name] = t.contiguous().numpy()
+    return out

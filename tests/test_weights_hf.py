@@ -1,0 +1,131 @@
+"""Hugging Face GPT-2 <-> gptcli, checked against transformers' own GPT2LMHeadModel."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gptcli.checkpoint import load_checkpoint, model_from_checkpoint
+from gptcli.config import ModelConfig
+from gptcli.errors import CheckpointError
+from gptcli.model import GPT
+from gptcli.weights.convert import convert
+from gptcli.weights.hf import export_hf
+
+from .weights_helpers import logits_of
+
+transformers = pytest.importorskip("transformers")
+
+HF_TINY = dict(vocab_size=50257, n_positions=16, n_embd=32, n_layer=2, n_head=4)
+
+
+def _hf_model(seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(**{**HF_TINY, **overrides}, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def _idx(n: int = 16) -> torch.Tensor:
+    return torch.randint(0, 50257, (2, n), generator=torch.Generator().manual_seed(1))
+
+
+def test_hf_safetensors_to_gptcli_same_logits(tmp_path):
+    hf = _hf_model()
+    hf.save_pretrained(tmp_path / "hf")
+    out = convert(tmp_path / "hf")  # detected as Hugging Face from config.json
+    assert out == tmp_path / "hf" / "gptcli-model.pth"
+    obj = load_checkpoint(out)
+    cfg = ModelConfig.from_dict(obj["model_config"])
+    assert (cfg.context_length, cfg.emb_dim, cfg.n_layers, cfg.qkv_bias, cfg.tie_weights) == (16, 32, 2, True, True)
+    model = model_from_checkpoint(obj, out).eval()
+    assert (logits_of(model, _idx()) - logits_of(hf, _idx())).abs().max().item() < 1e-4
+
+
+def test_hf_pytorch_bin_hub_style_to_gptcli(tmp_path):
+    """The hub's original gpt2 files: no 'transformer.' prefix, attention-mask buffers saved too."""
+    hf = _hf_model(seed=2)
+    sd = {k.removeprefix("transformer."): v for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    for i in range(2):
+        sd[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 16, 16))
+        sd[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    (tmp_path / "hf").mkdir()
+    torch.save(sd, tmp_path / "hf" / "pytorch_model.bin")
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**HF_TINY, "model_type": "gpt2"}))
+    out = convert(tmp_path / "hf" / "pytorch_model.bin", tmp_path / "g.pth")
+    model = model_from_checkpoint(load_checkpoint(out), out).eval()
+    assert (logits_of(model, _idx()) - logits_of(hf, _idx())).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(qkv_bias=True, tie_weights=True),  # OpenAI's shape
+        dict(qkv_bias=False, tie_weights=False),  # the book's training shape
+    ],
+)
+def test_gptcli_to_hf_loads_in_transformers_with_same_logits(tmp_path, shape):
+    cfg = ModelConfig(vocab_size=50257, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, **shape)
+    torch.manual_seed(5)
+    ours = GPT(cfg).eval()
+    out = export_hf(cfg, ours.state_dict(), tmp_path / "hf")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "merges.txt", "model.safetensors", "vocab.json"]
+    hf = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    assert hf.config.tie_word_embeddings == cfg.tie_weights
+    assert (logits_of(ours, _idx()) - logits_of(hf, _idx())).abs().max().item() < 1e-4
+    # ... and back again, to the same function
+    back = model_from_checkpoint(load_checkpoint(convert(out, tmp_path / "back.pth")), "back").eval()
+    assert (logits_of(back, _idx()) - logits_of(ours, _idx())).abs().max().item() < 1e-5
+
+
+def test_exported_tokenizer_files_load_in_transformers(tmp_path):
+    from gptcli.tokenizer import encode
+
+    cfg = ModelConfig(vocab_size=50257, context_length=8, emb_dim=16, n_heads=2, n_layers=1)
+    out = export_hf(cfg, GPT(cfg).state_dict(), tmp_path / "hf")
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = "Every effort moves you, said Gisburn.<|endoftext|>"
+    assert tok(text)["input_ids"] == encode(text)
+
+
+def test_convert_cli_exports_a_training_run(tmp_path, monkeypatch):
+    """``gptcli convert RUN --to hf`` on a gptcli checkpoint of a run."""
+    from typer.testing import CliRunner
+
+    from gptcli import checkpoint as ckpt
+    from gptcli.cli import app
+
+    cfg = ModelConfig(vocab_size=50257, context_length=8, emb_dim=16, n_heads=2, n_layers=1)
+    model = GPT(cfg)
+    run = tmp_path / "runs" / "r"
+    ckpt.atomic_save(
+        {
+            "format": ckpt.FORMAT,
+            "version": ckpt.VERSION,
+            "kind": "weights",
+            "model_config": cfg.to_dict(),
+            "model_state_dict": model.state_dict(),
+        },
+        run / "checkpoints" / "step-00000003.pth",
+    )
+    (run / "config.yaml").write_text("model: {}\n")
+    res = CliRunner().invoke(app, ["convert", str(run), "--to", "hf", "-o", str(tmp_path / "exported"), "-q"])
+    assert res.exit_code == 0, res.stderr
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "exported").eval()
+    assert (logits_of(model.eval(), _idx(8)) - logits_of(hf, _idx(8))).abs().max().item() < 1e-4
+
+
+def test_hf_mismatches_name_each_tensor(tmp_path):
+    hf = _hf_model()
+    hf.save_pretrained(tmp_path / "hf")
+    conf = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**conf, "n_layer": 3, "n_positions": 20}))
+    with pytest.raises(CheckpointError) as e:
+        convert(tmp_path / "hf", tmp_path / "o.pth")
+    msg = str(e.value)
+    assert "missing h.2.ln_1.weight" in msg and "wrong shape wpe.weight (file [16, 32], expected [20, 32])" in msg
+    assert not (tmp_path / "o.pth").exists()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**conf, "activation_function": "relu"}))
+    with pytest.raises(CheckpointError, match="activation_function='relu' is not supported"):
+        convert(tmp_path / "hf", tmp_path / "o.pth")

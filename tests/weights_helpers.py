@@ -1,0 +1,227 @@
+"""Helpers for the weights tests: OpenAI-layout checkpoints written offline, reference models,
+and a loopback HTTP server that injects faults."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptcli.config import ModelConfig
+from gptcli.weights.openai import hparams_from_config, openai_shapes
+from gptcli.weights.tf_checkpoint import write_bundle
+
+ASSETS = Path(__file__).resolve().parents[1] / "gptcli" / "assets"
+# OpenAI's shape (qkv bias, tied head) at the book's unit-test size.
+TINY_OPENAI = dict(
+    vocab_size=50257, context_length=16, emb_dim=32, n_heads=4, n_layers=2, qkv_bias=True, tie_weights=True
+)
+
+
+def tiny_openai_cfg(**overrides) -> ModelConfig:
+    return ModelConfig(**{**TINY_OPENAI, **overrides})
+
+
+def random_openai_tensors(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Weights in OpenAI's layout, scaled like a trained GPT-2 so logits stay in a sane range."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in openai_shapes(cfg).items():
+        if name.endswith("/g"):
+            arr = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
+        elif name.endswith("/b"):
+            arr = 0.02 * rng.standard_normal(shape, dtype=np.float32)
+        else:
+            arr = 0.02 * rng.standard_normal(shape, dtype=np.float32)
+        out[name] = arr.astype(np.float32, copy=False)
+    return out
+
+
+def write_openai_dir(
+    directory: Path, cfg: ModelConfig, tensors: dict[str, np.ndarray], *, block_size: int = 262144
+) -> Path:
+    """The seven files of an OpenAI GPT-2 download, with these weights."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_bundle(directory / "model.ckpt", tensors, block_size=block_size)
+    (directory / "hparams.json").write_text(json.dumps(hparams_from_config(cfg), indent=2), encoding="utf-8")
+    (directory / "checkpoint").write_text(
+        'model_checkpoint_path: "model.ckpt"\nall_model_checkpoint_paths: "model.ckpt"\n', encoding="utf-8"
+    )
+    (directory / "model.ckpt.meta").write_bytes(b"\x0a\x0bmeta-graph placeholder" * 20)
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copyfile(ASSETS / name, directory / name)
+    return directory
+
+
+def hf_model_from_openai(cfg: ModelConfig, tensors: dict[str, np.ndarray]):
+    """transformers' GPT2LMHeadModel holding the same weights: HF's Conv1D keeps OpenAI's
+    (in, out) layout, so this map is only a rename, independent of gptcli's transposes."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf_cfg = GPT2Config(
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.context_length,
+        n_embd=cfg.emb_dim,
+        n_layer=cfg.n_layers,
+        n_head=cfg.n_heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    model = GPT2LMHeadModel(hf_cfg)
+    sd = {}
+    for name, arr in tensors.items():
+        parts = name.split("/")[1:]
+        if parts[0].startswith("h"):
+            parts[0] = "h." + parts[0][1:]
+        leaf = {"g": "weight", "w": "weight", "b": "bias"}.get(parts[-1])
+        key = "transformer." + (".".join(parts[:-1] + [leaf]) if leaf else parts[0] + ".weight")
+        t = torch.from_numpy(np.array(arr))
+        sd[key] = t.squeeze(0) if name.endswith("/w") else t
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert not [m for m in missing if not m.endswith((".attn.bias", ".attn.masked_bias"))], missing
+    assert not unexpected, unexpected
+    return model.eval()
+
+
+def logits_of(model, idx: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(idx)
+    return (out.logits if hasattr(out, "logits") else out).float()
+
+
+# ---------------------------------------------------------------------------------------------
+# A loopback server with faults
+
+
+class FaultServer:
+    """Serves files under ``root`` on 127.0.0.1 with Range support, and injects faults.
+
+    ``faults[filename]`` is a list consumed one per request for that file:
+      "drop"        send the headers and half the body, then close the connection
+      "503"         HTTP 503 (with Retry-After: 0)
+      "404"         HTTP 404 with an XML error body (as Azure and S3 send)
+      "html"        HTTP 200 with an HTML page
+      "long-length" a Content-Length 1000 bytes larger than the body, then close
+      "short-length" a Content-Length 1000 bytes smaller than the file
+    ``ignore_range`` makes it answer every request with the whole file (200).
+    ``requests`` records (filename, Range header, status, body bytes sent) per request.
+    """
+
+    def __init__(self, root: Path, *, ignore_range: bool = False):
+        self.root = Path(root)
+        self.faults: dict[str, list[str]] = {}
+        self.ignore_range = ignore_range
+        self.requests: list[tuple[str, str | None, int, int]] = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 10  # a stuck client cannot hold a thread forever
+
+            def log_message(self, *args):
+                pass
+
+            def _record(self, name, status, sent):
+                with server.lock:
+                    server.requests.append((name, self.headers.get("Range"), status, sent))
+
+            def _send(self, status, body: bytes, ctype="application/octet-stream", extra=None):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                rel = self.path.split("?")[0].lstrip("/")
+                name = rel.rsplit("/", 1)[-1]
+                path = server.root / rel
+                with server.lock:
+                    queue = server.faults.get(name) or []
+                    fault = queue.pop(0) if queue else None
+                if fault == "503":
+                    self._send(503, b"busy", "text/plain", {"Retry-After": "0"})
+                    return self._record(name, 503, 0)
+                if fault == "404" or not path.is_file():
+                    body = b'<?xml version="1.0" encoding="utf-8"?><Error><Code>BlobNotFound</Code></Error>'
+                    self._send(404, body, "application/xml")
+                    return self._record(name, 404, 0)
+                if fault == "html":
+                    self._send(200, b"<!DOCTYPE html><html><body>Sign in to continue</body></html>", "text/html")
+                    return self._record(name, 200, 0)
+                data_len = path.stat().st_size
+                start, status = 0, 200
+                rng = self.headers.get("Range")
+                if rng and not server.ignore_range:
+                    m = re.match(r"bytes=(\d+)-$", rng)
+                    start = int(m.group(1)) if m else 0
+                    if start >= data_len:
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{data_len}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return self._record(name, 416, 0)
+                    status = 206
+                length = data_len - start
+                announced = (
+                    length + 1000 if fault == "long-length" else length - 1000 if fault == "short-length" else length
+                )
+                self.send_response(status)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(announced))
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{data_len - 1}/{data_len}")
+                self.end_headers()
+                limit = length // 2 if fault == "drop" else min(length, announced)
+                sent = 0
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    while sent < limit:
+                        chunk = f.read(min(1 << 20, limit - sent))
+                        if not chunk:
+                            break
+                        try:
+                            self.wfile.write(chunk)
+                        except OSError:
+                            break
+                        sent += len(chunk)
+                self._record(name, status, sent)
+                if fault in ("drop", "long-length"):
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def gets(self, name: str) -> list[tuple[str, str | None, int, int]]:
+        return [r for r in self.requests if r[0] == name]
+
+    def __enter__(self) -> FaultServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
