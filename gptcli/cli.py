@@ -229,31 +229,6 @@ def plot(
 
 
 @app.command(
-    epilog="Examples:\n\n  gptcli info runs/verdict\n\n"
-    "  gptcli info runs/verdict/checkpoints/step-00000090.pth --json\n\n  gptcli info gpt2-124M"
-)
-def info(
-    target: Annotated[Optional[str], typer.Argument(help="Checkpoint file, run directory or downloaded model name like gpt2-124M [default: the most recent run].", show_default=False)] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-) -> None:
-    """Show a checkpoint's config, parameter count, step, epoch, tokens seen and last losses."""
-    from gptcli import runner
-
-    runner.info_command(target, json_out=json_out)
-
-
-@app.command(epilog="Examples:\n\n  gptcli runs\n\n  gptcli runs --root experiments --json")
-def runs(
-    root: Annotated[Path, typer.Option("--root", help="Directory holding run directories.")] = Path("runs"),
-    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-) -> None:
-    """List the training runs under ./runs with their progress and last losses."""
-    from gptcli import runner
-
-    runner.runs_command(root, json_out=json_out)
-
-
-@app.command(
     epilog="Examples:\n\n  gptcli download --size 124M\n\n"
     "  gptcli download --size 355M --dir models/355M --no-convert\n\n"
     "  gptcli download --size 124M --base-url https://my-mirror.example/gpt2"
@@ -293,6 +268,31 @@ def convert(
 
     convert_command(src, output=output, source=from_, target=to, reader=reader, n_heads=n_heads, drop_rate=drop_rate,
                     data=data, quiet=quiet)
+
+
+@app.command(
+    epilog="Examples:\n\n  gptcli info runs/verdict\n\n"
+    "  gptcli info runs/verdict/checkpoints/step-00000090.pth --json\n\n  gptcli info gpt2-124M"
+)
+def info(
+    target: Annotated[Optional[str], typer.Argument(help="Checkpoint file, run directory or downloaded model name like gpt2-124M [default: the most recent run].", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Show a checkpoint's config, parameter count, step, epoch, tokens seen and last losses."""
+    from gptcli import runner
+
+    runner.info_command(target, json_out=json_out)
+
+
+@app.command(epilog="Examples:\n\n  gptcli runs\n\n  gptcli runs --root experiments --json")
+def runs(
+    root: Annotated[Path, typer.Option("--root", help="Directory holding run directories.")] = Path("runs"),
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """List the training runs under ./runs with their progress and last losses."""
+    from gptcli import runner
+
+    runner.runs_command(root, json_out=json_out)
 
 
 def main() -> None:

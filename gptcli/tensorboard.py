@@ -3,9 +3,9 @@
 Events go to ``<run>/tensorboard/``; view them with ``tensorboard --logdir runs``. Needs the
 optional extra: ``pip install 'gptcli[tensorboard]'``.
 
-The events are written with the ``tensorboard`` package's own writer and protocol buffers rather
-than ``torch.utils.tensorboard``: that module imports TensorFlow whenever it is installed, which
-costs seconds and floods stderr with TensorFlow's start-up logs.
+The events are framed with the ``tensorboard`` package's record writer and protocol buffers, not
+through ``torch.utils.tensorboard`` or the package's EventFileWriter: both load all of TensorFlow
+whenever it is installed, which costs seconds and floods stderr with TensorFlow's start-up logs.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def check_available() -> None:
     """Raise a one-line UsageError unless the tensorboard package can be imported."""
     try:
         import tensorboard.compat.proto.event_pb2  # noqa: F401
-        import tensorboard.summary.writer.event_file_writer  # noqa: F401
+        import tensorboard.summary.writer.record_writer  # noqa: F401
     except ImportError:
         raise UsageError(f"--tensorboard needs the tensorboard package, which is not installed; run: {INSTALL_HINT}") from None
 
@@ -41,14 +41,23 @@ class TensorBoardWriter:
 
     def __init__(self, run_dir: str | Path, *, purge_step: int | None = None):
         check_available()
+        import socket
+        import time
+
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.summary.writer.record_writer import RecordWriter
 
         self.log_dir = Path(run_dir) / LOG_DIR
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._writer = EventFileWriter(str(self.log_dir), max_queue_size=50, flush_secs=10)
+        # The file name TensorBoard looks for. The package's EventFileWriter is not used: it makes
+        # the directory through tf.io.gfile, which loads all of TensorFlow when that is installed.
+        self.path = self.log_dir / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.gptcli"
+        self._file = open(self.path, "ab")  # noqa: SIM115  (closed in close())
+        self._records = RecordWriter(self._file)
+        self._add_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
         if purge_step is not None:
-            self._writer.add_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+            self._add_event(Event(wall_time=time.time(), step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+        self._file.flush()
 
     # -- the training loop's callbacks (see gptcli.training.Callbacks) ----------------------------
 
@@ -72,11 +81,11 @@ class TensorBoardWriter:
         for tag, value in scalars.items():
             if isinstance(value, (int, float)):
                 self.add_scalar(tag, float(value), step)
-        self._writer.flush()
+        self._file.flush()
 
     def on_sample(self, record: dict[str, Any]) -> None:
         self.add_text("sample", f"epoch {record['epoch']}: {record['text']}", int(record["step"]))
-        self._writer.flush()
+        self._file.flush()
 
     # -- writing ------------------------------------------------------------------------------------
 
@@ -106,10 +115,14 @@ class TensorBoardWriter:
 
         from tensorboard.compat.proto.event_pb2 import Event
 
-        self._writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))
+        self._add_event(Event(wall_time=time.time(), step=step, summary=summary))
+
+    def _add_event(self, event: Any) -> None:
+        self._records.write(event.SerializeToString())
 
     def close(self) -> None:
-        self._writer.close()
+        if not self._file.closed:
+            self._file.close()
 
 
 def is_main_process() -> bool:
