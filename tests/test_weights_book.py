@@ -12,19 +12,22 @@ from gptcli.errors import CheckpointError, UsageError
 from gptcli.model import GPT
 from gptcli.weights.book import book_param_names, convert_book
 
+from .weights_helpers import invoke
+
 ch04 = pytest.importorskip("llms_from_scratch.ch04", reason="make install provides llms-from-scratch")
 
-BOOK_TINY = dict(vocab_size=50257, context_length=12, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=False)
+# A small vocabulary keeps these fast (still padded: 1000 -> 1024 rows); the resume test uses GPT-2's.
+BOOK_TINY = dict(vocab_size=1000, context_length=12, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=False)
 
 
-def _batch(seed: int, ctx: int = 12):
+def _batch(seed: int, ctx: int = 12, vocab: int = 1000):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 50257, (2, ctx + 1), generator=g)
+    x = torch.randint(0, vocab, (2, ctx + 1), generator=g)
     return x[:, :-1], x[:, 1:]
 
 
 def _book_step(model, opt, seed):
-    x, y = _batch(seed, model.pos_emb.weight.shape[0])
+    x, y = _batch(seed, model.pos_emb.weight.shape[0], model.tok_emb.weight.shape[0])
     opt.zero_grad()
     F.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
     opt.step()
@@ -67,7 +70,8 @@ def test_book_checkpoint_converts_with_same_logits_and_optimizer(tmp_path):
     x, _ = _batch(99)
     assert torch.allclose(book(x), ours(x), atol=1e-5)
     sd = obj["model_state_dict"]
-    assert torch.count_nonzero(sd["wte.weight"][50257:]) == 0 and torch.count_nonzero(sd["lm_head.weight"][50257:]) == 0
+    assert sd["wte.weight"].shape == (1024, 32) and torch.count_nonzero(sd["wte.weight"][1000:]) == 0
+    assert torch.count_nonzero(sd["lm_head.weight"][1000:]) == 0
 
     # One more AdamW step on both sides gives the same weights: the moments and step counts
     # came across, re-indexed and with q|k|v stacked like their weights.
@@ -84,8 +88,9 @@ def test_book_checkpoint_converts_with_same_logits_and_optimizer(tmp_path):
     blk, h = book.trf_blocks[1], ours.h[1]
     qkv = torch.cat([blk.att.W_query.weight, blk.att.W_key.weight, blk.att.W_value.weight])
     assert torch.allclose(qkv, h.attn.c_attn.weight, atol=1e-6)
-    assert torch.allclose(book.tok_emb.weight, ours.wte.weight[:50257], atol=1e-6)
-    assert torch.allclose(book.out_head.weight, ours.lm_head.weight[:50257], atol=1e-6)
+    assert torch.allclose(book.tok_emb.weight, ours.wte.weight[:1000], atol=1e-6)
+    assert torch.allclose(book.out_head.weight, ours.lm_head.weight[:1000], atol=1e-6)
+    assert torch.count_nonzero(ours.wte.weight[1000:]) == 0  # zero moments: the padding stays zero
     assert torch.allclose(blk.ff.layers[2].weight, h.mlp.c_proj.weight, atol=1e-6)
 
 
@@ -137,18 +142,12 @@ def test_optimizer_of_another_model_is_refused(tmp_path):
 
 def test_resume_a_converted_notebook_run(tmp_path, workdir):
     """The acceptance path, as a user types it: convert with --data, then gptcli resume."""
-    from typer.testing import CliRunner
-
-    from gptcli.cli import app
-
     (workdir / "short.txt").write_text((workdir / "the-verdict.txt").read_text()[:800])
-    _book_run(workdir, steps=3)
-    conv = CliRunner().invoke(
-        app, ["convert", "model_and_optimizer.pth", "--n-heads", "4", "--data", "short.txt", "-o", "book.pth"]
-    )
+    _book_run(workdir, steps=3, vocab_size=50257)
+    conv = invoke("convert", "model_and_optimizer.pth", "--n-heads", "4", "--data", "short.txt", "-o", "book.pth")
     assert conv.exit_code == 0, conv.stderr
     assert "continue training with: gptcli resume book.pth" in conv.stderr
-    res = CliRunner().invoke(app, ["resume", "book.pth", "--epochs", "1", "--quiet"])
+    res = invoke("resume", "book.pth", "--epochs", "1", "--quiet")
     assert res.exit_code == 0, res.stderr
     run = next((workdir / "runs").iterdir())
     last = load_checkpoint(sorted((run / "checkpoints").glob("step-*.pth"))[-1])

@@ -14,7 +14,7 @@ from gptcli.model import GPT
 from gptcli.weights.convert import convert
 from gptcli.weights.hf import export_hf
 
-from .weights_helpers import logits_of
+from .weights_helpers import invoke, logits_of
 
 transformers = pytest.importorskip("transformers")
 
@@ -91,10 +91,7 @@ def test_exported_tokenizer_files_load_in_transformers(tmp_path):
 
 def test_convert_cli_exports_a_training_run(tmp_path, monkeypatch):
     """``gptcli convert RUN --to hf`` on a gptcli checkpoint of a run."""
-    from typer.testing import CliRunner
-
     from gptcli import checkpoint as ckpt
-    from gptcli.cli import app
 
     cfg = ModelConfig(vocab_size=50257, context_length=8, emb_dim=16, n_heads=2, n_layers=1)
     model = GPT(cfg)
@@ -110,7 +107,7 @@ def test_convert_cli_exports_a_training_run(tmp_path, monkeypatch):
         run / "checkpoints" / "step-00000003.pth",
     )
     (run / "config.yaml").write_text("model: {}\n")
-    res = CliRunner().invoke(app, ["convert", str(run), "--to", "hf", "-o", str(tmp_path / "exported"), "-q"])
+    res = invoke("convert", str(run), "--to", "hf", "-o", str(tmp_path / "exported"), "-q")
     assert res.exit_code == 0, res.stderr
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "exported").eval()
     assert (logits_of(model.eval(), _idx(8)) - logits_of(hf, _idx(8))).abs().max().item() < 1e-4

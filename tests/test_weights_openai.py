@@ -19,6 +19,7 @@ from gptcli.weights.openai import convert_openai, data_size, load_openai
 from .conftest import run_gptcli
 from .weights_helpers import (
     hf_model_from_openai,
+    invoke,
     logits_of,
     random_openai_tensors,
     tiny_openai_cfg,
@@ -137,20 +138,12 @@ def test_flipped_byte_is_reported_by_convert_with_the_tensor_name(tiny_ckpt, tmp
     assert not (tmp_path / "o.pth").exists()
 
 
-def _cli(*args):
-    from typer.testing import CliRunner
-
-    from gptcli.cli import app
-
-    return CliRunner().invoke(app, list(args))
-
-
 def test_downloaded_model_is_used_by_sample_eval_and_train(tiny_ckpt, workdir):
     """``--model gpt2-124M`` resolves to the converted file in the cache, for sample and eval, and
     ``train --init`` continues from it with the checkpoint's own shape (qkv bias, tied head)."""
     _, _, d = tiny_ckpt
     (workdir / "short.txt").write_text((workdir / "the-verdict.txt").read_text()[:4000])
-    missing = _cli("sample", "--model", "gpt2-124M")
+    missing = invoke("sample", "--model", "gpt2-124M")
     assert missing.exit_code == 2 and "run: gptcli download --size 124M" in missing.stderr
 
     convert_openai(d, gpt2_dir("124M") / "model.pth")
@@ -173,14 +166,14 @@ def test_downloaded_model_is_used_by_sample_eval_and_train(tiny_ckpt, workdir):
         check=True,
     )
     assert s.stdout.startswith("Every effort moves you")
-    fallback = _cli("sample", "--max-new-tokens", "3")  # no run under ./runs: the downloaded 124M
+    fallback = invoke("sample", "--max-new-tokens", "3")  # no run under ./runs: the downloaded 124M
     assert fallback.exit_code == 0, fallback.stderr
     assert "using the downloaded GPT-2 124M" in fallback.stderr and fallback.stdout.startswith("Every effort moves you")
-    ev = _cli("eval", "short.txt", "--model", "gpt2-124M", "--json")
+    ev = invoke("eval", "short.txt", "--model", "gpt2-124M", "--json")
     assert ev.exit_code == 0, ev.stderr
     assert json.loads(ev.stdout)["tokens"] > 500
 
-    tr = _cli(
+    tr = invoke(
         "train",
         "short.txt",
         "--init",

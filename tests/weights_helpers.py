@@ -92,6 +92,21 @@ def hf_model_from_openai(cfg: ModelConfig, tensors: dict[str, np.ndarray]):
     return model.eval()
 
 
+def invoke(*args: str):
+    """Run a gptcli command in-process (no interpreter start-up), as CliRunner does. --quiet sets a
+    module-level flag in gptcli.console that outlives the call, so each call starts from loud."""
+    from typer.testing import CliRunner
+
+    from gptcli import console
+    from gptcli.cli import app
+
+    console.set_quiet(False)
+    try:
+        return CliRunner().invoke(app, list(args))
+    finally:
+        console.set_quiet(False)
+
+
 def logits_of(model, idx: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         out = model(idx)
@@ -113,14 +128,15 @@ class FaultServer:
       "long-length" a Content-Length 1000 bytes larger than the body, then close
       "short-length" a Content-Length 1000 bytes smaller than the file
     ``ignore_range`` makes it answer every request with the whole file (200).
-    ``requests`` records (filename, Range header, status, body bytes sent) per request.
+    ``requests`` records [filename, Range header, status, body bytes sent] per request, from the
+    moment the request arrives (so a client never finishes before its request is recorded).
     """
 
     def __init__(self, root: Path, *, ignore_range: bool = False):
         self.root = Path(root)
         self.faults: dict[str, list[str]] = {}
         self.ignore_range = ignore_range
-        self.requests: list[tuple[str, str | None, int, int]] = []
+        self.requests: list[list] = []
         self.lock = threading.Lock()
         server = self
 
@@ -132,8 +148,7 @@ class FaultServer:
                 pass
 
             def _record(self, name, status, sent):
-                with server.lock:
-                    server.requests.append((name, self.headers.get("Range"), status, sent))
+                self.entry[2], self.entry[3] = status, sent
 
             def _send(self, status, body: bytes, ctype="application/octet-stream", extra=None):
                 self.send_response(status)
@@ -148,7 +163,9 @@ class FaultServer:
                 rel = self.path.split("?")[0].lstrip("/")
                 name = rel.rsplit("/", 1)[-1]
                 path = server.root / rel
+                self.entry = [name, self.headers.get("Range"), None, 0]
                 with server.lock:
+                    server.requests.append(self.entry)
                     queue = server.faults.get(name) or []
                     fault = queue.pop(0) if queue else None
                 if fault == "503":
@@ -197,6 +214,7 @@ class FaultServer:
                         except OSError:
                             break
                         sent += len(chunk)
+                        self._record(name, status, sent)
                 self._record(name, status, sent)
                 if fault in ("drop", "long-length"):
                     self.close_connection = True
@@ -215,7 +233,8 @@ class FaultServer:
         return f"http://127.0.0.1:{self.port}"
 
     def gets(self, name: str) -> list[tuple[str, str | None, int, int]]:
-        return [r for r in self.requests if r[0] == name]
+        with self.lock:
+            return [tuple(r) for r in self.requests if r[0] == name]
 
     def __enter__(self) -> FaultServer:
         self.thread.start()

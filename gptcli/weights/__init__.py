@@ -7,6 +7,17 @@ from pathlib import Path
 
 SIZES = ("124M", "355M", "774M", "1558M")
 CONVERTED_NAME = "model.pth"
+# OpenAI's seven files per size, and the one that gives the model's shape.
+OPENAI_FILES = (
+    "checkpoint",
+    "encoder.json",
+    "hparams.json",
+    "model.ckpt.data-00000-of-00001",
+    "model.ckpt.index",
+    "model.ckpt.meta",
+    "vocab.bpe",
+)
+HPARAMS = "hparams.json"
 
 
 def gptcli_home() -> Path:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 # (done, total) after each tensor: drives the CLI's progress bar.
 Progress = Callable[[int, int], None]
@@ -78,6 +79,8 @@ def check_tensors(
 
 def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     """``t`` with zero rows appended up to ``rows``: the padded vocabulary is never predicted."""
+    import torch
+
     if t.shape[0] == rows:
         return t.contiguous()
     out = torch.zeros((rows, *t.shape[1:]), dtype=t.dtype)

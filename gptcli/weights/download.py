@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptcli.errors import DownloadError, UsageError
-from gptcli.weights import SIZES
-from gptcli.weights.openai import FILES, HPARAMS
+from gptcli.weights import HPARAMS, OPENAI_FILES, SIZES
 
 PRIMARY_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 MIRROR_URL = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"
@@ -52,7 +51,7 @@ KNOWN_SIZES: dict[str, dict[str, int]] = {
 TOKENIZER_SIZES = {"encoder.json": 1_042_301, "vocab.bpe": 456_318}
 # hparams.json first: the data file's expected size is computed from it. The big file last.
 ORDER = ("hparams.json", "checkpoint", "encoder.json", "vocab.bpe", "model.ckpt.index", "model.ckpt.meta", DATA_FILE)
-assert sorted(ORDER) == sorted(FILES)
+assert sorted(ORDER) == sorted(OPENAI_FILES)
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 CHUNK = 1 << 20

@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from gptcli.config import PRESETS, ModelConfig
+from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError
+from gptcli.weights import HPARAMS, OPENAI_FILES
 from gptcli.weights.common import Progress, check_tensors, pad_rows, weights_checkpoint
 
-HPARAMS = "hparams.json"
-FILES = (
-    "checkpoint",
-    "encoder.json",
-    "hparams.json",
-    "model.ckpt.data-00000-of-00001",
-    "model.ckpt.index",
-    "model.ckpt.meta",
-    "vocab.bpe",
-)
+if TYPE_CHECKING:
+    import torch
+
+FILES = OPENAI_FILES
 
 
 def config_from_hparams(hp: dict, *, where: str = HPARAMS) -> ModelConfig:
@@ -57,13 +52,6 @@ def hparams_from_config(cfg: ModelConfig) -> dict[str, int]:
         "n_head": cfg.n_heads,
         "n_layer": cfg.n_layers,
     }
-
-
-def preset_name(cfg: ModelConfig) -> str | None:
-    for name, p in PRESETS.items():
-        if (cfg.emb_dim, cfg.n_layers, cfg.n_heads) == (p["emb_dim"], p["n_layers"], p["n_heads"]):
-            return name
-    return None
 
 
 def openai_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -128,6 +116,8 @@ def load_openai(
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Read an OpenAI GPT-2 checkpoint (a directory, or a prefix beside hparams.json) into a
     gptcli config and state dict. Every tensor is read once and kept once."""
+    import torch
+
     from gptcli.weights.tf_checkpoint import open_checkpoint
 
     src = Path(src)
@@ -164,6 +154,8 @@ def convert_openai(
 
 def openai_tensors(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """The inverse map: a gptcli state dict in OpenAI's layout (tests write checkpoints with it)."""
+    import torch
+
     if not cfg.tie_weights:
         raise CheckpointError("OpenAI's layout has no separate output head; only a tied model maps onto it")
     out = {}
