@@ -60,10 +60,11 @@ def atomic_save(obj: dict[str, Any], path: str | Path) -> Path:
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise SaveError(
-                f"{path}: could not save checkpoint ({e.strerror or e}); the previous checkpoint is intact"
-            ) from None
+        if isinstance(e, Exception):
+            # torch's zip writer reports a failed write (a full disk, a file-size limit) as a
+            # RuntimeError about file positions, so any error while writing is a failed save.
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:160]
+            raise SaveError(f"{path}: could not save checkpoint ({reason}); the previous checkpoint is intact") from None
         raise
     _fsync_dir(path.parent)
     return path

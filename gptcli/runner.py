@@ -55,28 +55,35 @@ def resolve_train_configs(
     preset: str | None,
     model_flags: dict[str, Any],
     train_flags: dict[str, Any],
-) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
-    """Defaults, then the config file, then flags given on the command line."""
+) -> tuple[ModelConfig | None, TrainConfig, dict[str, Any]]:
+    """Defaults, then the config file, then flags given on the command line.
+
+    With ``--init`` the architecture comes from the initial weights, so the model is not built
+    here (None): the model settings given are returned for comparison with the checkpoint's.
+    """
     file_cfg = load_yaml_config(config_file) if config_file else {"model": {}, "train": {}}
-    given_model = {k: v for k, v in model_flags.items() if v is not None}
+    where = str(config_file) if config_file else "flags"
     model_dict = dict(file_cfg["model"])
-    file_preset = model_dict.pop("preset", None)
-    chosen_preset = preset or file_preset
-    model_dict.update(given_model)
-    if chosen_preset:
-        model_cfg = ModelConfig.from_preset(chosen_preset, **model_dict)
-    else:
-        model_cfg = ModelConfig.from_dict(model_dict, where=str(config_file) if config_file else "model flags")
+    chosen_preset = preset or model_dict.pop("preset", None)
+    model_dict.update({k: v for k, v in model_flags.items() if v is not None})
     train_dict = dict(file_cfg["train"])
     train_dict.update({k: v for k, v in train_flags.items() if v is not None})
     train_dict["data"] = [str(Path(p).resolve()) if Path(p).exists() else str(p) for p in train_dict.get("data") or []]
     if train_dict.get("val_file") and Path(train_dict["val_file"]).exists():
         train_dict["val_file"] = str(Path(train_dict["val_file"]).resolve())
-    train_cfg = TrainConfig.from_dict(train_dict, where=str(config_file) if config_file else "train flags")
-    return model_cfg, train_cfg, given_model
+    train_cfg = TrainConfig.from_dict(train_dict, where=where)
+    if train_cfg.init:
+        if chosen_preset:
+            model_dict = {**ModelConfig.from_preset(chosen_preset).to_dict(), **model_dict}
+        return None, train_cfg, model_dict
+    if chosen_preset:
+        model_cfg = ModelConfig.from_preset(chosen_preset, **model_dict)
+    else:
+        model_cfg = ModelConfig.from_dict(model_dict, where=where)
+    return model_cfg, train_cfg, model_dict
 
 
-def _init_weights(train_cfg: TrainConfig, model_cfg: ModelConfig, given_model: dict[str, Any]):
+def _init_weights(train_cfg: TrainConfig, given_model: dict[str, Any]):
     """Weights and architecture for ``--init``: the checkpoint's config wins; explicit
     architecture flags that disagree with it are an error listing each field."""
     from gptcli.checkpoint import load_checkpoint
@@ -108,6 +115,9 @@ def train_command(
     model_cfg, train_cfg, given_model = resolve_train_configs(
         config_file=config_file, preset=preset, model_flags=model_flags or {}, train_flags=train_flags or {}
     )
+    init_state = None
+    if train_cfg.init:
+        model_cfg, init_state = _init_weights(train_cfg, given_model)
     if print_config:
         console.print_result(dump_yaml_config(model_cfg, train_cfg), end="")
         return Path()
@@ -117,9 +127,6 @@ def train_command(
         check_available()
     if not train_cfg.data:
         raise UsageError("no training text given: pass one or more files or directories (or 'data' in --config)")
-    init_state = None
-    if train_cfg.init:
-        model_cfg, init_state = _init_weights(train_cfg, model_cfg, given_model)
     from gptcli.checkpoint import list_step_checkpoints
     from gptcli.training import default_run_dir
 
