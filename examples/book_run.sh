@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the book's chapter-5 run: train a GPT-2 124M-sized model on "The Verdict" for 10
-# epochs with the book's settings (examples/configs/verdict.yaml), then sample from it, draw the
-# loss curves and show what the checkpoint holds.
+# epochs with the book's settings (examples/configs/verdict.yaml), then sample from it and draw
+# the loss curves. Afterwards `gptcli info runs/book` shows what the checkpoint holds.
 #
 #   bash examples/book_run.sh                  # run from anywhere; writes runs/book in the current directory
 #   OUT=runs/book2 bash examples/book_run.sh --device cpu   # extra flags go to `gptcli train`
@@ -20,4 +20,3 @@ $GPTCLI train "$HERE/the-verdict.txt" --config "$HERE/configs/verdict.yaml" --ou
 # The book's sampling settings from section 5.3: temperature 1.4, top-k 25.
 $GPTCLI sample --checkpoint "$OUT" --temperature 1.4 --top-k 25 --seed 123
 $GPTCLI plot "$OUT" -o "$OUT/loss.png"
-$GPTCLI info "$OUT"

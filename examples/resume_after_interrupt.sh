@@ -34,7 +34,6 @@ elif [[ $status -ne 130 ]]; then
   echo "training failed with exit code $status" >&2
   exit "$status"
 fi
-echo "interrupted (exit code 130); the checkpoint it saved:" >&2
-$GPTCLI info "$OUT"
+echo "interrupted (exit code 130); resuming from the checkpoint it saved" >&2
 $GPTCLI resume "$OUT"
 $GPTCLI runs

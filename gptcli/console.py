@@ -87,7 +87,9 @@ def __getattr__(name: str) -> Any:
 def _train_progress_class() -> type:
     from gptcli.training import Callbacks
 
-    return type("TrainProgress", (_TrainProgress, Callbacks), {"__module__": __name__, "__doc__": _TrainProgress.__doc__})
+    return type(
+        "TrainProgress", (_TrainProgress, Callbacks), {"__module__": __name__, "__doc__": _TrainProgress.__doc__}
+    )
 
 
 class _TrainProgress:

@@ -1,4 +1,5 @@
-"""Loss curves from metrics.jsonl: the book's figure (loss against epochs, tokens seen on top)."""
+"""Loss curves from metrics.jsonl: the book's figure 5.12 and its ``plot_losses`` (loss against epochs,
+tokens seen on top), several runs overlaid, or drawn with characters for a terminal."""
 
 from __future__ import annotations
 
@@ -60,7 +61,9 @@ def plot_runs(targets: list[str | Path], output: str | Path, *, log_y: bool = Fa
         prefix = f"{label}: " if multi else ""
         color = f"C{i}"
         ax1.plot(s["epoch"], s["train"], color=color, label=f"{prefix}Training loss")
-        ax1.plot(s["epoch"], s["val"], color=color, linestyle="-." if not multi else "--", label=f"{prefix}Validation loss")
+        ax1.plot(
+            s["epoch"], s["val"], color=color, linestyle="-." if not multi else "--", label=f"{prefix}Validation loss"
+        )
     ax1.set_xlabel("Epochs")
     ax1.set_ylabel("Loss" + (" (log scale)" if log_y else ""))
     if log_y:
@@ -71,7 +74,9 @@ def plot_runs(targets: list[str | Path], output: str | Path, *, log_y: bool = Fa
         ax1.yaxis.set_major_formatter(FormatStrFormatter("%g"))  # 0.5, 1, 2, 5 rather than 10^0
         ax1.yaxis.set_minor_formatter(NullFormatter())
     if multi:  # below the axes, one column per run, so no curve hides behind it
-        ax1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=min(len(series), 4), fontsize="small", frameon=False)
+        ax1.legend(
+            loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=min(len(series), 4), fontsize="small", frameon=False
+        )
     else:
         ax1.legend(loc="upper right", fontsize="small")
     # Second x axis: tokens seen, from the first run (the book's figure)
@@ -86,9 +91,7 @@ def plot_runs(targets: list[str | Path], output: str | Path, *, log_y: bool = Fa
     return out
 
 
-def terminal_plot(
-    targets: list[str | Path], *, width: int | None = None, height: int = 18, log_y: bool = False
-) -> str:
+def terminal_plot(targets: list[str | Path], *, width: int | None = None, height: int = 18, log_y: bool = False) -> str:
     """Loss curves drawn with characters, for a terminal over SSH.
 
     Each curve has its own letter at the evaluations, joined by dots; the y axis is labelled in
@@ -114,7 +117,9 @@ def terminal_plot(
     xs = [x for _, ex, _ in curves for x in ex]
     ys = [f(y) for _, _, ey in curves for y in ey if usable(y)]
     if not ys:
-        raise UsageError("nothing to plot: every loss is NaN or infinite" + (" (or <= 0 with --log-y)" if log_y else ""))
+        raise UsageError(
+            "nothing to plot: every loss is NaN or infinite" + (" (or <= 0 with --log-y)" if log_y else "")
+        )
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(ys), max(ys)
 
@@ -138,7 +143,7 @@ def terminal_plot(
         for x, y in zip(ex, ey, strict=True):
             if usable(y):
                 grid[row(y)][col(x)] = mark
-    lab = (lambda v: f"{10 ** v:7.3f}") if log_y else (lambda v: f"{v:7.3f}")
+    lab = (lambda v: f"{10**v:7.3f}") if log_y else (lambda v: f"{v:7.3f}")
     lines = [f"loss{' (log scale)' if log_y else ''}"]
     for r, cells in enumerate(grid):
         yv = y1 - (y1 - y0) * r / (height - 1)
@@ -150,5 +155,8 @@ def terminal_plot(
     axis += " " * max(1, width - len(axis) - len(right)) + right
     lines.append(" " * 9 + axis + "  epochs")
     for i, label in enumerate(labels):
-        lines.append(" " * 9 + f"{marks[(2 * i) % len(marks)]} training loss, {marks[(2 * i + 1) % len(marks)]} validation loss: {label}")
+        lines.append(
+            " " * 9
+            + f"{marks[(2 * i) % len(marks)]} training loss, {marks[(2 * i + 1) % len(marks)]} validation loss: {label}"
+        )
     return "\n".join(lines)

@@ -27,7 +27,9 @@ def check_available() -> None:
         import tensorboard.compat.proto.event_pb2  # noqa: F401
         import tensorboard.summary.writer.record_writer  # noqa: F401
     except ImportError:
-        raise UsageError(f"--tensorboard needs the tensorboard package, which is not installed; run: {INSTALL_HINT}") from None
+        raise UsageError(
+            f"--tensorboard needs the tensorboard package, which is not installed; run: {INSTALL_HINT}"
+        ) from None
 
 
 class TensorBoardWriter:
@@ -51,12 +53,16 @@ class TensorBoardWriter:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # The file name TensorBoard looks for. The package's EventFileWriter is not used: it makes
         # the directory through tf.io.gfile, which loads all of TensorFlow when that is installed.
-        self.path = self.log_dir / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.gptcli"
+        self.path = (
+            self.log_dir / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.gptcli"
+        )
         self._file = open(self.path, "ab")  # noqa: SIM115  (closed in close())
         self._records = RecordWriter(self._file)
         self._add_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
         if purge_step is not None:
-            self._add_event(Event(wall_time=time.time(), step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+            self._add_event(
+                Event(wall_time=time.time(), step=purge_step, session_log=SessionLog(status=SessionLog.START))
+            )
         self._file.flush()
 
     # -- the training loop's callbacks (see gptcli.training.Callbacks) ----------------------------
@@ -101,7 +107,9 @@ class TensorBoardWriter:
         from tensorboard.plugins.text.plugin_data_pb2 import TextPluginData
 
         meta = SummaryMetadata(
-            plugin_data=SummaryMetadata.PluginData(plugin_name="text", content=TextPluginData(version=0).SerializeToString())
+            plugin_data=SummaryMetadata.PluginData(
+                plugin_name="text", content=TextPluginData(version=0).SerializeToString()
+            )
         )
         tensor = TensorProto(
             dtype="DT_STRING",

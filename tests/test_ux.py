@@ -35,13 +35,17 @@ QUICK = [*TINY_FLAGS, "--batch-size", "4", "--stride", "100", "--eval-freq", "3"
 # model trains 2-3x slower with two threads than with one.
 ENV = {"OMP_NUM_THREADS": "1", "COLUMNS": "120"}
 ANSI_SGR = re.compile(r"\x1b\[[0-9;]*m")
-ANSI_COLOR = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-9]|4[0-9]|9[0-7]|10[0-7])(?:;[0-9;]*)?m")  # NO_COLOR allows bold, not colour
+ANSI_COLOR = re.compile(
+    r"\x1b\[(?:[0-9;]*;)?(?:3[0-9]|4[0-9]|9[0-7]|10[0-7])(?:;[0-9;]*)?m"
+)  # NO_COLOR allows bold, not colour
 
 
 def invoke(*args: str, expect: int = 0):
     res = CliRunner().invoke(app, list(args))
     if res.exit_code != expect:
-        raise AssertionError(f"gptcli {' '.join(args)} exited {res.exit_code}, expected {expect}\n{res.output}\n{res.exception!r}")
+        raise AssertionError(
+            f"gptcli {' '.join(args)} exited {res.exit_code}, expected {expect}\n{res.output}\n{res.exception!r}"
+        )
     return res
 
 
@@ -59,12 +63,25 @@ def run(tmp_path_factory) -> Path:
     from gptcli import console
 
     root = tmp_path_factory.mktemp("ux")
-    (root / "c.yaml").write_text(f"model:\n  emb_dim: 32\n  n_heads: 4\ntrain:\n  data: [{VERDICT}]\n  epochs: 5\n  lr: 0.001\n")
+    (root / "c.yaml").write_text(
+        f"model:\n  emb_dim: 32\n  n_heads: 4\ntrain:\n  data: [{VERDICT}]\n  epochs: 5\n  lr: 0.001\n"
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         res = CliRunner().invoke(
-            app, ["train", "--config", str(root / "c.yaml"), *QUICK, "--epochs", "2", "--out", str(root / "runs" / "a"), "--tensorboard"]
+            app,
+            [
+                "train",
+                "--config",
+                str(root / "c.yaml"),
+                *QUICK,
+                "--epochs",
+                "2",
+                "--out",
+                str(root / "runs" / "a"),
+                "--tensorboard",
+            ],
         )
     finally:
         torch.set_num_threads(threads)
@@ -140,7 +157,9 @@ def test_shell_completion(tmp_path):
     env.update(COMP_WORDS="gptcli train --ep", COMP_CWORD="2")
     proc = subprocess.run(gptcli_exe(), env=env, capture_output=True, text=True, cwd=tmp_path)
     assert "--epochs" in proc.stdout.split()
-    script = subprocess.run([*gptcli_exe(), "--show-completion", "bash"], capture_output=True, text=True, cwd=tmp_path).stdout
+    script = subprocess.run(
+        [*gptcli_exe(), "--show-completion", "bash"], capture_output=True, text=True, cwd=tmp_path
+    ).stdout
     assert "_gptcli_completion" in script and "complete -o default -F _gptcli_completion gptcli" in script
 
 
@@ -164,7 +183,13 @@ def test_config_precedence_defaults_file_flags(tmp_path):
     c = str(tmp_path / "c.yaml")
     from_file = print_config("--config", c)
     assert from_file["model"] == {**defaults["model"], "emb_dim": 64, "n_heads": 4, "drop_rate": 0.0}
-    assert from_file["train"] == {**defaults["train"], "epochs": 3, "lr": 0.001, "batch_size": 8, "start_context": "From the file"}
+    assert from_file["train"] == {
+        **defaults["train"],
+        "epochs": 3,
+        "lr": 0.001,
+        "batch_size": 8,
+        "start_context": "From the file",
+    }
     both = print_config("--config", c, "--n-heads", "8", "--lr", "0.002", "--seed", "7", "--no-qkv-bias")
     assert both["model"] == {**from_file["model"], "n_heads": 8}  # a flag beats the file ...
     assert both["train"] == {**from_file["train"], "lr": 0.002, "seed": 7}  # ... and the defaults
@@ -203,14 +228,15 @@ def test_config_errors_name_the_key(tmp_path, text, needle):
 
 
 @pytest.mark.parametrize("name", ["verdict", "tiny", "gpt2-124M-continue"])
-def test_example_configs_load(name, monkeypatch):
+def test_example_configs_load(name, monkeypatch, _isolated_home):
     monkeypatch.chdir(VERDICT.parents[1])  # the configs' data paths are relative to the repository root
+    save_fake_gpt2(_isolated_home)  # --init gpt2-124M may read the downloaded weights' architecture
     cfg = print_config("--config", f"examples/configs/{name}.yaml")
     assert cfg["train"]["data"] == [str(VERDICT)]
     if name == "verdict":  # the book's run is gptcli's defaults, written out
         assert cfg == {**print_config(), "train": {**print_config()["train"], "data": [str(VERDICT)]}}
     if name == "gpt2-124M-continue":
-        assert cfg["train"]["init"] == "gpt2-124M" and cfg["model"]["context_length"] == 1024
+        assert cfg["train"]["init"] == "gpt2-124M" and cfg["train"]["lr"] == 5e-5
 
 
 def test_run_saves_its_resolved_config_and_resume_needs_nothing_else(run, tmp_path, monkeypatch, one_thread):
@@ -249,7 +275,9 @@ def test_run_saves_its_resolved_config_and_resume_needs_nothing_else(run, tmp_pa
 
 def test_log_lines_when_not_a_terminal(run):
     out = (run.parents[1] / "output.txt").read_text()
-    assert re.search(r"^ep 1 step 000000: train loss \d+\.\d{3}, val loss \d+\.\d{3}, [\d,]+ tokens seen, [\d,]+ tok/s$", out, re.M), out
+    assert re.search(
+        r"^ep 1 step 000000: train loss \d+\.\d{3}, val loss \d+\.\d{3}, [\d,]+ tokens seen, [\d,]+ tok/s$", out, re.M
+    ), out
     assert "\r" not in out and "━" not in out and not ANSI_SGR.search(out)
     assert re.search(r"^model: [\d,]+ parameters on cpu$", out, re.M)
     assert re.search(r"^saved .*step-\d{8}\.pth$", out, re.M)
@@ -272,8 +300,15 @@ def test_progress_bar_and_ctrl_c_in_a_terminal(tmp_path):
 
     shutil.copy(VERDICT, tmp_path / "the-verdict.txt")
     args = ["train", "the-verdict.txt", *QUICK, "--epochs", "50", "--out", "runs/tty"]
-    child = pexpect.spawn(gptcli_exe()[0], [*gptcli_exe()[1:], *args], cwd=str(tmp_path), env={**os.environ, **ENV},
-                          dimensions=(30, 150), encoding="utf-8", timeout=120)
+    child = pexpect.spawn(
+        gptcli_exe()[0],
+        [*gptcli_exe()[1:], *args],
+        cwd=str(tmp_path),
+        env={**os.environ, **ENV},
+        dimensions=(30, 150),
+        encoding="utf-8",
+        timeout=120,
+    )
     child.logfile_read = log = io.StringIO()
     child.expect("tok/s")
     child.expect("tok/s")  # a redraw: training is under way
@@ -283,7 +318,10 @@ def test_progress_bar_and_ctrl_c_in_a_terminal(tmp_path):
     out = ANSI_SGR.sub("", log.getvalue())
     assert child.exitstatus == 130, out
     # the bar: epoch, bar, steps done/total, last losses, speed, time left
-    assert re.search(r"epoch 1/50 +━+.* \d+/550 +train (\d+\.\d{3}|nan) val (\d+\.\d{3}|nan) +[\d,]+ tok/s +(\d+:\d\d:\d\d|-:--:--)", out), out
+    assert re.search(
+        r"epoch 1/50 +━+.* \d+/550 +train (\d+\.\d{3}|nan) val (\d+\.\d{3}|nan) +[\d,]+ tok/s +(\d+:\d\d:\d\d|-:--:--)",
+        out,
+    ), out
     assert "Ctrl-C: saving a checkpoint at the end of this step" in out
     m = re.search(r"error: interrupted at step (\d+); saved (\S+); continue with: gptcli resume (\S+)", out)
     assert m, out
@@ -298,8 +336,14 @@ def test_no_color_is_respected(tmp_path):
 
     def stderr_in_a_terminal(extra_env):
         env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
-        child = pexpect.spawn(gptcli_exe()[0], [*gptcli_exe()[1:], "train", "--config", "missing.yaml"], cwd=str(tmp_path),
-                              env={**env, "TERM": "xterm-256color", **extra_env}, encoding="utf-8", timeout=60)
+        child = pexpect.spawn(
+            gptcli_exe()[0],
+            [*gptcli_exe()[1:], "train", "--config", "missing.yaml"],
+            cwd=str(tmp_path),
+            env={**env, "TERM": "xterm-256color", **extra_env},
+            encoding="utf-8",
+            timeout=60,
+        )
         child.expect(pexpect.EOF)
         child.close()
         assert child.exitstatus == 2
@@ -338,7 +382,10 @@ def test_plot_overlays_runs_with_a_legend(run, tmp_path):
     assert "t training loss, v validation loss: a" in term and "* training loss, o validation loss: b" in term
     grid = [line.split("|", 1)[1] for line in term.splitlines() if "|" in line]
     assert len(grid) == 18 and all(ch in grid_chars(grid) for ch in "tv*o")
-    top, bottom = float(term.splitlines()[1].split("|")[0]), float([x for x in term.splitlines() if "|" in x][-1].split("|")[0])
+    top, bottom = (
+        float(term.splitlines()[1].split("|")[0]),
+        float([x for x in term.splitlines() if "|" in x][-1].split("|")[0]),
+    )
     all_losses = [r[k] for r in recs if r["type"] == "eval" for k in ("train_loss", "val_loss")]
     assert abs(top - max(all_losses)) < 1e-3 and abs(bottom - min(all_losses) / 2) < 1e-3
     log = invoke("plot", str(run), "--terminal", "--log-y").output
@@ -396,7 +443,9 @@ def test_tensorboard_missing_is_a_one_line_error(monkeypatch, tmp_path):
         monkeypatch.setitem(sys.modules, name, None)
     res = invoke("train", str(VERDICT), *QUICK, "--out", str(tmp_path / "r"), "--tensorboard", expect=2)
     lines = [x for x in res.output.splitlines() if x.strip()]
-    assert lines == ["error: --tensorboard needs the tensorboard package, which is not installed; run: pip install 'gptcli[tensorboard]'"]
+    assert lines == [
+        "error: --tensorboard needs the tensorboard package, which is not installed; run: pip install 'gptcli[tensorboard]'"
+    ]
     assert not (tmp_path / "r").exists()
 
 
@@ -437,8 +486,13 @@ def save_fake_gpt2(home: Path) -> Path:
     cfg = ModelConfig(context_length=12, emb_dim=32, n_heads=4, n_layers=2, qkv_bias=True, tie_weights=True)
     torch.manual_seed(0)
     path = home / "gpt2" / "124M" / "model.pth"
-    obj = {"format": ckpt.FORMAT, "version": ckpt.VERSION, "kind": "weights", "model_config": cfg.to_dict(),
-           "model_state_dict": GPT(cfg).state_dict()}
+    obj = {
+        "format": ckpt.FORMAT,
+        "version": ckpt.VERSION,
+        "kind": "weights",
+        "model_config": cfg.to_dict(),
+        "model_state_dict": GPT(cfg).state_dict(),
+    }
     return ckpt.atomic_save(obj, path)
 
 
@@ -451,8 +505,14 @@ def test_runs_lists_runs_with_last_losses(run, tmp_path, monkeypatch):
     lines = invoke("runs").output.splitlines()
     assert lines[0].split() == ["RUN", "EPOCHS", "STEP", "TOKENS", "TRAIN", "VAL", "BEST", "VAL", "UPDATED"]
     row = lines[1].split()
-    assert row[:6] == ["runs/first", "2/2", str(ckpt.load_checkpoint(ckpt.list_step_checkpoints(run)[-1])["progress"]["step"]),
-                       f"{evals[-1]['tokens_seen']:,}", f"{evals[-1]['train_loss']:.3f}", f"{evals[-1]['val_loss']:.3f}"]
+    assert row[:6] == [
+        "runs/first",
+        "2/2",
+        str(ckpt.load_checkpoint(ckpt.list_step_checkpoints(run)[-1])["progress"]["step"]),
+        f"{evals[-1]['tokens_seen']:,}",
+        f"{evals[-1]['train_loss']:.3f}",
+        f"{evals[-1]['val_loss']:.3f}",
+    ]
     assert len(lines) == 2
     data = json.loads(invoke("runs", "--json").output)
     assert [r["run"] for r in data] == ["runs/first"] and data[0]["val_loss"] == evals[-1]["val_loss"]
@@ -478,8 +538,14 @@ def test_runs_and_plot_do_not_import_torch(run, tmp_path):
 def test_interactive_sampling_in_a_terminal(run):
     pexpect = pytest.importorskip("pexpect")
     args = ["sample", "--interactive", "-c", str(run), "--max-new-tokens", "6"]
-    child = pexpect.spawn(gptcli_exe()[0], [*gptcli_exe()[1:], *args], env={**os.environ, **ENV}, encoding="utf-8",
-                          timeout=120, dimensions=(30, 150))
+    child = pexpect.spawn(
+        gptcli_exe()[0],
+        [*gptcli_exe()[1:], *args],
+        env={**os.environ, **ENV},
+        encoding="utf-8",
+        timeout=120,
+        dimensions=(30, 150),
+    )
     child.expect("parameters, context 12")
     child.expect(">>> ")
     child.sendline("Every effort moves you")
@@ -499,7 +565,9 @@ def test_interactive_sampling_in_a_terminal(run):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
-    greedy = invoke("sample", "-c", str(run), "--max-new-tokens", "6", "--prompt", "Every effort moves you").output.strip()
+    greedy = invoke(
+        "sample", "-c", str(run), "--max-new-tokens", "6", "--prompt", "Every effort moves you"
+    ).output.strip()
     assert greedy.startswith("Every effort moves you") and greedy in first.replace("\r\n", "\n"), (greedy, first)
 
 
@@ -509,7 +577,19 @@ def test_interactive_sampling_keeps_the_model_loaded(run, monkeypatch, capsys):
     loads = []
     real = runner.load_model_for_inference
     monkeypatch.setattr(runner, "load_model_for_inference", lambda *a, **k: loads.append(1) or real(*a, **k))
-    lines = iter(["Every effort moves you", "", "/max-new-tokens 3", "I had", "/seed 5", "/temperature 1", "Hello", "/quit", "never read"])
+    lines = iter(
+        [
+            "Every effort moves you",
+            "",
+            "/max-new-tokens 3",
+            "I had",
+            "/seed 5",
+            "/temperature 1",
+            "Hello",
+            "/quit",
+            "never read",
+        ]
+    )
     n = runner.interactive_sample(checkpoint=run, max_new_tokens=6, stream=False, input_fn=lambda _prompt: next(lines))
     assert n == 3 and len(loads) == 1
     out = capsys.readouterr().out.splitlines()

@@ -1,0 +1,195 @@
+"""The README's own commands, run in order in a scratch directory, as a newcomer would run them.
+
+Every command in a ```bash block of README.md is either run here or listed in SKIP with the reason.
+`gptcli` lines run in-process through the same Typer app as the installed command, rewritten to a
+tiny model and one epoch; placeholders like `runs/<run>` become the newest run. `bash examples/...`
+lines are the example scripts that tests/test_examples.py runs, and `make` lines must name
+Makefile targets.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from gptcli import checkpoint as ckpt
+from gptcli.cli import app
+
+from .conftest import ROOT, TINY_FLAGS
+from .test_examples import TESTED as TESTED_SCRIPTS
+from .test_ux import save_fake_gpt2
+
+README = ROOT / "README.md"
+
+# README commands this test does not run, and why. Match is on the command with its comment removed.
+SKIP = {
+    "make install && make demo": "builds .venv and runs the full book run (CI runs `make install && make test`)",
+    "make install && make test": "the test suite this file is part of",
+    "gptcli download --size 124M": "needs the network (tests/test_weights_download.py serves it from loopback)",
+    "pip install 'gptcli[tensorboard]'": "needs the network; the test extra installs tensorboard",
+    "tensorboard --logdir runs": "starts a web server",
+    "gptcli convert ~/.cache/gptcli/gpt2/124M": "needs OpenAI's downloaded TensorFlow checkpoint",
+    "gptcli convert hf-gpt2/ -o gpt2.pth": "needs a Hugging Face model folder",
+    "gptcli convert model.pth -o book.pth": "needs the book's model.pth",
+    "gptcli convert model_and_optimizer.pth --data the-verdict.txt -o book.pth": "needs the book's model_and_optimizer.pth",
+    "gptcli resume book.pth": "needs the book checkpoint converted on the line before",
+}
+# One epoch of a dozen steps: 46 windows of 12 tokens, 100 tokens apart, 4 per batch.
+TINY_TRAIN = [
+    *TINY_FLAGS,
+    "--batch-size",
+    "4",
+    "--stride",
+    "100",
+    "--eval-freq",
+    "5",
+    "--eval-iter",
+    "1",
+    "--epochs",
+    "1",
+]
+
+
+def readme_commands() -> list[tuple[int, str]]:
+    """(line number, command) for every command in the README's bash blocks, comments removed."""
+    out, in_bash, pending = [], False, ""
+    for n, line in enumerate(README.read_text(encoding="utf-8").splitlines(), 1):
+        if line.startswith("```"):
+            in_bash = line.strip() == "```bash"
+            continue
+        if not in_bash:
+            continue
+        line = pending + line
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        pending = ""
+        command = " ".join(shlex.split(line, comments=True))
+        if command:
+            out.append((n, re.sub(r"\s+#.*$", "", line).strip()))
+    return out
+
+
+def test_readme_lists_every_command_and_skips_only_what_it_names():
+    commands = [c for _, c in readme_commands()]
+    assert any(c.startswith("gptcli train") for c in commands)
+    stale = set(SKIP) - set(commands)
+    assert not stale, f"SKIP names commands no longer in the README: {stale}"
+    for c in commands:
+        if c in SKIP:
+            continue
+        word = shlex.split(c)[0]
+        assert word in ("gptcli", "bash", "make"), f"README command {c!r} is neither run by this test nor in SKIP"
+
+
+def test_readme_documents_every_command():
+    import typer.main
+
+    text = README.read_text(encoding="utf-8")
+    for name in typer.main.get_command(app).commands:
+        assert f"gptcli {name}" in text, f"`gptcli {name}` is not in the README"
+    for section in ("## Quick tour", "## Commands", "## From the book to gptcli", "## Troubleshooting"):
+        assert section in text
+    for book_fn in (
+        "generate_text_simple",
+        "generate(",
+        "calc_loss_batch",
+        "calc_loss_loader",
+        "train_model_simple",
+        "evaluate_model",
+        "generate_and_print_sample",
+        "plot_losses",
+        "text_to_token_ids",
+        "token_ids_to_text",
+        "create_dataloader_v1",
+        "download_and_load_gpt2",
+        "load_weights_into_gpt",
+        "model_and_optimizer",
+    ):
+        assert f"`{book_fn}" in text, book_fn
+    for topic in ("offline", "MPS", "Out of memory", "Windows"):
+        assert topic in text
+    image = re.search(r"!\[[^\]]*\]\((examples/[^)]+\.png)\)", text)
+    assert image and (ROOT / image.group(1)).read_bytes()[:4] == b"\x89PNG"
+
+
+def _newest_run() -> Path:
+    found = ckpt.find_latest_run(Path("runs"))
+    assert found is not None, "a README command refers to a run before any was trained"
+    return found
+
+
+def _tiny(args: list[str]) -> tuple[list[str], str | None, str | None]:
+    """The command with tiny settings; also stdout's redirect target and stdin for --interactive."""
+    out_file = None
+    if ">" in args:
+        i = args.index(">")
+        out_file, args = args[i + 1], args[:i]
+    args = [str(_newest_run()) if re.fullmatch(r".*<[a-z-]+>.*", a) else a for a in args]
+    cmd, stdin = args[0], None
+    if "--help" in args or "-h" in args:
+        return args, out_file, stdin
+    if cmd == "train" and "--print-config" not in args:
+        args = [*args, *TINY_TRAIN]
+    elif cmd == "resume":
+        positional = [a for a in args[1:] if not a.startswith("-") and not re.fullmatch(r"\d+", a)]
+        target = Path(positional[0]) if positional else _newest_run()
+        done = ckpt.load_checkpoint(ckpt.resolve_checkpoint(target))["progress"]["epoch"]
+        args = [*args, "--epochs", str(done + 1)]  # one more tiny epoch, whatever the README asks
+    elif cmd == "sample":
+        args = [*args, "--max-new-tokens", "8"]
+        if "--interactive" in args or "-i" in args:
+            stdin = "Every effort moves you\n/temperature 1.0\nI had\n"
+    return args, out_file, stdin
+
+
+@pytest.mark.slow
+def test_readme_commands_run(tmp_path, monkeypatch, _isolated_home):
+    from gptcli import console
+
+    shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("*.png", "*.sh"))
+    shutil.copy(ROOT / "examples" / "the-verdict.txt", tmp_path / "data.txt")  # the weights section's data.txt
+    save_fake_gpt2(_isolated_home)  # a tiny stand-in for `gptcli download --size 124M`
+    makefile = (ROOT / "Makefile").read_text()
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    ran = []
+    try:
+        for lineno, command in readme_commands():
+            if command in SKIP:
+                continue
+            words = shlex.split(command)
+            if words[0] == "make":
+                for target in re.findall(r"make (\w+)", command):
+                    assert re.search(rf"^{target}:", makefile, re.M), (
+                        f"README.md:{lineno}: no Makefile target {target!r}"
+                    )
+                continue
+            if words[0] == "bash":
+                assert Path(words[1]).name in TESTED_SCRIPTS, f"README.md:{lineno}: {words[1]} is not smoke-tested"
+                continue
+            args, out_file, stdin = _tiny(words[1:])
+            console.set_quiet(False)
+            res = CliRunner().invoke(app, args, input=stdin)
+            assert res.exit_code == 0, (
+                f"README.md:{lineno}: `{command}` (run as gptcli {' '.join(args)}) exited {res.exit_code}:\n{res.output[-3000:]}\n{res.exception!r}"
+            )
+            if out_file:
+                Path(out_file).write_text(res.stdout)
+                assert Path(out_file).read_text().strip(), f"README.md:{lineno}: {out_file} is empty"
+            ran.append(command)
+            print(f"README.md:{lineno}: ran gptcli {' '.join(args)}")
+    finally:
+        torch.set_num_threads(threads)
+        console.set_quiet(False)
+    # What a newcomer ends up with: a trained model, samples, and a plot.
+    assert any(c.startswith("gptcli train") for c in ran) and any(c.startswith("gptcli sample") for c in ran)
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "runs" / "verdict" / "config.yaml").exists()
