@@ -7,7 +7,9 @@ import json
 import re
 import shutil
 import socket
+import struct
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -122,6 +124,7 @@ class FaultServer:
 
     ``faults[filename]`` is a list consumed one per request for that file:
       "drop"        send the headers and half the body, then close the connection
+      "reset"       the same, but abort the connection (TCP RST: the client sees ECONNRESET)
       "503"         HTTP 503 (with Retry-After: 0)
       "404"         HTTP 404 with an XML error body (as Azure and S3 send)
       "html"        HTTP 200 with an HTML page
@@ -201,7 +204,7 @@ class FaultServer:
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{data_len - 1}/{data_len}")
                 self.end_headers()
-                limit = length // 2 if fault == "drop" else min(length, announced)
+                limit = length // 2 if fault in ("drop", "reset") else min(length, announced)
                 sent = 0
                 with open(path, "rb") as f:
                     f.seek(start)
@@ -216,6 +219,11 @@ class FaultServer:
                         sent += len(chunk)
                         self._record(name, status, sent)
                 self._record(name, status, sent)
+                if fault == "reset":
+                    time.sleep(0.3)  # let the client read what was sent: an RST discards unread data
+                    self.close_connection = True
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
                 if fault in ("drop", "long-length"):
                     self.close_connection = True
                     try:

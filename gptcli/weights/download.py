@@ -22,8 +22,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,10 +149,19 @@ def expected_size(size: str, name: str, url: str, directory: Path | None = None)
 # Locking: two downloads into one folder take turns
 
 
-@contextmanager
-def _dir_lock(directory: Path, on_wait) -> Iterator[None]:
-    path = directory / LOCK_NAME
-    with open(path, "a+b") as f:
+class _DirLock:
+    """An exclusive lock on ``directory/.download.lock`` (flock; msvcrt on Windows)."""
+
+    def __init__(self, directory: Path, on_wait):
+        self.path = directory / LOCK_NAME
+        self.on_wait = on_wait
+        self.f = None
+
+    def __enter__(self) -> _DirLock:
+        try:
+            self.f = open(self.path, "a+b")  # noqa: SIM115 - closed in __exit__
+        except OSError as e:
+            raise DownloadError(f"{self.path.parent}: cannot write here ({e.strerror or e})") from None
         try:
             import fcntl
         except ImportError:  # Windows
@@ -162,26 +169,30 @@ def _dir_lock(directory: Path, on_wait) -> Iterator[None]:
 
             while True:
                 try:
-                    msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-                    break
+                    msvcrt.locking(self.f.fileno(), msvcrt.LK_NBLCK, 1)
+                    return self
                 except OSError:
-                    on_wait(path)
+                    self.on_wait(self.path)
                     time.sleep(0.5)
-            try:
-                yield
-            finally:
-                f.seek(0)
-                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
-            return
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            on_wait(path)
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            self.on_wait(self.path)
+            fcntl.flock(self.f.fileno(), fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
         try:
-            yield
+            import fcntl
+
+            fcntl.flock(self.f.fileno(), fcntl.LOCK_UN)
+        except ImportError:
+            import msvcrt
+
+            self.f.seek(0)
+            msvcrt.locking(self.f.fileno(), msvcrt.LK_UNLCK, 1)
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            self.f.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,23 +302,34 @@ class _Fetcher:
             self._check_total(url, total)
             self.cb.on_file_start(self.name, total, offset)
             first = True
-            with open(self.part, mode) as f:
-                try:
-                    while True:
+            try:
+                f = open(self.part, mode)  # noqa: SIM115 - closed in the finally below
+            except OSError as e:
+                raise DownloadError(f"{self.part}: cannot write ({e.strerror or e})") from None
+            try:
+                while True:
+                    try:
                         chunk = resp.read(CHUNK)
-                        if not chunk:
-                            break
-                        if first and offset == 0 and _looks_like_markup(resp.headers.get("Content-Type", ""), chunk):
-                            raise _Fatal(f"{url}: server sent an HTML/XML page (HTTP {status}), not the file")
-                        first = False
+                    except (OSError, http.client.HTTPException) as e:
+                        raise _Transient(f"{_describe(e)} after {offset:,} bytes") from None
+                    if not chunk:
+                        break
+                    if first and offset == 0 and _looks_like_markup(resp.headers.get("Content-Type", ""), chunk):
+                        raise _Fatal(f"{url}: server sent an HTML/XML page (HTTP {status}), not the file")
+                    first = False
+                    try:
                         f.write(chunk)
-                        offset += len(chunk)
-                        self.cb.on_bytes(self.name, len(chunk))
-                except (OSError, http.client.HTTPException) as e:
-                    raise _Transient(f"{_describe(e)} after {offset:,} bytes") from None
-                finally:
+                    except OSError as e:  # a full disk is not worth retrying
+                        raise DownloadError(f"{self.part}: cannot write ({e.strerror or e})") from None
+                    offset += len(chunk)
+                    self.cb.on_bytes(self.name, len(chunk))
+            finally:
+                try:
                     f.flush()
                     os.fsync(f.fileno())
+                except OSError:
+                    pass
+                f.close()
             if total is not None and offset < total:
                 raise _Transient(f"connection closed after {offset:,} of {total:,} bytes")
             if total is not None and offset > total:
@@ -362,7 +384,10 @@ def fetch_file(
                 cb.on_fallback(url, str(e), urls[i + 1])
                 continue
             raise DownloadError("; ".join(errors)) from None
-        os.replace(part, dest)
+        try:
+            os.replace(part, dest)
+        except OSError as e:
+            raise DownloadError(f"{dest}: cannot write ({e.strerror or e})") from None
         return dest
     raise DownloadError("; ".join(errors) or f"{dest.name}: no URL to download from")
 
@@ -395,7 +420,7 @@ def download_gpt2(
     policy = policy or RetryPolicy.from_env()
     cb = callbacks or DownloadCallbacks()
     cb.on_plan([(name, expected_size(size, name, file_url(bases[0], size, name), out)) for name in ORDER])
-    with _dir_lock(out, cb.on_wait):
+    with _DirLock(out, cb.on_wait):
         for name in ORDER:
             dest = out / name
             urls = [file_url(b, size, name) for b in bases]
