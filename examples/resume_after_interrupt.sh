@@ -14,7 +14,7 @@ GPTCLI="${GPTCLI:-gptcli}"
 OUT="${OUT:-runs/interrupted}"
 TINY=()
 if [[ "${GPTCLI_EXAMPLE_TINY:-0}" != 0 ]]; then
-  TINY=(--epochs 2 --context-length 12 --emb-dim 32 --n-heads 4 --n-layers 2 --batch-size 2 --stride 50 --eval-freq 2 --eval-iter 1)
+  TINY=(--epochs 2 --context-length 12 --emb-dim 32 --n-heads 4 --n-layers 2 --batch-size 2 --stride 100 --eval-freq 5 --eval-iter 1)
 fi
 
 $GPTCLI train "$HERE/the-verdict.txt" --out "$OUT" ${TINY[@]+"${TINY[@]}"} "$@" &

@@ -196,6 +196,10 @@ class _LogLines(Progress):
         super().advance(task_id, advance)
         self._log(task_id)
 
+    def reset(self, task_id, **kwargs: Any) -> None:  # type: ignore[override]
+        self._logged.pop(task_id, None)  # a restarted task logs its tenths again
+        super().reset(task_id, **kwargs)
+
     def _log(self, task_id) -> None:
         task = self._tasks[task_id]
         if _quiet or not task.total:

@@ -103,7 +103,7 @@ def test_resume_after_interrupt(tmp_path):
     last = ckpt.load_checkpoint(ckpt.list_step_checkpoints(run)[-1])
     assert last["progress"]["epoch"] == 2
     evals = [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "eval"]
-    assert evals == list(range(0, evals[-1] + 1, 2))  # one unbroken log across the interruption
+    assert evals == list(range(0, evals[-1] + 1, 5))  # one unbroken log across the interruption
     assert "runs/interrupted" in proc.stdout.splitlines()[-1]  # gptcli runs
 
 
