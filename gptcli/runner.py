@@ -397,7 +397,11 @@ def _train_callbacks(progress: Any, run_dir: Path, *, tensorboard: bool, restore
     that wrote TensorBoard events before (the run directory remembers it; resume takes no flag)."""
     from gptcli.tensorboard import LOG_DIR, TensorBoardWriter, is_main_process
 
-    if not (tensorboard or (Path(run_dir) / LOG_DIR).is_dir()) or not is_main_process():
+    if not is_main_process():  # under torchrun, rank 0 reports for all; the others only warn
+        console.set_quiet(True)
+        progress.print_samples = False
+        return progress
+    if not (tensorboard or (Path(run_dir) / LOG_DIR).is_dir()):
         return progress
     purge = int(restore_from.get("progress", {}).get("step", 0)) if restore_from is not None else None
     try:

@@ -120,7 +120,10 @@ def _ddp_missing() -> str | None:
 @pytest.mark.slow
 @pytest.mark.skipif(_ddp_missing() is not None, reason=str(_ddp_missing()))
 def test_multi_gpu_with_two_cpu_processes(tmp_path):
-    run_example("multi_gpu.sh", "--device", "cpu", cwd=tmp_path, env={"NPROC": "2"})
+    proc = run_example("multi_gpu.sh", "--device", "cpu", cwd=tmp_path, env={"NPROC": "2"})
     run = tmp_path / "runs" / "multi-gpu"
     last = ckpt.load_checkpoint(ckpt.list_step_checkpoints(run)[-1])
     assert last["progress"]["epoch"] == 1 and last.get("world_size") == 2
+    # rank 0 reports for both processes: one set of log lines, one sample
+    assert proc.stderr.count("done: runs/multi-gpu") == 1 and proc.stderr.count("ep 1 step 000000:") == 1, proc.stderr
+    assert proc.stdout.count("Every effort moves you") == 1
