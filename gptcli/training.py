@@ -158,14 +158,28 @@ class RunData:
 
 
 def prepare_data(model_cfg: ModelConfig, cfg: TrainConfig) -> RunData:
-    text = read_corpus(cfg.data, errors=cfg.encoding_errors)
-    if cfg.val_file:
-        train_text, val_text = text, read_corpus([cfg.val_file], errors=cfg.encoding_errors)
+    """Token windows of the run's text. Corpora of ``tokencache.MEMMAP_MIN_BYTES`` (64 MiB) or more
+    are tokenized once, in parallel, into a uint16 file under $GPTCLI_HOME/tokens and read as a
+    memmap (the same ids, fingerprint and windows as the in-memory path, in bounded memory)."""
+    from gptcli import tokencache
+
+    val_paths = [cfg.val_file] if cfg.val_file else None
+    size = tokencache.corpus_bytes(cfg.data) + (tokencache.corpus_bytes(val_paths) if val_paths else 0)
+    if size >= tokencache.MEMMAP_MIN_BYTES:
+        cached = tokencache.cached_corpus_tokens(
+            cfg.data, val_ratio=None if val_paths else cfg.val_ratio, val_paths=val_paths, errors=cfg.encoding_errors
+        )
+        train_ids, val_ids, fingerprint = cached.train, cached.val, cached.fingerprint
     else:
-        train_text, val_text = split_text(text, cfg.val_ratio)
+        text = read_corpus(cfg.data, errors=cfg.encoding_errors)
+        if cfg.val_file:
+            train_text, val_text = text, read_corpus([cfg.val_file], errors=cfg.encoding_errors)
+        else:
+            train_text, val_text = split_text(text, cfg.val_ratio)
+        train_ids, val_ids = tokenize(train_text), tokenize(val_text)
+        fingerprint = text_fingerprint(train_text + "\x00" + val_text)
     T = model_cfg.context_length
     stride = cfg.stride or T
-    train_ids, val_ids = tokenize(train_text), tokenize(val_text)
     train = TokenWindows(train_ids, T, stride)
     val = TokenWindows(val_ids, T, stride)
     need_train = (cfg.batch_size - 1) * stride + T + 1
@@ -180,7 +194,7 @@ def prepare_data(model_cfg: ModelConfig, cfg: TrainConfig) -> RunData:
             f"validation text too short: {where} has {len(val_ids)} tokens, need at least {T + 1} "
             f"for one window of {T} tokens (raise --val-ratio or lower --context-length)"
         )
-    return RunData(train, val, len(train_ids), len(val_ids), text_fingerprint(train_text + "\x00" + val_text))
+    return RunData(train, val, len(train_ids), len(val_ids), fingerprint)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,24 +351,38 @@ class Trainer:
 
     @torch.no_grad()
     def _mean_loss(self, windows: TokenWindows, batches: list[list[int]]) -> float:
+        """Mean over batches of each batch's mean loss. A batch is the global batch (batch size x
+        grad accum x world size) so the number does not depend on how the work is split: each
+        rank takes its share, in micro-batches of --batch-size, and the sums are all-reduced."""
         if not batches:
             return float("nan")
         total = torch.zeros((), device=self.device)
+        world, rank, bs = self.dist.world_size, self.dist.rank, self.cfg.batch_size
         for b in batches:
-            x, y = windows.batch(b)
-            with autocast_for(self.device, self.cfg.precision):
-                total += batch_loss(self.model, x.to(self.device), y.to(self.device)).float()
+            share = -(-len(b) // world)
+            mine = b[rank * share : (rank + 1) * share]
+            acc = torch.zeros(2, device=self.device)  # (sum of window losses, windows)
+            for i in range(0, len(mine), bs):
+                x, y = windows.batch(mine[i : i + bs])
+                with autocast_for(self.device, self.cfg.precision):
+                    loss = batch_loss(self.model, x.to(self.device), y.to(self.device)).float()
+                acc[0] += loss * x.shape[0]
+                acc[1] += x.shape[0]
+            if self.dist.enabled:
+                torch.distributed.all_reduce(acc)
+            total += acc[0] / acc[1]
         return total.item() / len(batches)
 
     def evaluate(self) -> tuple[float, float]:
         """The book's ``evaluate_model``: mean loss over ``eval_iter`` batches of each split."""
         cfg, d = self.cfg, self.data
+        gb = self._global_batch()
         self.model.eval()
         seed = loader_iter_seed(shuffle=True)
-        train_batches = batches_of(permutation(len(d.train), seed), cfg.batch_size, drop_last=True)
+        train_batches = batches_of(permutation(len(d.train), seed), gb, drop_last=True)
         train_loss = self._mean_loss(d.train, train_batches[: cfg.eval_iter])
         loader_iter_seed(shuffle=False)
-        val_batches = batches_of(list(range(len(d.val))), cfg.batch_size, drop_last=False)
+        val_batches = batches_of(list(range(len(d.val))), gb, drop_last=False)
         val_loss = self._mean_loss(d.val, val_batches[: cfg.eval_iter])
         self.model.train()
         return train_loss, val_loss
