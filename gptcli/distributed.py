@@ -18,10 +18,7 @@ class DistInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
+    enabled: bool = False  # launched by torchrun and in a process group (even a world of one)
 
     @property
     def is_main(self) -> bool:
@@ -36,7 +33,7 @@ def init(device_type: str) -> DistInfo:
     """Join the process group if torchrun launched us; pin each rank to its own GPU."""
     if not launched_by_torchrun():
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]), True)
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":

@@ -7,6 +7,7 @@ the training, data and model code below them never prints.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -141,9 +142,14 @@ def train_command(
 
 def _fit(model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, *, init_state=None, restore_from=None,
          tensorboard: bool = False) -> Path:
+    from gptcli import distributed
     from gptcli.training import Trainer
 
-    progress = _train_callbacks(console.TrainProgress(), run_dir, tensorboard=tensorboard, restore_from=restore_from)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    if not main_rank:
+        console.set_quiet(True)
+    progress = _train_callbacks(console.TrainProgress(print_samples=main_rank), run_dir,
+                                tensorboard=tensorboard and main_rank, restore_from=restore_from)
     stop = StopFlag().install()
     try:
         trainer = Trainer(model_cfg, train_cfg, run_dir, callbacks=progress, should_stop=stop, init_state_dict=init_state)
@@ -153,6 +159,7 @@ def _fit(model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, *, init_
     finally:
         progress.close()
         stop.restore()
+        distributed.shutdown()
     console.info(f"done: {run_dir} (sample with: gptcli sample -c {run_dir})")
     return run_dir
 
