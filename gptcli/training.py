@@ -91,9 +91,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
 
 
 def batch_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The book's ``calc_loss_batch``: mean next-token cross-entropy."""
-    logits = model(x)
-    return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    """The book's ``calc_loss_batch``: mean next-token cross-entropy (computed inside the model,
+    over its padded logits, so no sliced copy of the (B, T, vocab) logits is made)."""
+    return model(x, targets=y)
 
 
 def text_fingerprint(text: str) -> str:
@@ -274,11 +274,13 @@ class Trainer:
 
             net = DDP(net, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
         self.train_model = net
-        # On CUDA a non-finite loss is caught on the device (the fused AdamW kernel skips the
-        # update when found_inf is set) and read back only at eval/save points: no per-step sync.
-        self._device_nan_check = self.device.type == "cuda" and not self.scaler.is_enabled()
+        # A non-finite loss is caught on the device (the fused AdamW kernel skips the update when
+        # found_inf is set) and read back only at eval/save points: no per-step host sync on CUDA.
+        # CPU takes the same path, so CI tests the code that runs on GPUs.
+        self._device_nan_check = self.device.type in ("cuda", "cpu") and not self.scaler.is_enabled()
         self._bad_steps = torch.zeros((), dtype=torch.int64, device=self.device)
         self._first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self._last_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
         self.metrics: MetricsWriter | None = None
         self._best_saved = float("inf")
 
@@ -343,6 +345,7 @@ class Trainer:
         if obj.get("scaler_state_dict"):
             self.scaler.load_state_dict(obj["scaler_state_dict"])
         self.state = TrainState.from_dict(obj.get("progress", {}))
+        self._bad_steps.fill_(self.state.nonfinite_steps)
         self._best_saved = self.state.best_val
         if "rng" in obj:
             ckpt.restore_rng(obj["rng"])
@@ -414,19 +417,22 @@ class Trainer:
         if self._device_nan_check:
             bad = int(self._bad_steps.item())
             if bad > self.state.nonfinite_steps:
-                first = int(self._first_bad.item())
                 self.state.nonfinite_steps = bad
-                self._raise_if_too_many(first)
+                self._raise_if_too_many(int(self._last_bad.item()), first=int(self._first_bad.item()))
 
-    def _raise_if_too_many(self, step: int) -> None:
-        if self.state.nonfinite_steps > self.cfg.skip_nonfinite:
+    def _raise_if_too_many(self, step: int, first: int | None = None) -> None:
+        """``step`` is the latest non-finite step, ``first`` the earliest (when known)."""
+        n = self.state.nonfinite_steps
+        first = step if first is None or first < 0 else first
+        where = f"step {first}" if first == step else f"step {first} (and {n - 1} more, up to step {step})"
+        if n > self.cfg.skip_nonfinite:
             hint = (
-                f" (more than --skip-nonfinite {self.cfg.skip_nonfinite})"
+                f" ({n} such steps: more than --skip-nonfinite {self.cfg.skip_nonfinite})"
                 if self.cfg.skip_nonfinite
                 else "; --skip-nonfinite N tolerates N such steps"
             )
-            raise TrainingError(f"non-finite loss at step {step}; no checkpoint written for it{hint}")
-        self.cb.warn(f"skipped step {step}: non-finite loss")
+            raise TrainingError(f"non-finite loss at {where}; no checkpoint written for it{hint}")
+        self.cb.warn(f"skipped non-finite loss at {where}")
 
     def _train_step(self, batch_ids: list[int]) -> torch.Tensor:
         cfg, st = self.cfg, self.state
@@ -464,7 +470,8 @@ class Trainer:
         if self._device_nan_check:
             self._bad_steps += nonfinite.to(torch.int64)
             self._first_bad = torch.where(nonfinite & (self._first_bad < 0), st.step, self._first_bad)
-            self.optimizer.found_inf = nonfinite.to(torch.float32).reshape(1)
+            self._last_bad = torch.where(nonfinite, st.step, self._last_bad)
+            self.optimizer.found_inf = nonfinite.to(torch.float32)  # 0-dim, like the step counters
         elif bool(nonfinite):
             st.nonfinite_steps += 1
             self._raise_if_too_many(st.step)
