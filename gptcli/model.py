@@ -55,6 +55,7 @@ class CausalSelfAttention(nn.Module):
             cache.v[self.layer_idx, :, :, start : start + T] = v
             k = cache.k[self.layer_idx, :, :, : start + T]  # (B, nh, start+T, hs)
             v = cache.v[self.layer_idx, :, :, : start + T]
+            q = q.to(k.dtype)  # the cache may be wider than the weights (fp32 on CPU, see generate)
             if start > 0:
                 # One new query sees every cached position; a longer chunk after a prefix is never
                 # produced by generate(), which prefills from an empty cache.
@@ -63,7 +64,7 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
         )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.to(x.dtype).transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
 
 
@@ -142,8 +143,11 @@ class GPT(nn.Module):
             self.lm_head.weight.zero_()
             linear(self.lm_head.weight[:V], None)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits over the real vocabulary, shape (B, T, vocab_size)."""
+    def forward(
+        self, idx: torch.Tensor, cache: KVCache | None = None, *, targets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits over the real vocabulary, shape (B, T, vocab_size); with ``targets`` (B, T), the
+        mean next-token cross-entropy instead."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.context_length:
@@ -156,7 +160,15 @@ class GPT(nn.Module):
             cache.length += T
         x = self.ln_f(x)
         logits = self.lm_head(x)  # (B, T, padded_vocab)
-        return logits[..., : self.cfg.vocab_size]
+        V = self.cfg.vocab_size
+        if targets is None:
+            return logits[..., :V]
+        # The padding columns get -inf, which the softmax turns into exactly zero probability, so
+        # the loss equals the one over the real vocabulary without copying the huge logits tensor
+        # (the matmul's backward does not need its output, so writing into it is safe).
+        if logits.shape[-1] > V:
+            logits[..., V:] = float("-inf")
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
     def num_params(self) -> int:
         """Parameters of the unpadded model (shared tensors counted once)."""
