@@ -18,6 +18,21 @@ import torch.nn.functional as F
 from gptcli.config import ModelConfig
 
 
+class Linear(nn.Linear):
+    """nn.Linear whose construction leaves the weights uninitialised: GPT.reset_parameters draws
+    every value exactly once, in the book's order (the default init would draw them twice)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding, uninitialised at construction for the same reason as Linear."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
 class KVCache:
     """Keys and values of every layer for positions already processed, for incremental decoding."""
 
@@ -39,8 +54,8 @@ class CausalSelfAttention(nn.Module):
         self.n_heads = cfg.n_heads
         self.head_dim = cfg.head_dim
         self.dropout = cfg.drop_rate
-        self.c_attn = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
-        self.c_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
+        self.c_attn = Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
+        self.c_proj = Linear(cfg.emb_dim, cfg.emb_dim)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
@@ -71,8 +86,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim)
-        self.c_proj = nn.Linear(4 * cfg.emb_dim, cfg.emb_dim)
+        self.c_fc = Linear(cfg.emb_dim, 4 * cfg.emb_dim)
+        self.c_proj = Linear(4 * cfg.emb_dim, cfg.emb_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
@@ -97,18 +112,13 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        # Modules are built on the meta device and initialised afterwards in one pass, so that the
-        # random draws happen in exactly the book's order and sizes (see reset_parameters), and a
-        # large model is not initialised twice.
-        with torch.device("meta"):
-            self.wte = nn.Embedding(cfg.padded_vocab_size, cfg.emb_dim)
-            self.wpe = nn.Embedding(cfg.context_length, cfg.emb_dim)
-            self.drop = nn.Dropout(cfg.drop_rate)
-            self.h = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-            self.ln_f = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
-            self.lm_head = nn.Linear(cfg.emb_dim, cfg.padded_vocab_size, bias=False)
-        self.to_empty(device="cpu")
-        if cfg.tie_weights:  # after to_empty, which gives every module its own storage
+        self.wte = Embedding(cfg.padded_vocab_size, cfg.emb_dim)
+        self.wpe = Embedding(cfg.context_length, cfg.emb_dim)
+        self.drop = nn.Dropout(cfg.drop_rate)
+        self.h = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
+        self.lm_head = Linear(cfg.emb_dim, cfg.padded_vocab_size, bias=False)
+        if cfg.tie_weights:
             self.lm_head.weight = self.wte.weight
         self.reset_parameters()
 
