@@ -10,6 +10,16 @@ from pathlib import Path
 
 import pytest
 
+# Tiny models spend their time in thread hand-offs, not arithmetic: one thread is faster, and
+# subprocesses (the installed gptcli) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass
+
 ROOT = Path(__file__).resolve().parents[1]
 VERDICT = ROOT / "examples" / "the-verdict.txt"
 
