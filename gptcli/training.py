@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from gptcli import checkpoint as ckpt
 from gptcli import distributed

@@ -15,7 +15,7 @@ from gptcli.config import ModelConfig, TrainConfig
 from gptcli.metrics import read_metrics
 from gptcli.training import Trainer
 
-from .conftest import TINY_MODEL, VERDICT, gptcli_exe, run_gptcli
+from .conftest import TINY_MODEL, VERDICT, run_gptcli
 
 MODEL = ["--context-length", "16", "--emb-dim", "32", "--n-heads", "4", "--n-layers", "2", "--drop-rate", "0"]
 

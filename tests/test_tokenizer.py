@@ -37,8 +37,8 @@ def test_identical_to_tiktokens_own_gpt2_construction(tmp_path, monkeypatch):
     ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=str(ASSETS / "vocab.bpe"), encoder_json_file=str(ASSETS / "encoder.json")
     )
-    from tiktoken_ext.openai_public import gpt2 as gpt2_spec  # noqa: F401  (pattern source)
     import tiktoken_ext.openai_public as pub
+    from tiktoken_ext.openai_public import gpt2 as gpt2_spec  # noqa: F401  (pattern source)
 
     ref = tiktoken.Encoding(name="gpt2-ref", pat_str=pub.r50k_pat_str, mergeable_ranks=ranks,
                             special_tokens={"<|endoftext|>": 50256})

@@ -61,7 +61,7 @@ def test_kill_9_three_times_then_resume_equals_uninterrupted(workdir):
     rng = random.Random(int(os.environ.get("GPTCLI_TEST_SEED", "20261127")))
     kills = 0
     proc = start([*ARGS, "--out", "runs/cut"], workdir)
-    for attempt in range(3):
+    for _ in range(3):
         wait_for_checkpoint(cut, proc)
         time.sleep(rng.uniform(0.0, 1.5))
         if proc.poll() is None:
