@@ -91,7 +91,10 @@ def generate(
     out: list[torch.Tensor] = []
     cache = None
     if use_cache:
-        dtype = next(model.parameters()).dtype
+        # On CPU the cache, and so attention, is fp32 whatever the weights: with bf16 weights the
+        # CPU attention kernels are several times slower at one query in bf16 than in fp32
+        # (benchmarks/bench_sample_cpu.py), and fp32 keeps bf16 decoding closer to fp32's.
+        dtype = torch.float32 if idx.device.type == "cpu" else next(model.parameters()).dtype
         cache = KVCache(model.cfg, B, device=idx.device, dtype=dtype)
     seq = idx
     next_input = None  # what the cache has not seen yet

@@ -1,0 +1,423 @@
+"""Tokenize a large corpus once, in parallel and in bounded memory, into a cached uint16 file.
+
+The in-memory path (``read_corpus`` -> ``split_text`` -> ``tokenize``) holds the whole text, its
+token list and an int64 array at once: about 20 bytes per input byte, so a 1 GB corpus needs
+~20 GB of RAM, and it re-tokenizes on every run at tiktoken's single-thread speed. This module
+gives the *same token arrays* for large corpora without either cost:
+
+* The input is streamed in blocks. The text is cut into chunks only at points where a cut cannot
+  change GPT-2's tokenization (see ``safe_cut``), and the chunks are encoded on worker threads
+  (tiktoken releases the GIL), a bounded number in flight, so peak memory does not depend on the
+  corpus size.
+* The ids are written as uint16 (GPT-2's 50257 ids fit) to ``$GPTCLI_HOME/tokens/<key>.bin``,
+  atomically (temporary file + ``os.replace``), and read back as an ``np.memmap``: training reads
+  only the windows of each batch.
+* ``<key>`` hashes the bytes of every input file, the tokenizer, the decoding-error mode and the
+  train/validation split, so a second run reuses the file and any change to the input makes a new
+  one. A ``<key>.json`` written after the ``.bin`` marks the entry complete.
+
+The book's semantics are kept exactly: files are joined with ``<|endoftext|>``, and the split is
+by characters, train = ``text[:int((1 - val_ratio) * len(text))]``; the ids equal
+``tokenize(train_text)`` and ``tokenize(val_text)``, and ``fingerprint`` equals the in-memory
+path's ``text_fingerprint``. (tests/test_tokencache.py checks all three.)
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gptcli.data import expand_paths
+from gptcli.errors import DataError
+from gptcli.tokenizer import EOT_TOKEN, get_tokenizer
+
+# What produced the ids: part of every key, so a change of tokenizer never reuses old files.
+TOKENIZER_ID = "gpt2-bpe-50257"
+CACHE_VERSION = 1
+# Corpora at least this large (sum of input file sizes) train from the memmap cache.
+MEMMAP_MIN_BYTES = 64 * 2**20
+BLOCK_BYTES = 4 * 2**20  # read size
+CHUNK_CHARS = 1 * 2**20  # target size of one encode call; the unit of parallel work
+_NUL_CHECK_BYTES = 1 << 20  # read_text looks for a NUL byte in the first 1 MiB
+
+
+def token_cache_dir() -> Path:
+    from gptcli.weights import gptcli_home
+
+    return gptcli_home() / "tokens"
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def corpus_bytes(paths: Sequence[str | Path]) -> int:
+    """Total size of the input files (directories expanded as ``read_corpus`` does)."""
+    return sum(p.stat().st_size for p in expand_paths(paths))
+
+
+# ---------------------------------------------------------------------------------------------
+# Where text may be cut without changing its tokenization
+
+
+def safe_cut(text: str, limit: int) -> int | None:
+    """The largest ``b <= limit`` such that ``encode(text[:b]) + encode(text[b:]) == encode(text)``
+    by the rules below, or None.
+
+    GPT-2's pre-tokenizer (``'s|'t|...| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+$|\\s+(?!\\S)|\\s``)
+    has no look-behind, and no piece of it runs from a non-space character into a space. So:
+
+    * after a ``"\\n"`` that follows a non-space and precedes a non-space (``X\\n|Y``): the
+      newline is a piece of its own either way (``\\s+$`` at the end of the left part, ``\\s`` in
+      the whole text), and ``Y`` starts a piece in both;
+    * failing that, before a ``" "`` between two non-spaces (``X| Y``): ``X`` ends a piece, and
+      ``" Y..."`` is matched from the same position with the same text after it.
+
+    A cut next to whitespace runs would not be safe (``" \\n"`` at the end of a string is one
+    piece, but two in ``" \\nY"``), hence the non-space neighbours. "Non-space" uses Python's
+    ``str.isspace``, a superset of the regex's ``\\s`` (Unicode White_Space), so it errs on the
+    safe side. Special tokens contain neither character, so no cut falls inside one.
+    """
+    n = len(text)
+    limit = min(limit, n - 1)  # the character after the cut must be known
+    for sep, offset in (("\n", 1), (" ", 0)):
+        end = limit if offset else min(limit + 1, n - 1)  # a " " cut keeps the " " on the right
+        for _ in range(4096):  # normal text finds one at once; bounded for pathological runs
+            i = text.rfind(sep, 1, end)
+            if i < 1:
+                break
+            b = i + offset
+            if b <= limit and not text[i - 1].isspace() and not text[i + 1].isspace():
+                return b
+            end = i
+    return None
+
+
+def iter_chunks(pieces: Iterable[str], chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
+    """Regroup a stream of text into chunks of about ``chunk_chars`` cut only at ``safe_cut``
+    points, so encoding each chunk and concatenating gives the encoding of the whole stream.
+
+    A chunk is longer only when no safe point exists in it (a single "word" longer than the
+    chunk, or a long run of whitespace): then more text is read until one appears.
+    """
+    buf = ""
+    for piece in pieces:
+        buf += piece
+        search_from = chunk_chars
+        while len(buf) > search_from:
+            cut = safe_cut(buf, search_from)
+            if cut is None:
+                search_from *= 2  # nothing safe yet: look further, then wait for more text
+                continue
+            yield buf[:cut]
+            buf = buf[cut:]
+            search_from = chunk_chars
+    if buf:
+        yield buf
+
+
+def _encode_np(text: str) -> np.ndarray:
+    """``tokenizer.encode`` as a uint16 array (what the cache stores)."""
+    enc = get_tokenizer()
+    if hasattr(enc, "encode_to_numpy"):  # tiktoken >= 0.8: no Python list in between
+        ids = enc.encode_to_numpy(text, allowed_special={EOT_TOKEN})
+    else:
+        ids = np.asarray(enc.encode(text, allowed_special={EOT_TOKEN}), dtype=np.uint32)
+    return ids.astype(np.uint16)
+
+
+def encode_chunked(text: str, *, chunk_chars: int = CHUNK_CHARS, num_threads: int = 1) -> np.ndarray:
+    """``tokenize(text)`` computed chunk by chunk (uint16); equal to it for any ``chunk_chars``."""
+    chunks = list(iter_chunks([text], chunk_chars))
+    if not chunks:
+        return np.zeros(0, dtype=np.uint16)
+    with ThreadPoolExecutor(num_threads) as ex:
+        return np.concatenate(list(ex.map(_encode_np, chunks)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming the corpus
+
+
+def _iter_file_text(
+    path: Path, errors: str, block_bytes: int, on_raw: Callable[[bytes], None] | None = None
+) -> Iterator[str]:
+    """Decoded text of one file, block by block, with ``read_text``'s checks and messages."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
+    offset = 0
+    seen_text = False
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed below; generators and `with` mix badly on errors)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        while True:
+            try:
+                raw = f.read(block_bytes)
+            except OSError as e:
+                raise DataError(f"{path}: cannot read ({e.strerror})") from None
+            if errors == "strict" and offset < _NUL_CHECK_BYTES:
+                nul = raw.find(b"\x00", 0, _NUL_CHECK_BYTES - offset)
+                if nul >= 0:
+                    raise DataError(
+                        f"{path}: looks like a binary file (NUL byte at offset {offset + nul}); "
+                        "pass --encoding-errors replace to read it anyway"
+                    )
+            if on_raw is not None and raw:
+                on_raw(raw)
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{path}: not valid UTF-8 at byte offset {offset - pending + e.start}; "
+                    "use --encoding-errors replace|ignore to read it anyway"
+                ) from None
+            offset += len(raw)
+            if text:
+                seen_text = seen_text or bool(text.strip())
+                yield text
+            if not raw:
+                break
+    finally:
+        f.close()
+    if not seen_text:
+        raise DataError(f"{path}: file is empty" if offset == 0 else f"{path}: file contains only whitespace")
+
+
+def _iter_corpus_text(files: Sequence[Path], errors: str, block_bytes: int) -> Iterator[str]:
+    """``read_corpus``'s text as a stream: files joined with ``<|endoftext|>``."""
+    for i, path in enumerate(files):
+        if i:
+            yield EOT_TOKEN
+        yield from _iter_file_text(path, errors, block_bytes)
+
+
+def _scan(files: Sequence[Path], errors: str, block_bytes: int) -> list[tuple[str, int]]:
+    """(sha256 of the bytes, characters after decoding) of each file; validates like read_text."""
+    out = []
+    for path in files:
+        h = hashlib.sha256()
+        chars = sum(len(t) for t in _iter_file_text(path, errors, block_bytes, on_raw=h.update))
+        out.append((h.hexdigest(), chars))
+    return out
+
+
+def _split_at(pieces: Iterable[str], split: int | None) -> Iterator[tuple[int, str]]:
+    """Tag each piece with its side, 0 (train) before character ``split`` and 1 after it."""
+    done = 0
+    for piece in pieces:
+        if split is None or done >= split:
+            yield (0 if split is None else 1), piece
+        elif done + len(piece) <= split:
+            yield 0, piece
+        else:
+            k = split - done
+            if k:
+                yield 0, piece[:k]
+            yield 1, piece[k:]
+        done += len(piece)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache
+
+
+@dataclass
+class CachedTokens:
+    """Train ids then validation ids of one run's data, as a read-only uint16 memmap."""
+
+    tokens: np.ndarray
+    n_train: int
+    fingerprint: str  # equals training.text_fingerprint(train_text + "\x00" + val_text)
+    path: Path
+    built: bool  # True if this call tokenized; False if it reused the file
+
+    @property
+    def train(self) -> np.ndarray:
+        return self.tokens[: self.n_train]
+
+    @property
+    def val(self) -> np.ndarray:
+        return self.tokens[self.n_train :]
+
+
+def _open(path: Path, meta: dict) -> np.ndarray:
+    if meta["n_tokens"] == 0:
+        return np.zeros(0, dtype=np.uint16)
+    return np.memmap(path, dtype=np.uint16, mode="r", shape=(meta["n_tokens"],))
+
+
+def _read_meta(bin_path: Path, meta_path: Path) -> dict | None:
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("version") == CACHE_VERSION and bin_path.stat().st_size == 2 * meta["n_tokens"]:
+            return meta
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached_corpus_tokens(
+    paths: Sequence[str | Path],
+    *,
+    val_ratio: float | None = None,
+    val_paths: Sequence[str | Path] | None = None,
+    errors: str = "strict",
+    num_threads: int | None = None,
+    cache_dir: Path | None = None,
+    block_bytes: int = BLOCK_BYTES,
+    chunk_chars: int = CHUNK_CHARS,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> CachedTokens:
+    """The token ids of a run's training and validation text, from the cache or built into it.
+
+    Either ``val_ratio`` (the book's character split of the joined ``paths``) or ``val_paths``
+    (validation text of its own; then all of ``paths`` trains). ``on_progress(done, total)``
+    reports input bytes while tokenizing.
+    """
+    if (val_ratio is None) == (val_paths is None):
+        raise ValueError("give exactly one of val_ratio and val_paths")
+    train_files = expand_paths(paths)
+    val_files = expand_paths(val_paths) if val_paths is not None else []
+    train_scan = _scan(train_files, errors, block_bytes)
+    val_scan = _scan(val_files, errors, block_bytes)
+    split = None
+    if val_ratio is not None:
+        total_chars = sum(c for _, c in train_scan) + len(EOT_TOKEN) * (len(train_files) - 1)
+        split = int((1.0 - val_ratio) * total_chars)  # exactly split_text's index
+    key_fields = {
+        "version": CACHE_VERSION,
+        "tokenizer": TOKENIZER_ID,
+        "errors": errors,
+        "train": [h for h, _ in train_scan],
+        "val": [h for h, _ in val_scan] if val_paths is not None else None,
+        "split": split,
+    }
+    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:40]
+    cache = Path(cache_dir) if cache_dir is not None else token_cache_dir()
+    bin_path, meta_path = cache / f"{key}.bin", cache / f"{key}.json"
+
+    meta = _read_meta(bin_path, meta_path)
+    if meta is not None:
+        return CachedTokens(_open(bin_path, meta), meta["n_train"], meta["fingerprint"], bin_path, built=False)
+
+    cache.mkdir(parents=True, exist_ok=True)
+    if val_paths is not None:
+        sides = _chain_sides(train_files, val_files, errors, block_bytes)
+    else:
+        sides = _split_at(_iter_corpus_text(train_files, errors, block_bytes), split)
+    total_bytes = sum(p.stat().st_size for p in (*train_files, *val_files))
+    n_train, n_tokens, fingerprint = _build(
+        sides, bin_path, num_threads or default_threads(), chunk_chars, total_bytes, on_progress
+    )
+    meta = {
+        "version": CACHE_VERSION,
+        "tokenizer": TOKENIZER_ID,
+        "n_tokens": n_tokens,
+        "n_train": n_train,
+        "fingerprint": fingerprint,
+        "key": key_fields,
+        "sources": [str(p) for p in train_files],
+        "val_sources": [str(p) for p in val_files],
+    }
+    _atomic_write_text(meta_path, json.dumps(meta, indent=1))  # last: marks the entry complete
+    return CachedTokens(_open(bin_path, meta), n_train, fingerprint, bin_path, built=True)
+
+
+def _chain_sides(train_files, val_files, errors, block_bytes) -> Iterator[tuple[int, str]]:
+    for t in _iter_corpus_text(train_files, errors, block_bytes):
+        yield 0, t
+    for t in _iter_corpus_text(val_files, errors, block_bytes):
+        yield 1, t
+
+
+def _build(
+    sides: Iterator[tuple[int, str]],
+    bin_path: Path,
+    num_threads: int,
+    chunk_chars: int,
+    total_bytes: int,
+    on_progress: Callable[[int, int], None] | None,
+) -> tuple[int, int, str]:
+    """Tokenize the tagged text stream into ``bin_path``; returns (n_train, n_tokens, fingerprint)."""
+    fingerprint = hashlib.sha256()
+    done_bytes = 0
+
+    def side_text(side: int) -> Iterator[str]:
+        # Pulls from the shared stream while it yields this side; hashes as the text passes.
+        nonlocal done_bytes, head
+        while True:
+            if head is None:
+                try:
+                    head = next(sides)
+                except StopIteration:
+                    return
+            if head[0] != side:
+                return
+            text = head[1]
+            head = None
+            b = text.encode("utf-8")
+            fingerprint.update(b)
+            done_bytes += len(b)
+            yield text
+
+    head: tuple[int, str] | None = None
+    counts = [0, 0]
+    fd, tmp = tempfile.mkstemp(dir=bin_path.parent, prefix=bin_path.name + ".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f, ThreadPoolExecutor(num_threads) as pool:
+            in_flight: deque = deque()
+
+            def write_oldest() -> None:
+                side, fut = in_flight.popleft()
+                ids = fut.result()
+                f.write(ids.tobytes())
+                counts[side] += len(ids)
+
+            for side in (0, 1):
+                if side == 1:
+                    fingerprint.update(b"\x00")
+                for chunk in iter_chunks(side_text(side), chunk_chars):
+                    in_flight.append((side, pool.submit(_encode_np, chunk)))
+                    # Two chunks per thread in flight: enough to keep every thread busy, and a
+                    # bound on memory whatever the corpus size.
+                    while len(in_flight) > 2 * num_threads:
+                        write_oldest()
+                    if on_progress is not None:
+                        on_progress(min(done_bytes, total_bytes), total_bytes)
+                while in_flight:
+                    write_oldest()
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, bin_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if on_progress is not None:
+        on_progress(total_bytes, total_bytes)
+    return counts[0], counts[0] + counts[1], fingerprint.hexdigest()
