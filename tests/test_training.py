@@ -88,7 +88,7 @@ def _eval_values(run_dir: Path) -> list:
             for r in read_metrics(run_dir / "metrics.jsonl")]
 
 
-@pytest.mark.parametrize("stop_at", [1, 7, 9])
+@pytest.mark.parametrize("stop_at", [1, 9])
 def test_stop_anywhere_then_resume_equals_uninterrupted(tmp_path, stop_at):
     cfg = tiny_train_cfg(epochs=2, batch_size=8, eval_freq=3)
     mcfg = ModelConfig(**{**TINY_MODEL, "context_length": 32})

@@ -22,7 +22,7 @@ from ..conftest import gptcli_exe, run_gptcli
 
 # 36 steps per epoch; saves every 4 steps, so kills land in steps, evals and saves alike.
 ARGS = ["train", "the-verdict.txt", "--epochs", "2", "--context-length", "32", "--emb-dim", "32",
-        "--n-heads", "4", "--n-layers", "2", "--batch-size", "4", "--eval-freq", "3", "--save-every", "4",
+        "--n-heads", "4", "--n-layers", "2", "--batch-size", "4", "--eval-freq", "5", "--save-every", "4",
         "--keep-last", "3"]
 
 
