@@ -6,7 +6,8 @@ bf16 autocast, ``torch.compile``, fused AdamW and flash attention (``scaled_dot_
 with ``is_causal``). A step is forward, backward and the optimizer update.
 
 * gptcli: ``gptcli.model.GPT`` with the calls ``gptcli train`` makes on CUDA: ``make_optimizer``
-  (fused AdamW), ``autocast_for(device, "bf16")``, ``batch_loss``, ``torch.compile``.
+  (fused AdamW), ``autocast_for(device, "bf16")``, ``batch_loss`` (the loss computed inside the
+  model, so inside the compiled graph), ``torch.compile``.
 * reference: a nanoGPT-style model written out below (nanoGPT's ``model.py``: its init, exact
   GELU, its loss on all positions).
 
@@ -181,9 +182,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--compile", action="store_true", help="compile in --smoke mode too")
-    ap.add_argument(
-        "--fused-loss", action="store_true", help="also time gptcli's model with the loss compiled into the same graph"
-    )
     ap.add_argument("--smoke", action="store_true", help="tiny shape on CPU, a few steps, no compile: checks it runs")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=None)
@@ -262,24 +260,6 @@ def main(argv: list[str] | None = None) -> dict:
         n_non_emb = mcfg.num_params(non_embedding=True)
         return step, n_non_emb
 
-    def setup_gptcli_fused_loss():
-        # The same model and optimizer, with the loss inside the compiled graph (as nanoGPT has it):
-        # inductor then fuses the cross-entropy with the logits instead of materialising them in fp32.
-        torch.manual_seed(0)
-        model = GPT(mcfg).to(device)
-        opt = make_optimizer(model, tcfg, device)
-        loss_fn = torch.compile(lambda a, b: batch_loss(model, a, b))
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            with autocast_for(device, "bf16"):
-                loss = loss_fn(x, y)
-            loss.backward()
-            opt.step()
-            return loss
-
-        return step, mcfg.num_params(non_embedding=True)
-
     def setup_ref():
         torch.manual_seed(0)
         rc = RefConfig(block_size=T, vocab_size=mcfg.padded_vocab_size, n_layer=L, n_head=H, n_embd=Cdim)
@@ -299,10 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
         return step, n_non_emb
 
     n_params = {}
-    setups = [("gptcli", setup_gptcli), ("nanoGPT-style reference", setup_ref)]
-    if compile_ and args.fused_loss:
-        setups.insert(1, ("gptcli, loss compiled with the model", setup_gptcli_fused_loss))
-    for name, setup in setups:
+    for name, setup in (("gptcli", setup_gptcli), ("nanoGPT-style reference", setup_ref)):
         if device.type == "cuda":
             torch.cuda.synchronize()
             base = torch.cuda.memory_allocated(device)

@@ -241,12 +241,12 @@ def prepare_for_inference(net, *, dtype: str, device):
 
 
 def native_bf16(device) -> bool:
-    """Whether bf16 matmuls run natively here: a CUDA GPU that supports bf16, or a CPU with
-    AVX512-BF16 or AMX (x86) or the BF16 extension (Arm). Elsewhere bf16 is emulated, slower than fp32."""
+    """Whether bf16 matmuls run natively here: a CUDA GPU of compute capability 8.0 or newer, or a
+    CPU with AVX512-BF16 or AMX (x86) or the BF16 extension (Arm). Elsewhere bf16 is emulated."""
     import torch
 
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type != "cpu":
         return False
     try:
@@ -260,11 +260,12 @@ def native_bf16(device) -> bool:
 
 
 def resolve_dtype(dtype: str, device):
-    """The weights' dtype for ``--dtype``: ``auto`` is bf16 where bf16 is native (benchmarks/
-    bench_sample_cpu.py: about 2x faster greedy decoding on CPU, first tokens the same), else fp32."""
+    """The weights' dtype for ``--dtype``. ``auto`` is bf16 on CPUs with native bf16, where
+    benchmarks/bench_sample_cpu.py measured greedy decoding faster than fp32 with the first tokens
+    the same, and fp32 everywhere else, GPUs included, until sampling is measured there."""
     import torch
 
-    if dtype == "bf16" or (dtype == "auto" and native_bf16(device)):
+    if dtype == "bf16" or (dtype == "auto" and device.type == "cpu" and native_bf16(device)):
         return torch.bfloat16
     return torch.float32
 

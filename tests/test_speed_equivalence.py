@@ -67,6 +67,7 @@ def test_auto_dtype_is_bf16_only_where_bf16_is_native():
     assert resolve_dtype("bf16", CPU) == torch.bfloat16
     assert resolve_dtype("auto", CPU) == (torch.bfloat16 if native_bf16(CPU) else torch.float32)
     assert resolve_dtype("auto", torch.device("mps")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float32  # not measured on GPUs yet
 
 
 def test_cuda_benchmark_smoke_runs_on_cpu(tmp_path):

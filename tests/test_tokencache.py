@@ -148,6 +148,16 @@ def test_bad_files_fail_with_read_texts_message(tmp_path, content):
     assert str(got.value) == str(expected.value)
 
 
+def test_a_file_that_decodes_to_nothing_is_empty_as_read_text_says(tmp_path):
+    p = tmp_path / "bad.txt"
+    p.write_bytes(b"\xff\xfe")
+    with pytest.raises(DataError, match="file is empty") as expected:
+        read_text(p, errors="ignore")
+    with pytest.raises(DataError) as got:
+        cached_corpus_tokens([p], val_ratio=0.1, errors="ignore")
+    assert str(got.value) == str(expected.value)
+
+
 def test_cache_is_reused_without_tokenizing_and_invalidated_by_a_change(tmp_path, monkeypatch, _isolated_home):
     p = tmp_path / "a.txt"
     p.write_text("Hello there.\nGeneral Kenobi.\n" * 50, encoding="utf-8")
@@ -158,11 +168,11 @@ def test_cache_is_reused_without_tokenizing_and_invalidated_by_a_change(tmp_path
     def no_tokenizing(text):
         raise AssertionError("re-tokenized although the cache holds this corpus")
 
-    monkeypatch.setattr(tokencache, "_encode_np", no_tokenizing)
-    again = cached_corpus_tokens([p], val_ratio=0.1)
+    with monkeypatch.context() as m:
+        m.setattr(tokencache, "_encode_np", no_tokenizing)
+        again = cached_corpus_tokens([p], val_ratio=0.1)
     assert not again.built and again.path == first.path
     assert np.array_equal(again.tokens, first.tokens) and again.fingerprint == first.fingerprint
-    monkeypatch.undo()
 
     # A different split is a different entry; so is one changed byte.
     assert cached_corpus_tokens([p], val_ratio=0.2).path != first.path
@@ -172,18 +182,18 @@ def test_cache_is_reused_without_tokenizing_and_invalidated_by_a_change(tmp_path
     assert np.array_equal(changed.train, tokenize(split_text(read_corpus([p]), 0.1)[0]))
 
 
-def test_a_failed_build_leaves_no_entry(tmp_path, monkeypatch):
+def test_a_failed_build_leaves_no_entry(tmp_path, monkeypatch, _isolated_home):
     p = tmp_path / "a.txt"
     p.write_text("Some text here.\n" * 20, encoding="utf-8")
 
     def boom(text):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(tokencache, "_encode_np", boom)
-    with pytest.raises(RuntimeError):
+    with monkeypatch.context() as m, pytest.raises(RuntimeError):
+        m.setattr(tokencache, "_encode_np", boom)
         cached_corpus_tokens([p], val_ratio=0.1)
+    assert tokencache.token_cache_dir() == _isolated_home / "tokens"
     assert list(tokencache.token_cache_dir().iterdir()) == []
-    monkeypatch.undo()
     assert cached_corpus_tokens([p], val_ratio=0.1).built
 
 
