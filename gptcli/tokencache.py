@@ -25,6 +25,7 @@ path's ``text_fingerprint``. (tests/test_tokencache.py checks all three.)
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import json
 import os
@@ -328,26 +329,48 @@ def cached_corpus_tokens(
         return CachedTokens(_open(bin_path, meta), meta["n_train"], meta["fingerprint"], bin_path, built=False)
 
     cache.mkdir(parents=True, exist_ok=True)
-    if val_paths is not None:
-        sides = _chain_sides(train_files, val_files, errors, block_bytes)
-    else:
-        sides = _split_at(_iter_corpus_text(train_files, errors, block_bytes), split)
-    total_bytes = sum(p.stat().st_size for p in (*train_files, *val_files))
-    n_train, n_tokens, fingerprint = _build(
-        sides, bin_path, num_threads or default_threads(), chunk_chars, total_bytes, on_progress
-    )
-    meta = {
-        "version": CACHE_VERSION,
-        "tokenizer": TOKENIZER_ID,
-        "n_tokens": n_tokens,
-        "n_train": n_train,
-        "fingerprint": fingerprint,
-        "key": key_fields,
-        "sources": [str(p) for p in train_files],
-        "val_sources": [str(p) for p in val_files],
-    }
-    _atomic_write_text(meta_path, json.dumps(meta, indent=1))  # last: marks the entry complete
+    # Every rank of a distributed run prepares its data: one builds, the others wait and reuse.
+    with _exclusive(cache / f"{key}.lock"):
+        meta = _read_meta(bin_path, meta_path)
+        if meta is not None:
+            return CachedTokens(_open(bin_path, meta), meta["n_train"], meta["fingerprint"], bin_path, built=False)
+        if val_paths is not None:
+            sides = _chain_sides(train_files, val_files, errors, block_bytes)
+        else:
+            sides = _split_at(_iter_corpus_text(train_files, errors, block_bytes), split)
+        total_bytes = sum(p.stat().st_size for p in (*train_files, *val_files))
+        n_train, n_tokens, fingerprint = _build(
+            sides, bin_path, num_threads or default_threads(), chunk_chars, total_bytes, on_progress
+        )
+        meta = {
+            "version": CACHE_VERSION,
+            "tokenizer": TOKENIZER_ID,
+            "n_tokens": n_tokens,
+            "n_train": n_train,
+            "fingerprint": fingerprint,
+            "key": key_fields,
+            "sources": [str(p) for p in train_files],
+            "val_sources": [str(p) for p in val_files],
+        }
+        _atomic_write_text(meta_path, json.dumps(meta, indent=1))  # last: marks the entry complete
     return CachedTokens(_open(bin_path, meta), n_train, fingerprint, bin_path, built=True)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (advisory; POSIX only: elsewhere builds may race,
+    which the atomic writes keep correct, only wasteful)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(lock_path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _chain_sides(train_files, val_files, errors, block_bytes) -> Iterator[tuple[int, str]]:

@@ -163,7 +163,7 @@ def test_cache_is_reused_without_tokenizing_and_invalidated_by_a_change(tmp_path
     p.write_text("Hello there.\nGeneral Kenobi.\n" * 50, encoding="utf-8")
     first = cached_corpus_tokens([p], val_ratio=0.1)
     assert first.built and first.path.parent == _isolated_home / "tokens"
-    assert sorted(f.suffix for f in first.path.parent.iterdir()) == [".bin", ".json"]  # no temporaries left
+    assert sorted(f.suffix for f in first.path.parent.iterdir()) == [".bin", ".json", ".lock"]  # no temporaries
 
     def no_tokenizing(text):
         raise AssertionError("re-tokenized although the cache holds this corpus")
@@ -193,7 +193,7 @@ def test_a_failed_build_leaves_no_entry(tmp_path, monkeypatch, _isolated_home):
         m.setattr(tokencache, "_encode_np", boom)
         cached_corpus_tokens([p], val_ratio=0.1)
     assert tokencache.token_cache_dir() == _isolated_home / "tokens"
-    assert list(tokencache.token_cache_dir().iterdir()) == []
+    assert [f.suffix for f in tokencache.token_cache_dir().iterdir()] == [".lock"]
     assert cached_corpus_tokens([p], val_ratio=0.1).built
 
 
@@ -224,3 +224,28 @@ def test_memmap_training_data_gives_the_same_batches(tmp_path, verdict, monkeypa
         xa, ya = a.batch(ids)
         xb, yb = b.batch(ids)
         assert xa.dtype == xb.dtype and xa.equal(xb) and ya.equal(yb)
+
+
+def test_concurrent_builders_tokenize_once(tmp_path, monkeypatch):
+    """Ranks of a distributed run all call prepare_data: one tokenizes, the others reuse its file."""
+    import threading
+
+    p = tmp_path / "a.txt"
+    p.write_text("Every rank reads this.\n" * 200, encoding="utf-8")
+    calls = []
+    real = tokencache._encode_np
+    monkeypatch.setattr(tokencache, "_encode_np", lambda text: calls.append(1) or real(text))
+    cached_corpus_tokens([p], val_ratio=0.1, chunk_chars=500, cache_dir=tmp_path / "alone")
+    one_build, calls[:] = len(calls), []
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(cached_corpus_tokens([p], val_ratio=0.1, chunk_chars=500)))
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.built for r in results) == [False, False, False, True]
+    assert len(calls) == one_build > 1
+    assert all(np.array_equal(r.tokens, results[0].tokens) for r in results)
