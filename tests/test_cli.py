@@ -119,7 +119,7 @@ def test_train_sample_eval_plot_end_to_end(workdir):
     one_line_error(bad, "loss.gif")
 
 
-def _wait_for(proc, needle, timeout=120):
+def _wait_for(proc, needle, timeout=600):
     """Read stderr until a line contains needle."""
     deadline = time.time() + timeout
     seen = []
