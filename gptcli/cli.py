@@ -190,7 +190,7 @@ def sample(
     seed: Annotated[Optional[int], typer.Option(help="Seed for repeatable sampling.")] = None,
     num_samples: Annotated[int, typer.Option(help="Samples per prompt.")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="Weights' dtype: auto, fp32 or bf16 (auto: fp32).")] = "auto",
+    dtype: Annotated[str, typer.Option(help="Weights' dtype: auto, fp32 or bf16 (auto: bf16 on CPUs with native bf16, else fp32).")] = "auto",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-run the whole context for every token (slow; for checking).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
     stream: Annotated[Optional[bool], typer.Option("--stream/--no-stream", help="Print tokens as they come [default: when stdout is a terminal].", show_default=False)] = None,

@@ -325,7 +325,7 @@ def sample_command(
                         seed=seed, num_samples=num_samples)
     net, path, dev = load_model_for_inference(checkpoint, model, device=device, dtype=dtype, fallback_gpt2=True)
     encoded = [encode(p) for p in prompts]
-    for p, ids in zip(prompts, encoded):
+    for ids in encoded:
         if not ids:
             raise UsageError("invalid --prompt: empty prompt")
         if len(ids) > net.cfg.context_length:
