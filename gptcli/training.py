@@ -276,7 +276,7 @@ class Trainer:
         # A non-finite loss is caught on the device (the fused AdamW kernel skips the update when
         # found_inf is set) and read back only at eval/save points: no per-step host sync on CUDA.
         # CPU takes the same path, so CI tests the code that runs on GPUs.
-        self._device_nan_check = self.device.type in ("cuda", "cpu") and not self.scaler.is_enabled()
+        self._device_nan_check = bool(self.optimizer.param_groups[0].get("fused")) and not self.scaler.is_enabled()
         self._bad_steps = torch.zeros((), dtype=torch.int64, device=self.device)
         self._first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
         self._last_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
@@ -340,7 +340,12 @@ class Trainer:
             )
         ckpt.load_weights(self.model, obj["model_state_dict"], source="checkpoint")
         if obj.get("optimizer_state_dict"):
+            flags = {k: self.optimizer.param_groups[0].get(k) for k in ("fused", "foreach")}
             self.optimizer.load_state_dict(obj["optimizer_state_dict"])
+            # A state saved by another AdamW (the book's default, non-fused one) carries its own
+            # implementation flags; keep ours, which the update rule does not depend on.
+            for group in self.optimizer.param_groups:
+                group.update(flags)
         if obj.get("scaler_state_dict"):
             self.scaler.load_state_dict(obj["scaler_state_dict"])
         self.state = TrainState.from_dict(obj.get("progress", {}))
