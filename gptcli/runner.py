@@ -310,6 +310,26 @@ def eval_command(
     return result
 
 
+def _token_printer(*, echo: bool):
+    """An ``on_token`` callback for one row that collects its tokens and, with ``echo``, prints
+    each complete UTF-8 piece as it arrives; also returns its state (ids, text printed so far)."""
+    from gptcli.tokenizer import EOT_ID, decode
+
+    state: dict[str, Any] = {"ids": [], "printed": ""}
+
+    def on_token(tok) -> None:
+        t = int(tok[0, 0])
+        if t == EOT_ID:
+            return
+        state["ids"].append(t)
+        text = decode(state["ids"])
+        if echo and not text.endswith("\ufffd"):  # wait for a complete UTF-8 character
+            console.print_result(text[len(state["printed"]) :], end="")
+            state["printed"] = text
+
+    return on_token, state
+
+
 def sample_command(
     *, checkpoint: Path | None = None, model: str | None = None, prompts: list[str], max_new_tokens: int = 50,
     temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
@@ -345,17 +365,7 @@ def sample_command(
         on_token = None
         if streaming:
             console.print_result(prompts[group[0][0]], end="")
-            state = {"ids": [], "printed": ""}
-
-            def on_token(tok, state=state):
-                t = int(tok[0, 0])
-                if t == EOT_ID:
-                    return
-                state["ids"].append(t)
-                text = decode(state["ids"])
-                if not text.endswith("\ufffd"):  # wait for a complete UTF-8 character
-                    console.print_result(text[len(state["printed"]):], end="")
-                    state["printed"] = text
+            on_token, _ = _token_printer(echo=True)
 
         new = generate(net, idx, max_new_tokens=scfg.max_new_tokens, temperature=scfg.temperature, top_k=scfg.top_k,
                        top_p=scfg.top_p, eos_id=EOT_ID, use_cache=use_cache, generator=gen, on_token=on_token)
@@ -681,17 +691,7 @@ def interactive_sample(
         ids = encode(prompt)
         if len(ids) > net.cfg.context_length:
             console.warn(f"prompt of {len(ids)} tokens is longer than the context ({net.cfg.context_length}); keeping its last {net.cfg.context_length}")
-        state = {"ids": [], "printed": ""}
-
-        def on_token(tok, state=state):
-            t = int(tok[0, 0])
-            if t == EOT_ID:
-                return
-            state["ids"].append(t)
-            text = decode(state["ids"])
-            if streaming and not text.endswith("\ufffd"):  # wait for a complete UTF-8 character
-                console.print_result(text[len(state["printed"]):], end="")
-                state["printed"] = text
+        on_token, state = _token_printer(echo=streaming)
 
         if streaming:
             console.print_result(prompt, end="")
