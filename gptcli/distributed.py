@@ -43,8 +43,13 @@ def init(device_type: str) -> DistInfo:
 
 
 def shutdown() -> None:
+    """Leave the process group together: a rank that tears gloo down while its peer is still
+    talking to it can abort the peer ("terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def all_reduce_max_int(value: int, device: torch.device) -> int:
