@@ -84,69 +84,211 @@ _OUT = "Output"
     "  gptcli train --config examples/configs/verdict.yaml --epochs 2"
 )
 def train(
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="Text files, or directories of .txt files.", show_default=False)] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs to train [default: 10].", rich_help_panel=_TRAIN)] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.", rich_help_panel=_TRAIN)] = None,
-    print_config: Annotated[bool, typer.Option("--print-config", help="Show the resolved settings and exit.", rich_help_panel=_TRAIN)] = False,
-    preset: Annotated[Optional[str], typer.Option(help="gpt2-124M, gpt2-355M, gpt2-774M or gpt2-1558M (OpenAI's shapes).", rich_help_panel=_MODEL)] = None,
-    context_length: Annotated[Optional[int], typer.Option(help="Context length in tokens [default: 256].", rich_help_panel=_MODEL)] = None,
-    emb_dim: Annotated[Optional[int], typer.Option(help="Embedding size [default: 768].", rich_help_panel=_MODEL)] = None,
-    n_heads: Annotated[Optional[int], typer.Option(help="Attention heads [default: 12].", rich_help_panel=_MODEL)] = None,
-    n_layers: Annotated[Optional[int], typer.Option(help="Transformer blocks [default: 12].", rich_help_panel=_MODEL)] = None,
-    drop_rate: Annotated[Optional[float], typer.Option(help="Dropout rate [default: 0.1].", rich_help_panel=_MODEL)] = None,
-    qkv_bias: Annotated[Optional[bool], typer.Option("--qkv-bias/--no-qkv-bias", help="Bias in the qkv projection [default: no].", show_default=False, rich_help_panel=_MODEL)] = None,
-    tie_weights: Annotated[Optional[bool], typer.Option("--tie-weights/--no-tie-weights", help="Share the output head with the token embedding [default: no].", show_default=False, rich_help_panel=_MODEL)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate [default: 4e-4].", rich_help_panel=_TRAIN)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay [default: 0.1].", rich_help_panel=_TRAIN)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Windows per batch [default: 2].", rich_help_panel=_TRAIN)] = None,
+    paths: Annotated[
+        Optional[list[Path]], typer.Argument(help="Text files, or directories of .txt files.", show_default=False)
+    ] = None,
+    epochs: Annotated[
+        Optional[int], typer.Option(help="Epochs to train [default: 10].", rich_help_panel=_TRAIN)
+    ] = None,
+    config: Annotated[
+        Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.", rich_help_panel=_TRAIN)
+    ] = None,
+    print_config: Annotated[
+        bool, typer.Option("--print-config", help="Show the resolved settings and exit.", rich_help_panel=_TRAIN)
+    ] = False,
+    preset: Annotated[
+        Optional[str],
+        typer.Option(help="gpt2-124M, gpt2-355M, gpt2-774M or gpt2-1558M (OpenAI's shapes).", rich_help_panel=_MODEL),
+    ] = None,
+    context_length: Annotated[
+        Optional[int], typer.Option(help="Context length in tokens [default: 256].", rich_help_panel=_MODEL)
+    ] = None,
+    emb_dim: Annotated[
+        Optional[int], typer.Option(help="Embedding size [default: 768].", rich_help_panel=_MODEL)
+    ] = None,
+    n_heads: Annotated[
+        Optional[int], typer.Option(help="Attention heads [default: 12].", rich_help_panel=_MODEL)
+    ] = None,
+    n_layers: Annotated[
+        Optional[int], typer.Option(help="Transformer blocks [default: 12].", rich_help_panel=_MODEL)
+    ] = None,
+    drop_rate: Annotated[
+        Optional[float], typer.Option(help="Dropout rate [default: 0.1].", rich_help_panel=_MODEL)
+    ] = None,
+    qkv_bias: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--qkv-bias/--no-qkv-bias",
+            help="Bias in the qkv projection [default: no].",
+            show_default=False,
+            rich_help_panel=_MODEL,
+        ),
+    ] = None,
+    tie_weights: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--tie-weights/--no-tie-weights",
+            help="Share the output head with the token embedding [default: no].",
+            show_default=False,
+            rich_help_panel=_MODEL,
+        ),
+    ] = None,
+    lr: Annotated[
+        Optional[float], typer.Option(help="AdamW learning rate [default: 4e-4].", rich_help_panel=_TRAIN)
+    ] = None,
+    weight_decay: Annotated[
+        Optional[float], typer.Option(help="AdamW weight decay [default: 0.1].", rich_help_panel=_TRAIN)
+    ] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option(help="Windows per batch [default: 2].", rich_help_panel=_TRAIN)
+    ] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed [default: 123].", rich_help_panel=_TRAIN)] = None,
-    eval_freq: Annotated[Optional[int], typer.Option(help="Evaluate every N steps [default: 5].", rich_help_panel=_TRAIN)] = None,
-    eval_iter: Annotated[Optional[int], typer.Option(help="Batches per evaluation [default: 5].", rich_help_panel=_TRAIN)] = None,
-    start_context: Annotated[Optional[str], typer.Option(help="Prompt of the sample after each epoch [default: 'Every effort moves you'].", rich_help_panel=_TRAIN)] = None,
-    stride: Annotated[Optional[int], typer.Option(help="Stride between windows [default: the context length].", rich_help_panel=_TRAIN)] = None,
-    val_ratio: Annotated[Optional[float], typer.Option(help="Share of characters held out for validation [default: 0.1].", rich_help_panel=_TRAIN)] = None,
-    val_file: Annotated[Optional[Path], typer.Option(help="Separate validation text instead of a split.", rich_help_panel=_TRAIN)] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps [default: auto].", rich_help_panel=_TRAIN)] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 (autocast) or fp16 (CUDA) [default: fp32].", rich_help_panel=_TRAIN)] = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model [default: on for CUDA].", show_default=False, rich_help_panel=_TRAIN)] = None,
-    grad_accum: Annotated[Optional[int], typer.Option(help="Micro-batches per optimizer step [default: 1].", rich_help_panel=_TRAIN)] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warm-up steps, then cosine decay [default: 0, constant LR].", rich_help_panel=_TRAIN)] = None,
-    min_lr: Annotated[Optional[float], typer.Option(help="Floor of the cosine decay [default: lr/10 when a schedule is on].", rich_help_panel=_TRAIN)] = None,
-    grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this [default: 0, off].", rich_help_panel=_TRAIN)] = None,
-    skip_nonfinite: Annotated[Optional[int], typer.Option(help="Tolerate up to N steps with a NaN/inf loss by skipping them [default: 0].", rich_help_panel=_TRAIN)] = None,
-    encoding_errors: Annotated[Optional[str], typer.Option(help="strict, replace or ignore undecodable bytes [default: strict].", rich_help_panel=_TRAIN)] = None,
-    init: Annotated[Optional[str], typer.Option(help="Start from these weights: a checkpoint, or gpt2-124M etc. once downloaded.", rich_help_panel=_TRAIN)] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory [default: runs/<name>].", rich_help_panel=_OUT)] = None,
-    save_every: Annotated[Optional[int], typer.Option(help="Also save every N steps [default: 0, epoch ends only].", rich_help_panel=_OUT)] = None,
-    keep_last: Annotated[Optional[int], typer.Option(help="Step checkpoints to keep [default: 2].", rich_help_panel=_OUT)] = None,
+    eval_freq: Annotated[
+        Optional[int], typer.Option(help="Evaluate every N steps [default: 5].", rich_help_panel=_TRAIN)
+    ] = None,
+    eval_iter: Annotated[
+        Optional[int], typer.Option(help="Batches per evaluation [default: 5].", rich_help_panel=_TRAIN)
+    ] = None,
+    start_context: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Prompt of the sample after each epoch [default: 'Every effort moves you'].", rich_help_panel=_TRAIN
+        ),
+    ] = None,
+    stride: Annotated[
+        Optional[int],
+        typer.Option(help="Stride between windows [default: the context length].", rich_help_panel=_TRAIN),
+    ] = None,
+    val_ratio: Annotated[
+        Optional[float],
+        typer.Option(help="Share of characters held out for validation [default: 0.1].", rich_help_panel=_TRAIN),
+    ] = None,
+    val_file: Annotated[
+        Optional[Path], typer.Option(help="Separate validation text instead of a split.", rich_help_panel=_TRAIN)
+    ] = None,
+    device: Annotated[
+        Optional[str], typer.Option(help="auto, cpu, cuda or mps [default: auto].", rich_help_panel=_TRAIN)
+    ] = None,
+    precision: Annotated[
+        Optional[str],
+        typer.Option(help="fp32, bf16 (autocast) or fp16 (CUDA) [default: fp32].", rich_help_panel=_TRAIN),
+    ] = None,
+    compile: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the model [default: on for CUDA].",
+            show_default=False,
+            rich_help_panel=_TRAIN,
+        ),
+    ] = None,
+    grad_accum: Annotated[
+        Optional[int], typer.Option(help="Micro-batches per optimizer step [default: 1].", rich_help_panel=_TRAIN)
+    ] = None,
+    warmup_steps: Annotated[
+        Optional[int],
+        typer.Option(help="Linear warm-up steps, then cosine decay [default: 0, constant LR].", rich_help_panel=_TRAIN),
+    ] = None,
+    min_lr: Annotated[
+        Optional[float],
+        typer.Option(help="Floor of the cosine decay [default: lr/10 when a schedule is on].", rich_help_panel=_TRAIN),
+    ] = None,
+    grad_clip: Annotated[
+        Optional[float], typer.Option(help="Clip the gradient norm to this [default: 0, off].", rich_help_panel=_TRAIN)
+    ] = None,
+    skip_nonfinite: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Tolerate up to N steps with a NaN/inf loss by skipping them [default: 0].", rich_help_panel=_TRAIN
+        ),
+    ] = None,
+    encoding_errors: Annotated[
+        Optional[str],
+        typer.Option(help="strict, replace or ignore undecodable bytes [default: strict].", rich_help_panel=_TRAIN),
+    ] = None,
+    init: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Start from these weights: a checkpoint, or gpt2-124M etc. once downloaded.", rich_help_panel=_TRAIN
+        ),
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Run directory [default: runs/<name>].", rich_help_panel=_OUT)
+    ] = None,
+    save_every: Annotated[
+        Optional[int], typer.Option(help="Also save every N steps [default: 0, epoch ends only].", rich_help_panel=_OUT)
+    ] = None,
+    keep_last: Annotated[
+        Optional[int], typer.Option(help="Step checkpoints to keep [default: 2].", rich_help_panel=_OUT)
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel=_OUT)] = False,
-    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also write TensorBoard events to <run>/tensorboard (needs: pip install 'gptcli[tensorboard]').", rich_help_panel=_OUT)] = False,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard",
+            help="Also write TensorBoard events to <run>/tensorboard (needs: pip install 'gptcli[tensorboard]').",
+            rich_help_panel=_OUT,
+        ),
+    ] = False,
 ) -> None:
     """Train a GPT model on text files (the book's chapter-5 training loop)."""
     from gptcli import runner
 
     model_flags = dict(
-        context_length=context_length, emb_dim=emb_dim, n_heads=n_heads, n_layers=n_layers,
-        drop_rate=drop_rate, qkv_bias=qkv_bias, tie_weights=tie_weights,
+        context_length=context_length,
+        emb_dim=emb_dim,
+        n_heads=n_heads,
+        n_layers=n_layers,
+        drop_rate=drop_rate,
+        qkv_bias=qkv_bias,
+        tie_weights=tie_weights,
     )
     train_flags = dict(
-        epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed,
-        eval_freq=eval_freq, eval_iter=eval_iter, start_context=start_context, stride=stride,
-        val_ratio=val_ratio, val_file=str(val_file) if val_file else None, device=device,
-        precision=precision, compile=compile, grad_accum=grad_accum, warmup_steps=warmup_steps,
-        min_lr=min_lr, grad_clip=grad_clip, skip_nonfinite=skip_nonfinite,
-        encoding_errors=encoding_errors, init=init, save_every=save_every, keep_last=keep_last,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        seed=seed,
+        eval_freq=eval_freq,
+        eval_iter=eval_iter,
+        start_context=start_context,
+        stride=stride,
+        val_ratio=val_ratio,
+        val_file=str(val_file) if val_file else None,
+        device=device,
+        precision=precision,
+        compile=compile,
+        grad_accum=grad_accum,
+        warmup_steps=warmup_steps,
+        min_lr=min_lr,
+        grad_clip=grad_clip,
+        skip_nonfinite=skip_nonfinite,
+        encoding_errors=encoding_errors,
+        init=init,
+        save_every=save_every,
+        keep_last=keep_last,
         data=[str(p) for p in paths] if paths else None,
     )
     runner.train_command(
-        config_file=config, preset=preset, model_flags=model_flags, train_flags=train_flags,
-        out=out, print_config=print_config, quiet=quiet, tensorboard=tensorboard,
+        config_file=config,
+        preset=preset,
+        model_flags=model_flags,
+        train_flags=train_flags,
+        out=out,
+        print_config=print_config,
+        quiet=quiet,
+        tensorboard=tensorboard,
     )
 
 
-@app.command(epilog="Examples:\n\n  gptcli resume runs/the-verdict-20260101-120000\n\n  gptcli resume runs/x/checkpoints/step-00000045.pth --epochs 20")
+@app.command(
+    epilog="Examples:\n\n  gptcli resume runs/the-verdict-20260101-120000\n\n  gptcli resume runs/x/checkpoints/step-00000045.pth --epochs 20"
+)
 def resume(
-    target: Annotated[Optional[Path], typer.Argument(help="Checkpoint file or run directory [default: the most recent run].", show_default=False)] = None,
+    target: Annotated[
+        Optional[Path],
+        typer.Argument(help="Checkpoint file or run directory [default: the most recent run].", show_default=False),
+    ] = None,
     epochs: Annotated[Optional[int], typer.Option(help="New total number of epochs (extends the run).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
@@ -156,68 +298,150 @@ def resume(
     runner.resume_command(target, epochs=epochs, quiet=quiet)
 
 
-@app.command(name="eval", epilog="Examples:\n\n  gptcli eval examples/the-verdict.txt\n\n  gptcli eval data/ --checkpoint runs/x --json")
+@app.command(
+    name="eval",
+    epilog="Examples:\n\n  gptcli eval examples/the-verdict.txt\n\n  gptcli eval data/ --checkpoint runs/x --json",
+)
 def eval_(
     paths: Annotated[list[Path], typer.Argument(help="Text files, or directories of .txt files.", show_default=False)],
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Checkpoint or run directory [default: the most recent run].")] = None,
-    model: Annotated[Optional[str], typer.Option(help="gpt2-124M etc. (downloaded) or a converted .pth, instead of --checkpoint.")] = None,
+    checkpoint: Annotated[
+        Optional[Path],
+        typer.Option("--checkpoint", "-c", help="Checkpoint or run directory [default: the most recent run]."),
+    ] = None,
+    model: Annotated[
+        Optional[str], typer.Option(help="gpt2-124M etc. (downloaded) or a converted .pth, instead of --checkpoint.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
     encoding_errors: Annotated[str, typer.Option(help="strict, replace or ignore undecodable bytes.")] = "strict",
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress output on stderr (warnings and errors still).")
+    ] = False,
 ) -> None:
     """Loss and perplexity over every window of the given text."""
     from gptcli import runner
 
-    runner.eval_command(paths, checkpoint=checkpoint, model=model, batch_size=batch_size, device=device,
-                        json_out=json_out, encoding_errors=encoding_errors)
+    runner.eval_command(
+        paths,
+        checkpoint=checkpoint,
+        model=model,
+        batch_size=batch_size,
+        device=device,
+        json_out=json_out,
+        encoding_errors=encoding_errors,
+        quiet=quiet,
+    )
 
 
 @app.command(
     epilog="Examples:\n\n  gptcli sample --temperature 1.4 --top-k 25\n\n"
-    "  gptcli sample --model gpt2-124M --prompt \"Every effort moves you\" --top-k 50 --temperature 1.5\n\n"
-    "  gptcli sample --prompt \"Hello\" --num-samples 4 --seed 1 --json\n\n"
+    '  gptcli sample --model gpt2-124M --prompt "Every effort moves you" --top-k 50 --temperature 1.5\n\n'
+    '  gptcli sample --prompt "Hello" --num-samples 4 --seed 1 --json\n\n'
     "  gptcli sample --interactive --temperature 1.0 --top-k 40"
 )
 def sample(
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Checkpoint or run directory [default: the most recent run].")] = None,
-    model: Annotated[Optional[str], typer.Option(help="gpt2-124M etc. (downloaded) or a converted .pth, instead of --checkpoint.")] = None,
-    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Prompt text; repeat for a batch of prompts [default: 'Every effort moves you'].")] = None,
+    checkpoint: Annotated[
+        Optional[Path],
+        typer.Option("--checkpoint", "-c", help="Checkpoint or run directory [default: the most recent run]."),
+    ] = None,
+    model: Annotated[
+        Optional[str], typer.Option(help="gpt2-124M etc. (downloaded) or a converted .pth, instead of --checkpoint.")
+    ] = None,
+    prompt: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--prompt", "-p", help="Prompt text; repeat for a batch of prompts [default: 'Every effort moves you']."
+        ),
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per sample.")] = 50,
     temperature: Annotated[float, typer.Option(help="0 is greedy; higher is more random.")] = 0.0,
     top_k: Annotated[Optional[int], typer.Option(help="Keep only the k most likely tokens.")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling: keep the smallest set with this much probability.")] = None,
+    top_p: Annotated[
+        Optional[float], typer.Option(help="Nucleus sampling: keep the smallest set with this much probability.")
+    ] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for repeatable sampling.")] = None,
     num_samples: Annotated[int, typer.Option(help="Samples per prompt.")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="Weights' dtype: auto, fp32 or bf16 (auto: bf16 on CPUs with native bf16, else fp32).")] = "auto",
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-run the whole context for every token (slow; for checking).")] = False,
+    dtype: Annotated[
+        str, typer.Option(help="Weights' dtype: auto, fp32 or bf16 (auto: bf16 on CPUs with native bf16, else fp32).")
+    ] = "auto",
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Re-run the whole context for every token (slow; for checking).")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-    stream: Annotated[Optional[bool], typer.Option("--stream/--no-stream", help="Print tokens as they come [default: when stdout is a terminal].", show_default=False)] = None,
-    interactive: Annotated[bool, typer.Option("--interactive", "-i", help="Prompt loop that keeps the model loaded (one prompt per line; Ctrl-D to leave).")] = False,
+    stream: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--stream/--no-stream",
+            help="Print tokens as they come [default: when stdout is a terminal].",
+            show_default=False,
+        ),
+    ] = None,
+    interactive: Annotated[
+        bool,
+        typer.Option(
+            "--interactive",
+            "-i",
+            help="Prompt loop that keeps the model loaded (one prompt per line; Ctrl-D to leave).",
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress output on stderr (warnings and errors still).")
+    ] = False,
 ) -> None:
     """Generate text with temperature, top-k and top-p sampling, stopping at <|endoftext|>."""
     from gptcli import runner
 
     if interactive:
         if prompt or json_out or num_samples != 1:
-            raise typer.BadParameter("cannot be combined with --prompt, --json or --num-samples", param_hint="--interactive")
+            raise typer.BadParameter(
+                "cannot be combined with --prompt, --json or --num-samples", param_hint="--interactive"
+            )
         runner.interactive_sample(
-            checkpoint=checkpoint, model=model, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-            top_p=top_p, seed=seed, device=device, dtype=dtype, use_cache=not no_cache, stream=stream,
+            checkpoint=checkpoint,
+            model=model,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+            use_cache=not no_cache,
+            stream=stream,
+            quiet=quiet,
         )
         return
     runner.sample_command(
-        checkpoint=checkpoint, model=model, prompts=prompt or ["Every effort moves you"],
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-        num_samples=num_samples, device=device, dtype=dtype, use_cache=not no_cache, json_out=json_out,
+        checkpoint=checkpoint,
+        model=model,
+        prompts=prompt or ["Every effort moves you"],
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        num_samples=num_samples,
+        device=device,
+        dtype=dtype,
+        use_cache=not no_cache,
+        json_out=json_out,
         stream=stream,
+        quiet=quiet,
     )
 
 
-@app.command(epilog="Examples:\n\n  gptcli plot -o loss.png\n\n  gptcli plot runs/a runs/b --log-y -o compare.svg\n\n  gptcli plot --terminal")
+@app.command(
+    epilog="Examples:\n\n  gptcli plot -o loss.png\n\n  gptcli plot runs/a runs/b --log-y -o compare.svg\n\n  gptcli plot --terminal"
+)
 def plot(
-    targets: Annotated[Optional[list[Path]], typer.Argument(help="Run directories or metrics.jsonl files [default: the most recent run].", show_default=False)] = None,
+    targets: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            help="Run directories or metrics.jsonl files [default: the most recent run].", show_default=False
+        ),
+    ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Image file: .png, .svg or .pdf.")] = Path("loss.png"),
     log_y: Annotated[bool, typer.Option("--log-y", help="Logarithmic loss axis.")] = False,
     terminal: Annotated[bool, typer.Option("--terminal", help="Draw the curves in the terminal instead.")] = False,
@@ -235,16 +459,36 @@ def plot(
 )
 def download(
     size: Annotated[str, typer.Option(help="124M, 355M, 774M or 1558M.")] = "124M",
-    directory: Annotated[Optional[Path], typer.Option("--dir", "-d", help="Folder for the files [default: $GPTCLI_HOME/gpt2/<size>, i.e. ~/.cache/gptcli/gpt2/<size>].", show_default=False)] = None,
-    base_url: Annotated[Optional[str], typer.Option(help="Mirror serving <size>/<file> [default: $GPTCLI_GPT2_BASE_URL, else OpenAI's host, then the book's mirror].", show_default=False)] = None,
-    no_convert: Annotated[bool, typer.Option("--no-convert", help="Only download; skip the conversion to model.pth.")] = False,
-    reader: Annotated[str, typer.Option(help="Read the TensorFlow checkpoint with: builtin (no TensorFlow needed) or tensorflow.")] = "builtin",
+    directory: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--dir",
+            "-d",
+            help="Folder for the files [default: $GPTCLI_HOME/gpt2/<size>, i.e. ~/.cache/gptcli/gpt2/<size>].",
+            show_default=False,
+        ),
+    ] = None,
+    base_url: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Mirror serving <size>/<file> [default: $GPTCLI_GPT2_BASE_URL, else OpenAI's host, then the book's mirror].",
+            show_default=False,
+        ),
+    ] = None,
+    no_convert: Annotated[
+        bool, typer.Option("--no-convert", help="Only download; skip the conversion to model.pth.")
+    ] = False,
+    reader: Annotated[
+        str, typer.Option(help="Read the TensorFlow checkpoint with: builtin (no TensorFlow needed) or tensorflow.")
+    ] = "builtin",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Download OpenAI's GPT-2 weights (resumable, verified) and convert them for gptcli."""
     from gptcli.weights.commands import download_command
 
-    download_command(size=size, directory=directory, base_url=base_url, convert=not no_convert, reader=reader, quiet=quiet)
+    download_command(
+        size=size, directory=directory, base_url=base_url, convert=not no_convert, reader=reader, quiet=quiet
+    )
 
 
 @app.command(
@@ -253,21 +497,61 @@ def download(
     "  gptcli convert hf-gpt2/ -o gpt2.pth\n\n  gptcli convert runs/verdict --to hf -o verdict-hf/"
 )
 def convert(
-    src: Annotated[str, typer.Argument(help="OpenAI checkpoint folder, Hugging Face folder or weights file, the book's .pth, or (with --to hf) a gptcli checkpoint, run or gpt2-124M.", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .pth (--to gptcli) or folder (--to hf) [default: beside SRC].", show_default=False)] = None,
-    from_: Annotated[Optional[str], typer.Option("--from", help="openai, hf or book [default: detected].", show_default=False)] = None,
+    src: Annotated[
+        str,
+        typer.Argument(
+            help="OpenAI checkpoint folder, Hugging Face folder or weights file, the book's .pth, or (with --to hf) a gptcli checkpoint, run or gpt2-124M.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output",
+            "-o",
+            help="Output .pth (--to gptcli) or folder (--to hf) [default: beside SRC].",
+            show_default=False,
+        ),
+    ] = None,
+    from_: Annotated[
+        Optional[str], typer.Option("--from", help="openai, hf or book [default: detected].", show_default=False)
+    ] = None,
     to: Annotated[str, typer.Option("--to", help="gptcli or hf.")] = "gptcli",
-    reader: Annotated[str, typer.Option(help="TensorFlow checkpoints: builtin (no TensorFlow needed) or tensorflow.")] = "builtin",
-    n_heads: Annotated[Optional[int], typer.Option(help="Book checkpoints: attention heads (not stored in the file) [default: emb_dim / 64].", show_default=False)] = None,
+    reader: Annotated[
+        str, typer.Option(help="TensorFlow checkpoints: builtin (no TensorFlow needed) or tensorflow.")
+    ] = "builtin",
+    n_heads: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Book checkpoints: attention heads (not stored in the file) [default: emb_dim / 64].",
+            show_default=False,
+        ),
+    ] = None,
     drop_rate: Annotated[float, typer.Option(help="Book checkpoints: dropout rate for further training.")] = 0.1,
-    data: Annotated[Optional[list[Path]], typer.Option("--data", help="Book checkpoints with optimizer state: the training text, so 'gptcli resume' can continue (repeatable).", show_default=False)] = None,
+    data: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--data",
+            help="Book checkpoints with optimizer state: the training text, so 'gptcli resume' can continue (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Convert GPT-2 weights: OpenAI (TensorFlow), Hugging Face or the book's checkpoints -> gptcli, or gptcli -> Hugging Face."""
     from gptcli.weights.commands import convert_command
 
-    convert_command(src, output=output, source=from_, target=to, reader=reader, n_heads=n_heads, drop_rate=drop_rate,
-                    data=data, quiet=quiet)
+    convert_command(
+        src,
+        output=output,
+        source=from_,
+        target=to,
+        reader=reader,
+        n_heads=n_heads,
+        drop_rate=drop_rate,
+        data=data,
+        quiet=quiet,
+    )
 
 
 @app.command(
@@ -275,7 +559,13 @@ def convert(
     "  gptcli info runs/verdict/checkpoints/step-00000090.pth --json\n\n  gptcli info gpt2-124M"
 )
 def info(
-    target: Annotated[Optional[str], typer.Argument(help="Checkpoint file, run directory or downloaded model name like gpt2-124M [default: the most recent run].", show_default=False)] = None,
+    target: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="Checkpoint file, run directory or downloaded model name like gpt2-124M [default: the most recent run].",
+            show_default=False,
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Show a checkpoint's config, parameter count, step, epoch, tokens seen and last losses."""

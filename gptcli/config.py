@@ -156,12 +156,17 @@ class TrainConfig:
         _check(0.0 < float(self.val_ratio) < 1.0, "--val-ratio", f"{self.val_ratio!r} (must be in (0, 1))")
         _check(self.min_lr is None or float(self.min_lr) >= 0, "--min-lr", f"{self.min_lr!r} (must be >= 0)")
         _check(float(self.grad_clip) >= 0, "--grad-clip", f"{self.grad_clip!r} (must be >= 0)")
-        _check(self.device in DEVICES or self.device.startswith("cuda:"), "--device",
-               f"{self.device!r} (choose from {', '.join(DEVICES)})")
-        _check(self.precision in PRECISIONS, "--precision",
-               f"{self.precision!r} (choose from {', '.join(PRECISIONS)})")
-        _check(self.encoding_errors in ENCODING_ERRORS, "--encoding-errors",
-               f"{self.encoding_errors!r} (choose from {', '.join(ENCODING_ERRORS)})")
+        _check(
+            self.device in DEVICES or self.device.startswith("cuda:"),
+            "--device",
+            f"{self.device!r} (choose from {', '.join(DEVICES)})",
+        )
+        _check(self.precision in PRECISIONS, "--precision", f"{self.precision!r} (choose from {', '.join(PRECISIONS)})")
+        _check(
+            self.encoding_errors in ENCODING_ERRORS,
+            "--encoding-errors",
+            f"{self.encoding_errors!r} (choose from {', '.join(ENCODING_ERRORS)})",
+        )
         self.data = [str(p) for p in self.data]
 
     @classmethod

@@ -103,6 +103,8 @@ class _TrainProgress:
         self.tok_per_s = 0.0
         self._t0 = time.perf_counter()
         self._tokens0 = 0
+        self._tok_bar: Progress | None = None  # the token cache's build, before training starts
+        self._tok_finished = False
 
     # rich's columns read these fields from the task
     def _fields(self, state: TrainState | None = None) -> dict[str, Any]:
@@ -113,6 +115,18 @@ class _TrainProgress:
             "val": fmt_loss(ev.get("val_loss", float("nan"))),
             "tps": f"{self.tok_per_s:,.0f}",
         }
+
+    def on_tokenize(self, done: int, total: int) -> None:
+        if self._tok_finished:
+            return
+        if self._tok_bar is None:
+            self._tok_bar = byte_progress(1)
+            self._tok_bar.start()
+            self._tok_task = self._tok_bar.add_task("tokenizing into the token cache", total=total)
+        self._tok_bar.update(self._tok_task, completed=done, total=total)
+        if done >= total:
+            self._tok_bar.stop()
+            self._tok_bar, self._tok_finished = None, True
 
     def on_start(self, info_: dict[str, Any]) -> None:
         self.epochs_total = info_["total_steps"] // max(1, info_["steps_per_epoch"])
@@ -174,6 +188,9 @@ class _TrainProgress:
         warn(message)
 
     def close(self) -> None:
+        if self._tok_bar is not None:  # stopped while tokenizing
+            self._tok_bar.stop()
+            self._tok_bar = None
         if self.progress is not None:
             self.progress.stop()
             self.progress = None

@@ -59,8 +59,7 @@ def read_text(path: Path, *, errors: str = "strict") -> str:
         text = raw.decode("utf-8", errors=errors)
     except UnicodeDecodeError as e:
         raise DataError(
-            f"{path}: not valid UTF-8 at byte offset {e.start}; "
-            "use --encoding-errors replace|ignore to read it anyway"
+            f"{path}: not valid UTF-8 at byte offset {e.start}; use --encoding-errors replace|ignore to read it anyway"
         ) from None
     if not text.strip():
         raise DataError(f"{path}: file is empty" if not text else f"{path}: file contains only whitespace")

@@ -140,19 +140,32 @@ def train_command(
     return _fit(model_cfg, train_cfg, run_dir, init_state=init_state, tensorboard=tensorboard)
 
 
-def _fit(model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, *, init_state=None, restore_from=None,
-         tensorboard: bool = False) -> Path:
+def _fit(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    init_state=None,
+    restore_from=None,
+    tensorboard: bool = False,
+) -> Path:
     from gptcli import distributed
     from gptcli.training import Trainer
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     if not main_rank:
         console.set_quiet(True)
-    progress = _train_callbacks(console.TrainProgress(print_samples=main_rank), run_dir,
-                                tensorboard=tensorboard and main_rank, restore_from=restore_from)
+    progress = _train_callbacks(
+        console.TrainProgress(print_samples=main_rank),
+        run_dir,
+        tensorboard=tensorboard and main_rank,
+        restore_from=restore_from,
+    )
     stop = StopFlag().install()
     try:
-        trainer = Trainer(model_cfg, train_cfg, run_dir, callbacks=progress, should_stop=stop, init_state_dict=init_state)
+        trainer = Trainer(
+            model_cfg, train_cfg, run_dir, callbacks=progress, should_stop=stop, init_state_dict=init_state
+        )
         if restore_from is not None:
             trainer.restore(restore_from)
         trainer.fit()
@@ -180,11 +193,15 @@ def resume_command(target: Path | None, *, epochs: int | None = None, quiet: boo
     progress = obj.get("progress", {})
     if epochs is not None:
         if epochs < max(1, progress.get("epoch", 0)):
-            raise UsageError(f"invalid --epochs: {epochs} (the run has already completed {progress.get('epoch')} epochs)")
+            raise UsageError(
+                f"invalid --epochs: {epochs} (the run has already completed {progress.get('epoch')} epochs)"
+            )
         train_dict["epochs"] = epochs
     train_cfg = TrainConfig.from_dict(train_dict, where=f"{path}: train_config")
     if progress.get("epoch", 0) >= train_cfg.epochs:
-        raise UsageError(f"{path}: the run already finished its {train_cfg.epochs} epochs; pass --epochs N to extend it")
+        raise UsageError(
+            f"{path}: the run already finished its {train_cfg.epochs} epochs; pass --epochs N to extend it"
+        )
     run_dir = run_dir_of(path) or default_run_dir(train_cfg.data)
     return _fit(model_cfg, train_cfg, run_dir, restore_from=obj)
 
@@ -193,7 +210,9 @@ def resume_command(target: Path | None, *, epochs: int | None = None, quiet: boo
 # loading a model for eval and sample
 
 
-def load_model_for_inference(checkpoint: Path | None, model: str | None, *, device: str, dtype: str = "fp32", fallback_gpt2: bool = False):
+def load_model_for_inference(
+    checkpoint: Path | None, model: str | None, *, device: str, dtype: str = "fp32", fallback_gpt2: bool = False
+):
     from gptcli.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
     from gptcli.training import resolve_device
     from gptcli.weights import downloaded_default, resolve_model
@@ -271,12 +290,20 @@ def resolve_dtype(dtype: str, device):
 
 
 def eval_command(
-    paths: list[Path], *, checkpoint: Path | None = None, model: str | None = None, batch_size: int = 8,
-    device: str = "auto", json_out: bool = False, encoding_errors: str = "strict",
+    paths: list[Path],
+    *,
+    checkpoint: Path | None = None,
+    model: str | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    json_out: bool = False,
+    encoding_errors: str = "strict",
+    quiet: bool = False,
 ) -> dict[str, Any]:
     from gptcli.data import read_corpus, tokenize
     from gptcli.evaluation import evaluate_tokens
 
+    console.set_quiet(quiet)
     if encoding_errors not in ("strict", "replace", "ignore"):
         raise UsageError(f"invalid --encoding-errors: {encoding_errors!r} (choose from strict, replace, ignore)")
     text = read_corpus(paths, errors=encoding_errors)
@@ -286,8 +313,13 @@ def eval_command(
     net, path, dev = load_model_for_inference(checkpoint, model, device=device)
     with console.step_progress("evaluating", None) as prog:
         task = prog.add_task("eval", total=None)
-        res = evaluate_tokens(net, tokens, batch_size=batch_size, device=dev,
-                              on_progress=lambda d, t: prog.update(task, completed=d, total=t))
+        res = evaluate_tokens(
+            net,
+            tokens,
+            batch_size=batch_size,
+            device=dev,
+            on_progress=lambda d, t: prog.update(task, completed=d, total=t),
+        )
     result = {
         "checkpoint": str(path),
         "files": [str(p) for p in paths],
@@ -331,25 +363,46 @@ def _token_printer(*, echo: bool):
 
 
 def sample_command(
-    *, checkpoint: Path | None = None, model: str | None = None, prompts: list[str], max_new_tokens: int = 50,
-    temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-    num_samples: int = 1, device: str = "auto", dtype: str = "auto", use_cache: bool = True,
-    json_out: bool = False, stream: bool | None = None,
+    *,
+    checkpoint: Path | None = None,
+    model: str | None = None,
+    prompts: list[str],
+    max_new_tokens: int = 50,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    num_samples: int = 1,
+    device: str = "auto",
+    dtype: str = "auto",
+    use_cache: bool = True,
+    json_out: bool = False,
+    stream: bool | None = None,
+    quiet: bool = False,
 ) -> list[str]:
     import torch
 
     from gptcli.generation import SampleConfig, generate
     from gptcli.tokenizer import EOT_ID, decode, encode
 
-    scfg = SampleConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        seed=seed, num_samples=num_samples)
+    console.set_quiet(quiet)
+    scfg = SampleConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        num_samples=num_samples,
+    )
     net, path, dev = load_model_for_inference(checkpoint, model, device=device, dtype=dtype, fallback_gpt2=True)
     encoded = [encode(p) for p in prompts]
     for ids in encoded:
         if not ids:
             raise UsageError("invalid --prompt: empty prompt")
         if len(ids) > net.cfg.context_length:
-            console.warn(f"prompt of {len(ids)} tokens is longer than the context ({net.cfg.context_length}); keeping its last {net.cfg.context_length}")
+            console.warn(
+                f"prompt of {len(ids)} tokens is longer than the context ({net.cfg.context_length}); keeping its last {net.cfg.context_length}"
+            )
     gen = None  # the global RNG, as the book's generate uses, so a seed gives the book's samples
     if scfg.seed is not None:
         torch.manual_seed(scfg.seed)
@@ -367,8 +420,18 @@ def sample_command(
             console.print_result(prompts[group[0][0]], end="")
             on_token, _ = _token_printer(echo=True)
 
-        new = generate(net, idx, max_new_tokens=scfg.max_new_tokens, temperature=scfg.temperature, top_k=scfg.top_k,
-                       top_p=scfg.top_p, eos_id=EOT_ID, use_cache=use_cache, generator=gen, on_token=on_token)
+        new = generate(
+            net,
+            idx,
+            max_new_tokens=scfg.max_new_tokens,
+            temperature=scfg.temperature,
+            top_k=scfg.top_k,
+            top_p=scfg.top_p,
+            eos_id=EOT_ID,
+            use_cache=use_cache,
+            generator=gen,
+            on_token=on_token,
+        )
         for (i, ids), toks in zip(group, new):
             outputs.setdefault(i, []).append(decode(ids + toks))
     texts = [t for i in range(len(prompts)) for t in outputs.get(i, [])]
@@ -508,19 +571,33 @@ def info_command(target: str | None, *, json_out: bool = False) -> dict[str, Any
         return result
     lines = [
         ("checkpoint", f"{path} ({_human_size(result['size_bytes'])})"),
-        ("kind", f"{result['kind']}" + ("" if result["kind"] != "weights" else " (no optimizer state: use it with --init, --model)")),
+        (
+            "kind",
+            f"{result['kind']}"
+            + ("" if result["kind"] != "weights" else " (no optimizer state: use it with --init, --model)"),
+        ),
     ]
     if run_dir:
         lines.append(("run", _display_path(run_dir)))
     lines.append(("parameters", f"{result['parameters']:,}"))
     if result["step"] is not None:
         epochs = f" of {result['epochs']}" if result["epochs"] else ""
-        lines.append(("progress", f"epoch {result['epoch']}{epochs} done, step {result['step']:,}, {result['tokens_seen'] or 0:,} tokens seen"))
+        lines.append(
+            (
+                "progress",
+                f"epoch {result['epoch']}{epochs} done, step {result['step']:,}, {result['tokens_seen'] or 0:,} tokens seen",
+            )
+        )
     last = result["last_eval"]
     if last:
         from gptcli.console import fmt_loss
 
-        lines.append(("last losses", f"train {fmt_loss(last['train_loss'])}, val {fmt_loss(last['val_loss'])} (step {last['step']})"))
+        lines.append(
+            (
+                "last losses",
+                f"train {fmt_loss(last['train_loss'])}, val {fmt_loss(last['val_loss'])} (step {last['step']})",
+            )
+        )
         lines.append(("best val loss", fmt_loss(result["best_val_loss"])))
     width = max(len(k) for k, _ in lines) + 2
     out = [f"{k + ':':<{width}}{v}" for k, v in lines]
@@ -546,10 +623,16 @@ def _run_summary(run: Path) -> dict[str, Any]:
         import yaml
 
         try:
-            epochs_total = ((yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}).get("train") or {}).get("epochs")
+            epochs_total = (
+                (yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}).get("train") or {}
+            ).get("epochs")
         except (yaml.YAMLError, AttributeError):
             epochs_total = None
-    steps = [int(m.group(1)) for p in (run / "checkpoints").glob("step-*.pth") if (m := re.match(r"step-(\d+)\.pth$", p.name))]
+    steps = [
+        int(m.group(1))
+        for p in (run / "checkpoints").glob("step-*.pth")
+        if (m := re.match(r"step-(\d+)\.pth$", p.name))
+    ]
     files = [run / METRICS_FILE, *(run / "checkpoints").glob("step-*.pth")]
     mtime = max((f.stat().st_mtime for f in files if f.exists()), default=run.stat().st_mtime)
     last = evals[-1] if evals else {}
@@ -573,7 +656,15 @@ def runs_command(root: Path = Path("runs"), *, json_out: bool = False) -> list[d
     from gptcli.console import fmt_loss
 
     root = Path(root)
-    dirs = [p for p in root.iterdir() if p.is_dir() and any((p / n).exists() for n in ("metrics.jsonl", "config.yaml", "checkpoints"))] if root.is_dir() else []
+    dirs = (
+        [
+            p
+            for p in root.iterdir()
+            if p.is_dir() and any((p / n).exists() for n in ("metrics.jsonl", "config.yaml", "checkpoints"))
+        ]
+        if root.is_dir()
+        else []
+    )
     runs = sorted((_run_summary(p) for p in dirs), key=lambda r: r["_mtime"])
     for r in runs:
         del r["_mtime"]
@@ -616,9 +707,19 @@ Ctrl-C stops a generation; Ctrl-D or /quit leaves."""
 
 
 def interactive_sample(
-    *, checkpoint: Path | None = None, model: str | None = None, max_new_tokens: int = 50,
-    temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-    device: str = "auto", dtype: str = "auto", use_cache: bool = True, stream: bool | None = None,
+    *,
+    checkpoint: Path | None = None,
+    model: str | None = None,
+    max_new_tokens: int = 50,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    use_cache: bool = True,
+    stream: bool | None = None,
+    quiet: bool = False,
     input_fn=input,
 ) -> int:
     """Read prompts until end of input and print a continuation of each; returns how many ran.
@@ -639,8 +740,9 @@ def interactive_sample(
         torch.manual_seed(seed)
     tty = sys.stdin.isatty()
     streaming = sys.stdout.isatty() if stream is None else stream
-    console.info(f"loaded {path} ({net.cfg.num_params():,} parameters, context {net.cfg.context_length}) on {dev}")
-    if tty:
+    if not quiet:  # quiet drops the banner; answers to /help and /settings still print
+        console.info(f"loaded {path} ({net.cfg.num_params():,} parameters, context {net.cfg.context_length}) on {dev}")
+    if tty and not quiet:
         console.info("type a prompt and press Enter; /help for settings; Ctrl-D or /quit to leave")
         try:
             import readline  # noqa: F401  (line editing and history for input())
@@ -674,7 +776,11 @@ def interactive_sample(
             elif key in names:
                 raw = value.strip()
                 try:
-                    parsed = None if raw.lower() in ("off", "none") and key in ("top_k", "top_p", "seed") else names[key](raw)
+                    parsed = (
+                        None
+                        if raw.lower() in ("off", "none") and key in ("top_k", "top_p", "seed")
+                        else names[key](raw)
+                    )
                     settings = dataclasses.replace(settings, **{key: parsed})
                 except ValueError:
                     console.warn(f"/{word} needs a number, got {raw!r}")
@@ -690,15 +796,25 @@ def interactive_sample(
             continue
         ids = encode(prompt)
         if len(ids) > net.cfg.context_length:
-            console.warn(f"prompt of {len(ids)} tokens is longer than the context ({net.cfg.context_length}); keeping its last {net.cfg.context_length}")
+            console.warn(
+                f"prompt of {len(ids)} tokens is longer than the context ({net.cfg.context_length}); keeping its last {net.cfg.context_length}"
+            )
         on_token, state = _token_printer(echo=streaming)
 
         if streaming:
             console.print_result(prompt, end="")
         try:
-            generate(net, torch.tensor([ids], device=dev), max_new_tokens=settings.max_new_tokens,
-                     temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p, eos_id=EOT_ID,
-                     use_cache=use_cache, on_token=on_token)
+            generate(
+                net,
+                torch.tensor([ids], device=dev),
+                max_new_tokens=settings.max_new_tokens,
+                temperature=settings.temperature,
+                top_k=settings.top_k,
+                top_p=settings.top_p,
+                eos_id=EOT_ID,
+                use_cache=use_cache,
+                on_token=on_token,
+            )
         except KeyboardInterrupt:
             if not streaming:
                 console.print_result(prompt + decode(state["ids"]), end="")
@@ -706,7 +822,7 @@ def interactive_sample(
             console.info("(stopped)")
             continue
         if streaming:
-            console.print_result(decode(state["ids"])[len(state["printed"]):])
+            console.print_result(decode(state["ids"])[len(state["printed"]) :])
         else:
             console.print_result(prompt + decode(state["ids"]))
         done += 1

@@ -106,6 +106,7 @@ def text_fingerprint(text: str) -> str:
 class Callbacks:
     """What the loop reports. The CLI's implementation draws progress bars; tests record."""
 
+    def on_tokenize(self, done: int, total: int) -> None: ...  # bytes, while building a token cache
     def on_start(self, info: dict[str, Any]) -> None: ...
     def on_step(self, state: TrainState, info: dict[str, Any]) -> None: ...
     def on_eval(self, record: dict[str, Any]) -> None: ...
@@ -156,17 +157,24 @@ class RunData:
     fingerprint: str
 
 
-def prepare_data(model_cfg: ModelConfig, cfg: TrainConfig) -> RunData:
+def prepare_data(
+    model_cfg: ModelConfig, cfg: TrainConfig, *, on_progress: Callable[[int, int], None] | None = None
+) -> RunData:
     """Token windows of the run's text. Corpora of ``tokencache.MEMMAP_MIN_BYTES`` (64 MiB) or more
     are tokenized once, in parallel, into a uint16 file under $GPTCLI_HOME/tokens and read as a
-    memmap (the same ids, fingerprint and windows as the in-memory path, in bounded memory)."""
+    memmap (the same ids, fingerprint and windows as the in-memory path, in bounded memory);
+    ``on_progress(done, total)`` reports input bytes while that file is built."""
     from gptcli import tokencache
 
     val_paths = [cfg.val_file] if cfg.val_file else None
     size = tokencache.corpus_bytes(cfg.data) + (tokencache.corpus_bytes(val_paths) if val_paths else 0)
     if size >= tokencache.MEMMAP_MIN_BYTES:
         cached = tokencache.cached_corpus_tokens(
-            cfg.data, val_ratio=None if val_paths else cfg.val_ratio, val_paths=val_paths, errors=cfg.encoding_errors
+            cfg.data,
+            val_ratio=None if val_paths else cfg.val_ratio,
+            val_paths=val_paths,
+            errors=cfg.encoding_errors,
+            on_progress=on_progress,
         )
         train_ids, val_ids, fingerprint = cached.train, cached.val, cached.fingerprint
     else:
@@ -211,8 +219,17 @@ def default_run_dir(data: list[str], root: Path = Path("runs")) -> Path:
 
 
 # Dense bf16 peak of common GPUs (FLOP/s), for MFU; unknown cards report no MFU.
-_GPU_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12,
-                  "A10": 125e12, "L4": 121e12, "4090": 165e12, "3090": 71e12}
+_GPU_BF16_PEAK = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "GH200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10": 125e12,
+    "L4": 121e12,
+    "4090": 165e12,
+    "3090": 71e12,
+}
 
 
 def gpu_bf16_peak(device: torch.device) -> float | None:
@@ -254,7 +271,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.data = prepare_data(model_cfg, cfg)
+        self.data = prepare_data(model_cfg, cfg, on_progress=self.cb.on_tokenize)
         self.state = TrainState()
 
         # Every rank seeds alike: identical initial weights, and identical CPU RNG streams, so
@@ -569,7 +586,9 @@ class Trainer:
                     if peak:
                         record["mfu"] = tps * fpt / (peak * self.dist.world_size)
                     t_last, tokens_last = now, st.tokens_seen
-                    st.history.append({k: record[k] for k in ("epoch", "step", "tokens_seen", "train_loss", "val_loss")})
+                    st.history.append(
+                        {k: record[k] for k in ("epoch", "step", "tokens_seen", "train_loss", "val_loss")}
+                    )
                     if not math.isnan(val_loss):
                         st.best_val = min(st.best_val, val_loss)
                     self._log(record)
@@ -586,7 +605,13 @@ class Trainer:
                     )
             self._check_finite()
             text = self.sample_text()
-            record = {"type": "sample", "epoch": st.epoch + 1, "step": st.step - 1, "tokens_seen": st.tokens_seen, "text": text}
+            record = {
+                "type": "sample",
+                "epoch": st.epoch + 1,
+                "step": st.step - 1,
+                "tokens_seen": st.tokens_seen,
+                "text": text,
+            }
             self._log(record)
             self.cb.on_sample(record)
             st.epoch += 1

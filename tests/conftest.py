@@ -69,5 +69,7 @@ def run_gptcli(*args: str, cwd: Path, timeout: float = 600, env: dict | None = N
         [*gptcli_exe(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"gptcli {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        raise AssertionError(
+            f"gptcli {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
     return proc

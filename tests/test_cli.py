@@ -69,7 +69,9 @@ def test_not_a_checkpoint(workdir):
     (workdir / "fake.pth").write_bytes(b"this is not a checkpoint")
     one_line_error(run_gptcli("sample", "--checkpoint", "fake.pth", cwd=workdir), "fake.pth")
     torch.save({"some": torch.zeros(2)}, workdir / "other.pth")
-    one_line_error(run_gptcli("sample", "--checkpoint", "other.pth", cwd=workdir), "other.pth", "not a gptcli checkpoint")
+    one_line_error(
+        run_gptcli("sample", "--checkpoint", "other.pth", cwd=workdir), "other.pth", "not a gptcli checkpoint"
+    )
 
 
 def test_sample_without_any_run_says_to_train_first(workdir):
@@ -106,7 +108,10 @@ def test_train_sample_eval_plot_end_to_end(workdir):
     # eval over every window
     ev = run_gptcli("eval", "the-verdict.txt", "--json", cwd=workdir, check=True)
     res = json.loads(ev.stdout)
-    assert res["tokens"] == 5144 and abs(res["perplexity"] - __import__("math").exp(res["loss"])) < 1e-6 * res["perplexity"]
+    assert (
+        res["tokens"] == 5144
+        and abs(res["perplexity"] - __import__("math").exp(res["loss"])) < 1e-6 * res["perplexity"]
+    )
     table = run_gptcli("eval", "the-verdict.txt", cwd=workdir, check=True)
     assert "perplexity" in table.stdout
 
@@ -137,8 +142,13 @@ def test_ctrl_c_then_resume_equals_uninterrupted(workdir):
     args = ["train", "the-verdict.txt", "--epochs", "2", *TINY_FLAGS, "--batch-size", "2", "--eval-freq", "10"]
     run_gptcli(*args, "--out", "runs/full", cwd=workdir, check=True)
 
-    proc = subprocess.Popen([*gptcli_exe(), *args, "--out", "runs/cut"], cwd=workdir, stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [*gptcli_exe(), *args, "--out", "runs/cut"],
+        cwd=workdir,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     _wait_for(proc, "step 000020")  # mid-epoch 1
     proc.send_signal(signal.SIGINT)
     rest = proc.stderr.read()
@@ -183,7 +193,9 @@ def test_help_lists_every_command():
 
 def test_print_config_applies_file_then_flags(workdir):
     (workdir / "c.yaml").write_text("model:\n  emb_dim: 64\n  n_heads: 4\ntrain:\n  epochs: 3\n  lr: 0.001\n")
-    proc = run_gptcli("train", "the-verdict.txt", "--config", "c.yaml", "--epochs", "5", "--print-config", cwd=workdir, check=True)
+    proc = run_gptcli(
+        "train", "the-verdict.txt", "--config", "c.yaml", "--epochs", "5", "--print-config", cwd=workdir, check=True
+    )
     import yaml
 
     cfg = yaml.safe_load(proc.stdout)

@@ -27,8 +27,17 @@ def free_port() -> int:
 
 
 def torchrun(*args, cwd, nproc=2, check=True):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "-m", "gptcli", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        "-m",
+        "gptcli",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     if check and proc.returncode != 0:
@@ -37,8 +46,11 @@ def torchrun(*args, cwd, nproc=2, check=True):
 
 
 def evals(run) -> list[tuple]:
-    return [(r["step"], r["tokens_seen"], r["train_loss"], r["val_loss"])
-            for r in read_metrics(run / "metrics.jsonl") if r["type"] == "eval"]
+    return [
+        (r["step"], r["tokens_seen"], r["train_loss"], r["val_loss"])
+        for r in read_metrics(run / "metrics.jsonl")
+        if r["type"] == "eval"
+    ]
 
 
 def close(a, b, tol=1e-5):

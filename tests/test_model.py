@@ -10,8 +10,15 @@ book_ch04 = pytest.importorskip("llms_from_scratch.ch04", reason="make install p
 
 
 def book_cfg(cfg: ModelConfig) -> dict:
-    return dict(vocab_size=cfg.vocab_size, context_length=cfg.context_length, emb_dim=cfg.emb_dim,
-                n_heads=cfg.n_heads, n_layers=cfg.n_layers, drop_rate=cfg.drop_rate, qkv_bias=cfg.qkv_bias)
+    return dict(
+        vocab_size=cfg.vocab_size,
+        context_length=cfg.context_length,
+        emb_dim=cfg.emb_dim,
+        n_heads=cfg.n_heads,
+        n_layers=cfg.n_layers,
+        drop_rate=cfg.drop_rate,
+        qkv_bias=cfg.qkv_bias,
+    )
 
 
 @pytest.mark.parametrize("qkv_bias", [False, True])
@@ -105,5 +112,12 @@ def test_config_errors_name_the_field(kwargs, field):
 
 def test_presets_are_openais_shapes():
     c = ModelConfig.from_preset("gpt2-355M")
-    assert (c.emb_dim, c.n_layers, c.n_heads, c.context_length, c.qkv_bias, c.tie_weights) == (1024, 24, 16, 1024, True, True)
+    assert (c.emb_dim, c.n_layers, c.n_heads, c.context_length, c.qkv_bias, c.tie_weights) == (
+        1024,
+        24,
+        16,
+        1024,
+        True,
+        True,
+    )
     assert ModelConfig.from_preset("gpt2-124M").num_params() == 124_439_808

@@ -39,12 +39,9 @@ SKIP = {
     "gptcli convert model.pth -o book.pth": "needs the book's model.pth",
     "gptcli convert model_and_optimizer.pth --data the-verdict.txt -o book.pth": "needs the book's model_and_optimizer.pth",
     "gptcli resume book.pth": "needs the book checkpoint converted on the line before",
-    "torchrun --standalone --nproc_per_node=8 -m gptcli train data/ --preset gpt2-124M --batch-size 16 --precision bf16":
-        "needs 8 GPUs",
-    "torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$MASTER_ADDR:29500      -m gptcli train data/ --preset gpt2-124M --batch-size 16 --grad-accum 4 --precision bf16":
-        "needs two machines with GPUs",
-    "torchrun --nproc_per_node=2 -m gptcli train examples/the-verdict.txt --epochs 1":
-        "the full model on 2 CPU ranks; tests/test_distributed.py runs the same with gloo at tiny settings",
+    "torchrun --standalone --nproc_per_node=8 -m gptcli train data/ --preset gpt2-124M --batch-size 16 --precision bf16": "needs 8 GPUs",
+    "torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$MASTER_ADDR:29500      -m gptcli train data/ --preset gpt2-124M --batch-size 16 --grad-accum 4 --precision bf16": "needs two machines with GPUs",
+    "torchrun --nproc_per_node=2 -m gptcli train examples/the-verdict.txt --epochs 1": "the full model on 2 CPU ranks; tests/test_distributed.py runs the same with gloo at tiny settings",
 }
 # One epoch of a dozen steps: 46 windows of 12 tokens, 100 tokens apart, 4 per batch.
 TINY_TRAIN = [

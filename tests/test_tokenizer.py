@@ -40,8 +40,9 @@ def test_identical_to_tiktokens_own_gpt2_construction(tmp_path, monkeypatch):
     import tiktoken_ext.openai_public as pub
     from tiktoken_ext.openai_public import gpt2 as gpt2_spec  # noqa: F401  (pattern source)
 
-    ref = tiktoken.Encoding(name="gpt2-ref", pat_str=pub.r50k_pat_str, mergeable_ranks=ranks,
-                            special_tokens={"<|endoftext|>": 50256})
+    ref = tiktoken.Encoding(
+        name="gpt2-ref", pat_str=pub.r50k_pat_str, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}
+    )
     text = VERDICT.read_text(encoding="utf-8")
     samples = [text, "  leading spaces\n\n\ttabs and ünïcödé 😀 1234567 it's we'll", "<|endoftext|> a<|endoftext|>b"]
     for s in samples:

@@ -60,17 +60,28 @@ def test_losses_match_the_books_train_model_simple(tmp_path):
     try:
         torch.manual_seed(123)
         model = ch04.GPTModel({"vocab_size": 50257, **TINY_MODEL})
-        train_loader = ch02.create_dataloader_v1(text[:split], batch_size=2, max_length=12, stride=12,
-                                                 drop_last=True, shuffle=True, num_workers=0)
-        val_loader = ch02.create_dataloader_v1(text[split:], batch_size=2, max_length=12, stride=12,
-                                               drop_last=False, shuffle=False, num_workers=0)
+        train_loader = ch02.create_dataloader_v1(
+            text[:split], batch_size=2, max_length=12, stride=12, drop_last=True, shuffle=True, num_workers=0
+        )
+        val_loader = ch02.create_dataloader_v1(
+            text[split:], batch_size=2, max_length=12, stride=12, drop_last=False, shuffle=False, num_workers=0
+        )
     finally:
         ch02.tiktoken.get_encoding = orig
     opt = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
     with contextlib.redirect_stdout(io.StringIO()):
         train_losses, val_losses, tokens = ch05.train_model_simple(
-            model, train_loader, val_loader, opt, "cpu", num_epochs=1, eval_freq=5, eval_iter=5,
-            start_context="Every effort moves you", tokenizer=get_tokenizer())
+            model,
+            train_loader,
+            val_loader,
+            opt,
+            "cpu",
+            num_epochs=1,
+            eval_freq=5,
+            eval_iter=5,
+            start_context="Every effort moves you",
+            tokenizer=get_tokenizer(),
+        )
     ours_train = np.array([r["train_loss"] for r in rec.evals])
     ours_val = np.array([r["val_loss"] for r in rec.evals])
     assert len(train_losses) == len(ours_train) == 39
@@ -84,8 +95,10 @@ def _final_weights(run_dir: Path) -> dict:
 
 
 def _eval_values(run_dir: Path) -> list:
-    return [(r["type"], r["step"], r.get("train_loss"), r.get("val_loss"), r.get("text"))
-            for r in read_metrics(run_dir / "metrics.jsonl")]
+    return [
+        (r["type"], r["step"], r.get("train_loss"), r.get("val_loss"), r.get("text"))
+        for r in read_metrics(run_dir / "metrics.jsonl")
+    ]
 
 
 @pytest.mark.parametrize("stop_at", [1, 9])
@@ -107,7 +120,9 @@ def test_stop_anywhere_then_resume_equals_uninterrupted(tmp_path, stop_at):
     obj = ckpt.load_checkpoint(saved)
     # scramble the global RNG as a fresh process would have it
     torch.manual_seed(999)
-    t = Trainer(ModelConfig.from_dict(obj["model_config"]), TrainConfig.from_dict(obj["train_config"]), tmp_path / "cut")
+    t = Trainer(
+        ModelConfig.from_dict(obj["model_config"]), TrainConfig.from_dict(obj["train_config"]), tmp_path / "cut"
+    )
     t.restore(obj)
     t.fit()
     full, cut = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "cut")
@@ -129,7 +144,9 @@ def test_checkpoint_holds_what_exact_resumption_needs(tmp_path):
 
 
 def test_keep_last_rotation(tmp_path):
-    Trainer(ModelConfig(**TINY_MODEL), tiny_train_cfg(eval_freq=100, save_every=40, keep_last=2), tmp_path / "run").fit()
+    Trainer(
+        ModelConfig(**TINY_MODEL), tiny_train_cfg(eval_freq=100, save_every=40, keep_last=2), tmp_path / "run"
+    ).fit()
     names = [p.name for p in ckpt.list_step_checkpoints(tmp_path / "run")]
     assert names == ["step-00000160.pth", "step-00000192.pth"]
 

@@ -294,6 +294,34 @@ def test_eval_progress_is_log_lines_when_not_a_terminal(run, tmp_path, one_threa
     assert len(lines) <= 10
 
 
+def test_building_the_token_cache_reports_progress(tmp_path, monkeypatch, one_thread):
+    from gptcli import tokencache
+
+    monkeypatch.setattr(tokencache, "MEMMAP_MIN_BYTES", 0)  # the verdict alone takes the large-corpus path
+    res = invoke("train", str(VERDICT), *QUICK, "--epochs", "1", "--out", str(tmp_path / "r"))
+    lines = [x for x in res.stderr.splitlines() if x.startswith("tokenizing into the token cache:")]
+    assert lines and re.match(r"tokenizing into the token cache: 100% \(20\.\d kB of 20\.\d kB, ", lines[-1]), (
+        res.stderr
+    )
+    assert res.stderr.index(lines[-1]) < res.stderr.index("model: ")  # before training starts
+    again = invoke("train", str(VERDICT), *QUICK, "--epochs", "1", "--out", str(tmp_path / "s"))
+    assert "tokenizing" not in again.stderr  # reused: nothing to report
+
+
+def test_eval_and_sample_quiet_print_only_results(run, tmp_path, one_thread):
+    (tmp_path / "part.txt").write_text(VERDICT.read_text()[:4000])
+    res = invoke(
+        "eval", str(tmp_path / "part.txt"), "--checkpoint", str(run), "--batch-size", "16", "--quiet", "--json"
+    )
+    assert json.loads(res.stdout)["tokens"] > 0
+    assert "evaluating" not in res.output and res.stderr == "", res.stderr
+    res = invoke("sample", "--checkpoint", str(run), "--max-new-tokens", "5", "-q")
+    assert res.stdout.startswith("Every effort moves you") and res.stderr == "", res.stderr
+    # without --quiet the same commands report progress on stderr, so the test above can fail
+    res = invoke("eval", str(tmp_path / "part.txt"), "--checkpoint", str(run), "--batch-size", "16", "--json")
+    assert "evaluating:" in res.stderr
+
+
 def test_progress_bar_and_ctrl_c_in_a_terminal(tmp_path):
     pexpect = pytest.importorskip("pexpect")
     import io

@@ -11,7 +11,7 @@ from gptcli.weights import download as dl
 from gptcli.weights.download import DATA_FILE, ORDER, DownloadCallbacks, RetryPolicy, download_gpt2
 
 from .conftest import run_gptcli
-from .weights_helpers import FaultServer, random_openai_tensors, tiny_openai_cfg, write_openai_dir
+from .weights_helpers import BOOK_SAMPLE, FaultServer, random_openai_tensors, tiny_openai_cfg, write_openai_dir
 
 FAST = RetryPolicy(attempts=4, backoff=0.001, max_backoff=0.01, timeout=10)
 
@@ -280,23 +280,7 @@ def test_acceptance_124m_shape_download_with_a_drop_then_sample(tmp_path_factory
     assert 0 < gets[0][3] < 497_759_232
     cache = work / "home" / "gpt2" / "124M"
     assert (cache / DATA_FILE).stat().st_size == 497_759_232 and (cache / "model.pth").is_file()
-    s = run_gptcli(
-        "sample",
-        "--model",
-        "gpt2-124M",
-        "--prompt",
-        "Every effort moves you",
-        "--top-k",
-        "50",
-        "--temperature",
-        "1.5",
-        "--max-new-tokens",
-        "8",
-        "--seed",
-        "123",
-        cwd=work,
-        env=env,
-    )
+    s = run_gptcli(*BOOK_SAMPLE, "--max-new-tokens", "8", "--seed", "123", cwd=work, env=env)
     assert s.returncode == 0, s.stderr
     assert s.stdout.startswith("Every effort moves you") and len(s.stdout) > len("Every effort moves you")
 

@@ -18,6 +18,7 @@ from gptcli.weights.openai import convert_openai, data_size, load_openai
 
 from .conftest import run_gptcli
 from .weights_helpers import (
+    BOOK_SAMPLE,
     hf_model_from_openai,
     invoke,
     logits_of,
@@ -148,23 +149,7 @@ def test_downloaded_model_is_used_by_sample_eval_and_train(tiny_ckpt, workdir):
 
     convert_openai(d, gpt2_dir("124M") / "model.pth")
     # The book's closing example, as a user runs it.
-    s = run_gptcli(
-        "sample",
-        "--model",
-        "gpt2-124M",
-        "--prompt",
-        "Every effort moves you",
-        "--top-k",
-        "50",
-        "--temperature",
-        "1.5",
-        "--max-new-tokens",
-        "5",
-        "--seed",
-        "1",
-        cwd=workdir,
-        check=True,
-    )
+    s = run_gptcli(*BOOK_SAMPLE, "--max-new-tokens", "5", "--seed", "1", cwd=workdir, check=True)
     assert s.stdout.startswith("Every effort moves you")
     fallback = invoke("sample", "--max-new-tokens", "3")  # no run under ./runs: the downloaded 124M
     assert fallback.exit_code == 0, fallback.stderr

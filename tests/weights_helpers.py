@@ -21,6 +21,18 @@ from gptcli.weights.openai import hparams_from_config, openai_shapes
 from gptcli.weights.tf_checkpoint import write_bundle
 
 ASSETS = Path(__file__).resolve().parents[1] / "gptcli" / "assets"
+# The book's closing example on downloaded weights, as a user types it.
+BOOK_SAMPLE = (
+    "sample",
+    "--model",
+    "gpt2-124M",
+    "--prompt",
+    "Every effort moves you",
+    "--top-k",
+    "50",
+    "--temperature",
+    "1.5",
+)
 # OpenAI's shape (qkv bias, tied head) at the book's unit-test size.
 TINY_OPENAI = dict(
     vocab_size=50257, context_length=16, emb_dim=32, n_heads=4, n_layers=2, qkv_bias=True, tie_weights=True

@@ -21,9 +21,28 @@ from gptcli.metrics import read_metrics
 from ..conftest import gptcli_exe, run_gptcli
 
 # 36 steps per epoch; saves every 4 steps, so kills land in steps, evals and saves alike.
-ARGS = ["train", "the-verdict.txt", "--epochs", "2", "--context-length", "32", "--emb-dim", "32",
-        "--n-heads", "4", "--n-layers", "2", "--batch-size", "4", "--eval-freq", "5", "--save-every", "4",
-        "--keep-last", "3"]
+ARGS = [
+    "train",
+    "the-verdict.txt",
+    "--epochs",
+    "2",
+    "--context-length",
+    "32",
+    "--emb-dim",
+    "32",
+    "--n-heads",
+    "4",
+    "--n-layers",
+    "2",
+    "--batch-size",
+    "4",
+    "--eval-freq",
+    "5",
+    "--save-every",
+    "4",
+    "--keep-last",
+    "3",
+]
 
 
 def final_state(run: Path) -> dict[str, torch.Tensor]:
@@ -31,8 +50,10 @@ def final_state(run: Path) -> dict[str, torch.Tensor]:
 
 
 def metric_values(run: Path) -> list:
-    return [(r["type"], r["step"], r.get("train_loss"), r.get("val_loss"), r.get("text"))
-            for r in read_metrics(run / "metrics.jsonl")]
+    return [
+        (r["type"], r["step"], r.get("train_loss"), r.get("val_loss"), r.get("text"))
+        for r in read_metrics(run / "metrics.jsonl")
+    ]
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -44,7 +65,9 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 def start(args, cwd):
-    return subprocess.Popen([*gptcli_exe(), *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*gptcli_exe(), *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for_checkpoint(run: Path, proc, timeout=600) -> bool:

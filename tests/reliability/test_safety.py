@@ -76,8 +76,21 @@ def test_bit_flip_is_caught_by_the_crc_check(workdir, trained):
 
 
 def test_architecture_mismatch_lists_the_fields(workdir, trained):
-    proc = run_gptcli("train", "the-verdict.txt", "--init", str(trained), "--emb-dim", "64", "--n-layers", "3",
-                      "--epochs", "1", "--out", "runs/x", cwd=workdir)
+    proc = run_gptcli(
+        "train",
+        "the-verdict.txt",
+        "--init",
+        str(trained),
+        "--emb-dim",
+        "64",
+        "--n-layers",
+        "3",
+        "--epochs",
+        "1",
+        "--out",
+        "runs/x",
+        cwd=workdir,
+    )
     one_line(proc, 2, "emb_dim", "n_layers")
 
 
@@ -110,7 +123,9 @@ def test_skip_nonfinite_tolerates_n_steps(tmp_path, monkeypatch):
     assert st.nonfinite_steps == 2
     calls["n"] = 0
     with pytest.raises(TrainingError, match="step 4"):
-        Trainer(ModelConfig(**TINY_MODEL), TrainConfig(**{**cfg.to_dict(), "skip_nonfinite": 1}), tmp_path / "run2").fit()
+        Trainer(
+            ModelConfig(**TINY_MODEL), TrainConfig(**{**cfg.to_dict(), "skip_nonfinite": 1}), tmp_path / "run2"
+        ).fit()
 
 
 def test_enospc_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -142,8 +157,14 @@ def test_file_size_limit_during_save_in_a_real_process(workdir, trained):
     def cap():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    proc = subprocess.run([*gptcli_exe(), "resume", "runs/r", "--epochs", "2"], cwd=workdir, capture_output=True,
-                          text=True, preexec_fn=cap, timeout=300)
+    proc = subprocess.run(
+        [*gptcli_exe(), "resume", "runs/r", "--epochs", "2"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        preexec_fn=cap,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "could not save checkpoint" in proc.stderr and "previous checkpoint is intact" in proc.stderr
     assert trained.read_bytes() == before
@@ -159,3 +180,25 @@ def test_weights_only_everywhere():
     for py in root.rglob("*.py"):
         for m in re.finditer(r"torch\.load\(([^)]*)\)", py.read_text()):
             assert "weights_only=True" in m.group(1), f"{py}: {m.group(0)}"
+
+
+def test_resolving_a_run_then_loading_reads_the_archive_once_but_a_changed_file_again(workdir, trained, monkeypatch):
+    reads = []
+    real = zipfile.ZipFile.testzip
+    monkeypatch.setattr(zipfile.ZipFile, "testzip", lambda zf: reads.append(zf.filename) or real(zf))
+    path = ckpt.resolve_checkpoint(workdir / "runs/r")
+    ckpt.load_checkpoint(path)
+    assert len(reads) == 1
+    ckpt.load_checkpoint(path)  # a second load checks again
+    assert len(reads) == 2
+
+    path = ckpt.resolve_checkpoint(workdir / "runs/r")
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = max(zf.infolist(), key=lambda i: i.file_size)
+    data[info.header_offset + 200 + info.file_size // 2] ^= 0x01
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(bytes(data))
+    os.replace(tmp, path)  # a new inode: the remembered check no longer applies
+    with pytest.raises(ckpt.CheckpointError, match="CRC"):
+        ckpt.load_checkpoint(path)
