@@ -14,8 +14,9 @@ Targets (issue 4): gptcli fp32 >= 5x the book's generate and no slower than tran
 gptcli bf16 >= 10x the book's generate (fp32). Also reports how many leading greedy tokens bf16
 shares with fp32.
 
-    python benchmarks/bench_sample_cpu.py            # ~3-5 minutes on 2 cores
-    python benchmarks/bench_sample_cpu.py --quick    # fewer repetitions, no book bf16
+    python benchmarks/bench_sample_cpu.py               # ~3 minutes on 2 quiet cores
+    python benchmarks/bench_sample_cpu.py --book-bf16   # also the book's generate on bf16 weights (+1 minute)
+    python benchmarks/bench_sample_cpu.py --quick       # 2 repetitions instead of 3
 """
 
 from __future__ import annotations
