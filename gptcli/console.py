@@ -104,6 +104,7 @@ class _TrainProgress:
         self._t0 = time.perf_counter()
         self._tokens0 = 0
         self._tok_bar: Progress | None = None  # the token cache's build, before training starts
+        self._tok_task = None
         self._tok_finished = False
 
     # rich's columns read these fields from the task

@@ -362,6 +362,25 @@ def _token_printer(*, echo: bool):
     return on_token, state
 
 
+def _generate(net, idx, scfg, *, use_cache: bool, on_token=None, generator=None) -> list[list[int]]:
+    """``generate`` with a SampleConfig's settings, stopping at <|endoftext|>."""
+    from gptcli.generation import generate
+    from gptcli.tokenizer import EOT_ID
+
+    return generate(
+        net,
+        idx,
+        max_new_tokens=scfg.max_new_tokens,
+        temperature=scfg.temperature,
+        top_k=scfg.top_k,
+        top_p=scfg.top_p,
+        eos_id=EOT_ID,
+        use_cache=use_cache,
+        generator=generator,
+        on_token=on_token,
+    )
+
+
 def sample_command(
     *,
     checkpoint: Path | None = None,
@@ -382,8 +401,8 @@ def sample_command(
 ) -> list[str]:
     import torch
 
-    from gptcli.generation import SampleConfig, generate
-    from gptcli.tokenizer import EOT_ID, decode, encode
+    from gptcli.generation import SampleConfig
+    from gptcli.tokenizer import decode, encode
 
     console.set_quiet(quiet)
     scfg = SampleConfig(
@@ -420,18 +439,7 @@ def sample_command(
             console.print_result(prompts[group[0][0]], end="")
             on_token, _ = _token_printer(echo=True)
 
-        new = generate(
-            net,
-            idx,
-            max_new_tokens=scfg.max_new_tokens,
-            temperature=scfg.temperature,
-            top_k=scfg.top_k,
-            top_p=scfg.top_p,
-            eos_id=EOT_ID,
-            use_cache=use_cache,
-            generator=gen,
-            on_token=on_token,
-        )
+        new = _generate(net, idx, scfg, use_cache=use_cache, generator=gen, on_token=on_token)
         for (i, ids), toks in zip(group, new):
             outputs.setdefault(i, []).append(decode(ids + toks))
     texts = [t for i in range(len(prompts)) for t in outputs.get(i, [])]
@@ -731,8 +739,8 @@ def interactive_sample(
 
     import torch
 
-    from gptcli.generation import SampleConfig, generate
-    from gptcli.tokenizer import EOT_ID, decode, encode
+    from gptcli.generation import SampleConfig
+    from gptcli.tokenizer import decode, encode
 
     settings = SampleConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     net, path, dev = load_model_for_inference(checkpoint, model, device=device, dtype=dtype, fallback_gpt2=True)
@@ -804,17 +812,7 @@ def interactive_sample(
         if streaming:
             console.print_result(prompt, end="")
         try:
-            generate(
-                net,
-                torch.tensor([ids], device=dev),
-                max_new_tokens=settings.max_new_tokens,
-                temperature=settings.temperature,
-                top_k=settings.top_k,
-                top_p=settings.top_p,
-                eos_id=EOT_ID,
-                use_cache=use_cache,
-                on_token=on_token,
-            )
+            _generate(net, torch.tensor([ids], device=dev), settings, use_cache=use_cache, on_token=on_token)
         except KeyboardInterrupt:
             if not streaming:
                 console.print_result(prompt + decode(state["ids"]), end="")
