@@ -17,13 +17,77 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptcli.errors import CheckpointError, SaveError
+from gptcli.config import ModelConfig
+from gptcli.errors import CheckpointError, SaveError, UsageError
 
 FORMAT = "gptcli-checkpoint"
 VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
 _STEP_RE = re.compile(r"^step-(\d+)\.pth$")
 TMP_PREFIX = ".tmp-"
+
+
+# ---------------------------------------------------------------------------------------------
+# Building: the only places that spell out a checkpoint's keys
+
+
+def weights_checkpoint(model_cfg: ModelConfig, state: dict[str, torch.Tensor], **extra: Any) -> dict[str, Any]:
+    """A weights-only checkpoint (``kind: weights``): what the importers write, and what
+    ``--init`` and ``--model`` read. ``extra`` adds keys such as ``source``."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": "weights",
+        "model_config": model_cfg.to_dict(),
+        "model_state_dict": state,
+        **extra,
+    }
+
+
+def training_checkpoint(
+    model_cfg: ModelConfig,
+    train_cfg: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    *,
+    optimizer_state: dict[str, Any],
+    progress: dict[str, Any],
+    rng: dict[str, Any] | None = None,
+    scaler_state: dict[str, Any] | None = None,
+    data_fingerprint: str | None = None,
+    world_size: int = 1,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A training checkpoint (``kind: training``): weights plus everything ``resume`` needs."""
+    obj: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": "training",
+        "model_config": model_cfg.to_dict(),
+        "train_config": dict(train_cfg),
+        "model_state_dict": state,
+        "optimizer_state_dict": optimizer_state,
+        "progress": dict(progress),
+        "world_size": world_size,
+        **extra,
+    }
+    if scaler_state is not None:
+        obj["scaler_state_dict"] = scaler_state
+    if rng is not None:
+        obj["rng"] = rng
+    if data_fingerprint is not None:
+        obj["data_fingerprint"] = data_fingerprint
+    return obj
+
+
+def read_model_config(obj: dict[str, Any], path: str | Path = "checkpoint") -> ModelConfig:
+    """The model config a loaded checkpoint stores; a bad one is a CheckpointError naming the file."""
+    raw = obj.get("model_config")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: model_config is not a mapping ({type(raw).__name__})")
+    try:
+        return ModelConfig.from_dict(dict(raw), where=f"{path}: model_config")
+    except UsageError as e:
+        raise CheckpointError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------
