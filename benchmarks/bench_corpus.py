@@ -107,7 +107,8 @@ def make_corpus(out_dir: Path, size_mb: float, *, n_files: int, seed: int = 0) -
 
 
 def phase_reference(files: list[str]) -> dict:
-    from gptcli.data import read_corpus, split_text, tokenize
+    from gptcli.data import split_text, tokenize
+    from gptcli.textfiles import read_corpus
 
     t = time.perf_counter()
     train_text, val_text = split_text(read_corpus(files), 0.1)

@@ -105,9 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
     from llms_from_scratch import ch04, ch05
 
     from gptcli.config import ModelConfig
+    from gptcli.device import native_bf16
     from gptcli.generation import generate
+    from gptcli.inference import prepare_for_inference
     from gptcli.model import GPT
-    from gptcli.runner import native_bf16, prepare_for_inference
     from gptcli.tokenizer import encode
 
     dev = torch.device(args.device)

@@ -206,8 +206,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.backends.cudnn.allow_tf32 = True
 
     from gptcli.config import ModelConfig
+    from gptcli.device import autocast_for
     from gptcli.model import GPT
-    from gptcli.training import autocast_for, batch_loss, make_optimizer
+    from gptcli.training import batch_loss, make_optimizer
 
     B, T = args.batch, shape["context"]
     L, H, Cdim = shape["n_layers"], shape["n_heads"], shape["emb_dim"]

@@ -1,4 +1,5 @@
-"""One versioned checkpoint format: atomic save, safe load, RNG capture, and finding the latest.
+"""The one owner of the checkpoint format: building, atomic save, safe load, RNG capture, and
+resolving a run directory (laid out by ``gptcli.rundir``) to the checkpoint to load.
 
 A checkpoint is a ``.pth`` that ``torch.load(path, weights_only=True)`` reads: plain dicts, lists,
 numbers, strings and tensors only (RNG states are stored as tensors), so loading one never runs
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,14 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from gptcli import rundir
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError, SaveError, UsageError
+from gptcli.model import GPT
 
 FORMAT = "gptcli-checkpoint"
 VERSION = 1
-CHECKPOINT_DIR = "checkpoints"
-_STEP_RE = re.compile(r"^step-(\d+)\.pth$")
-TMP_PREFIX = ".tmp-"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,7 +114,7 @@ def atomic_save(obj: dict[str, Any], path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
+    tmp = rundir.temporary_path(path, os.getpid())
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -134,16 +133,6 @@ def atomic_save(obj: dict[str, Any], path: str | Path) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
-
-
-def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete temporary files that an interrupted save left behind."""
-    removed = []
-    if directory.is_dir():
-        for p in directory.glob(f"{TMP_PREFIX}*"):
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,57 +249,17 @@ def restore_rng(rng: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Run directories
+# Finding and reading checkpoints
 
 
-def step_checkpoint_name(step: int) -> str:
-    return f"step-{step:08d}.pth"
-
-
-def list_step_checkpoints(run_dir: Path) -> list[Path]:
-    """A run's step checkpoints, oldest first."""
-    d = Path(run_dir) / CHECKPOINT_DIR
-    if not d.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_RE.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / CHECKPOINT_DIR).is_dir() or (path / "metrics.jsonl").exists())
-
-
-def find_latest_run(root: Path = Path("runs")) -> Path | None:
-    """The most recently modified run directory under ``root``."""
-    if not root.is_dir():
-        return None
-    runs = [p for p in root.iterdir() if is_run_dir(p)]
-    if not runs:
-        return None
-
-    def last_touch(p: Path) -> float:
-        files = [p / "metrics.jsonl", *list_step_checkpoints(p)]
-        return max((f.stat().st_mtime for f in files if f.exists()), default=p.stat().st_mtime)
-
-    return max(runs, key=last_touch)
-
-
-def run_dir_of(checkpoint: Path) -> Path | None:
-    """The run directory a checkpoint belongs to, if it sits in one's ``checkpoints/``."""
-    parent = checkpoint.resolve().parent
-    if parent.name == CHECKPOINT_DIR and (parent.parent / "config.yaml").exists():
-        return parent.parent
-    return None
-
-
-def resolve_checkpoint(target: str | Path | None, *, runs_root: Path = Path("runs"), warn=None) -> Path:
+def resolve_checkpoint(target: str | Path | None, *, runs_root: Path = rundir.RUNS_ROOT, warn=None) -> Path:
     """A checkpoint file from a file, a run directory, or (None) the most recent run.
 
     In a run directory the newest checkpoint that loads is taken; a broken one is skipped with a
     warning through ``warn``.
     """
     if target is None:
-        run = find_latest_run(runs_root)
+        run = rundir.find_latest_run(runs_root)
         if run is None:
             raise CheckpointError(
                 f"no training run found under {runs_root}/; train one first with: gptcli train FILE.txt"
@@ -320,7 +269,7 @@ def resolve_checkpoint(target: str | Path | None, *, runs_root: Path = Path("run
     if p.is_file():
         return p
     if p.is_dir():
-        candidates = list_step_checkpoints(p)
+        candidates = rundir.list_step_checkpoints(p)
         if not candidates:
             raise CheckpointError(f"{p}: no checkpoints in this run directory")
         for cand in reversed(candidates):
@@ -334,26 +283,9 @@ def resolve_checkpoint(target: str | Path | None, *, runs_root: Path = Path("run
     raise CheckpointError(f"{p}: checkpoint or run directory not found")
 
 
-def rotate(run_dir: Path, keep_last: int, *, protect: set[Path] = frozenset()) -> list[Path]:
-    """Delete all but the newest ``keep_last`` step checkpoints (never one in ``protect``)."""
-    ckpts = list_step_checkpoints(run_dir)
-    doomed = [p for p in ckpts[: max(0, len(ckpts) - keep_last)] if p.resolve() not in protect]
-    for p in doomed:
-        p.unlink(missing_ok=True)
-    return doomed
-
-
 def model_from_checkpoint(obj: dict[str, Any], path: Path | str = "checkpoint"):
     """Rebuild the model from a loaded checkpoint alone (its stored config and weights)."""
-    from gptcli.config import ModelConfig
-    from gptcli.errors import UsageError
-    from gptcli.model import GPT
-
-    try:
-        cfg = ModelConfig.from_dict(dict(obj["model_config"]), where=f"{path}: model_config")
-    except UsageError as e:
-        raise CheckpointError(str(e)) from None
-    model = GPT(cfg)
+    model = GPT(read_model_config(obj, path))
     load_weights(model, obj["model_state_dict"], source=str(path))
     return model
 

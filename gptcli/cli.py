@@ -7,14 +7,19 @@ stderr and an exit code in ``_Group.main``; set GPTCLI_DEBUG=1 for the traceback
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import sys
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from typer.core import TyperGroup
 
+from gptcli.config import ModelConfig, TrainConfig, flag_fields
 from gptcli.errors import GptCliError
 
 # Recent typer versions vendor click; take its exception classes from wherever typer's come from.
@@ -76,6 +81,84 @@ app = typer.Typer(
 _MODEL = "Model (default: the book's 124M training shape)"
 _TRAIN = "Training (defaults: the book's chapter-5 run)"
 _OUT = "Output"
+_PANELS = {"model": _MODEL, "train": _TRAIN, "output": _OUT}
+
+# The config sections whose fields with help metadata become `train` flags.
+_CONFIGS = {"model": ModelConfig, "train": TrainConfig}
+
+
+def _shown_default(f: dataclasses.Field) -> str | None:
+    """The "[default: ...]" text of a config flag: its metadata's default_text, else its value."""
+    if "default_text" in f.metadata:
+        return f.metadata["default_text"]
+    value = f.default
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        fixed = f"{value:g}"
+        mantissa, exponent = f"{value:e}".split("e")
+        sci = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        return sci if len(sci) < len(fixed) else fixed  # 4e-4 rather than 0.0004
+    if isinstance(value, str) and (not value or any(c.isspace() for c in value)):
+        return repr(value)
+    return str(value)
+
+
+def _config_option(f: dataclasses.Field, hint: Any) -> inspect.Parameter:
+    """The ``--flag`` of one config field. It defaults to None, "not given", so that the config
+    file's value or the dataclass default applies."""
+    kind = f.metadata.get("type") or next(t for t in (typing.get_args(hint) or (hint,)) if t is not type(None))
+    help_text, shown = f.metadata["help"], _shown_default(f)
+    if shown is not None:
+        help_text = f"{help_text.removesuffix('.')} [default: {shown}]."
+    name = f.name.replace("_", "-")
+    option = typer.Option(
+        f"--{name}/--no-{name}" if kind is bool else f"--{name}",
+        help=help_text,
+        show_default=False,
+        rich_help_panel=_PANELS[f.metadata["panel"]],
+    )
+    return inspect.Parameter(
+        f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[kind], option]
+    )
+
+
+def _with_config_flags(*layout: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add a ``--flag`` for every config field with help metadata to a command taking ``**flags``.
+
+    Typer reads a command's parameters through ``inspect.signature`` and ``typing.get_type_hints``,
+    so the generated options go into ``__signature__`` and ``__annotations__``. ``layout`` orders
+    ``--help``: the command's own parameters and pinned fields by name, and "<panel>" for the
+    remaining fields of that panel in dataclass order.
+    """
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        own = {
+            p.name: p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in inspect.signature(func, eval_str=True).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        }
+        generated = {}
+        for cls in _CONFIGS.values():
+            hints = typing.get_type_hints(cls)
+            generated.update({f.name: (f, _config_option(f, hints[f.name])) for f in flag_fields(cls)})
+        params = []
+        for item in layout:
+            if item.startswith("<"):
+                panel = item.strip("<>")
+                params += [p for n, (f, p) in generated.items() if f.metadata["panel"] == panel and n not in layout]
+            else:
+                params.append(own[item] if item in own else generated[item][1])
+        missing = (set(own) | set(generated)) - {p.name for p in params}
+        if missing or len(params) != len({p.name for p in params}):
+            raise RuntimeError(f"{func.__name__}: layout {layout} misses or repeats parameters ({sorted(missing)})")
+        func.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+        func.__annotations__ = {**{p.name: p.annotation for p in params}, "return": None}
+        return func
+
+    return decorate
 
 
 @app.command(
@@ -83,12 +166,23 @@ _OUT = "Output"
     "  gptcli train data/ --preset gpt2-124M --context-length 512 --precision bf16\n\n"
     "  gptcli train --config examples/configs/verdict.yaml --epochs 2"
 )
+@_with_config_flags(
+    "paths",
+    "epochs",
+    "config",
+    "print_config",
+    "preset",
+    "<model>",
+    "<train>",
+    "out",
+    "<output>",
+    "quiet",
+    "tensorboard",
+)
 def train(
+    *,
     paths: Annotated[
         Optional[list[Path]], typer.Argument(help="Text files, or directories of .txt files.", show_default=False)
-    ] = None,
-    epochs: Annotated[
-        Optional[int], typer.Option(help="Epochs to train [default: 10].", rich_help_panel=_TRAIN)
     ] = None,
     config: Annotated[
         Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.", rich_help_panel=_TRAIN)
@@ -100,126 +194,8 @@ def train(
         Optional[str],
         typer.Option(help="gpt2-124M, gpt2-355M, gpt2-774M or gpt2-1558M (OpenAI's shapes).", rich_help_panel=_MODEL),
     ] = None,
-    context_length: Annotated[
-        Optional[int], typer.Option(help="Context length in tokens [default: 256].", rich_help_panel=_MODEL)
-    ] = None,
-    emb_dim: Annotated[
-        Optional[int], typer.Option(help="Embedding size [default: 768].", rich_help_panel=_MODEL)
-    ] = None,
-    n_heads: Annotated[
-        Optional[int], typer.Option(help="Attention heads [default: 12].", rich_help_panel=_MODEL)
-    ] = None,
-    n_layers: Annotated[
-        Optional[int], typer.Option(help="Transformer blocks [default: 12].", rich_help_panel=_MODEL)
-    ] = None,
-    drop_rate: Annotated[
-        Optional[float], typer.Option(help="Dropout rate [default: 0.1].", rich_help_panel=_MODEL)
-    ] = None,
-    qkv_bias: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--qkv-bias/--no-qkv-bias",
-            help="Bias in the qkv projection [default: no].",
-            show_default=False,
-            rich_help_panel=_MODEL,
-        ),
-    ] = None,
-    tie_weights: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--tie-weights/--no-tie-weights",
-            help="Share the output head with the token embedding [default: no].",
-            show_default=False,
-            rich_help_panel=_MODEL,
-        ),
-    ] = None,
-    lr: Annotated[
-        Optional[float], typer.Option(help="AdamW learning rate [default: 4e-4].", rich_help_panel=_TRAIN)
-    ] = None,
-    weight_decay: Annotated[
-        Optional[float], typer.Option(help="AdamW weight decay [default: 0.1].", rich_help_panel=_TRAIN)
-    ] = None,
-    batch_size: Annotated[
-        Optional[int], typer.Option(help="Windows per batch [default: 2].", rich_help_panel=_TRAIN)
-    ] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed [default: 123].", rich_help_panel=_TRAIN)] = None,
-    eval_freq: Annotated[
-        Optional[int], typer.Option(help="Evaluate every N steps [default: 5].", rich_help_panel=_TRAIN)
-    ] = None,
-    eval_iter: Annotated[
-        Optional[int], typer.Option(help="Batches per evaluation [default: 5].", rich_help_panel=_TRAIN)
-    ] = None,
-    start_context: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Prompt of the sample after each epoch [default: 'Every effort moves you'].", rich_help_panel=_TRAIN
-        ),
-    ] = None,
-    stride: Annotated[
-        Optional[int],
-        typer.Option(help="Stride between windows [default: the context length].", rich_help_panel=_TRAIN),
-    ] = None,
-    val_ratio: Annotated[
-        Optional[float],
-        typer.Option(help="Share of characters held out for validation [default: 0.1].", rich_help_panel=_TRAIN),
-    ] = None,
-    val_file: Annotated[
-        Optional[Path], typer.Option(help="Separate validation text instead of a split.", rich_help_panel=_TRAIN)
-    ] = None,
-    device: Annotated[
-        Optional[str], typer.Option(help="auto, cpu, cuda or mps [default: auto].", rich_help_panel=_TRAIN)
-    ] = None,
-    precision: Annotated[
-        Optional[str],
-        typer.Option(help="fp32, bf16 (autocast) or fp16 (CUDA) [default: fp32].", rich_help_panel=_TRAIN),
-    ] = None,
-    compile: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--compile/--no-compile",
-            help="torch.compile the model [default: on for CUDA].",
-            show_default=False,
-            rich_help_panel=_TRAIN,
-        ),
-    ] = None,
-    grad_accum: Annotated[
-        Optional[int], typer.Option(help="Micro-batches per optimizer step [default: 1].", rich_help_panel=_TRAIN)
-    ] = None,
-    warmup_steps: Annotated[
-        Optional[int],
-        typer.Option(help="Linear warm-up steps, then cosine decay [default: 0, constant LR].", rich_help_panel=_TRAIN),
-    ] = None,
-    min_lr: Annotated[
-        Optional[float],
-        typer.Option(help="Floor of the cosine decay [default: lr/10 when a schedule is on].", rich_help_panel=_TRAIN),
-    ] = None,
-    grad_clip: Annotated[
-        Optional[float], typer.Option(help="Clip the gradient norm to this [default: 0, off].", rich_help_panel=_TRAIN)
-    ] = None,
-    skip_nonfinite: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Tolerate up to N steps with a NaN/inf loss by skipping them [default: 0].", rich_help_panel=_TRAIN
-        ),
-    ] = None,
-    encoding_errors: Annotated[
-        Optional[str],
-        typer.Option(help="strict, replace or ignore undecodable bytes [default: strict].", rich_help_panel=_TRAIN),
-    ] = None,
-    init: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Start from these weights: a checkpoint, or gpt2-124M etc. once downloaded.", rich_help_panel=_TRAIN
-        ),
-    ] = None,
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="Run directory [default: runs/<name>].", rich_help_panel=_OUT)
-    ] = None,
-    save_every: Annotated[
-        Optional[int], typer.Option(help="Also save every N steps [default: 0, epoch ends only].", rich_help_panel=_OUT)
-    ] = None,
-    keep_last: Annotated[
-        Optional[int], typer.Option(help="Step checkpoints to keep [default: 2].", rich_help_panel=_OUT)
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel=_OUT)] = False,
     tensorboard: Annotated[
@@ -230,50 +206,25 @@ def train(
             rich_help_panel=_OUT,
         ),
     ] = False,
+    **flags: Any,
 ) -> None:
     """Train a GPT model on text files (the book's chapter-5 training loop)."""
-    from gptcli import runner
+    from gptcli.commands.train import train_command
 
-    model_flags = dict(
-        context_length=context_length,
-        emb_dim=emb_dim,
-        n_heads=n_heads,
-        n_layers=n_layers,
-        drop_rate=drop_rate,
-        qkv_bias=qkv_bias,
-        tie_weights=tie_weights,
-    )
-    train_flags = dict(
-        epochs=epochs,
-        lr=lr,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        seed=seed,
-        eval_freq=eval_freq,
-        eval_iter=eval_iter,
-        start_context=start_context,
-        stride=stride,
-        val_ratio=val_ratio,
-        val_file=str(val_file) if val_file else None,
-        device=device,
-        precision=precision,
-        compile=compile,
-        grad_accum=grad_accum,
-        warmup_steps=warmup_steps,
-        min_lr=min_lr,
-        grad_clip=grad_clip,
-        skip_nonfinite=skip_nonfinite,
-        encoding_errors=encoding_errors,
-        init=init,
-        save_every=save_every,
-        keep_last=keep_last,
-        data=[str(p) for p in paths] if paths else None,
-    )
-    runner.train_command(
+    # Every ModelConfig/TrainConfig field with help metadata is a flag (see _with_config_flags);
+    # None means not given, so the config file's value or the default applies.
+    routed = {
+        section: {f.name: str(v) if isinstance(v := flags.pop(f.name, None), Path) else v for f in flag_fields(cls)}
+        for section, cls in _CONFIGS.items()
+    }
+    if flags:
+        raise TypeError(f"train() got unexpected keyword arguments: {', '.join(sorted(flags))}")
+    routed["train"]["data"] = [str(p) for p in paths] if paths else None
+    train_command(
         config_file=config,
         preset=preset,
-        model_flags=model_flags,
-        train_flags=train_flags,
+        model_flags=routed["model"],
+        train_flags=routed["train"],
         out=out,
         print_config=print_config,
         quiet=quiet,
@@ -293,9 +244,9 @@ def resume(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Continue a run exactly where it stopped: same batches, same dropout, same losses."""
-    from gptcli import runner
+    from gptcli.commands.train import resume_command
 
-    runner.resume_command(target, epochs=epochs, quiet=quiet)
+    resume_command(target, epochs=epochs, quiet=quiet)
 
 
 @app.command(
@@ -320,9 +271,9 @@ def eval_(
     ] = False,
 ) -> None:
     """Loss and perplexity over every window of the given text."""
-    from gptcli import runner
+    from gptcli.commands.evaluate import eval_command
 
-    runner.eval_command(
+    eval_command(
         paths,
         checkpoint=checkpoint,
         model=model,
@@ -391,14 +342,14 @@ def sample(
     ] = False,
 ) -> None:
     """Generate text with temperature, top-k and top-p sampling, stopping at <|endoftext|>."""
-    from gptcli import runner
+    from gptcli.commands.sample import interactive_sample, sample_command
 
     if interactive:
         if prompt or json_out or num_samples != 1:
             raise typer.BadParameter(
                 "cannot be combined with --prompt, --json or --num-samples", param_hint="--interactive"
             )
-        runner.interactive_sample(
+        interactive_sample(
             checkpoint=checkpoint,
             model=model,
             max_new_tokens=max_new_tokens,
@@ -413,7 +364,7 @@ def sample(
             quiet=quiet,
         )
         return
-    runner.sample_command(
+    sample_command(
         checkpoint=checkpoint,
         model=model,
         prompts=prompt or ["Every effort moves you"],
@@ -447,9 +398,9 @@ def plot(
     terminal: Annotated[bool, typer.Option("--terminal", help="Draw the curves in the terminal instead.")] = False,
 ) -> None:
     """Plot training and validation loss against epochs and tokens seen."""
-    from gptcli import runner
+    from gptcli.commands.runs import plot_command
 
-    runner.plot_command(targets or [], output=output, log_y=log_y, terminal=terminal)
+    plot_command(targets or [], output=output, log_y=log_y, terminal=terminal)
 
 
 @app.command(
@@ -484,7 +435,7 @@ def download(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Download OpenAI's GPT-2 weights (resumable, verified) and convert them for gptcli."""
-    from gptcli.weights.commands import download_command
+    from gptcli.commands.weights import download_command
 
     download_command(
         size=size, directory=directory, base_url=base_url, convert=not no_convert, reader=reader, quiet=quiet
@@ -539,7 +490,7 @@ def convert(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Convert GPT-2 weights: OpenAI (TensorFlow), Hugging Face or the book's checkpoints -> gptcli, or gptcli -> Hugging Face."""
-    from gptcli.weights.commands import convert_command
+    from gptcli.commands.weights import convert_command
 
     convert_command(
         src,
@@ -569,9 +520,9 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Show a checkpoint's config, parameter count, step, epoch, tokens seen and last losses."""
-    from gptcli import runner
+    from gptcli.commands.runs import info_command
 
-    runner.info_command(target, json_out=json_out)
+    info_command(target, json_out=json_out)
 
 
 @app.command(epilog="Examples:\n\n  gptcli runs\n\n  gptcli runs --root experiments --json")
@@ -580,9 +531,9 @@ def runs(
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """List the training runs under ./runs with their progress and last losses."""
-    from gptcli import runner
+    from gptcli.commands.runs import runs_command
 
-    runner.runs_command(root, json_out=json_out)
+    runs_command(root, json_out=json_out)
 
 
 def main() -> None:

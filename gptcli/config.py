@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptcli.errors import UsageError
+from gptcli.errors import CheckpointError, UsageError
 
 # OpenAI's released GPT-2 shapes. Context 1024, biased qkv projections and a tied output head,
 # exactly as the checkpoints were trained, so converted weights load without reshaping.
@@ -39,13 +39,15 @@ class ModelConfig:
     """
 
     vocab_size: int = 50257
-    context_length: int = 256
-    emb_dim: int = 768
-    n_heads: int = 12
-    n_layers: int = 12
-    drop_rate: float = 0.1
-    qkv_bias: bool = False
-    tie_weights: bool = False
+    context_length: int = field(default=256, metadata={"help": "Context length in tokens.", "panel": "model"})
+    emb_dim: int = field(default=768, metadata={"help": "Embedding size.", "panel": "model"})
+    n_heads: int = field(default=12, metadata={"help": "Attention heads.", "panel": "model"})
+    n_layers: int = field(default=12, metadata={"help": "Transformer blocks.", "panel": "model"})
+    drop_rate: float = field(default=0.1, metadata={"help": "Dropout rate.", "panel": "model"})
+    qkv_bias: bool = field(default=False, metadata={"help": "Bias in the qkv projection.", "panel": "model"})
+    tie_weights: bool = field(
+        default=False, metadata={"help": "Share the output head with the token embedding.", "panel": "model"}
+    )
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
@@ -105,30 +107,74 @@ ENCODING_ERRORS = ("strict", "replace", "ignore")
 class TrainConfig:
     """Settings of one training run. Defaults are the book's chapter-5 run."""
 
-    epochs: int = 10
-    lr: float = 4e-4
-    weight_decay: float = 0.1
-    batch_size: int = 2
-    seed: int = 123
-    eval_freq: int = 5
-    eval_iter: int = 5
-    start_context: str = "Every effort moves you"
+    epochs: int = field(default=10, metadata={"help": "Epochs to train.", "panel": "train"})
+    lr: float = field(default=4e-4, metadata={"help": "AdamW learning rate.", "panel": "train"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay.", "panel": "train"})
+    batch_size: int = field(default=2, metadata={"help": "Windows per batch.", "panel": "train"})
+    seed: int = field(default=123, metadata={"help": "Random seed.", "panel": "train"})
+    eval_freq: int = field(default=5, metadata={"help": "Evaluate every N steps.", "panel": "train"})
+    eval_iter: int = field(default=5, metadata={"help": "Batches per evaluation.", "panel": "train"})
+    start_context: str = field(
+        default="Every effort moves you", metadata={"help": "Prompt of the sample after each epoch.", "panel": "train"}
+    )
     sample_tokens: int = 50
-    stride: int | None = None
-    val_ratio: float = 0.1
-    val_file: str | None = None
-    device: str = "auto"
-    precision: str = "fp32"
-    compile: bool | None = None
-    save_every: int = 0
-    keep_last: int = 2
-    grad_accum: int = 1
-    warmup_steps: int = 0
-    min_lr: float | None = None
-    grad_clip: float = 0.0
-    skip_nonfinite: int = 0
-    encoding_errors: str = "strict"
-    init: str | None = None
+    stride: int | None = field(
+        default=None,
+        metadata={"help": "Stride between windows.", "panel": "train", "default_text": "the context length"},
+    )
+    val_ratio: float = field(
+        default=0.1, metadata={"help": "Share of characters held out for validation.", "panel": "train"}
+    )
+    val_file: str | None = field(
+        default=None,
+        metadata={"help": "Separate validation text instead of a split.", "panel": "train", "type": Path},
+    )
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps.", "panel": "train"})
+    precision: str = field(default="fp32", metadata={"help": "fp32, bf16 (autocast) or fp16 (CUDA).", "panel": "train"})
+    compile: bool | None = field(
+        default=None,
+        metadata={"help": "torch.compile the model.", "panel": "train", "default_text": "on for CUDA"},
+    )
+    save_every: int = field(
+        default=0,
+        metadata={"help": "Also save every N steps.", "panel": "output", "default_text": "0, epoch ends only"},
+    )
+    keep_last: int = field(default=2, metadata={"help": "Step checkpoints to keep.", "panel": "output"})
+    grad_accum: int = field(default=1, metadata={"help": "Micro-batches per optimizer step.", "panel": "train"})
+    warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Linear warm-up steps, then cosine decay.",
+            "panel": "train",
+            "default_text": "0, constant LR",
+        },
+    )
+    min_lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "Floor of the cosine decay.",
+            "panel": "train",
+            "default_text": "lr/10 when a schedule is on",
+        },
+    )
+    grad_clip: float = field(
+        default=0.0,
+        metadata={"help": "Clip the gradient norm to this.", "panel": "train", "default_text": "0, off"},
+    )
+    skip_nonfinite: int = field(
+        default=0,
+        metadata={"help": "Tolerate up to N steps with a NaN/inf loss by skipping them.", "panel": "train"},
+    )
+    encoding_errors: str = field(
+        default="strict", metadata={"help": "strict, replace or ignore undecodable bytes.", "panel": "train"}
+    )
+    init: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from these weights: a checkpoint, or gpt2-124M etc. once downloaded.",
+            "panel": "train",
+        },
+    )
     data: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -177,6 +223,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def flag_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of a config dataclass that are also ``gptcli train`` flags, in field order.
+
+    A field is a flag when its metadata has "help"; "panel" groups it in ``--help`` (model, train or
+    output), "default_text" replaces the shown default where the value alone would not explain it,
+    and "type" is the command-line type where it differs from the field's (a Path for a str).
+    """
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -220,3 +276,14 @@ def dump_yaml_config(model: ModelConfig, train: TrainConfig) -> str:
     import yaml
 
     return yaml.safe_dump({"model": model.to_dict(), "train": train.to_dict()}, sort_keys=False)
+
+
+def check_architecture(saved: ModelConfig, requested: dict[str, Any], what: str) -> None:
+    """Raise if flags given explicitly ask for a different architecture than the checkpoint's."""
+    diffs = [
+        f"{k}: checkpoint {getattr(saved, k)!r}, requested {v!r}"
+        for k, v in requested.items()
+        if v is not None and getattr(saved, k) != v
+    ]
+    if diffs:
+        raise CheckpointError(f"{what} has a different architecture: " + "; ".join(diffs))

@@ -26,6 +26,9 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Table
+
+from gptcli.callbacks import Callbacks
 
 if TYPE_CHECKING:
     from gptcli.training import TrainState
@@ -69,30 +72,22 @@ def print_result(text: str = "", *, end: str = "\n") -> None:
     sys.stdout.flush()
 
 
+def print_table(columns: list[str], rows: list[list[str]], *, left: set[int] = frozenset()) -> None:
+    """A boxed table on stdout (a result), without colour when stdout is not a terminal; the
+    columns in ``left`` are left-aligned, the others right-aligned."""
+    table = Table(title=None, show_header=True)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i in left else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console(highlight=False, no_color=True if not sys.stdout.isatty() else None).print(table)
+
+
 def fmt_loss(x: float) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
-def __getattr__(name: str) -> Any:
-    # TrainProgress subclasses the training loop's Callbacks, and importing the loop imports torch
-    # (seconds). Building the class on first use keeps torch out of every command that reports
-    # without training: help, usage errors, `runs`, `plot`.
-    if name == "TrainProgress":
-        cls = _train_progress_class()
-        globals()["TrainProgress"] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _train_progress_class() -> type:
-    from gptcli.training import Callbacks
-
-    return type(
-        "TrainProgress", (_TrainProgress, Callbacks), {"__module__": __name__, "__doc__": _TrainProgress.__doc__}
-    )
-
-
-class _TrainProgress:
+class TrainProgress(Callbacks):
     """Drives a rich progress bar (or log lines) from the training loop's callbacks."""
 
     def __init__(self, *, print_samples: bool = True):
@@ -228,18 +223,19 @@ class _LogLines(Progress):
         self._logged[task_id] = tenth
         label = self._label.format(task=task) if "{" in self._label else self._label
         if self._as_bytes:
-            done = f"{_human_bytes(task.completed)} of {_human_bytes(task.total)}"
+            done = f"{human_bytes(task.completed)} of {human_bytes(task.total)}"
         else:
             done = f"{int(task.completed):,}/{int(task.total):,}"
         info(f"{label}: {10 * tenth:3d}% ({done}, {task.elapsed or 0:.1f} s)")
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+def human_bytes(n: float, *, digits: int = 1) -> str:
+    """``n`` bytes in decimal units: "512 B", "1.5 kB", "497.76 MB" (``digits`` after the point)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.{digits}f} {unit}"
         n /= 1000
-    return f"{n:.1f} GB"
+    return f"{n:.{digits}f} TB"
 
 
 def byte_progress(total_files: int) -> Progress:

@@ -1,4 +1,8 @@
-"""Text -> token ids -> training windows and batches.
+"""The single data entry point: text -> token ids -> training windows and batches.
+
+``prepare_data`` gives a training run its windows, and ``corpus_tokens`` gives ``eval`` its ids;
+both go through the token cache (``gptcli.tokencache``) for large corpora, and through
+``gptcli.textfiles`` (reading and checking files) otherwise.
 
 The windowing is the book's ``GPTDatasetV1``: window i covers tokens [s, s+T) with next-token
 targets [s+1, s+T+1), for s in range(0, n - T, stride). The batch order reproduces what the
@@ -8,67 +12,22 @@ the same batches as the book's notebook.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from gptcli import tokencache
+from gptcli.config import ModelConfig, TrainConfig
 from gptcli.errors import DataError
-from gptcli.tokenizer import EOT_TOKEN, encode
+from gptcli.textfiles import read_corpus
+from gptcli.tokenizer import encode
 
 # ---------------------------------------------------------------------------------------------
-# Reading text
-
-
-def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
-    """Files as given, and every ``*.txt`` under each directory, sorted."""
-    if not paths:
-        raise DataError("no input text given")
-    files: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*.txt") if q.is_file())
-            if not found:
-                raise DataError(f"{p}: directory contains no .txt files")
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        elif p.exists():
-            raise DataError(f"{p}: not a regular file")
-        else:
-            raise DataError(f"{p}: file not found")
-    return files
-
-
-def read_text(path: Path, *, errors: str = "strict") -> str:
-    """Read one UTF-8 file; undecodable bytes fail by default, naming the file and byte offset."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    nul = raw.find(b"\x00", 0, 1 << 20)
-    if errors == "strict" and nul >= 0:
-        raise DataError(
-            f"{path}: looks like a binary file (NUL byte at offset {nul}); "
-            "pass --encoding-errors replace to read it anyway"
-        )
-    try:
-        text = raw.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path}: not valid UTF-8 at byte offset {e.start}; use --encoding-errors replace|ignore to read it anyway"
-        ) from None
-    if not text.strip():
-        raise DataError(f"{path}: file is empty" if not text else f"{path}: file contains only whitespace")
-    return text
-
-
-def read_corpus(paths: Sequence[str | Path], *, errors: str = "strict") -> str:
-    """All files' text, documents separated by ``<|endoftext|>`` as in GPT-2's training data."""
-    return EOT_TOKEN.join(read_text(f, errors=errors) for f in expand_paths(paths))
+# Text and token ids
 
 
 def split_text(text: str, val_ratio: float) -> tuple[str, str]:
@@ -79,6 +38,21 @@ def split_text(text: str, val_ratio: float) -> tuple[str, str]:
 
 def tokenize(text: str) -> np.ndarray:
     return np.asarray(encode(text), dtype=np.int64)
+
+
+def text_fingerprint(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def corpus_tokens(
+    paths: Sequence[str | Path], *, errors: str = "strict", on_progress: Callable[[int, int], None] | None = None
+) -> np.ndarray:
+    """All token ids of the files (documents joined by ``<|endoftext|>``). Corpora of
+    ``tokencache.MEMMAP_MIN_BYTES`` or more come from the token cache as a memmap, so a large
+    evaluation file is never held in memory as text."""
+    if tokencache.corpus_bytes(paths) >= tokencache.MEMMAP_MIN_BYTES:
+        return tokencache.cached_corpus_tokens(paths, val_ratio=None, errors=errors, on_progress=on_progress).train
+    return tokenize(read_corpus(paths, errors=errors))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,3 +116,61 @@ def eval_windows(tokens: np.ndarray, context_length: int) -> list[tuple[int, int
     """
     n_targets = len(tokens) - 1
     return [(s, min(context_length, n_targets - s)) for s in range(0, n_targets, context_length)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data for a training run
+
+
+@dataclass
+class RunData:
+    train: TokenWindows
+    val: TokenWindows
+    train_tokens: int
+    val_tokens: int
+    fingerprint: str
+
+
+def prepare_data(
+    model_cfg: ModelConfig, cfg: TrainConfig, *, on_progress: Callable[[int, int], None] | None = None
+) -> RunData:
+    """Token windows of the run's text. Corpora of ``tokencache.MEMMAP_MIN_BYTES`` (64 MiB) or more
+    are tokenized once, in parallel, into a uint16 file under $GPTCLI_HOME/tokens and read as a
+    memmap (the same ids, fingerprint and windows as the in-memory path, in bounded memory);
+    ``on_progress(done, total)`` reports input bytes while that file is built."""
+    val_paths = [cfg.val_file] if cfg.val_file else None
+    size = tokencache.corpus_bytes(cfg.data) + (tokencache.corpus_bytes(val_paths) if val_paths else 0)
+    if size >= tokencache.MEMMAP_MIN_BYTES:
+        cached = tokencache.cached_corpus_tokens(
+            cfg.data,
+            val_ratio=None if val_paths else cfg.val_ratio,
+            val_paths=val_paths,
+            errors=cfg.encoding_errors,
+            on_progress=on_progress,
+        )
+        train_ids, val_ids, fingerprint = cached.train, cached.val, cached.fingerprint
+    else:
+        text = read_corpus(cfg.data, errors=cfg.encoding_errors)
+        if cfg.val_file:
+            train_text, val_text = text, read_corpus([cfg.val_file], errors=cfg.encoding_errors)
+        else:
+            train_text, val_text = split_text(text, cfg.val_ratio)
+        train_ids, val_ids = tokenize(train_text), tokenize(val_text)
+        fingerprint = text_fingerprint(train_text + "\x00" + val_text)
+    T = model_cfg.context_length
+    stride = cfg.stride or T
+    train = TokenWindows(train_ids, T, stride)
+    val = TokenWindows(val_ids, T, stride)
+    need_train = (cfg.batch_size - 1) * stride + T + 1
+    if len(train) < cfg.batch_size:
+        raise DataError(
+            f"training text too short: {len(train_ids)} tokens, need at least {need_train} for one batch "
+            f"of {cfg.batch_size} windows of {T} tokens (lower --batch-size or --context-length)"
+        )
+    if len(val) < 1:
+        where = cfg.val_file or f"the last {cfg.val_ratio:g} of the text"
+        raise DataError(
+            f"validation text too short: {where} has {len(val_ids)} tokens, need at least {T + 1} "
+            f"for one window of {T} tokens (raise --val-ratio or lower --context-length)"
+        )
+    return RunData(train, val, len(train_ids), len(val_ids), fingerprint)

@@ -29,6 +29,12 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or a process on its own: the one that reports and logs.
+    Read from torchrun's environment, so it holds before (and without) the process group."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def init(device_type: str) -> DistInfo:
     """Join the process group if torchrun launched us; pin each rank to its own GPU."""
     if not launched_by_torchrun():
@@ -59,13 +65,6 @@ def all_reduce_max_int(value: int, device: torch.device) -> int:
     t = torch.tensor([value], device=device, dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
-
-
-def all_reduce_mean_(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= dist.get_world_size()
-    return t
 
 
 def barrier() -> None:

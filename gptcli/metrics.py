@@ -1,4 +1,5 @@
-"""Loss helpers and the ``metrics.jsonl`` log: one JSON object per eval, epoch and sample."""
+"""Numbers about a run: perplexity, FLOPs and MFU, and the ``metrics.jsonl`` log (one JSON
+object per eval, epoch and sample) with its writer and reader."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "metrics.jsonl"
+from gptcli.config import ModelConfig
 
 
 def perplexity(loss: float) -> float:
@@ -17,6 +18,34 @@ def perplexity(loss: float) -> float:
         return math.exp(loss)
     except OverflowError:
         return float("inf")
+
+
+# Dense bf16 peak of common GPUs (FLOP/s), for MFU; unknown cards report no MFU.
+_GPU_BF16_PEAK = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "GH200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10": 125e12,
+    "L4": 121e12,
+    "4090": 165e12,
+    "3090": 71e12,
+}
+
+
+def gpu_bf16_peak(device_name: str) -> float | None:
+    """The dense bf16 peak (FLOP/s) of a GPU by its name, None for one not in the table."""
+    for key, peak in _GPU_BF16_PEAK.items():
+        if key in device_name:
+            return peak
+    return None
+
+
+def flops_per_token(cfg: ModelConfig) -> float:
+    """Training FLOPs per token: 6N for the matmuls plus 12·L·H·Q·T for attention (PaLM's count)."""
+    n = cfg.num_params(non_embedding=True)
+    return 6 * n + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * cfg.context_length
 
 
 class MetricsWriter:

@@ -41,7 +41,6 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # positions filled so far
-        self.capacity = cfg.context_length
 
     def reset(self) -> None:
         self.length = 0
@@ -186,9 +185,3 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         n -= pad * self.cfg.emb_dim * (1 if self.cfg.tie_weights else 2)
         return n
-
-
-def build_model(cfg: ModelConfig, *, seed: int | None = None) -> GPT:
-    if seed is not None:
-        torch.manual_seed(seed)
-    return GPT(cfg)

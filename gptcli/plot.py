@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptcli.errors import UsageError
-from gptcli.metrics import METRICS_FILE, read_metrics
+from gptcli.metrics import read_metrics
+from gptcli.rundir import METRICS_FILE
 
 FORMATS = (".png", ".svg", ".pdf")
 

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gptcli.callbacks import Callbacks
 from gptcli.errors import UsageError
 
 LOG_DIR = "tensorboard"
@@ -32,7 +33,7 @@ def check_available() -> None:
         ) from None
 
 
-class TensorBoardWriter:
+class TensorBoardWriter(Callbacks):
     """Training callbacks that mirror each eval and sample record into TensorBoard.
 
     Scalars: ``loss/train``, ``loss/val``, ``perplexity/val``, ``lr``, ``tokens_seen`` and
@@ -65,12 +66,7 @@ class TensorBoardWriter:
             )
         self._file.flush()
 
-    # -- the training loop's callbacks (see gptcli.training.Callbacks) ----------------------------
-
-    def on_start(self, info: dict[str, Any]) -> None: ...
-    def on_step(self, state: Any, info: dict[str, Any]) -> None: ...
-    def on_save(self, path: Path, reason: str) -> None: ...
-    def warn(self, message: str) -> None: ...
+    # -- the training loop's callbacks (see gptcli.callbacks) ----------------------------------
 
     def on_eval(self, record: dict[str, Any]) -> None:
         step = int(record["step"])
@@ -131,8 +127,3 @@ class TensorBoardWriter:
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
-
-
-def is_main_process() -> bool:
-    """Under torchrun only rank 0 writes events, as only it writes metrics.jsonl."""
-    return os.environ.get("RANK", "0") == "0"

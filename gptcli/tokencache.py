@@ -24,7 +24,6 @@ path's ``text_fingerprint``. (tests/test_tokencache.py checks all three.)
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import hashlib
 import json
@@ -38,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gptcli.data import expand_paths
-from gptcli.errors import DataError
+from gptcli.paths import gptcli_home
+from gptcli.textfiles import expand_paths, iter_file_text
 from gptcli.tokenizer import EOT_TOKEN, get_tokenizer
 
 # What produced the ids: part of every key, so a change of tokenizer never reuses old files.
@@ -49,12 +48,9 @@ CACHE_VERSION = 1
 MEMMAP_MIN_BYTES = 64 * 2**20
 BLOCK_BYTES = 4 * 2**20  # read size
 CHUNK_CHARS = 1 * 2**20  # target size of one encode call; the unit of parallel work
-_NUL_CHECK_BYTES = 1 << 20  # read_text looks for a NUL byte in the first 1 MiB
 
 
 def token_cache_dir() -> Path:
-    from gptcli.weights import gptcli_home
-
     return gptcli_home() / "tokens"
 
 
@@ -153,59 +149,12 @@ def encode_chunked(text: str, *, chunk_chars: int = CHUNK_CHARS, num_threads: in
 # Streaming the corpus
 
 
-def _iter_file_text(
-    path: Path, errors: str, block_bytes: int, on_raw: Callable[[bytes], None] | None = None
-) -> Iterator[str]:
-    """Decoded text of one file, block by block, with ``read_text``'s checks and messages."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
-    offset = chars = 0
-    seen_text = False
-    try:
-        f = open(path, "rb")  # closed in the finally below
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        while True:
-            try:
-                raw = f.read(block_bytes)
-            except OSError as e:
-                raise DataError(f"{path}: cannot read ({e.strerror})") from None
-            if errors == "strict" and offset < _NUL_CHECK_BYTES:
-                nul = raw.find(b"\x00", 0, _NUL_CHECK_BYTES - offset)
-                if nul >= 0:
-                    raise DataError(
-                        f"{path}: looks like a binary file (NUL byte at offset {offset + nul}); "
-                        "pass --encoding-errors replace to read it anyway"
-                    )
-            if on_raw is not None and raw:
-                on_raw(raw)
-            pending = len(decoder.getstate()[0])
-            try:
-                text = decoder.decode(raw, final=not raw)
-            except UnicodeDecodeError as e:
-                raise DataError(
-                    f"{path}: not valid UTF-8 at byte offset {offset - pending + e.start}; "
-                    "use --encoding-errors replace|ignore to read it anyway"
-                ) from None
-            offset += len(raw)
-            if text:
-                chars += len(text)
-                seen_text = seen_text or bool(text.strip())
-                yield text
-            if not raw:
-                break
-    finally:
-        f.close()
-    if not seen_text:
-        raise DataError(f"{path}: file is empty" if chars == 0 else f"{path}: file contains only whitespace")
-
-
 def _iter_corpus_text(files: Sequence[Path], errors: str, block_bytes: int) -> Iterator[str]:
     """``read_corpus``'s text as a stream: files joined with ``<|endoftext|>``."""
     for i, path in enumerate(files):
         if i:
             yield EOT_TOKEN
-        yield from _iter_file_text(path, errors, block_bytes)
+        yield from iter_file_text(path, errors, block_bytes)
 
 
 def _scan(files: Sequence[Path], errors: str, block_bytes: int) -> list[tuple[str, int]]:
@@ -213,7 +162,7 @@ def _scan(files: Sequence[Path], errors: str, block_bytes: int) -> list[tuple[st
     out = []
     for path in files:
         h = hashlib.sha256()
-        chars = sum(len(t) for t in _iter_file_text(path, errors, block_bytes, on_raw=h.update))
+        chars = sum(len(t) for t in iter_file_text(path, errors, block_bytes, on_raw=h.update))
         out.append((h.hexdigest(), chars))
     return out
 
@@ -244,7 +193,7 @@ class CachedTokens:
 
     tokens: np.ndarray
     n_train: int
-    fingerprint: str  # equals training.text_fingerprint(train_text + "\x00" + val_text)
+    fingerprint: str  # equals data.text_fingerprint(train_text + "\x00" + val_text)
     path: Path
     built: bool  # True if this call tokenized; False if it reused the file
 
@@ -299,11 +248,12 @@ def cached_corpus_tokens(
     """The token ids of a run's training and validation text, from the cache or built into it.
 
     Either ``val_ratio`` (the book's character split of the joined ``paths``) or ``val_paths``
-    (validation text of its own; then all of ``paths`` trains). ``on_progress(done, total)``
-    reports input bytes while tokenizing.
+    (validation text of its own; then all of ``paths`` trains), or neither: every token is
+    "train" (what ``eval`` reads). ``on_progress(done, total)`` reports input bytes while
+    tokenizing.
     """
-    if (val_ratio is None) == (val_paths is None):
-        raise ValueError("give exactly one of val_ratio and val_paths")
+    if val_ratio is not None and val_paths is not None:
+        raise ValueError("give at most one of val_ratio and val_paths")
     train_files = expand_paths(paths)
     val_files = expand_paths(val_paths) if val_paths is not None else []
     train_scan = _scan(train_files, errors, block_bytes)

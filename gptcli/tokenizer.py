@@ -55,9 +55,5 @@ def encode(text: str) -> list[int]:
     return get_tokenizer().encode(text, allowed_special={EOT_TOKEN})
 
 
-def encode_batch(texts: list[str], *, num_threads: int = 2) -> list[list[int]]:
-    return get_tokenizer().encode_batch(texts, num_threads=num_threads, allowed_special={EOT_TOKEN})
-
-
 def decode(ids: list[int]) -> str:
     return get_tokenizer().decode(ids)

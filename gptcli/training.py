@@ -1,19 +1,19 @@
 """The training loop: the book's ``train_model_simple``, made resumable, and reporting through
 callbacks (it never prints).
 
-One run = a run directory (``config.yaml``, ``metrics.jsonl``, ``checkpoints/``) plus a
-``TrainState``. A checkpoint holds everything needed to continue exactly: weights, AdamW state,
-progress within the epoch, every RNG state and the loss history, so a run stopped at any step and
-resumed ends with the same weights, bit for bit on CPU, as one that never stopped.
+One run = a run directory (see ``gptcli.rundir``) plus a ``TrainState``. A checkpoint holds
+everything needed to continue exactly: weights, AdamW state, progress within the epoch, every RNG
+state and the loss history, so a run stopped at any step and resumed ends with the same weights,
+bit for bit on CPU, as one that never stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,20 +23,15 @@ from typing import Any
 import torch
 
 from gptcli import checkpoint as ckpt
-from gptcli import distributed
+from gptcli import distributed, rundir
+from gptcli.callbacks import Callbacks
 from gptcli.config import ModelConfig, TrainConfig, dump_yaml_config
-from gptcli.data import (
-    TokenWindows,
-    batches_of,
-    loader_iter_seed,
-    permutation,
-    read_corpus,
-    split_text,
-    tokenize,
-)
+from gptcli.data import TokenWindows, batches_of, loader_iter_seed, permutation, prepare_data
+from gptcli.device import autocast_for, resolve_device
 from gptcli.errors import CheckpointError, DataError, TrainingError, UsageError
-from gptcli.generation import generate
-from gptcli.metrics import METRICS_FILE, MetricsWriter
+from gptcli.generation import SampleConfig
+from gptcli.inference import generate_with
+from gptcli.metrics import MetricsWriter, flops_per_token, gpu_bf16_peak
 from gptcli.model import GPT
 from gptcli.tokenizer import decode, encode
 
@@ -61,27 +56,6 @@ def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr: 
     return floor + 0.5 * (lr - floor) * (1.0 + math.cos(math.pi * progress))
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"invalid --device: {name!r} (CUDA is not available on this machine)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError("invalid --device: 'mps' (MPS is not available on this machine)")
-    return torch.device(name)
-
-
-def autocast_for(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     # The book decays every parameter (embeddings and LayerNorms too); kept so its run reproduces.
     # The fused kernel computes the same update in one pass: 10x faster than the loop on CPU.
@@ -95,24 +69,8 @@ def batch_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torc
     return model(x, targets=y)
 
 
-def text_fingerprint(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
-# Callbacks and state
-
-
-class Callbacks:
-    """What the loop reports. The CLI's implementation draws progress bars; tests record."""
-
-    def on_tokenize(self, done: int, total: int) -> None: ...  # bytes, while building a token cache
-    def on_start(self, info: dict[str, Any]) -> None: ...
-    def on_step(self, state: TrainState, info: dict[str, Any]) -> None: ...
-    def on_eval(self, record: dict[str, Any]) -> None: ...
-    def on_sample(self, record: dict[str, Any]) -> None: ...
-    def on_save(self, path: Path, reason: str) -> None: ...
-    def warn(self, message: str) -> None: ...
+# State
 
 
 @dataclass
@@ -144,108 +102,66 @@ class Interrupted(TrainingError):
         self.exit_code = exit_code
 
 
-# ---------------------------------------------------------------------------------------------
-# Data for a run
+class NonFiniteGuard:
+    """Counts optimizer steps whose loss was NaN or inf; more than ``allowed`` is an error.
 
+    With the fused AdamW the check stays on the device: the kernel skips the update when
+    ``found_inf`` is set, and the counters are read back only at eval and save points, so there is
+    no per-step host sync on CUDA. CPU takes the same path, so CI tests the code GPUs run. Other
+    optimizers (fp16 with a GradScaler) check on the host and skip the step there.
+    """
 
-@dataclass
-class RunData:
-    train: TokenWindows
-    val: TokenWindows
-    train_tokens: int
-    val_tokens: int
-    fingerprint: str
+    def __init__(self, *, allowed: int, device: torch.device, on_device: bool, warn: Callable[[str], None]):
+        self.allowed, self.on_device, self.warn = allowed, on_device, warn
+        self.count = 0  # non-finite steps known on the host
+        self._bad = torch.zeros((), dtype=torch.int64, device=device)
+        self._first = torch.full((), -1, dtype=torch.int64, device=device)
+        self._last = torch.full((), -1, dtype=torch.int64, device=device)
 
+    def restore(self, count: int) -> None:
+        self.count = count
+        self._bad.fill_(count)
 
-def prepare_data(
-    model_cfg: ModelConfig, cfg: TrainConfig, *, on_progress: Callable[[int, int], None] | None = None
-) -> RunData:
-    """Token windows of the run's text. Corpora of ``tokencache.MEMMAP_MIN_BYTES`` (64 MiB) or more
-    are tokenized once, in parallel, into a uint16 file under $GPTCLI_HOME/tokens and read as a
-    memmap (the same ids, fingerprint and windows as the in-memory path, in bounded memory);
-    ``on_progress(done, total)`` reports input bytes while that file is built."""
-    from gptcli import tokencache
+    def record(self, nonfinite: torch.Tensor, step: int, optimizer: torch.optim.Optimizer) -> bool:
+        """Note whether step ``step`` was non-finite; True when the caller must skip its update
+        (host path only: on the device path the optimizer skips it itself)."""
+        if self.on_device:
+            self._bad += nonfinite.to(torch.int64)
+            self._first = torch.where(nonfinite & (self._first < 0), step, self._first)
+            self._last = torch.where(nonfinite, step, self._last)
+            optimizer.found_inf = nonfinite.to(torch.float32)  # 0-dim, like the step counters
+            return False
+        if bool(nonfinite):
+            self.count += 1
+            self._report(step)
+            return True
+        return False
 
-    val_paths = [cfg.val_file] if cfg.val_file else None
-    size = tokencache.corpus_bytes(cfg.data) + (tokencache.corpus_bytes(val_paths) if val_paths else 0)
-    if size >= tokencache.MEMMAP_MIN_BYTES:
-        cached = tokencache.cached_corpus_tokens(
-            cfg.data,
-            val_ratio=None if val_paths else cfg.val_ratio,
-            val_paths=val_paths,
-            errors=cfg.encoding_errors,
-            on_progress=on_progress,
-        )
-        train_ids, val_ids, fingerprint = cached.train, cached.val, cached.fingerprint
-    else:
-        text = read_corpus(cfg.data, errors=cfg.encoding_errors)
-        if cfg.val_file:
-            train_text, val_text = text, read_corpus([cfg.val_file], errors=cfg.encoding_errors)
-        else:
-            train_text, val_text = split_text(text, cfg.val_ratio)
-        train_ids, val_ids = tokenize(train_text), tokenize(val_text)
-        fingerprint = text_fingerprint(train_text + "\x00" + val_text)
-    T = model_cfg.context_length
-    stride = cfg.stride or T
-    train = TokenWindows(train_ids, T, stride)
-    val = TokenWindows(val_ids, T, stride)
-    need_train = (cfg.batch_size - 1) * stride + T + 1
-    if len(train) < cfg.batch_size:
-        raise DataError(
-            f"training text too short: {len(train_ids)} tokens, need at least {need_train} for one batch "
-            f"of {cfg.batch_size} windows of {T} tokens (lower --batch-size or --context-length)"
-        )
-    if len(val) < 1:
-        where = cfg.val_file or f"the last {cfg.val_ratio:g} of the text"
-        raise DataError(
-            f"validation text too short: {where} has {len(val_ids)} tokens, need at least {T + 1} "
-            f"for one window of {T} tokens (raise --val-ratio or lower --context-length)"
-        )
-    return RunData(train, val, len(train_ids), len(val_ids), fingerprint)
+    def check(self) -> None:
+        """Raise if more non-finite steps happened than allowed (reads the device counters)."""
+        if self.on_device:
+            bad = int(self._bad.item())
+            if bad > self.count:
+                self.count = bad
+                self._report(int(self._last.item()), first=int(self._first.item()))
+
+    def _report(self, step: int, first: int | None = None) -> None:
+        """``step`` is the latest non-finite step, ``first`` the earliest (when known)."""
+        n = self.count
+        first = step if first is None or first < 0 else first
+        where = f"step {first}" if first == step else f"step {first} (and {n - 1} more, up to step {step})"
+        if n > self.allowed:
+            hint = (
+                f" ({n} such steps: more than --skip-nonfinite {self.allowed})"
+                if self.allowed
+                else "; --skip-nonfinite N tolerates N such steps"
+            )
+            raise TrainingError(f"non-finite loss at {where}; no checkpoint written for it{hint}")
+        self.warn(f"skipped non-finite loss at {where}")
 
 
 # ---------------------------------------------------------------------------------------------
 # The run
-
-
-def default_run_dir(data: list[str], root: Path = Path("runs")) -> Path:
-    stem = Path(data[0]).stem if data else "run"
-    base = root / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out, n = base, 1
-    while out.exists():
-        n += 1
-        out = Path(f"{base}-{n}")
-    return out
-
-
-# Dense bf16 peak of common GPUs (FLOP/s), for MFU; unknown cards report no MFU.
-_GPU_BF16_PEAK = {
-    "H100": 989e12,
-    "H200": 989e12,
-    "GH200": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "A10": 125e12,
-    "L4": 121e12,
-    "4090": 165e12,
-    "3090": 71e12,
-}
-
-
-def gpu_bf16_peak(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, peak in _GPU_BF16_PEAK.items():
-        if key in name:
-            return peak
-    return None
-
-
-def flops_per_token(cfg: ModelConfig) -> float:
-    """Training FLOPs per token: 6N for the matmuls plus 12·L·H·Q·T for attention (PaLM's count)."""
-    n = cfg.num_params(non_embedding=True)
-    return 6 * n + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * cfg.context_length
 
 
 class Trainer:
@@ -286,46 +202,43 @@ class Trainer:
         use_compile = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
         net: torch.nn.Module = torch.compile(self.model) if use_compile else self.model
         if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            net = DDP(net, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
+            net = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None
+            )
         self.train_model = net
-        # A non-finite loss is caught on the device (the fused AdamW kernel skips the update when
-        # found_inf is set) and read back only at eval/save points: no per-step host sync on CUDA.
-        # CPU takes the same path, so CI tests the code that runs on GPUs.
-        self._device_nan_check = bool(self.optimizer.param_groups[0].get("fused")) and not self.scaler.is_enabled()
-        self._bad_steps = torch.zeros((), dtype=torch.int64, device=self.device)
-        self._first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
-        self._last_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self.guard = NonFiniteGuard(
+            allowed=cfg.skip_nonfinite,
+            device=self.device,
+            on_device=bool(self.optimizer.param_groups[0].get("fused")) and not self.scaler.is_enabled(),
+            warn=self.cb.warn,
+        )
         self.metrics: MetricsWriter | None = None
         self._best_saved = float("inf")
 
     # -- checkpoints --------------------------------------------------------------------------
 
     def checkpoint_dict(self) -> dict[str, Any]:
-        return {
-            "format": ckpt.FORMAT,
-            "version": ckpt.VERSION,
-            "kind": "training",
-            "model_config": self.model_cfg.to_dict(),
-            "train_config": self.cfg.to_dict(),
-            "model_state_dict": self.model.state_dict(),
-            "optimizer_state_dict": self.optimizer.state_dict(),
-            "scaler_state_dict": self.scaler.state_dict(),
-            "progress": self.state.to_dict(),
-            "rng": ckpt.capture_rng(),
-            "data_fingerprint": self.data.fingerprint,
-            "world_size": self.dist.world_size,
-        }
+        return ckpt.training_checkpoint(
+            self.model_cfg,
+            self.cfg.to_dict(),
+            self.model.state_dict(),
+            optimizer_state=self.optimizer.state_dict(),
+            scaler_state=self.scaler.state_dict(),
+            progress=self.state.to_dict(),
+            rng=ckpt.capture_rng(),
+            data_fingerprint=self.data.fingerprint,
+            world_size=self.dist.world_size,
+        )
 
     def save(self, reason: str) -> Path:
-        self._check_finite()
-        path = self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.step_checkpoint_name(self.state.step)
+        self.guard.check()
+        self.state.nonfinite_steps = self.guard.count
+        path = rundir.step_checkpoint_path(self.run_dir, self.state.step)
         if self.dist.is_main:
             self.state.metrics_lines = self.metrics.lines if self.metrics else 0
             ckpt.atomic_save(self.checkpoint_dict(), path)
             self._update_best(path)
-            ckpt.rotate(self.run_dir, self.cfg.keep_last, protect={path.resolve()})
+            rundir.rotate(self.run_dir, self.cfg.keep_last, protect={path.resolve()})
             self.cb.on_save(path, reason)
         distributed.barrier()
         return path
@@ -337,14 +250,12 @@ class Trainer:
             return
         if hist[-1]["val_loss"] >= self._best_saved:
             return
-        best = self.run_dir / ckpt.CHECKPOINT_DIR / "best.pth"
-        tmp = best.with_name(f"{ckpt.TMP_PREFIX}{os.getpid()}-best.pth")
+        best = rundir.best_checkpoint_path(self.run_dir)
+        tmp = rundir.temporary_path(best, os.getpid())
         tmp.unlink(missing_ok=True)
         try:
             os.link(path, tmp)
         except OSError:
-            import shutil
-
             shutil.copyfile(path, tmp)
         os.replace(tmp, best)
         self._best_saved = hist[-1]["val_loss"]
@@ -366,7 +277,7 @@ class Trainer:
         if obj.get("scaler_state_dict"):
             self.scaler.load_state_dict(obj["scaler_state_dict"])
         self.state = TrainState.from_dict(obj.get("progress", {}))
-        self._bad_steps.fill_(self.state.nonfinite_steps)
+        self.guard.restore(self.state.nonfinite_steps)
         self._best_saved = self.state.best_val
         if "rng" in obj:
             ckpt.restore_rng(obj["rng"])
@@ -416,11 +327,11 @@ class Trainer:
         self.model.eval()
         idx = torch.tensor([encode(self.cfg.start_context)], device=self.device)
         with autocast_for(self.device, self.cfg.precision):
-            new = generate(self.model, idx, max_new_tokens=self.cfg.sample_tokens)
+            new = generate_with(self.model, idx, SampleConfig(max_new_tokens=self.cfg.sample_tokens), stop_at_eos=False)
         self.model.train()
         return decode(idx[0].tolist() + new[0])
 
-    # -- the loop -----------------------------------------------------------------------------
+    # -- one optimizer step ---------------------------------------------------------------------
 
     def _global_batch(self) -> int:
         """Windows per optimizer step, over all ranks and micro-batches."""
@@ -432,28 +343,6 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self.metrics is not None and self.dist.is_main:
             self.metrics.write(record)
-
-    def _check_finite(self) -> None:
-        """Raise if more non-finite steps happened than --skip-nonfinite allows."""
-        if self._device_nan_check:
-            bad = int(self._bad_steps.item())
-            if bad > self.state.nonfinite_steps:
-                self.state.nonfinite_steps = bad
-                self._raise_if_too_many(int(self._last_bad.item()), first=int(self._first_bad.item()))
-
-    def _raise_if_too_many(self, step: int, first: int | None = None) -> None:
-        """``step`` is the latest non-finite step, ``first`` the earliest (when known)."""
-        n = self.state.nonfinite_steps
-        first = step if first is None or first < 0 else first
-        where = f"step {first}" if first == step else f"step {first} (and {n - 1} more, up to step {step})"
-        if n > self.cfg.skip_nonfinite:
-            hint = (
-                f" ({n} such steps: more than --skip-nonfinite {self.cfg.skip_nonfinite})"
-                if self.cfg.skip_nonfinite
-                else "; --skip-nonfinite N tolerates N such steps"
-            )
-            raise TrainingError(f"non-finite loss at {where}; no checkpoint written for it{hint}")
-        self.cb.warn(f"skipped non-finite loss at {where}")
 
     def _train_step(self, batch_ids: list[int]) -> torch.Tensor:
         cfg, st = self.cfg, self.state
@@ -488,14 +377,7 @@ class Trainer:
             flag = nonfinite.to(torch.float32)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             nonfinite = flag > 0
-        if self._device_nan_check:
-            self._bad_steps += nonfinite.to(torch.int64)
-            self._first_bad = torch.where(nonfinite & (self._first_bad < 0), st.step, self._first_bad)
-            self._last_bad = torch.where(nonfinite, st.step, self._last_bad)
-            self.optimizer.found_inf = nonfinite.to(torch.float32)  # 0-dim, like the step counters
-        elif bool(nonfinite):
-            st.nonfinite_steps += 1
-            self._raise_if_too_many(st.step)
+        if self.guard.record(nonfinite, st.step, self.optimizer):
             self.optimizer.zero_grad(set_to_none=True)
             return loss_mean
         if cfg.grad_clip > 0:
@@ -511,6 +393,8 @@ class Trainer:
             signum = distributed.all_reduce_max_int(signum, self.device)
         return signum or None
 
+    # -- the loop: the book's train_model_simple ------------------------------------------------
+
     def fit(self) -> TrainState:
         try:
             return self._fit()
@@ -522,120 +406,120 @@ class Trainer:
             ) from None
 
     def _fit(self) -> TrainState:
-        cfg, st, d = self.cfg, self.state, self.data
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.remove_stale_temporaries(self.run_dir / ckpt.CHECKPOINT_DIR)
-            (self.run_dir / "config.yaml").write_text(dump_yaml_config(self.model_cfg, cfg), encoding="utf-8")
-            self.metrics = MetricsWriter(self.run_dir / METRICS_FILE)
-            if self.metrics.lines != st.metrics_lines:
-                self.metrics.truncate(st.metrics_lines)
+        self._open_run_dir()
         steps_per_epoch = self.steps_per_epoch()
         if steps_per_epoch < 1:
             raise DataError(
-                f"training text has {len(d.train)} windows, fewer than one step needs "
+                f"training text has {len(self.data.train)} windows, fewer than one step needs "
                 f"({self._global_batch()} = batch size x grad accum x world size)"
             )
-        self.cb.on_start(
-            {
-                "params": self.model.num_params(),
-                "device": str(self.device) + (f" x {self.dist.world_size} ranks" if self.dist.enabled else ""),
-                "train_tokens": d.train_tokens,
-                "val_tokens": d.val_tokens,
-                "train_windows": len(d.train),
-                "val_windows": len(d.val),
-                "steps_per_epoch": steps_per_epoch,
-                "total_steps": steps_per_epoch * cfg.epochs,
-                "run_dir": str(self.run_dir),
-                "resumed": st.step > 0 or st.epoch > 0,
-            }
-        )
+        self.cb.on_start(self._start_info(steps_per_epoch))
         self.model.train()
-        gb = self._global_batch()
-        peak = gpu_bf16_peak(self.device)
-        fpt = flops_per_token(self.model_cfg)
-        t_last, tokens_last = time.perf_counter(), st.tokens_seen
-        while st.epoch < cfg.epochs:
-            if st.epoch_seed is None:
-                st.epoch_seed = loader_iter_seed(shuffle=True)
-                st.windows_done = 0
-            order = permutation(len(d.train), st.epoch_seed)
-            usable = (len(d.train) // gb) * gb
-            while st.windows_done + gb <= usable:
-                batch_ids = order[st.windows_done : st.windows_done + gb]
-                loss = self._train_step(batch_ids)
-                st.step += 1
-                st.windows_done += gb
-                st.tokens_seen += gb * self.model_cfg.context_length
-                info: dict[str, Any] = {"loss": loss, "steps_per_epoch": steps_per_epoch}
-                if (st.step - 1) % cfg.eval_freq == 0:
-                    self._check_finite()
-                    train_loss, val_loss = self.evaluate()
-                    now = time.perf_counter()
-                    tps = (st.tokens_seen - tokens_last) / max(now - t_last, 1e-9)
-                    record = {
-                        "type": "eval",
-                        "epoch": st.epoch + 1,
-                        "step": st.step - 1,
-                        "tokens_seen": st.tokens_seen,
-                        "train_loss": train_loss,
-                        "val_loss": val_loss,
-                        "lr": self.optimizer.param_groups[0]["lr"],
-                        "tokens_per_sec": tps,
-                    }
-                    if peak:
-                        record["mfu"] = tps * fpt / (peak * self.dist.world_size)
-                    t_last, tokens_last = now, st.tokens_seen
-                    st.history.append(
-                        {k: record[k] for k in ("epoch", "step", "tokens_seen", "train_loss", "val_loss")}
-                    )
-                    if not math.isnan(val_loss):
-                        st.best_val = min(st.best_val, val_loss)
-                    self._log(record)
-                    self.cb.on_eval(record)
-                self.cb.on_step(st, info)
-                if cfg.save_every and st.step % cfg.save_every == 0 and st.windows_done + gb <= usable:
-                    self.save("save-every")
-                signum = self._stop_requested()
-                if signum is not None:
-                    path = self.save("interrupted")
-                    raise Interrupted(
-                        f"interrupted at step {st.step}; saved {path}; continue with: gptcli resume {self.run_dir}",
-                        128 + signum,
-                    )
-            self._check_finite()
-            text = self.sample_text()
-            record = {
-                "type": "sample",
-                "epoch": st.epoch + 1,
-                "step": st.step - 1,
-                "tokens_seen": st.tokens_seen,
-                "text": text,
-            }
-            self._log(record)
-            self.cb.on_sample(record)
-            st.epoch += 1
-            st.epoch_seed = None
+        self._throughput = (time.perf_counter(), self.state.tokens_seen)
+        while self.state.epoch < self.cfg.epochs:
+            self._train_epoch(steps_per_epoch)
+            self._end_epoch()
+        return self.state
+
+    def _open_run_dir(self) -> None:
+        """Write the resolved config, and cut metrics.jsonl back to what the checkpoint knows."""
+        if not self.dist.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.remove_stale_temporaries(rundir.checkpoint_dir(self.run_dir))
+        rundir.config_path(self.run_dir).write_text(dump_yaml_config(self.model_cfg, self.cfg), encoding="utf-8")
+        self.metrics = MetricsWriter(rundir.metrics_path(self.run_dir))
+        if self.metrics.lines != self.state.metrics_lines:
+            self.metrics.truncate(self.state.metrics_lines)
+
+    def _start_info(self, steps_per_epoch: int) -> dict[str, Any]:
+        d, st = self.data, self.state
+        return {
+            "params": self.model.num_params(),
+            "device": str(self.device) + (f" x {self.dist.world_size} ranks" if self.dist.enabled else ""),
+            "train_tokens": d.train_tokens,
+            "val_tokens": d.val_tokens,
+            "train_windows": len(d.train),
+            "val_windows": len(d.val),
+            "steps_per_epoch": steps_per_epoch,
+            "total_steps": steps_per_epoch * self.cfg.epochs,
+            "run_dir": str(self.run_dir),
+            "resumed": st.step > 0 or st.epoch > 0,
+        }
+
+    def _train_epoch(self, steps_per_epoch: int) -> None:
+        """Optimizer steps over this epoch's shuffled windows, from wherever it stopped."""
+        cfg, st, gb = self.cfg, self.state, self._global_batch()
+        if st.epoch_seed is None:
+            st.epoch_seed = loader_iter_seed(shuffle=True)
             st.windows_done = 0
-            self.save("epoch")
+        order = permutation(len(self.data.train), st.epoch_seed)
+        usable = (len(self.data.train) // gb) * gb
+        while st.windows_done + gb <= usable:
+            loss = self._train_step(order[st.windows_done : st.windows_done + gb])
+            st.step += 1
+            st.windows_done += gb
+            st.tokens_seen += gb * self.model_cfg.context_length
+            if (st.step - 1) % cfg.eval_freq == 0:
+                self._evaluate_and_log()
+            self.cb.on_step(st, {"loss": loss, "steps_per_epoch": steps_per_epoch})
+            if cfg.save_every and st.step % cfg.save_every == 0 and st.windows_done + gb <= usable:
+                self.save("save-every")
             signum = self._stop_requested()
-            if signum is not None and st.epoch < cfg.epochs:
+            if signum is not None:
+                path = self.save("interrupted")
                 raise Interrupted(
-                    f"interrupted after epoch {st.epoch}; continue with: gptcli resume {self.run_dir}", 128 + signum
+                    f"interrupted at step {st.step}; saved {path}; continue with: gptcli resume {self.run_dir}",
+                    128 + signum,
                 )
-        return st
 
+    def _evaluate_and_log(self) -> None:
+        """The book's periodic evaluation: losses on both splits, logged with the throughput."""
+        st = self.state
+        self.guard.check()
+        train_loss, val_loss = self.evaluate()
+        now = time.perf_counter()
+        t_last, tokens_last = self._throughput
+        tps = (st.tokens_seen - tokens_last) / max(now - t_last, 1e-9)
+        record = {
+            "type": "eval",
+            "epoch": st.epoch + 1,
+            "step": st.step - 1,
+            "tokens_seen": st.tokens_seen,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "tokens_per_sec": tps,
+        }
+        peak = gpu_bf16_peak(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
+        if peak:
+            record["mfu"] = tps * flops_per_token(self.model_cfg) / (peak * self.dist.world_size)
+        self._throughput = (now, st.tokens_seen)
+        st.history.append({k: record[k] for k in ("epoch", "step", "tokens_seen", "train_loss", "val_loss")})
+        if not math.isnan(val_loss):
+            st.best_val = min(st.best_val, val_loss)
+        self._log(record)
+        self.cb.on_eval(record)
 
-def check_architecture(saved: ModelConfig, requested: dict[str, Any], what: str) -> None:
-    """Raise if flags given explicitly ask for a different architecture than the checkpoint's."""
-    diffs = [
-        f"{k}: checkpoint {getattr(saved, k)!r}, requested {v!r}"
-        for k, v in requested.items()
-        if v is not None and getattr(saved, k) != v
-    ]
-    if diffs:
-        raise CheckpointError(f"{what} has a different architecture: " + "; ".join(diffs))
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0", "false", "False")
+    def _end_epoch(self) -> None:
+        """The book's end of epoch: a greedy sample from the start context; then save."""
+        st = self.state
+        self.guard.check()
+        record = {
+            "type": "sample",
+            "epoch": st.epoch + 1,
+            "step": st.step - 1,
+            "tokens_seen": st.tokens_seen,
+            "text": self.sample_text(),
+        }
+        self._log(record)
+        self.cb.on_sample(record)
+        st.epoch += 1
+        st.epoch_seed = None
+        st.windows_done = 0
+        self.save("epoch")
+        signum = self._stop_requested()
+        if signum is not None and st.epoch < self.cfg.epochs:
+            raise Interrupted(
+                f"interrupted after epoch {st.epoch}; continue with: gptcli resume {self.run_dir}", 128 + signum
+            )

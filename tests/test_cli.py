@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gptcli import checkpoint as ckpt
+from gptcli import rundir
 from gptcli.metrics import read_metrics
 
 from .conftest import TINY_FLAGS, gptcli_exe, run_gptcli
@@ -94,7 +95,7 @@ def test_train_sample_eval_plot_end_to_end(workdir):
     assert proc.stdout.count("Every effort moves you") == 2
     run = workdir / "runs" / "tiny"
     assert (run / "config.yaml").exists()
-    assert len(ckpt.list_step_checkpoints(run)) == 2
+    assert len(rundir.list_step_checkpoints(run)) == 2
     recs = read_metrics(run / "metrics.jsonl")
     assert [r["type"] for r in recs].count("sample") == 2
 
@@ -155,12 +156,12 @@ def test_ctrl_c_then_resume_equals_uninterrupted(workdir):
     assert proc.wait(timeout=120) == 130, rest
     assert "gptcli resume" in rest
     cut = workdir / "runs" / "cut"
-    stopped_at = ckpt.load_checkpoint(ckpt.list_step_checkpoints(cut)[-1])["progress"]
+    stopped_at = ckpt.load_checkpoint(rundir.list_step_checkpoints(cut)[-1])["progress"]
     assert 0 < stopped_at["step"] < 192
 
     run_gptcli("resume", str(cut), cwd=workdir, check=True)
-    full = ckpt.load_checkpoint(ckpt.list_step_checkpoints(workdir / "runs" / "full")[-1])["model_state_dict"]
-    resumed = ckpt.load_checkpoint(ckpt.list_step_checkpoints(cut)[-1])["model_state_dict"]
+    full = ckpt.load_checkpoint(rundir.list_step_checkpoints(workdir / "runs" / "full")[-1])["model_state_dict"]
+    resumed = ckpt.load_checkpoint(rundir.list_step_checkpoints(cut)[-1])["model_state_dict"]
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     strip = lambda recs: [(r["type"], r["step"], r.get("train_loss"), r.get("val_loss"), r.get("text")) for r in recs]  # noqa: E731
     assert strip(read_metrics(workdir / "runs/full/metrics.jsonl")) == strip(read_metrics(cut / "metrics.jsonl"))
@@ -170,7 +171,7 @@ def test_resume_extends_epochs_and_refuses_finished_runs(workdir):
     run_gptcli("train", "the-verdict.txt", "--epochs", "1", *FAST, "--out", "runs/r", cwd=workdir, check=True)
     one_line_error(run_gptcli("resume", "runs/r", cwd=workdir), "--epochs")
     run_gptcli("resume", "runs/r", "--epochs", "2", cwd=workdir, check=True)
-    assert ckpt.load_checkpoint(ckpt.list_step_checkpoints(workdir / "runs/r")[-1])["progress"]["epoch"] == 2
+    assert ckpt.load_checkpoint(rundir.list_step_checkpoints(workdir / "runs/r")[-1])["progress"]["epoch"] == 2
 
 
 def test_train_refuses_to_overwrite_a_run(workdir):
@@ -189,6 +190,63 @@ def test_help_lists_every_command():
     assert res.exit_code == 0
     for cmd in ("train", "resume", "eval", "sample", "plot"):
         assert cmd in res.output
+
+
+def test_train_flags_come_from_the_config_dataclasses(workdir):
+    """Every ModelConfig/TrainConfig field with help metadata is a `train` flag showing the
+    dataclass default, fields without it are not flags, and each flag sets its own section."""
+    import dataclasses
+    import re
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from gptcli.cli import app
+    from gptcli.config import ModelConfig, TrainConfig, flag_fields
+
+    res = CliRunner().invoke(app, ["train", "--help"], terminal_width=400, max_content_width=400)
+    assert res.exit_code == 0, res.output
+    rows: dict[str, str] = {}  # "--flag": its row, help included (a long flag's help goes on the next line)
+    for line in res.output.split("Options:")[1].splitlines():
+        if line.startswith("  -"):
+            rows[last := line.split()[0]] = line
+        elif line.startswith("   ") and rows:
+            rows[last] += " " + line.strip()
+    for cls in (ModelConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            if f not in flag_fields(cls):
+                assert flag not in res.output, f.name
+                continue
+            row = rows[flag]
+            assert f.metadata["help"].removesuffix(".") in row, (f.name, row)
+            shown = re.search(r"\[default: (.*)\]", row)
+            if "default_text" in f.metadata:
+                assert shown and shown[1] == f.metadata["default_text"], (f.name, row)
+            elif f.default is None:
+                assert shown is None, (f.name, row)
+            elif isinstance(f.default, bool):
+                assert row.startswith(f"  {flag} / --no-{flag[2:]}") and shown[1] == ("yes" if f.default else "no")
+            else:
+                assert shown and type(f.default)(shown[1].strip("'")) == f.default, (f.name, row)
+
+    res = CliRunner().invoke(
+        app,
+        ["train", "x.txt", "--lr", "1e-3", "--emb-dim", "64", "--n-heads", "4", "--qkv-bias", "--no-compile"]
+        + ["--save-every", "7", "--val-file", "v.txt", "--start-context", "Hi there", "--print-config"],
+    )
+    assert res.exit_code == 0, (res.output, res.exception)
+    cfg = yaml.safe_load(res.output)
+    assert cfg["model"] == {**ModelConfig().to_dict(), "emb_dim": 64, "n_heads": 4, "qkv_bias": True}
+    assert cfg["train"] == {
+        **TrainConfig().to_dict(),
+        "lr": 1e-3,
+        "compile": False,
+        "save_every": 7,
+        "val_file": "v.txt",
+        "start_context": "Hi there",
+        "data": ["x.txt"],
+    }
 
 
 def test_print_config_applies_file_then_flags(workdir):

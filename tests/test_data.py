@@ -2,16 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from gptcli.data import (
-    TokenWindows,
-    batches_of,
-    eval_windows,
-    expand_paths,
-    read_corpus,
-    read_text,
-    split_text,
-)
+from gptcli.data import TokenWindows, batches_of, eval_windows, split_text
 from gptcli.errors import DataError
+from gptcli.textfiles import expand_paths, read_corpus, read_text
 
 
 def test_windows_follow_the_books_dataset():

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from gptcli import checkpoint as ckpt
+from gptcli import rundir
 from gptcli.config import ModelConfig, TrainConfig
 from gptcli.metrics import read_metrics
 from gptcli.training import Trainer
@@ -66,7 +67,7 @@ def test_two_process_gloo_matches_one_process_with_the_same_global_batch(workdir
     run_gptcli(*common, "--batch-size", "8", "--out", "runs/single", cwd=workdir, check=True)
     close(evals(workdir / "runs/ddp"), evals(workdir / "runs/single"))
     # only rank 0 wrote: one metrics file, one checkpoint per save
-    assert [p.name for p in ckpt.list_step_checkpoints(workdir / "runs/ddp")] == ["step-00000036.pth"]
+    assert [p.name for p in rundir.list_step_checkpoints(workdir / "runs/ddp")] == ["step-00000036.pth"]
 
 
 def test_resuming_a_two_process_run_matches_an_uninterrupted_one(workdir):
@@ -74,8 +75,8 @@ def test_resuming_a_two_process_run_matches_an_uninterrupted_one(workdir):
     torchrun(*common, "--out", "runs/full", cwd=workdir)
     torchrun(*common, "--epochs", "1", "--out", "runs/cut", cwd=workdir)
     torchrun("resume", "runs/cut", "--epochs", "2", cwd=workdir)
-    full = ckpt.load_checkpoint(ckpt.list_step_checkpoints(workdir / "runs/full")[-1])["model_state_dict"]
-    cut = ckpt.load_checkpoint(ckpt.list_step_checkpoints(workdir / "runs/cut")[-1])["model_state_dict"]
+    full = ckpt.load_checkpoint(rundir.list_step_checkpoints(workdir / "runs/full")[-1])["model_state_dict"]
+    cut = ckpt.load_checkpoint(rundir.list_step_checkpoints(workdir / "runs/cut")[-1])["model_state_dict"]
     assert all(torch.equal(full[k], cut[k]) for k in full)
     assert evals(workdir / "runs/full") == evals(workdir / "runs/cut")
 
@@ -84,7 +85,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(workdir):
     common = ["train", "the-verdict.txt", "--epochs", "1", *MODEL, "--batch-size", "4", "--eval-freq", "8"]
     torchrun(*common, "--out", "runs/r", cwd=workdir)
     run_gptcli("resume", "runs/r", "--epochs", "2", cwd=workdir, check=True)
-    last = ckpt.load_checkpoint(ckpt.list_step_checkpoints(workdir / "runs/r")[-1])
+    last = ckpt.load_checkpoint(rundir.list_step_checkpoints(workdir / "runs/r")[-1])
     # one rank now takes the whole global batch of the same windows: 4 windows per step instead of 8
     assert last["progress"]["epoch"] == 2 and last["world_size"] == 1
 

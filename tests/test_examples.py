@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gptcli import checkpoint as ckpt
+from gptcli import rundir
 from gptcli.metrics import read_metrics
 
 from .conftest import ROOT
@@ -54,9 +55,9 @@ def test_every_example_script_is_tested_and_parses():
 def test_book_run(tmp_path):
     proc = run_example("book_run.sh", cwd=tmp_path)
     run = tmp_path / "runs" / "book"
-    assert ckpt.list_step_checkpoints(run) and (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert rundir.list_step_checkpoints(run) and (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
     # the config's settings, with the tiny overrides on top
-    saved = ckpt.load_checkpoint(ckpt.list_step_checkpoints(run)[-1])
+    saved = ckpt.load_checkpoint(rundir.list_step_checkpoints(run)[-1])
     assert saved["train_config"]["lr"] == 0.0004 and saved["train_config"]["seed"] == 123
     assert saved["model_config"]["emb_dim"] == 32
     lines = proc.stdout.splitlines()
@@ -70,7 +71,7 @@ def test_continue_gpt2(tmp_path, _isolated_home):
     proc = run_example("continue_gpt2.sh", cwd=tmp_path)
     assert "download" not in proc.stderr.lower()
     run = tmp_path / "runs" / "gpt2-continued"
-    saved = ckpt.load_checkpoint(ckpt.list_step_checkpoints(run)[-1])
+    saved = ckpt.load_checkpoint(rundir.list_step_checkpoints(run)[-1])
     assert saved["model_config"] == ckpt.load_checkpoint(fake)["model_config"]  # the architecture came from the weights
     assert saved["train_config"]["init"] == "gpt2-124M" and saved["train_config"]["lr"] == 5e-5
     assert "perplexity" in proc.stdout  # gptcli eval on the same text
@@ -100,7 +101,7 @@ def test_resume_after_interrupt(tmp_path):
     assert "interrupted (exit code 130)" in proc.stderr, proc.stderr[-2000:]
     assert "continue with: gptcli resume runs/interrupted" in proc.stderr
     run = tmp_path / "runs" / "interrupted"
-    last = ckpt.load_checkpoint(ckpt.list_step_checkpoints(run)[-1])
+    last = ckpt.load_checkpoint(rundir.list_step_checkpoints(run)[-1])
     assert last["progress"]["epoch"] == 2
     evals = [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "eval"]
     assert evals == list(range(0, evals[-1] + 1, 5))  # one unbroken log across the interruption
@@ -122,7 +123,7 @@ def _ddp_missing() -> str | None:
 def test_multi_gpu_with_two_cpu_processes(tmp_path):
     proc = run_example("multi_gpu.sh", "--device", "cpu", cwd=tmp_path, env={"NPROC": "2"})
     run = tmp_path / "runs" / "multi-gpu"
-    last = ckpt.load_checkpoint(ckpt.list_step_checkpoints(run)[-1])
+    last = ckpt.load_checkpoint(rundir.list_step_checkpoints(run)[-1])
     assert last["progress"]["epoch"] == 1 and last.get("world_size") == 2
     # rank 0 reports for both processes: one set of log lines, one sample
     assert proc.stderr.count("done: runs/multi-gpu") == 1 and proc.stderr.count("ep 1 step 000000:") == 1, proc.stderr

@@ -19,6 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 from gptcli import checkpoint as ckpt
+from gptcli import rundir
 from gptcli.cli import app
 
 from .conftest import ROOT, TINY_FLAGS
@@ -123,7 +124,7 @@ def test_readme_documents_every_command():
 
 
 def _newest_run() -> Path:
-    found = ckpt.find_latest_run(Path("runs"))
+    found = rundir.find_latest_run(Path("runs"))
     assert found is not None, "a README command refers to a run before any was trained"
     return found
 

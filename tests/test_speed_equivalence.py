@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from gptcli.config import ModelConfig
+from gptcli.device import native_bf16, resolve_dtype
 from gptcli.generation import generate
+from gptcli.inference import prepare_for_inference
 from gptcli.model import GPT
-from gptcli.runner import native_bf16, prepare_for_inference, resolve_dtype
 
 from .conftest import ROOT
 

@@ -9,10 +9,10 @@ import pytest
 
 from gptcli import tokencache
 from gptcli.config import ModelConfig, TrainConfig
-from gptcli.data import read_corpus, read_text, split_text, tokenize
+from gptcli.data import prepare_data, split_text, text_fingerprint, tokenize
 from gptcli.errors import DataError
+from gptcli.textfiles import read_corpus, read_text
 from gptcli.tokencache import cached_corpus_tokens, encode_chunked, iter_chunks, safe_cut
-from gptcli.training import prepare_data, text_fingerprint
 
 # Pieces that stress GPT-2's pre-tokenizer at chunk edges: whitespace runs, CRLF, Unicode spaces
 # (and \x1c, a space to Python but not to the regex), contractions, digits, the special token.

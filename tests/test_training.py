@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gptcli import checkpoint as ckpt
+from gptcli import rundir
 from gptcli.config import ModelConfig, TrainConfig
 from gptcli.errors import TrainingError
 from gptcli.metrics import read_metrics
@@ -91,7 +92,7 @@ def test_losses_match_the_books_train_model_simple(tmp_path):
 
 
 def _final_weights(run_dir: Path) -> dict:
-    return ckpt.load_checkpoint(ckpt.list_step_checkpoints(run_dir)[-1])["model_state_dict"]
+    return ckpt.load_checkpoint(rundir.list_step_checkpoints(run_dir)[-1])["model_state_dict"]
 
 
 def _eval_values(run_dir: Path) -> list:
@@ -116,7 +117,7 @@ def test_stop_anywhere_then_resume_equals_uninterrupted(tmp_path, stop_at):
     with pytest.raises(Interrupted) as e:
         Trainer(mcfg, cfg, tmp_path / "cut", should_stop=stop_after_k).fit()
     assert e.value.exit_code == 130
-    saved = ckpt.list_step_checkpoints(tmp_path / "cut")[-1]
+    saved = rundir.list_step_checkpoints(tmp_path / "cut")[-1]
     obj = ckpt.load_checkpoint(saved)
     # scramble the global RNG as a fresh process would have it
     torch.manual_seed(999)
@@ -133,7 +134,7 @@ def test_stop_anywhere_then_resume_equals_uninterrupted(tmp_path, stop_at):
 
 def test_checkpoint_holds_what_exact_resumption_needs(tmp_path):
     Trainer(ModelConfig(**TINY_MODEL), tiny_train_cfg(eval_freq=50), tmp_path / "run").fit()
-    paths = ckpt.list_step_checkpoints(tmp_path / "run")
+    paths = rundir.list_step_checkpoints(tmp_path / "run")
     obj = torch.load(paths[-1], weights_only=True)
     for key in ("model_state_dict", "optimizer_state_dict", "model_config", "train_config", "progress", "rng"):
         assert key in obj
@@ -147,7 +148,7 @@ def test_keep_last_rotation(tmp_path):
     Trainer(
         ModelConfig(**TINY_MODEL), tiny_train_cfg(eval_freq=100, save_every=40, keep_last=2), tmp_path / "run"
     ).fit()
-    names = [p.name for p in ckpt.list_step_checkpoints(tmp_path / "run")]
+    names = [p.name for p in rundir.list_step_checkpoints(tmp_path / "run")]
     assert names == ["step-00000160.pth", "step-00000192.pth"]
 
 
@@ -170,7 +171,7 @@ def test_nonfinite_loss_stops_before_the_optimizer_step(tmp_path, monkeypatch):
     with pytest.raises(TrainingError, match="step 3"):
         t.fit()
     assert all(torch.isfinite(v).all() for v in t.model.state_dict().values())
-    assert ckpt.list_step_checkpoints(tmp_path / "run") == []
+    assert rundir.list_step_checkpoints(tmp_path / "run") == []
     assert any(not torch.equal(before[k], v) for k, v in t.model.state_dict().items())
 
 

@@ -24,6 +24,7 @@ import yaml
 from typer.testing import CliRunner
 
 from gptcli import checkpoint as ckpt
+from gptcli import rundir
 from gptcli.cli import app
 from gptcli.metrics import read_metrics
 
@@ -258,7 +259,7 @@ def test_run_saves_its_resolved_config_and_resume_needs_nothing_else(run, tmp_pa
     finally:
         cfg_file.write_text(cfg_text)
         console.set_quiet(False)
-    last = ckpt.load_checkpoint(ckpt.list_step_checkpoints(copy)[-1])
+    last = ckpt.load_checkpoint(rundir.list_step_checkpoints(copy)[-1])
     assert last["progress"]["epoch"] == 3 and last["train_config"]["lr"] == 0.001
     # --quiet: no progress or log lines on stderr, only the epoch's sample on stdout
     assert "ep 3 step" not in res.output and "saved" not in res.output
@@ -266,7 +267,7 @@ def test_run_saves_its_resolved_config_and_resume_needs_nothing_else(run, tmp_pa
     # TensorBoard goes on in a resumed run, and tells TensorBoard to drop what came after the checkpoint
     events = tb_events(copy)
     starts = [e for e in events if e.HasField("session_log")]
-    assert [e.step for e in starts] == [ckpt.load_checkpoint(ckpt.list_step_checkpoints(run)[-1])["progress"]["step"]]
+    assert [e.step for e in starts] == [ckpt.load_checkpoint(rundir.list_step_checkpoints(run)[-1])["progress"]["step"]]
 
 
 # ------------------------------------------------------------------------------------------
@@ -482,7 +483,7 @@ def test_tensorboard_missing_is_a_one_line_error(monkeypatch, tmp_path):
 
 
 def test_info_shows_config_params_progress_and_losses(run):
-    last = ckpt.load_checkpoint(ckpt.list_step_checkpoints(run)[-1])
+    last = ckpt.load_checkpoint(rundir.list_step_checkpoints(run)[-1])
     prog, hist = last["progress"], last["progress"]["history"]
     from gptcli.config import ModelConfig
 
@@ -492,7 +493,7 @@ def test_info_shows_config_params_progress_and_losses(run):
     assert f"epoch 2 of 2 done, step {prog['step']:,}, {prog['tokens_seen']:,} tokens seen" in text
     assert f"train {hist[-1]['train_loss']:.3f}, val {hist[-1]['val_loss']:.3f} (step {hist[-1]['step']})" in text
     assert "kind:          training" in text and "\nmodel:\n  vocab_size: 50257\n" in text and "\ntrain:\n" in text
-    data = json.loads(invoke("info", str(ckpt.list_step_checkpoints(run)[-1]), "--json").output)
+    data = json.loads(invoke("info", str(rundir.list_step_checkpoints(run)[-1]), "--json").output)
     assert data["parameters"] == params and data["step"] == prog["step"] and data["epoch"] == 2
     assert data["tokens_seen"] == prog["tokens_seen"] and data["last_eval"] == hist[-1]
     assert data["model_config"] == last["model_config"] and data["train_config"]["lr"] == 0.001
@@ -536,7 +537,7 @@ def test_runs_lists_runs_with_last_losses(run, tmp_path, monkeypatch):
     assert row[:6] == [
         "runs/first",
         "2/2",
-        str(ckpt.load_checkpoint(ckpt.list_step_checkpoints(run)[-1])["progress"]["step"]),
+        str(ckpt.load_checkpoint(rundir.list_step_checkpoints(run)[-1])["progress"]["step"]),
         f"{evals[-1]['tokens_seen']:,}",
         f"{evals[-1]['train_loss']:.3f}",
         f"{evals[-1]['val_loss']:.3f}",
@@ -550,9 +551,9 @@ def test_runs_lists_runs_with_last_losses(run, tmp_path, monkeypatch):
 
 def test_runs_and_plot_do_not_import_torch(run, tmp_path):
     code = (
-        "import sys\nfrom gptcli import runner\n"
-        f"runner.runs_command({str(run.parent)!r})\n"
-        f"runner.plot_command([{str(run)!r}], output=None, terminal=True)\n"
+        "import sys\nfrom gptcli.commands import runs\n"
+        f"runs.runs_command({str(run.parent)!r})\n"
+        f"runs.plot_command([{str(run)!r}], output=None, terminal=True)\n"
         "print('TORCH', 'torch' in sys.modules)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
@@ -600,11 +601,11 @@ def test_interactive_sampling_in_a_terminal(run):
 
 
 def test_interactive_sampling_keeps_the_model_loaded(run, monkeypatch, capsys):
-    from gptcli import runner
+    from gptcli.commands import sample
 
     loads = []
-    real = runner.load_model_for_inference
-    monkeypatch.setattr(runner, "load_model_for_inference", lambda *a, **k: loads.append(1) or real(*a, **k))
+    real = sample.load_model_for_inference
+    monkeypatch.setattr(sample, "load_model_for_inference", lambda *a, **k: loads.append(1) or real(*a, **k))
     lines = iter(
         [
             "Every effort moves you",
@@ -618,19 +619,20 @@ def test_interactive_sampling_keeps_the_model_loaded(run, monkeypatch, capsys):
             "never read",
         ]
     )
-    n = runner.interactive_sample(checkpoint=run, max_new_tokens=6, stream=False, input_fn=lambda _prompt: next(lines))
+    n = sample.interactive_sample(checkpoint=run, max_new_tokens=6, stream=False, input_fn=lambda _prompt: next(lines))
     assert n == 3 and len(loads) == 1
     out = capsys.readouterr().out.splitlines()
     assert [len(line) > 0 for line in out] == [True] * 3
     assert out[0].startswith("Every effort moves you") and out[1].startswith("I had") and out[2].startswith("Hello")
     # the same greedy continuation as a one-shot `gptcli sample`
-    one_shot = runner.sample_command(checkpoint=run, prompts=["Every effort moves you"], max_new_tokens=6, stream=False)
+    one_shot = sample.sample_command(checkpoint=run, prompts=["Every effort moves you"], max_new_tokens=6, stream=False)
     capsys.readouterr()
     assert out[0] == one_shot[0]
 
 
 def test_interactive_ctrl_c_stops_one_generation(run, monkeypatch, capsys):
-    from gptcli import generation, runner
+    from gptcli import inference
+    from gptcli.commands import sample
 
     calls = []
 
@@ -640,8 +642,8 @@ def test_interactive_ctrl_c_stops_one_generation(run, monkeypatch, capsys):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    real = generation.generate
-    monkeypatch.setattr(generation, "generate", interrupted)
+    real = inference.generate
+    monkeypatch.setattr(inference, "generate", interrupted)
     lines = iter(["first", "second"])
 
     def read(_prompt):
@@ -650,7 +652,7 @@ def test_interactive_ctrl_c_stops_one_generation(run, monkeypatch, capsys):
         except StopIteration:
             raise EOFError from None
 
-    assert runner.interactive_sample(checkpoint=run, max_new_tokens=2, stream=False, input_fn=read) == 1
+    assert sample.interactive_sample(checkpoint=run, max_new_tokens=2, stream=False, input_fn=read) == 1
     captured = capsys.readouterr()
     assert "(stopped)" in captured.err and captured.out.splitlines()[-1].startswith("second")
 

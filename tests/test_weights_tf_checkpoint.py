@@ -10,6 +10,8 @@ import pytest
 from gptcli.errors import CheckpointError
 from gptcli.weights import tf_checkpoint as tfc
 
+from .weights_helpers import mask_crc, write_bundle
+
 TF_WRITTEN = Path(__file__).parent / "weights_data" / "tf_written"
 
 
@@ -30,13 +32,13 @@ def test_crc32c_and_mask():
     assert tfc.crc32c(b"123456789") == 0xE3069283  # the standard check value
     assert tfc.crc32c(bytearray(b"123456789")) == 0xE3069283
     for v in (0, 1, 0xE3069283, 0xFFFFFFFF):
-        assert tfc.unmask_crc(tfc.mask_crc(v)) == v
+        assert tfc.unmask_crc(mask_crc(v)) == v
 
 
 @pytest.mark.parametrize("block_size", [64, 262144])
 def test_write_then_read_round_trip(tmp_path, block_size):
     tensors = _sample_tensors()
-    tfc.write_bundle(tmp_path / "model.ckpt", tensors, block_size=block_size)
+    write_bundle(tmp_path / "model.ckpt", tensors, block_size=block_size)
     with tfc.BundleReader(tmp_path / "model.ckpt") as r:
         assert r.names() == sorted(tensors)
         for name, value in tensors.items():
@@ -58,7 +60,7 @@ def test_reads_a_checkpoint_tensorflow_wrote():
 
 
 def test_find_prefix(tmp_path):
-    tfc.write_bundle(tmp_path / "model.ckpt", {"a": np.ones(2, np.float32)})
+    write_bundle(tmp_path / "model.ckpt", {"a": np.ones(2, np.float32)})
     (tmp_path / "checkpoint").write_text('model_checkpoint_path: "/elsewhere/model.ckpt"\n')
     prefix = tmp_path / "model.ckpt"
     assert tfc.find_prefix(tmp_path) == prefix  # an absolute path from another machine
@@ -70,7 +72,7 @@ def test_find_prefix(tmp_path):
 
 def test_flipped_byte_in_data_names_the_tensor(tmp_path):
     tensors = _sample_tensors()
-    tfc.write_bundle(tmp_path / "model.ckpt", tensors)
+    write_bundle(tmp_path / "model.ckpt", tensors)
     with tfc.BundleReader(tmp_path / "model.ckpt") as r:
         victim = r.entries["model/h7/mlp/c_fc/w"]
     data = tfc.data_file(tmp_path / "model.ckpt")
@@ -84,7 +86,7 @@ def test_flipped_byte_in_data_names_the_tensor(tmp_path):
 
 
 def test_truncated_data_names_the_tensor(tmp_path):
-    tfc.write_bundle(tmp_path / "model.ckpt", _sample_tensors())
+    write_bundle(tmp_path / "model.ckpt", _sample_tensors())
     data = tfc.data_file(tmp_path / "model.ckpt")
     with tfc.BundleReader(tmp_path / "model.ckpt") as r:
         last = max(r.entries.values(), key=lambda e: e.offset + e.size)
@@ -97,7 +99,7 @@ def test_truncated_data_names_the_tensor(tmp_path):
 
 
 def test_corrupt_index_is_a_clear_error(tmp_path):
-    tfc.write_bundle(tmp_path / "model.ckpt", _sample_tensors(), block_size=64)
+    write_bundle(tmp_path / "model.ckpt", _sample_tensors(), block_size=64)
     index = tmp_path / "model.ckpt.index"
     raw = bytearray(index.read_bytes())
     raw[20] ^= 0xFF
@@ -113,7 +115,7 @@ def test_tensorflow_reads_what_we_write_and_we_read_what_it_writes(tmp_path):
     """An independent implementation on both sides: TensorFlow's own reader and writer."""
     tf = pytest.importorskip("tensorflow", reason="optional: pip install 'gptcli[tf]'")
     tensors = _sample_tensors()
-    tfc.write_bundle(tmp_path / "ours", tensors, block_size=64)  # many blocks and restarts
+    write_bundle(tmp_path / "ours", tensors, block_size=64)  # many blocks and restarts
     listed = dict(tf.train.list_variables(str(tmp_path / "ours")))
     assert sorted(listed) == sorted(tensors)
     for name, value in tensors.items():
@@ -136,7 +138,7 @@ def test_tensorflow_reads_what_we_write_and_we_read_what_it_writes(tmp_path):
 def test_tensorflow_flags_our_crc_too(tmp_path):
     """TensorFlow checks the CRC we wrote: a flipped byte fails in its reader as in ours."""
     tf = pytest.importorskip("tensorflow", reason="optional: pip install 'gptcli[tf]'")
-    tfc.write_bundle(tmp_path / "m", {"model/w": np.arange(64, dtype=np.float32)})
+    write_bundle(tmp_path / "m", {"model/w": np.arange(64, dtype=np.float32)})
     data = tfc.data_file(tmp_path / "m")
     raw = bytearray(data.read_bytes())
     raw[9] ^= 0x10

@@ -1,5 +1,6 @@
-"""Helpers for the weights tests: OpenAI-layout checkpoints written offline, reference models,
-and a loopback HTTP server that injects faults."""
+"""Helpers for the weights tests: OpenAI-layout checkpoints written offline (with a TensorFlow
+checkpoint writer: the library only reads them), reference models, and a loopback HTTP server
+that injects faults."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -17,8 +19,8 @@ import numpy as np
 import torch
 
 from gptcli.config import ModelConfig
-from gptcli.weights.openai import hparams_from_config, openai_shapes
-from gptcli.weights.tf_checkpoint import write_bundle
+from gptcli.weights.openai import openai_shapes
+from gptcli.weights.tf_checkpoint import DTYPES, HEADER_KEY, TABLE_MAGIC, TensorEntry, crc32c, data_file
 
 ASSETS = Path(__file__).resolve().parents[1] / "gptcli" / "assets"
 # The book's closing example on downloaded weights, as a user types it.
@@ -37,6 +39,146 @@ BOOK_SAMPLE = (
 TINY_OPENAI = dict(
     vocab_size=50257, context_length=16, emb_dim=32, n_heads=4, n_layers=2, qkv_bias=True, tie_weights=True
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# A TensorFlow V2 checkpoint writer (TensorFlow reads what it writes): the inverse of
+# gptcli.weights.tf_checkpoint, so the tests build OpenAI's files offline
+
+_DTYPE_CODES = {dt: code for code, dt in DTYPES.items()}
+
+
+def mask_crc(crc: int) -> int:
+    """LevelDB's mask: a CRC stored next to data that itself contains CRCs stays distinguishable."""
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        n &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field(no: int, wire: int, payload: bytes | int) -> bytes:
+    tag = _varint((no << 3) | wire)
+    if wire == 0:
+        return tag + _varint(int(payload))
+    if wire == 5:
+        return tag + struct.pack("<I", int(payload))
+    assert isinstance(payload, bytes)
+    return tag + _varint(len(payload)) + payload
+
+
+def _entry_bytes(e: TensorEntry) -> bytes:
+    shape = b"".join(_field(2, 2, _field(1, 0, d) if d else b"") for d in e.shape)
+    out = _field(1, 0, e.dtype_code) + _field(2, 2, shape)
+    if e.shard_id:
+        out += _field(3, 0, e.shard_id)
+    if e.offset:
+        out += _field(4, 0, e.offset)
+    if e.size:
+        out += _field(5, 0, e.size)
+    return out + _field(6, 5, e.crc32c)
+
+
+class _BlockBuilder:
+    def __init__(self, restart_interval: int):
+        self.restart_interval = restart_interval
+        self.buf = bytearray()
+        self.restarts = [0]
+        self.count = 0
+        self.last_key = b""
+
+    def add(self, key: bytes, value: bytes) -> None:
+        shared = 0
+        if self.count < self.restart_interval:
+            n = min(len(key), len(self.last_key))
+            while shared < n and key[shared] == self.last_key[shared]:
+                shared += 1
+        else:
+            self.restarts.append(len(self.buf))
+            self.count = 0
+        self.buf += _varint(shared) + _varint(len(key) - shared) + _varint(len(value)) + key[shared:] + value
+        self.last_key = key
+        self.count += 1
+
+    def size(self) -> int:
+        return len(self.buf) + 4 * len(self.restarts) + 4
+
+    def finish(self) -> bytes:
+        return (
+            bytes(self.buf)
+            + b"".join(struct.pack("<I", r) for r in self.restarts)
+            + struct.pack("<I", len(self.restarts))
+        )
+
+
+def write_table(items: list[tuple[bytes, bytes]], *, block_size: int = 262144, restart_interval: int = 16) -> bytes:
+    """An uncompressed SSTable of sorted ``items`` (TensorFlow's bundle writer settings by default)."""
+    out = bytearray()
+
+    def emit(block: bytes) -> bytes:
+        handle = _varint(len(out)) + _varint(len(block))
+        out.extend(block + b"\x00" + struct.pack("<I", mask_crc(crc32c(block + b"\x00"))))
+        return handle
+
+    index = _BlockBuilder(1)
+    block = _BlockBuilder(restart_interval)
+    for key, value in items:
+        block.add(key, value)
+        if block.size() >= block_size:
+            # The block's last key separates it from the next one: every key in it is <= it.
+            index.add(block.last_key, emit(block.finish()))
+            block = _BlockBuilder(restart_interval)
+    if block.count or not index.count:
+        index.add(block.last_key, emit(block.finish()))
+    meta_handle = emit(_BlockBuilder(restart_interval).finish())
+    index_handle = emit(index.finish())
+    footer = (meta_handle + index_handle).ljust(40, b"\x00") + struct.pack("<Q", TABLE_MAGIC)
+    return bytes(out + footer)
+
+
+def write_bundle(prefix: str | Path, tensors: Mapping[str, np.ndarray], *, block_size: int = 262144) -> None:
+    """Write ``tensors`` as a one-shard TensorFlow V2 checkpoint at ``prefix`` (.index and .data)."""
+    entries = []
+    offset = 0
+    with open(data_file(prefix), "wb") as f:
+        for name in sorted(tensors):
+            arr = np.asarray(tensors[name])
+            dt = arr.dtype.newbyteorder("<")
+            code = _DTYPE_CODES.get(dt)
+            if code is None:
+                raise ValueError(f"{name}: dtype {arr.dtype} cannot be written")
+            raw = arr.astype(dt, copy=False).tobytes(order="C")
+            f.write(raw)
+            entries.append(TensorEntry(name, code, tuple(arr.shape), 0, offset, len(raw), mask_crc(crc32c(raw))))
+            offset += len(raw)
+    header = _field(1, 0, 1) + _field(3, 2, _field(1, 0, 1))  # one shard, little-endian, producer 1
+    items = [(HEADER_KEY, header)] + [(e.name.encode("utf-8"), _entry_bytes(e)) for e in entries]
+    Path(f"{prefix}.index").write_bytes(write_table(items, block_size=block_size))
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI's layout
+
+
+def hparams_from_config(cfg: ModelConfig) -> dict[str, int]:
+    """OpenAI's hparams.json for this shape: the inverse of ``openai.config_from_hparams``."""
+    return {
+        "n_vocab": cfg.vocab_size,
+        "n_ctx": cfg.context_length,
+        "n_embd": cfg.emb_dim,
+        "n_head": cfg.n_heads,
+        "n_layer": cfg.n_layers,
+    }
 
 
 def tiny_openai_cfg(**overrides) -> ModelConfig:

@@ -1,29 +1,23 @@
-"""Importing and exporting weights: OpenAI's GPT-2 files, Hugging Face and the book's checkpoints."""
+"""Importing and exporting weights: OpenAI's GPT-2 files, Hugging Face and the book's checkpoints.
+
+This package owns where downloaded GPT-2 weights live (``$GPTCLI_HOME/gpt2/<size>``) and how a
+``--model`` name resolves to a converted checkpoint; its modules own the formats: ``download``
+(fetching OpenAI's files), ``tf_checkpoint`` (reading them), ``openai``, ``hf`` and ``book`` (the
+name maps), ``convert`` (routing a file to its map) and ``common`` (what the maps share). Nothing
+here prints: ``gptcli.commands.weights`` reports.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from gptcli.errors import CheckpointError
+from gptcli.paths import gptcli_home
 
 SIZES = ("124M", "355M", "774M", "1558M")
 CONVERTED_NAME = "model.pth"
-# OpenAI's seven files per size, and the one that gives the model's shape.
-OPENAI_FILES = (
-    "checkpoint",
-    "encoder.json",
-    "hparams.json",
-    "model.ckpt.data-00000-of-00001",
-    "model.ckpt.index",
-    "model.ckpt.meta",
-    "vocab.bpe",
-)
+# The file of OpenAI's seven per size that gives the model's shape.
 HPARAMS = "hparams.json"
-
-
-def gptcli_home() -> Path:
-    """Per-user cache: $GPTCLI_HOME, else ~/.cache/gptcli."""
-    env = os.environ.get("GPTCLI_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "gptcli"
 
 
 def gpt2_dir(size: str) -> Path:
@@ -38,8 +32,6 @@ def model_name_to_size(name: str) -> str | None:
 
 def resolve_model(name: str) -> Path:
     """A converted checkpoint for ``--model``/``--init``: a path, or a GPT-2 size name."""
-    from gptcli.errors import CheckpointError
-
     p = Path(name)
     if p.exists():
         return p

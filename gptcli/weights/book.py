@@ -16,15 +16,16 @@ from typing import Any
 
 import torch
 
+from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig, TrainConfig
-from gptcli.errors import CheckpointError, UsageError
+from gptcli.errors import CheckpointError, DataError, UsageError
 from gptcli.weights.common import (
     Progress,
     check_tensors,
     gptcli_param_names,
     gptcli_shapes,
     pad_rows,
-    weights_checkpoint,
+    save_checkpoint,
 )
 
 _QKV = ("W_query", "W_key", "W_value")
@@ -224,8 +225,6 @@ def load_book_file(src: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
         raise CheckpointError(f"{src}: not a readable PyTorch file ({reason[:160]})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{src}: expected a state dict or a dict with model_state_dict, got {type(obj).__name__}")
-    from gptcli import checkpoint as ckpt
-
     if obj.get("format") == ckpt.FORMAT:
         raise CheckpointError(f"{src}: is already a gptcli checkpoint")
     if "model_state_dict" in obj:
@@ -244,8 +243,6 @@ def convert_book(
 ) -> Path:
     """Write the book's checkpoint as a gptcli one: ``kind: training`` when it has optimizer state
     (``gptcli resume OUT`` continues it on ``data``), else weights only (``train --init OUT``)."""
-    from gptcli.weights.common import save_checkpoint
-
     source = str(src)
     sd, opt = load_book_file(src)
     cfg = infer_config(sd, n_heads=n_heads, drop_rate=drop_rate, source=source)
@@ -256,24 +253,23 @@ def convert_book(
                 f"invalid --data: {source} holds no optimizer state, so there is no run to resume; "
                 f"start one with: gptcli train FILE --init OUT.pth"
             )
-        return save_checkpoint(weights_checkpoint(cfg, state, source="book"), out)
+        return save_checkpoint(ckpt.weights_checkpoint(cfg, state, source="book"), out)
     optimizer = optimizer_to_gptcli(opt, cfg, source=source)
     group = optimizer["param_groups"][0]
     paths = []
     for p in data or []:
         if not Path(p).exists():
-            from gptcli.errors import DataError
-
             raise DataError(f"invalid --data: {p}: file not found")
         paths.append(str(Path(p).resolve()))
     train = TrainConfig(lr=float(group.get("lr", 4e-4)), weight_decay=float(group.get("weight_decay", 0.1)), data=paths)
-    obj = {
-        **weights_checkpoint(cfg, state, source="book"),
-        "kind": "training",
-        "optimizer_state_dict": optimizer,
-        "train_config": train.to_dict(),
+    obj = ckpt.training_checkpoint(
+        cfg,
+        train.to_dict(),
+        state,
+        optimizer_state=optimizer,
         # The notebook's own progress is not in its file: the run continues as a fresh one whose
         # optimizer remembers its steps (AdamW's bias correction goes on from there).
-        "progress": {"epoch": 0, "step": 0, "tokens_seen": 0, "best_val": math.inf},
-    }
+        progress={"epoch": 0, "step": 0, "tokens_seen": 0, "best_val": math.inf},
+        source="book",
+    )
     return save_checkpoint(obj, out)

@@ -1,17 +1,17 @@
-"""What every converter shares: the expected gptcli tensors of a config, shape checks that name
-each tensor, padding the vocabulary, and writing a weights-only checkpoint."""
+"""What every converter shares: the gptcli tensors a config expects, shape checks that name each
+tensor, padding the vocabulary, and the final check-and-save of a converted checkpoint."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+
+from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError
-
-if TYPE_CHECKING:
-    import torch
 
 # (done, total) after each tensor: drives the CLI's progress bar.
 Progress = Callable[[int, int], None]
@@ -79,8 +79,6 @@ def check_tensors(
 
 def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     """``t`` with zero rows appended up to ``rows``: the padded vocabulary is never predicted."""
-    import torch
-
     if t.shape[0] == rows:
         return t.contiguous()
     out = torch.zeros((rows, *t.shape[1:]), dtype=t.dtype)
@@ -88,24 +86,9 @@ def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return out
 
 
-def weights_checkpoint(cfg: ModelConfig, state: dict[str, torch.Tensor], **extra: Any) -> dict[str, Any]:
-    from gptcli import checkpoint as ckpt
-
-    return {
-        "format": ckpt.FORMAT,
-        "version": ckpt.VERSION,
-        "kind": "weights",
-        "model_config": cfg.to_dict(),
-        "model_state_dict": state,
-        **extra,
-    }
-
-
 def save_checkpoint(obj: dict[str, Any], out: str | Path) -> Path:
     """Check the state against the config once more, then save atomically."""
-    from gptcli import checkpoint as ckpt
-
-    cfg = ModelConfig.from_dict(dict(obj["model_config"]))
+    cfg = ckpt.read_model_config(obj, out)
     state = obj["model_state_dict"]
     check_tensors({k: tuple(v.shape) for k, v in state.items()}, gptcli_shapes(cfg), source=str(out))
     return ckpt.atomic_save(obj, out)

@@ -11,17 +11,21 @@ from pathlib import Path
 
 import torch
 
+from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError, UsageError
+from gptcli.rundir import is_run_dir
+from gptcli.weights import CONVERTED_NAME, model_name_to_size, resolve_model
+from gptcli.weights.book import book_to_gptcli, convert_book, infer_config, load_book_file
 from gptcli.weights.common import Progress, check_tensors, gptcli_shapes
+from gptcli.weights.hf import convert_hf, export_hf
+from gptcli.weights.openai import convert_openai, load_openai
 
 SOURCES = ("openai", "hf", "book", "gptcli")
 TARGETS = ("gptcli", "hf")
 
 
 def _is_gptcli_file(path: Path) -> bool:
-    from gptcli import checkpoint as ckpt
-
     try:
         with zipfile.ZipFile(path) as z:
             if not any(n.endswith("/data.pkl") for n in z.namelist()):
@@ -34,8 +38,6 @@ def _is_gptcli_file(path: Path) -> bool:
 
 def detect_format(src: Path) -> str:
     """openai, hf, book or gptcli, from the files' names (and for a .pth, its format marker)."""
-    from gptcli.checkpoint import is_run_dir
-
     if src.is_dir():
         if (src / "hparams.json").is_file() or list(src.glob("*.index")):
             return "openai"
@@ -63,8 +65,6 @@ def default_output(src: Path, source: str, target: str) -> Path:
         base = src if src.is_dir() else src.with_suffix("")
         return base.with_name(base.name + "-hf")
     if source == "openai":
-        from gptcli.weights import CONVERTED_NAME
-
         return (src if src.is_dir() else src.parent) / CONVERTED_NAME
     if source == "hf":
         return (src if src.is_dir() else src.parent) / "gptcli-model.pth"
@@ -72,14 +72,9 @@ def default_output(src: Path, source: str, target: str) -> Path:
 
 
 def _load_gptcli(src: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    from gptcli.checkpoint import load_checkpoint, resolve_checkpoint
-
-    path = resolve_checkpoint(src)
-    obj = load_checkpoint(path)
-    try:
-        cfg = ModelConfig.from_dict(dict(obj["model_config"]), where=f"{path}: model_config")
-    except UsageError as e:
-        raise CheckpointError(str(e)) from None
+    path = ckpt.resolve_checkpoint(src)
+    obj = ckpt.load_checkpoint(path)
+    cfg = ckpt.read_model_config(obj, path)
     state = obj["model_state_dict"]
     check_tensors({k: tuple(v.shape) for k, v in state.items()}, gptcli_shapes(cfg), source=str(path))
     return cfg, state
@@ -104,8 +99,6 @@ def convert(
     if source is not None and source not in SOURCES:
         raise UsageError(f"invalid --from: {source!r} (choose from openai, hf, book)")
     if not src.exists():
-        from gptcli.weights import model_name_to_size, resolve_model
-
         if model_name_to_size(str(src)) is None:
             raise CheckpointError(f"{src}: not found")
         src, source = resolve_model(str(src)), source or "gptcli"  # gpt2-124M: the converted cache file
@@ -120,16 +113,10 @@ def convert(
 
     if target == "gptcli":
         if source == "openai":
-            from gptcli.weights.openai import convert_openai
-
             return convert_openai(src, out_path, reader=reader, on_progress=on_progress)
         if source == "hf":
-            from gptcli.weights.hf import convert_hf
-
             return convert_hf(src, out_path, on_progress=on_progress)
         if source == "book":
-            from gptcli.weights.book import convert_book
-
             return convert_book(src, out_path, n_heads=n_heads, drop_rate=drop_rate, data=data, on_progress=on_progress)
         raise UsageError(f"{src}: is already a gptcli checkpoint (use --to hf to export it)")
 
@@ -137,17 +124,11 @@ def convert(
     if source == "gptcli":
         cfg, state = _load_gptcli(src)
     elif source == "openai":
-        from gptcli.weights.openai import load_openai
-
         cfg, state = load_openai(src, reader=reader, on_progress=on_progress)
     elif source == "book":
-        from gptcli.weights.book import book_to_gptcli, infer_config, load_book_file
-
         sd, _ = load_book_file(src)
         cfg = infer_config(sd, n_heads=n_heads, drop_rate=drop_rate, source=str(src))
         state = book_to_gptcli(sd, cfg, source=str(src), on_progress=on_progress)
     else:
         raise UsageError(f"{src}: is already in Hugging Face's format")
-    from gptcli.weights.hf import export_hf
-
     return export_hf(cfg, state, out_path, on_progress=on_progress)

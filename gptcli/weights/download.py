@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptcli.errors import DownloadError, UsageError
-from gptcli.weights import HPARAMS, OPENAI_FILES, SIZES
+from gptcli.weights import HPARAMS, SIZES, gpt2_dir
+from gptcli.weights.openai import data_size, read_hparams
 
 PRIMARY_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 MIRROR_URL = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"
@@ -47,9 +48,9 @@ KNOWN_SIZES: dict[str, dict[str, int]] = {
 }
 # GPT-2's tokenizer is the same for every size; a mirror with other bytes here is broken.
 TOKENIZER_SIZES = {"encoder.json": 1_042_301, "vocab.bpe": 456_318}
-# hparams.json first: the data file's expected size is computed from it. The big file last.
-ORDER = ("hparams.json", "checkpoint", "encoder.json", "vocab.bpe", "model.ckpt.index", "model.ckpt.meta", DATA_FILE)
-assert sorted(ORDER) == sorted(OPENAI_FILES)
+# OpenAI's seven files per size, in download order: hparams.json first (the data file's expected
+# size is computed from it), the big file last.
+ORDER = (HPARAMS, "checkpoint", "encoder.json", "vocab.bpe", "model.ckpt.index", "model.ckpt.meta", DATA_FILE)
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 CHUNK = 1 << 20
@@ -136,8 +137,6 @@ def expected_size(size: str, name: str, url: str, directory: Path | None = None)
     if name in TOKENIZER_SIZES:
         return TOKENIZER_SIZES[name]
     if name == DATA_FILE and directory is not None and (directory / HPARAMS).is_file():
-        from gptcli.weights.openai import data_size, read_hparams
-
         try:
             return data_size(read_hparams(directory))
         except Exception:  # a broken hparams.json is reported by the conversion, with its name
@@ -407,8 +406,6 @@ def download_gpt2(
     """Fetch OpenAI's seven files of one GPT-2 size into ``directory`` (default: the cache).
 
     Files already complete are not requested again. Returns the directory."""
-    from gptcli.weights import gpt2_dir
-
     if size not in SIZES:
         raise UsageError(f"invalid --size: {size!r} (choose from {', '.join(SIZES)})")
     out = Path(directory) if directory is not None else gpt2_dir(size)

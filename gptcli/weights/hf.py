@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import json
 import shutil
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError, UsageError
-from gptcli.weights.common import Progress, check_tensors, gptcli_shapes, pad_rows, weights_checkpoint
+from gptcli.weights.common import Progress, check_tensors, gptcli_shapes, pad_rows, save_checkpoint
 
 CONFIG = "config.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# The only two differences from our layout: Conv1D weights are (in, out) where ours are (out, in),
+# and HF's vocabulary is not padded.
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_VOCAB = ("wte.weight", "lm_head.weight")
 # Attention-mask buffers that older transformers versions saved with the weights.
 _BUFFERS = (".attn.bias", ".attn.masked_bias")
 
@@ -85,17 +92,24 @@ def hf_config(cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
+def _relayout(name: str, t: torch.Tensor, cfg: ModelConfig, *, to_hf: bool) -> torch.Tensor:
+    """Tensor ``name`` in the other layout: Conv1D weights transposed (the same either way), the
+    vocabulary rows cut to ``vocab_size`` (to HF) or zero-padded to ``padded_vocab_size`` (to us)."""
+    if name.endswith(_CONV1D):
+        t = t.t()
+    if name in _VOCAB:
+        t = t[: cfg.vocab_size] if to_hf else pad_rows(t, cfg.padded_vocab_size)
+    return t.contiguous()
+
+
 def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """HF's tensors (without the ``transformer.`` prefix) and their shapes."""
     shapes = {}
     for name, shape in gptcli_shapes(cfg).items():
         if name == "lm_head.weight" and cfg.tie_weights:
             continue
-        if name in ("wte.weight", "lm_head.weight"):
-            shape = (cfg.vocab_size, cfg.emb_dim)
-        elif name.endswith(_CONV1D):
-            shape = (shape[1], shape[0])
-        shapes[name] = shape
+        meta = torch.empty(shape, device="meta")  # shapes only: no memory
+        shapes[name] = tuple(_relayout(name, meta, cfg, to_hf=True).shape)
     if not cfg.qkv_bias:
         for i in range(cfg.n_layers):
             shapes[f"h.{i}.attn.c_attn.bias"] = (3 * cfg.emb_dim,)
@@ -131,8 +145,6 @@ class _Source:
                 for k, v in self._bin.items():
                     self._where[_strip(k)] = (path, k)
                     self._shapes[_strip(k)] = tuple(v.shape)
-            from safetensors import safe_open
-
             for f in files:
                 with safe_open(str(f), framework="pt") as st:
                     for k in st.keys():
@@ -152,8 +164,6 @@ class _Source:
         f, key = self._where[name]
         if self._bin:
             return self._bin[key]
-        from safetensors import safe_open
-
         with safe_open(str(f), framework="pt") as st:
             return st.get_tensor(key)
 
@@ -191,12 +201,7 @@ def load_hf(src: str | Path, *, on_progress: Progress | None = None) -> tuple[Mo
     check_tensors(available, expected, source=str(weights), ignore=lambda n: n.endswith(_BUFFERS))
     state: dict[str, torch.Tensor] = {}
     for done, name in enumerate(expected, 1):
-        t = source.get(name).float()
-        if name.endswith(_CONV1D):
-            t = t.t()
-        if name in ("wte.weight", "lm_head.weight"):
-            t = pad_rows(t, cfg.padded_vocab_size)
-        state[name] = t.contiguous()
+        state[name] = _relayout(name, source.get(name).float(), cfg, to_hf=False)
         if on_progress is not None:
             on_progress(done, len(expected))
     if cfg.tie_weights:
@@ -205,10 +210,8 @@ def load_hf(src: str | Path, *, on_progress: Progress | None = None) -> tuple[Mo
 
 
 def convert_hf(src: str | Path, out: str | Path, *, on_progress: Progress | None = None) -> Path:
-    from gptcli.weights.common import save_checkpoint
-
     cfg, state = load_hf(src, on_progress=on_progress)
-    return save_checkpoint(weights_checkpoint(cfg, state, source="huggingface"), out)
+    return save_checkpoint(ckpt.weights_checkpoint(cfg, state, source="huggingface"), out)
 
 
 def hf_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -219,12 +222,8 @@ def hf_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str,
             t = torch.zeros(3 * cfg.emb_dim)  # no qkv bias is a zero bias
         else:
             t = state[name].detach().float().cpu()
-        if name.endswith(_CONV1D):
-            t = t.t()
-        if name in ("wte.weight", "lm_head.weight"):
-            t = t[: cfg.vocab_size]
         prefix = "" if name == "lm_head.weight" else "transformer."
-        out[prefix + name] = t.contiguous()
+        out[prefix + name] = _relayout(name, t, cfg, to_hf=True)
     return out
 
 
@@ -233,8 +232,6 @@ def export_hf(
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and the tokenizer's files into ``out_dir``,
     so ``GPT2LMHeadModel.from_pretrained(out_dir)`` (and ``GPT2TokenizerFast``) load it."""
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"invalid --output: {out_dir} is a file; --to hf writes a directory")
@@ -251,8 +248,6 @@ def export_hf(
     (out_dir / CONFIG).write_text(json.dumps(hf_config(cfg), indent=2) + "\n", encoding="utf-8")
     # GPT-2's tokenizer files under Hugging Face's names: encoder.json is vocab.json and
     # vocab.bpe is merges.txt.
-    from importlib import resources
-
     assets = resources.files("gptcli.assets")
     for src_name, dst_name in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
         with resources.as_file(assets / src_name) as src_path:

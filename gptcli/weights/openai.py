@@ -1,4 +1,4 @@
-"""OpenAI's GPT-2 TensorFlow checkpoints <-> gptcli's state dict.
+"""OpenAI's GPT-2 TensorFlow checkpoints -> gptcli: their variables' shapes and names, and the import.
 
 OpenAI's layout (``model/h3/attn/c_attn/w`` ...) is GPT-2's original one: the same names as
 ours, but each projection is a 1x1 convolution, ``[1, in, out]``, where ours is an
@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
+from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
-from gptcli.errors import CheckpointError
-from gptcli.weights import HPARAMS, OPENAI_FILES
-from gptcli.weights.common import Progress, check_tensors, pad_rows, weights_checkpoint
-
-if TYPE_CHECKING:
-    import torch
-
-FILES = OPENAI_FILES
+from gptcli.errors import CheckpointError, UsageError
+from gptcli.weights import HPARAMS
+from gptcli.weights.common import Progress, check_tensors, gptcli_shapes, pad_rows, save_checkpoint
+from gptcli.weights.tf_checkpoint import open_checkpoint
 
 
 def config_from_hparams(hp: dict, *, where: str = HPARAMS) -> ModelConfig:
@@ -36,22 +33,10 @@ def config_from_hparams(hp: dict, *, where: str = HPARAMS) -> ModelConfig:
         }
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: needs integer n_vocab, n_ctx, n_embd, n_head and n_layer ({e})") from None
-    from gptcli.errors import UsageError
-
     try:
         return ModelConfig(**shape, qkv_bias=True, tie_weights=True)
     except UsageError as e:
         raise CheckpointError(f"{where}: {e}") from None
-
-
-def hparams_from_config(cfg: ModelConfig) -> dict[str, int]:
-    return {
-        "n_vocab": cfg.vocab_size,
-        "n_ctx": cfg.context_length,
-        "n_embd": cfg.emb_dim,
-        "n_head": cfg.n_heads,
-        "n_layer": cfg.n_layers,
-    }
 
 
 def openai_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -116,10 +101,6 @@ def load_openai(
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Read an OpenAI GPT-2 checkpoint (a directory, or a prefix beside hparams.json) into a
     gptcli config and state dict. Every tensor is read once and kept once."""
-    import torch
-
-    from gptcli.weights.tf_checkpoint import open_checkpoint
-
     src = Path(src)
     with open_checkpoint(src, reader) as r:
         cfg = read_hparams(src if src.is_dir() else r.prefix.parent)
@@ -138,36 +119,11 @@ def load_openai(
             if on_progress is not None:
                 on_progress(done, len(order))
     state["lm_head.weight"] = state["wte.weight"]  # tied: one tensor, saved once
-    from gptcli.weights.common import gptcli_shapes
-
     return cfg, {k: state[k] for k in gptcli_shapes(cfg)}
 
 
 def convert_openai(
     src: str | Path, out: str | Path, *, reader: str = "builtin", on_progress: Progress | None = None
 ) -> Path:
-    from gptcli.weights.common import save_checkpoint
-
     cfg, state = load_openai(src, reader=reader, on_progress=on_progress)
-    return save_checkpoint(weights_checkpoint(cfg, state, source="openai"), out)
-
-
-def openai_tensors(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """The inverse map: a gptcli state dict in OpenAI's layout (tests write checkpoints with it)."""
-    import torch
-
-    if not cfg.tie_weights:
-        raise CheckpointError("OpenAI's layout has no separate output head; only a tied model maps onto it")
-    out = {}
-    for name, shape in openai_shapes(cfg).items():
-        ours = gptcli_name(name)
-        if ours not in state and name.endswith("c_attn/b"):
-            t = torch.zeros(shape)  # a model without qkv bias is the same as one with a zero bias
-        else:
-            t = state[ours].detach().float().cpu()
-        if name.endswith("/w"):
-            t = t.t().unsqueeze(0)
-        if name == "model/wte":
-            t = t[: cfg.vocab_size]
-        out[name] = t.contiguous().numpy()
-    return out
+    return save_checkpoint(ckpt.weights_checkpoint(cfg, state, source="openai"), out)

@@ -1,4 +1,4 @@
-"""TensorFlow checkpoints (the "V2" tensor-bundle format) read and written without TensorFlow.
+"""Reading TensorFlow checkpoints (the "V2" tensor-bundle format) without TensorFlow.
 
 A checkpoint ``PREFIX`` is two files:
 
@@ -11,26 +11,26 @@ A checkpoint ``PREFIX`` is two files:
 OpenAI's GPT-2 checkpoints are written this way (uncompressed, one shard), so a few hundred lines
 replace a 600 MB TensorFlow install. Every tensor is checked against the CRC32C in the index, so a
 corrupted or truncated download is reported with the tensor's name instead of loading garbage.
-The writer exists so the tests can build checkpoints offline; TensorFlow reads what it writes.
+(The tests build checkpoints offline with a writer of their own, tests/weights_helpers.py.)
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from gptcli.errors import CheckpointError
+from gptcli.errors import CheckpointError, UsageError
 
-_TABLE_MAGIC = 0xDB4775248B80FB57
+TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_LEN = 48  # two BlockHandles padded to 40 bytes, then the 8-byte magic
-_HEADER_KEY = b""
+HEADER_KEY = b""
 
 # tensorflow/core/framework/types.proto: the numeric dtypes a checkpoint of weights may hold.
-_DTYPES: dict[int, np.dtype] = {
+DTYPES: dict[int, np.dtype] = {
     1: np.dtype("<f4"),
     2: np.dtype("<f8"),
     3: np.dtype("<i4"),
@@ -45,7 +45,6 @@ _DTYPES: dict[int, np.dtype] = {
     23: np.dtype("<u8"),
 }
 _DTYPE_NAMES = {7: "string", 8: "complex64", 14: "bfloat16", 18: "complex128", 20: "resource", 21: "variant"}
-_DTYPE_CODES = {dt: code for code, dt in _DTYPES.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,12 +66,8 @@ def crc32c(data: bytes | bytearray | memoryview) -> int:
     return crc
 
 
-def mask_crc(crc: int) -> int:
-    """LevelDB's mask: a CRC stored next to data that itself contains CRCs stays distinguishable."""
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
-
-
 def unmask_crc(masked: int) -> int:
+    """Undo LevelDB's mask (a CRC stored next to data that itself holds CRCs is rotated and offset)."""
     rot = (masked - 0xA282EAD8) & 0xFFFFFFFF
     return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
 
@@ -94,20 +89,6 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
         if shift > 63:
             raise ValueError("varint too long")
-
-
-def _varint(n: int) -> bytes:
-    if n < 0:
-        n &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def _fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
@@ -135,16 +116,6 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
         yield field_no, wire, value
 
 
-def _field(no: int, wire: int, payload: bytes | int) -> bytes:
-    tag = _varint((no << 3) | wire)
-    if wire == 0:
-        return tag + _varint(int(payload))
-    if wire == 5:
-        return tag + struct.pack("<I", int(payload))
-    assert isinstance(payload, bytes)
-    return tag + _varint(len(payload)) + payload
-
-
 @dataclass(frozen=True)
 class TensorEntry:
     """One tensor's ``BundleEntryProto``."""
@@ -160,7 +131,7 @@ class TensorEntry:
 
     @property
     def dtype(self) -> np.dtype | None:
-        return _DTYPES.get(self.dtype_code)
+        return DTYPES.get(self.dtype_code)
 
     @property
     def dtype_name(self) -> str:
@@ -200,18 +171,6 @@ def _parse_entry(name: str, buf: bytes) -> TensorEntry:
         elif no == 7:
             kw["sliced"] = True
     return TensorEntry(name=name, **kw)
-
-
-def _entry_bytes(e: TensorEntry) -> bytes:
-    shape = b"".join(_field(2, 2, _field(1, 0, d) if d else b"") for d in e.shape)
-    out = _field(1, 0, e.dtype_code) + _field(2, 2, shape)
-    if e.shard_id:
-        out += _field(3, 0, e.shard_id)
-    if e.offset:
-        out += _field(4, 0, e.offset)
-    if e.size:
-        out += _field(5, 0, e.size)
-    return out + _field(6, 5, e.crc32c)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +216,7 @@ def read_table(data: bytes) -> Iterator[tuple[bytes, bytes]]:
     if len(data) < _FOOTER_LEN:
         raise ValueError("file too short for a table")
     footer = data[-_FOOTER_LEN:]
-    if struct.unpack_from("<Q", footer, 40)[0] != _TABLE_MAGIC:
+    if struct.unpack_from("<Q", footer, 40)[0] != TABLE_MAGIC:
         raise ValueError("no table magic number in the footer")
     _, pos = _read_varint(footer, 0)  # metaindex offset
     _, pos = _read_varint(footer, pos)  # metaindex size
@@ -268,63 +227,6 @@ def read_table(data: bytes) -> Iterator[tuple[bytes, bytes]]:
         off, p = _read_varint(handle, 0)
         size, _ = _read_varint(handle, p)
         yield from _block_entries(_read_block(data, off, size, f"data block at {off}"))
-
-
-class _BlockBuilder:
-    def __init__(self, restart_interval: int):
-        self.restart_interval = restart_interval
-        self.buf = bytearray()
-        self.restarts = [0]
-        self.count = 0
-        self.last_key = b""
-
-    def add(self, key: bytes, value: bytes) -> None:
-        shared = 0
-        if self.count < self.restart_interval:
-            n = min(len(key), len(self.last_key))
-            while shared < n and key[shared] == self.last_key[shared]:
-                shared += 1
-        else:
-            self.restarts.append(len(self.buf))
-            self.count = 0
-        self.buf += _varint(shared) + _varint(len(key) - shared) + _varint(len(value)) + key[shared:] + value
-        self.last_key = key
-        self.count += 1
-
-    def size(self) -> int:
-        return len(self.buf) + 4 * len(self.restarts) + 4
-
-    def finish(self) -> bytes:
-        return (
-            bytes(self.buf)
-            + b"".join(struct.pack("<I", r) for r in self.restarts)
-            + struct.pack("<I", len(self.restarts))
-        )
-
-
-def write_table(items: list[tuple[bytes, bytes]], *, block_size: int = 262144, restart_interval: int = 16) -> bytes:
-    """An uncompressed SSTable of sorted ``items`` (TensorFlow's bundle writer settings by default)."""
-    out = bytearray()
-
-    def emit(block: bytes) -> bytes:
-        handle = _varint(len(out)) + _varint(len(block))
-        out.extend(block + b"\x00" + struct.pack("<I", mask_crc(crc32c(block + b"\x00"))))
-        return handle
-
-    index = _BlockBuilder(1)
-    block = _BlockBuilder(restart_interval)
-    for key, value in items:
-        block.add(key, value)
-        if block.size() >= block_size:
-            # The block's last key separates it from the next one: every key in it is <= it.
-            index.add(block.last_key, emit(block.finish()))
-            block = _BlockBuilder(restart_interval)
-    if block.count or not index.count:
-        index.add(block.last_key, emit(block.finish()))
-    meta_handle = emit(_BlockBuilder(restart_interval).finish())
-    index_handle = emit(index.finish())
-    footer = (meta_handle + index_handle).ljust(40, b"\x00") + struct.pack("<Q", _TABLE_MAGIC)
-    return bytes(out + footer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,7 +282,7 @@ class BundleReader:
         self.entries: dict[str, TensorEntry] = {}
         try:
             for key, value in read_table(raw):
-                if key == _HEADER_KEY:
+                if key == HEADER_KEY:
                     for no, _, v in _fields(value):
                         if no == 1:
                             self.num_shards = int(v)  # type: ignore[arg-type]
@@ -455,26 +357,6 @@ class BundleReader:
         self.close()
 
 
-def write_bundle(prefix: str | Path, tensors: Mapping[str, np.ndarray], *, block_size: int = 262144) -> None:
-    """Write ``tensors`` as a one-shard TensorFlow V2 checkpoint at ``prefix`` (.index and .data)."""
-    entries = []
-    offset = 0
-    with open(data_file(prefix), "wb") as f:
-        for name in sorted(tensors):
-            arr = np.asarray(tensors[name])
-            dt = arr.dtype.newbyteorder("<")
-            code = _DTYPE_CODES.get(dt)
-            if code is None:
-                raise ValueError(f"{name}: dtype {arr.dtype} cannot be written")
-            raw = arr.astype(dt, copy=False).tobytes(order="C")
-            f.write(raw)
-            entries.append(TensorEntry(name, code, tuple(arr.shape), 0, offset, len(raw), mask_crc(crc32c(raw))))
-            offset += len(raw)
-    header = _field(1, 0, 1) + _field(3, 2, _field(1, 0, 1))  # one shard, little-endian, producer 1
-    items = [(_HEADER_KEY, header)] + [(e.name.encode("utf-8"), _entry_bytes(e)) for e in entries]
-    Path(f"{prefix}.index").write_bytes(write_table(items, block_size=block_size))
-
-
 class TensorFlowReader:
     """The same interface, through TensorFlow's own ``tf.train.load_variable`` (as the book reads)."""
 
@@ -519,6 +401,4 @@ def open_checkpoint(path: str | Path, reader: str = "builtin") -> BundleReader |
         return BundleReader(path)
     if reader in ("tensorflow", "tf"):
         return TensorFlowReader(path)
-    from gptcli.errors import UsageError
-
     raise UsageError(f"invalid --reader: {reader!r} (choose from builtin, tensorflow)")

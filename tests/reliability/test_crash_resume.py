@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from gptcli import checkpoint as ckpt
+from gptcli import rundir
 from gptcli.metrics import read_metrics
 
 from ..conftest import gptcli_exe, run_gptcli
@@ -46,7 +47,7 @@ ARGS = [
 
 
 def final_state(run: Path) -> dict[str, torch.Tensor]:
-    return ckpt.load_checkpoint(ckpt.list_step_checkpoints(run)[-1])["model_state_dict"]
+    return ckpt.load_checkpoint(rundir.list_step_checkpoints(run)[-1])["model_state_dict"]
 
 
 def metric_values(run: Path) -> list:
@@ -74,10 +75,10 @@ def wait_for_checkpoint(run: Path, proc, timeout=600) -> bool:
     """Wait until the run has a checkpoint (generous: CI machines can be slow and shared)."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if ckpt.list_step_checkpoints(run):
+        if rundir.list_step_checkpoints(run):
             return True
         time.sleep(0.05)
-    return bool(ckpt.list_step_checkpoints(run))
+    return bool(rundir.list_step_checkpoints(run))
 
 
 def test_kill_9_three_times_then_resume_equals_uninterrupted(workdir):
@@ -125,8 +126,8 @@ def test_second_ctrl_c_aborts_at_once_and_keeps_the_last_checkpoint(workdir):
     assert proc.wait(timeout=120) == 130, err
     assert "Traceback" not in err
     run = workdir / "runs/cut"
-    assert ckpt.list_step_checkpoints(run)
-    for p in ckpt.list_step_checkpoints(run):
+    assert rundir.list_step_checkpoints(run)
+    for p in rundir.list_step_checkpoints(run):
         ckpt.load_checkpoint(p)  # every checkpoint under a final name is complete
 
 
@@ -141,7 +142,7 @@ def test_stale_temporary_files_are_removed_and_ignored(workdir):
 
 def test_resume_skips_a_truncated_newest_checkpoint_with_a_warning(workdir):
     run_gptcli(*ARGS[:2], "--epochs", "1", *ARGS[4:], "--out", "runs/r", cwd=workdir, check=True)
-    newest = ckpt.list_step_checkpoints(workdir / "runs/r")[-1]
+    newest = rundir.list_step_checkpoints(workdir / "runs/r")[-1]
     data = newest.read_bytes()
     newest.write_bytes(data[: len(data) // 2])
     proc = run_gptcli("resume", "runs/r", "--epochs", "2", cwd=workdir)

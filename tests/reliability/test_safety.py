@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from gptcli import checkpoint as ckpt
+from gptcli import rundir
 from gptcli.config import ModelConfig, TrainConfig
 from gptcli.errors import SaveError, TrainingError
 from gptcli.training import Trainer
@@ -56,7 +57,7 @@ def test_crafted_pickle_is_refused_and_runs_nothing(workdir):
 @pytest.fixture
 def trained(workdir):
     run_gptcli("train", "the-verdict.txt", *FAST, "--out", "runs/r", cwd=workdir, check=True)
-    return ckpt.list_step_checkpoints(workdir / "runs/r")[-1]
+    return rundir.list_step_checkpoints(workdir / "runs/r")[-1]
 
 
 def test_truncated_checkpoint_is_one_line_naming_the_file(workdir, trained):
@@ -98,7 +99,7 @@ def test_nonfinite_loss_exits_nonzero_naming_the_step_and_writes_no_nan_checkpoi
     proc = run_gptcli("train", "the-verdict.txt", *FAST, "--lr", "1e30", "--out", "runs/nan", cwd=workdir)
     assert proc.returncode == 1, proc.stderr
     assert "non-finite loss at step" in proc.stderr
-    for p in ckpt.list_step_checkpoints(workdir / "runs/nan"):
+    for p in rundir.list_step_checkpoints(workdir / "runs/nan"):
         sd = ckpt.load_checkpoint(p)["model_state_dict"]
         assert all(torch.isfinite(v).all() for v in sd.values())
 

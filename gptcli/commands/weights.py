@@ -1,7 +1,8 @@
-"""``gptcli download`` and ``gptcli convert`` as plain functions: the CLI layer of gptcli.weights.
+"""``gptcli download`` and ``gptcli convert`` as plain typed functions.
 
-Like ``gptcli.runner`` for the other commands, this is where progress bars meet the library's
-callbacks; the library modules beside it never print.
+Owns how these two commands report: progress bars driven by ``gptcli.weights``' callbacks, the
+log lines, and the hint at what to run next. The work itself is ``gptcli.weights``, which never
+prints.
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptcli import console
-from gptcli.weights.download import DownloadCallbacks
+from gptcli.checkpoint import load_checkpoint
+from gptcli.weights import CONVERTED_NAME, gpt2_dir
+from gptcli.weights.convert import convert as convert_weights
+from gptcli.weights.download import DATA_FILE, DownloadCallbacks, download_gpt2
+from gptcli.weights.openai import convert_openai
 
 
 def _mb(n: int | None) -> str:
@@ -95,9 +100,6 @@ def download_command(
     reader: str = "builtin",
     quiet: bool = False,
 ) -> Path:
-    from gptcli.weights import CONVERTED_NAME, gpt2_dir
-    from gptcli.weights.download import DATA_FILE, download_gpt2
-
     console.set_quiet(quiet)
     with console.byte_progress(7) as prog:
         out = download_gpt2(size, directory, base_url=base_url, callbacks=_DownloadDisplay(prog))
@@ -109,8 +111,6 @@ def download_command(
     if target.is_file() and target.stat().st_mtime >= (out / DATA_FILE).stat().st_mtime:
         console.info(f"already converted: {target}")
     else:
-        from gptcli.weights.openai import convert_openai
-
         prog, on_progress = _convert_bar("converting")
         with prog:
             convert_openai(out, target, reader=reader, on_progress=on_progress)
@@ -132,12 +132,10 @@ def convert_command(
     data: list[Path] | None = None,
     quiet: bool = False,
 ) -> Path:
-    from gptcli.weights.convert import convert
-
     console.set_quiet(quiet)
     prog, on_progress = _convert_bar("converting")
     with prog:
-        out = convert(
+        out = convert_weights(
             src,
             output,
             source=source,
@@ -150,9 +148,8 @@ def convert_command(
         )
     console.info(f"wrote {out}")
     if target == "gptcli" and out.is_file():
-        import torch
-
-        obj = torch.load(out, map_location="cpu", weights_only=True, mmap=True)
+        # Just written and renamed into place: no need to check its CRCs again.
+        obj = load_checkpoint(out, verify=False)
         if obj.get("kind") == "training":
             if obj["train_config"].get("data"):
                 console.info(f"continue training with: gptcli resume {out}")

@@ -1,0 +1,232 @@
+"""``gptcli sample``: continuations of prompts, as text, a stream or JSON; and ``sample -i``, a
+prompt loop that keeps the model loaded."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptcli import console
+from gptcli.errors import UsageError
+from gptcli.generation import SampleConfig
+from gptcli.inference import LoadedModel, generate_with, load_model_for_inference, long_prompt_warning
+from gptcli.tokenizer import EOT_ID, decode, encode
+
+
+def _load(checkpoint: Path | None, model: str | None, *, device: str, dtype: str) -> LoadedModel:
+    loaded = load_model_for_inference(
+        checkpoint, model, device=device, dtype=dtype, fallback_gpt2=True, warn=console.warn
+    )
+    if loaded.note:
+        console.info(loaded.note)
+    return loaded
+
+
+def _token_printer(*, echo: bool):
+    """An ``on_token`` callback for one row that collects its tokens and, with ``echo``, prints
+    each complete UTF-8 piece as it arrives; also returns its state (ids, text printed so far)."""
+    state: dict[str, Any] = {"ids": [], "printed": ""}
+
+    def on_token(tok) -> None:
+        t = int(tok[0, 0])
+        if t == EOT_ID:
+            return
+        state["ids"].append(t)
+        text = decode(state["ids"])
+        if echo and not text.endswith("\ufffd"):  # wait for a complete UTF-8 character
+            console.print_result(text[len(state["printed"]) :], end="")
+            state["printed"] = text
+
+    return on_token, state
+
+
+def _encode_prompt(prompt: str, context_length: int) -> list[int]:
+    ids = encode(prompt)
+    if (warning := long_prompt_warning(len(ids), context_length)) is not None:
+        console.warn(warning)
+    return ids
+
+
+def sample_command(
+    *,
+    checkpoint: Path | None = None,
+    model: str | None = None,
+    prompts: list[str],
+    max_new_tokens: int = 50,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    num_samples: int = 1,
+    device: str = "auto",
+    dtype: str = "auto",
+    use_cache: bool = True,
+    json_out: bool = False,
+    stream: bool | None = None,
+    quiet: bool = False,
+) -> list[str]:
+    console.set_quiet(quiet)
+    scfg = SampleConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        num_samples=num_samples,
+    )
+    loaded = _load(checkpoint, model, device=device, dtype=dtype)
+    net, dev = loaded.net, loaded.device
+    encoded = []
+    for p in prompts:
+        ids = _encode_prompt(p, net.cfg.context_length)
+        if not ids:
+            raise UsageError("invalid --prompt: empty prompt")
+        encoded.append(ids)
+    if scfg.seed is not None:  # the global RNG, as the book's generate uses, so a seed gives its samples
+        torch.manual_seed(scfg.seed)
+    rows = [(i, ids) for i, ids in enumerate(encoded) for _ in range(scfg.num_samples)]
+    streaming = (sys.stdout.isatty() if stream is None else stream) and len(rows) == 1 and not json_out
+    outputs: dict[int, list[str]] = {}
+    # Prompts of equal length form one batch; different lengths run as separate batches.
+    by_len: dict[int, list[tuple[int, list[int]]]] = {}
+    for i, ids in rows:
+        by_len.setdefault(len(ids), []).append((i, ids))
+    for _, group in sorted(by_len.items()):
+        idx = torch.tensor([ids for _, ids in group], device=dev)
+        on_token = None
+        if streaming:
+            console.print_result(prompts[group[0][0]], end="")
+            on_token, _ = _token_printer(echo=True)
+        new = generate_with(net, idx, scfg, use_cache=use_cache, on_token=on_token)
+        for (i, ids), toks in zip(group, new):
+            outputs.setdefault(i, []).append(decode(ids + toks))
+    texts = [t for i in range(len(prompts)) for t in outputs.get(i, [])]
+    if json_out:
+        console.print_result(json.dumps({"checkpoint": str(loaded.path), "samples": texts}))
+    elif streaming:
+        console.print_result("")
+    else:
+        console.print_result("\n\n".join(texts))
+    return texts
+
+
+# ---------------------------------------------------------------------------------------------
+# sample --interactive
+
+_INTERACTIVE_HELP = """\
+Type a prompt and press Enter to continue it. Settings for the next prompts:
+  /temperature 1.4    /top-k 25    /top-p 0.9    /max-new-tokens 100    /seed 123
+  /top-k off and /top-p off turn a filter off; /settings shows them all.
+Ctrl-C stops a generation; Ctrl-D or /quit leaves."""
+
+_SETTINGS = {"temperature": float, "top_k": int, "top_p": float, "max_new_tokens": int, "seed": int}
+
+
+def _apply_setting(settings: SampleConfig, word: str, value: str) -> SampleConfig:
+    """``/word value`` applied to the settings (a warning and no change for a bad value)."""
+    key = word.replace("-", "_")
+    raw = value.strip()
+    try:
+        parsed = None if raw.lower() in ("off", "none") and key in ("top_k", "top_p", "seed") else _SETTINGS[key](raw)
+        settings = dataclasses.replace(settings, **{key: parsed})
+    except ValueError:
+        console.warn(f"/{word} needs a number, got {raw!r}")
+        return settings
+    except UsageError as e:
+        console.warn(str(e).replace("--", "/"))
+        return settings
+    if key == "seed" and parsed is not None:
+        torch.manual_seed(parsed)
+    console.info(f"{word} = {parsed}")
+    return settings
+
+
+def interactive_sample(
+    *,
+    checkpoint: Path | None = None,
+    model: str | None = None,
+    max_new_tokens: int = 50,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    use_cache: bool = True,
+    stream: bool | None = None,
+    quiet: bool = False,
+    input_fn=input,
+) -> int:
+    """Read prompts until end of input and print a continuation of each; returns how many ran.
+
+    The model is loaded once. On a terminal the tokens stream as they are generated; with input
+    piped in, each continuation is printed whole, so ``gptcli sample -i < prompts.txt`` works too.
+    """
+    settings = SampleConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    loaded = _load(checkpoint, model, device=device, dtype=dtype)
+    net, dev = loaded.net, loaded.device
+    if seed is not None:
+        torch.manual_seed(seed)
+    tty = sys.stdin.isatty()
+    streaming = sys.stdout.isatty() if stream is None else stream
+    if not quiet:  # quiet drops the banner; answers to /help and /settings still print
+        console.info(
+            f"loaded {loaded.path} ({net.cfg.num_params():,} parameters, context {net.cfg.context_length}) on {dev}"
+        )
+    if tty and not quiet:
+        console.info("type a prompt and press Enter; /help for settings; Ctrl-D or /quit to leave")
+        try:
+            import readline  # noqa: F401  (line editing and history for input(); optional, so lazy)
+        except ImportError:
+            pass
+    done = 0
+    while True:
+        try:
+            line = input_fn(">>> " if tty else "")
+        except EOFError:
+            if tty:
+                console.print_result("")
+            return done
+        except KeyboardInterrupt:
+            console.print_result("")
+            console.info("(Ctrl-D or /quit to leave)")
+            continue
+        prompt = line.rstrip("\n")
+        if not prompt.strip():
+            continue
+        if prompt.startswith("/"):
+            word, _, value = prompt[1:].strip().partition(" ")
+            key = word.replace("-", "_")
+            if key in ("quit", "exit", "q"):
+                return done
+            if key in ("help", "h", "?"):
+                console.info(_INTERACTIVE_HELP)
+            elif key == "settings":
+                console.info(", ".join(f"{k.replace('_', '-')} {getattr(settings, k)}" for k in _SETTINGS))
+            elif key in _SETTINGS:
+                settings = _apply_setting(settings, word, value)
+            else:
+                console.warn(f"unknown command /{word}; /help lists them")
+            continue
+        ids = _encode_prompt(prompt, net.cfg.context_length)
+        on_token, state = _token_printer(echo=streaming)
+        if streaming:
+            console.print_result(prompt, end="")
+        try:
+            generate_with(net, torch.tensor([ids], device=dev), settings, use_cache=use_cache, on_token=on_token)
+        except KeyboardInterrupt:
+            if not streaming:
+                console.print_result(prompt + decode(state["ids"]), end="")
+            console.print_result("")
+            console.info("(stopped)")
+            continue
+        if streaming:
+            console.print_result(decode(state["ids"])[len(state["printed"]) :])
+        else:
+            console.print_result(prompt + decode(state["ids"]))
+        done += 1

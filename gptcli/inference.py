@@ -1,0 +1,115 @@
+"""Using a trained model: loading it from a checkpoint or a GPT-2 download, preparing it for
+``--device``/``--dtype``, and generating with a ``SampleConfig``.
+
+Shared by ``sample``, ``sample -i``, ``eval`` and the benchmarks; none of them imports the
+training loop. Never prints: a note for the user comes back in ``LoadedModel.note``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gptcli import weights
+from gptcli.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from gptcli.device import DTYPES, resolve_device, resolve_dtype
+from gptcli.errors import CheckpointError, UsageError
+from gptcli.generation import SampleConfig, generate
+from gptcli.model import GPT
+from gptcli.tokenizer import EOT_ID
+
+
+@dataclass
+class LoadedModel:
+    net: GPT
+    path: Path  # the checkpoint it came from
+    device: torch.device
+    note: str | None = None  # something the user should be told about the choice of model
+
+
+def load_model_for_inference(
+    checkpoint: Path | None,
+    model: str | None,
+    *,
+    device: str,
+    dtype: str = "fp32",
+    fallback_gpt2: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> LoadedModel:
+    """The model of ``--checkpoint`` (a file or run directory, default the latest run) or of
+    ``--model`` (a converted file or a downloaded GPT-2 name). With ``fallback_gpt2`` and no run to
+    be found, the downloaded GPT-2 124M is used, and ``note`` says so."""
+    if checkpoint is not None and model is not None:
+        raise UsageError("give either --checkpoint or --model, not both")
+    note = None
+    if model is not None:
+        path = weights.resolve_model(model)
+    else:
+        try:
+            path = resolve_checkpoint(checkpoint, warn=warn)
+        except CheckpointError:
+            fallback = weights.downloaded_default() if (fallback_gpt2 and checkpoint is None) else None
+            if fallback is None:
+                raise
+            note = f"no run under runs/; using the downloaded GPT-2 124M ({fallback})"
+            path = fallback
+    if dtype not in DTYPES:
+        raise UsageError(f"invalid --dtype: {dtype!r} (choose from {', '.join(DTYPES)})")
+    net = model_from_checkpoint(load_checkpoint(path), path)
+    dev = resolve_device(device)
+    prepare_for_inference(net, dtype=dtype, device=dev)
+    return LoadedModel(net, path, dev, note)
+
+
+def prepare_for_inference(net: GPT, *, dtype: str, device: torch.device) -> GPT:
+    """Move a model to ``device``, cast it for ``--dtype`` and set eval mode.
+
+    fp32 on CPU also stores every Linear weight column-major (the same values and state dict):
+    ``F.linear`` computes ``x @ W.t()``, and with ``W.t()`` contiguous MKL's batch-1 kernels stream
+    the weights about 1.4x faster (benchmarks/bench_sample_cpu.py). bf16 kernels are fastest with
+    the usual row-major layout, so bf16 weights keep it.
+    """
+    net.to(device)
+    if resolve_dtype(dtype, device) == torch.bfloat16:
+        net.to(torch.bfloat16)
+    elif device.type == "cpu":
+        for m in net.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.data = m.weight.data.t().contiguous().t()
+    return net.eval()
+
+
+def long_prompt_warning(n_tokens: int, context_length: int) -> str | None:
+    """What to tell the user about a prompt longer than the context (its start is dropped)."""
+    if n_tokens <= context_length:
+        return None
+    return (
+        f"prompt of {n_tokens} tokens is longer than the context ({context_length}); keeping its last {context_length}"
+    )
+
+
+def generate_with(
+    net: GPT,
+    idx: torch.Tensor,
+    scfg: SampleConfig,
+    *,
+    use_cache: bool = True,
+    stop_at_eos: bool = True,
+    on_token: Callable[[torch.Tensor], None] | None = None,
+) -> list[list[int]]:
+    """``generate`` with a SampleConfig's settings: the new ids of each row of ``idx`` (B, T).
+    A row stops at <|endoftext|> unless ``stop_at_eos`` is off (the book's epoch sample runs on)."""
+    return generate(
+        net,
+        idx,
+        max_new_tokens=scfg.max_new_tokens,
+        temperature=scfg.temperature,
+        top_k=scfg.top_k,
+        top_p=scfg.top_p,
+        eos_id=EOT_ID if stop_at_eos else None,
+        use_cache=use_cache,
+        on_token=on_token,
+    )
