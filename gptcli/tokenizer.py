@@ -11,6 +11,8 @@ import functools
 import json
 from importlib import resources
 
+import tiktoken
+
 EOT_TOKEN = "<|endoftext|>"
 EOT_ID = 50256
 
@@ -38,10 +40,8 @@ def _mergeable_ranks() -> dict[bytes, int]:
 
 
 @functools.lru_cache(maxsize=1)
-def get_tokenizer():  # -> tiktoken.Encoding
+def get_tokenizer() -> tiktoken.Encoding:
     """The GPT-2 encoding, identical to ``tiktoken.get_encoding("gpt2")``, with no network access."""
-    import tiktoken
-
     return tiktoken.Encoding(
         name="gpt2",
         pat_str=_GPT2_PATTERN,

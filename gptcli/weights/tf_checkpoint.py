@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c  # C implementation: GB/s, so checking 6 GB of 1558M weights is cheap
 import numpy as np
 
 from gptcli.errors import CheckpointError, UsageError
@@ -55,8 +56,6 @@ _CRC_CHUNK = 8 << 20
 
 
 def crc32c(data: bytes | bytearray | memoryview) -> int:
-    import google_crc32c  # C implementation: GB/s, so checking 6 GB of 1558M weights is cheap
-
     if isinstance(data, bytes):
         return google_crc32c.value(data)
     # The C function takes only bytes; copy a writable buffer a slice at a time, not whole.
