@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch: on machines with a local wheel (see README) this installs in seconds
-# and never pulls the multi-GB CUDA build. Override with TORCH_SPEC=torch on a GPU machine.
+# The CPU build of torch: on machines with a local wheel (see README) it never pulls the multi-GB
+# CUDA build. `make install` still takes one to two minutes (1 min 39 s measured on a loaded
+# 2-core machine), most of it pip unpacking torch. Override with TORCH_SPEC=torch on a GPU machine.
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install test test-fast lint format demo bench clean

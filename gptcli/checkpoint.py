@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 
 from gptcli import rundir
 from gptcli.config import ModelConfig
-from gptcli.errors import CheckpointError, SaveError, UsageError
+from gptcli.errors import CheckpointError, SaveError, UsageError, os_error_reason
 from gptcli.model import GPT
 
 FORMAT = "gptcli-checkpoint"
@@ -110,29 +111,139 @@ def atomic_save(obj: dict[str, Any], path: str | Path) -> Path:
     """Write ``obj`` to a temporary file beside ``path``, fsync it, then rename it into place.
 
     A crash at any moment leaves either the old file or the complete new one, never a partial file
-    under the final name. On failure (a full disk, say) the temporary file is removed.
+    under the final name. The free space is checked first (the size is known in advance). On any
+    failure the temporary file is removed: a failed write is a SaveError that says what happened
+    ("No space left on device"), and a Ctrl-C (KeyboardInterrupt) stays a KeyboardInterrupt.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    check_free_space(path.parent, with_margin(checkpoint_nbytes(obj)), f"the checkpoint {path.name}")
     tmp = rundir.temporary_path(path, os.getpid())
+    out = None
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            out = _WriteRecorder(f)
+            torch.save(obj, out)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, Exception):
-            # torch's zip writer reports a failed write (a full disk, a file-size limit) as a
-            # RuntimeError about file positions, so any error while writing is a failed save.
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:160]
-            raise SaveError(
-                f"{path}: could not save checkpoint ({reason}); the previous checkpoint is intact"
-            ) from None
-        raise
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        cause = _real_cause(e, out.error if out is not None else None)
+        if isinstance(cause, KeyboardInterrupt):
+            raise KeyboardInterrupt from None  # a second Ctrl-C: the CLI exits 130, "interrupted"
+        if not isinstance(cause, Exception):
+            raise
+        kept = "; the file already there is unchanged" if path.exists() else ""
+        raise SaveError(f"{path}: could not save checkpoint ({_save_failure(cause)}){kept}") from e
     _fsync_dir(path.parent)
     return path
+
+
+class _WriteRecorder:
+    """The file torch writes a checkpoint through. torch's zip writer turns any exception raised
+    while writing (a full disk, a second Ctrl-C) into its own "enforce fail ... unexpected pos";
+    this keeps the real one so that the save can report what happened."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self.error: BaseException | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except BaseException as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except BaseException as e:
+            self.error = self.error or e
+            raise
+
+
+def _real_cause(e: BaseException, recorded: BaseException | None) -> BaseException:
+    """The exception behind a failed save: a Ctrl-C or an OSError raised while torch was writing
+    (recorded by the writer, or chained to torch's error), else ``e`` itself."""
+    chain, seen = [], set()
+    x: BaseException | None = e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        chain.append(x)
+        x = x.__cause__ or x.__context__
+    candidates = [recorded, *chain] if recorded is not None else chain
+    for kind in (KeyboardInterrupt, OSError):
+        for c in candidates:
+            if isinstance(c, kind):
+                return c
+    return e
+
+
+def _save_failure(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        return os_error_reason(e)
+    # Not torch's internal text: a bug-level failure, shown in full with GPTCLI_DEBUG=1.
+    return f"writing failed: {type(e).__name__}"
+
+
+def checkpoint_nbytes(obj: Any) -> int:
+    """The bytes the tensors in ``obj`` take in a checkpoint: each storage once, whole, as
+    torch.save writes them (a shared storage once, a view's entire storage)."""
+    storages: dict[tuple, int] = {}
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            s = x.untyped_storage()
+            storages[(x.device.type, s.data_ptr(), s.nbytes())] = s.nbytes()
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(obj)
+    return sum(storages.values())
+
+
+def with_margin(nbytes: int) -> int:
+    """A checkpoint's size on disk from its tensor bytes: zip headers, alignment, the pickled
+    settings and history."""
+    return nbytes + nbytes // 100 + (1 << 20)
+
+
+def estimate_training_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """The size of a training checkpoint before one is written: the weights, plus AdamW's two
+    moments per parameter (counted from the parameters while the optimizer has no state yet)."""
+    nbytes = checkpoint_nbytes(model.state_dict())
+    if optimizer.state:
+        nbytes += checkpoint_nbytes(optimizer.state_dict())
+    else:
+        nbytes += 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return with_margin(nbytes)
+
+
+def check_free_space(directory: Path, needed: int, what: str) -> None:
+    """A SaveError with the numbers when ``directory``'s file system has less than ``needed``
+    bytes free (checked before writing, so no work is lost to a full disk halfway through)."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return  # cannot tell: the write itself will say
+    if free < needed:
+        raise SaveError(
+            f"{directory}: not enough free space for {what}: it needs about {format_bytes(needed)}, "
+            f"{format_bytes(free)} free"
+        )
+
+
+def format_bytes(n: int) -> str:
+    return f"{n / 1e9:,.2f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,9 +394,44 @@ def resolve_checkpoint(target: str | Path | None, *, runs_root: Path = rundir.RU
     raise CheckpointError(f"{p}: checkpoint or run directory not found")
 
 
+def check_state_fits(cfg: ModelConfig, state: Any, path: Path | str = "checkpoint") -> None:
+    """Check the state dict's tensor names and shapes against what ``cfg`` builds, from shapes
+    alone, so that a config inflated beyond its file fails here rather than allocating gigabytes.
+    """
+    from gptcli.weights.common import gptcli_shapes  # lazy: weights.common imports this module
+
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: model_state_dict is not a mapping ({type(state).__name__})")
+    # A block holds at least 11 tensors: a config with more layers than the file has tensors is
+    # refused before its shape table (one entry per tensor) is even built.
+    if cfg.n_layers * 11 > len(state):
+        raise CheckpointError(
+            f"{path}: model_config does not fit the weights: it has {cfg.n_layers} layers, "
+            f"but the file holds only {len(state)} tensors"
+        )
+    expected = gptcli_shapes(cfg)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} (file {list(getattr(state[k], 'shape', ['not a tensor']))}, config {list(shape)})"
+        for k, shape in expected.items()
+        if k in state and tuple(getattr(state[k], "shape", ())) != shape
+    ]
+    problems = [
+        f"{label} {', '.join(items[:4])}" + (f" and {len(items) - 4} more" if len(items) > 4 else "")
+        for label, items in (("wrong shape", wrong), ("missing", missing), ("unexpected", unexpected))
+        if items
+    ]
+    if problems:
+        raise CheckpointError(f"{path}: model_config does not fit the weights: " + "; ".join(problems))
+
+
 def model_from_checkpoint(obj: dict[str, Any], path: Path | str = "checkpoint"):
-    """Rebuild the model from a loaded checkpoint alone (its stored config and weights)."""
-    model = GPT(read_model_config(obj, path))
+    """Rebuild the model from a loaded checkpoint alone (its stored config and weights); the
+    shapes are checked first, so nothing is allocated for a config that does not fit."""
+    cfg = read_model_config(obj, path)
+    check_state_fits(cfg, obj["model_state_dict"], path)
+    model = GPT(cfg)
     load_weights(model, obj["model_state_dict"], source=str(path))
     return model
 

@@ -14,13 +14,14 @@ import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
-from gptcli.config import ModelConfig, TrainConfig, flag_fields
+from gptcli.config import DEVICE_NAMES, DTYPES, ENCODING_ERRORS, PRESETS, ModelConfig, TrainConfig, flag_fields
 from gptcli.errors import GptCliError
+from gptcli.weights import READERS, SIZES, SOURCES, TARGETS
 
 # Recent typer versions vendor click; take its exception classes from wherever typer's come from.
 _click_exceptions = sys.modules[typer.BadParameter.__module__]
@@ -29,7 +30,56 @@ _Abort = typer.Abort
 _NoArgsIsHelp = getattr(_click_exceptions, "NoArgsIsHelpError", ())
 
 
+class _WordArgument(TyperArgument):
+    """A positional argument shown as a word, as Click and argparse show one: ``FILE...`` when it
+    takes several, ``[RUN]`` when optional, ``SRC`` when required. (Typer's own display adds the
+    Python type, ``paths... <list[Path]>``, and braces, ``{src}``.)"""
+
+    def _word(self) -> str:
+        return (self.metavar or (self.name or "").upper()) + ("..." if self.nargs != 1 else "")
+
+    def _usage_display_name(self) -> str:
+        return self._word() if self.required else f"[{self._word()}]"
+
+    def _rich_display_name(self) -> str:
+        return self._word()
+
+    def display_type_rich(self, ctx) -> str | None:
+        return None
+
+
+# The word an option's value is shown as when its declaration names none.
+_TYPE_WORDS = {int: "N", float: "X", str: "TEXT", Path: "PATH"}
+
+
+def _value_word(param: Any) -> str | None:
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is not None and len(args) == 1:  # Optional[int], list[Path]
+        annotation = args[0]
+    return _TYPE_WORDS.get(annotation) if isinstance(annotation, type) else None
+
+
+def _words_for_values(group: Any) -> None:
+    """Show every value as a word, in every command and sub-command: positional arguments as
+    ``FILE...``/``[RUN]``, and options without a metavar of their own by their type (``N``, ``X``)."""
+    for command in group.commands.values():
+        if getattr(command, "commands", None):
+            _words_for_values(command)
+        for param in command.params:
+            if type(param) is TyperArgument:
+                param.__class__ = _WordArgument
+            elif not getattr(param, "is_flag", False) and param.metavar is None:
+                word = _value_word(param)
+                if word is not None:
+                    param.metavar = word
+
+
 class _Group(TyperGroup):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _words_for_values(self)
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         debug = os.environ.get("GPTCLI_DEBUG", "") not in ("", "0")
         try:
@@ -46,7 +96,8 @@ class _Group(TyperGroup):
             if debug:
                 raise
             cmd = f"{e.ctx.command_path}: " if getattr(e, "ctx", None) is not None else "gptcli: "
-            _error(cmd + e.format_message().replace("\n", " "))
+            # Recent typer validates through pydantic, whose messages start "Value error, ".
+            _error(cmd + e.format_message().replace("\n", " ").replace("Value error, ", ""))
             sys.exit(e.exit_code)
         except _Abort:
             _error("aborted")
@@ -54,6 +105,10 @@ class _Group(TyperGroup):
         except KeyboardInterrupt:
             _error("interrupted")
             sys.exit(130)
+        if rv == 130:
+            # Typer turns a Ctrl-C inside a command into a silent Exit(130), returned here as 130
+            # (no command of ours returns a number), so say what happened.
+            _error("interrupted")
         if standalone_mode:
             sys.exit(rv if isinstance(rv, int) else 0)
         return rv
@@ -76,6 +131,65 @@ app = typer.Typer(
 )
 
 # --------------------------------------------------------------------------------------------
+# --version, and options several commands share
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"gptcli {version('gptcli')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            from gptcli import __version__
+
+            typer.echo(f"gptcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", help="Show the version and exit.", callback=_version, is_eager=True)
+    ] = False,
+) -> None:
+    pass
+
+
+def _threads_option(**kwargs: Any) -> Any:
+    """``--threads N`` of the commands that run a model (one owner: gptcli.device.set_threads)."""
+    return typer.Option(
+        min=1,
+        metavar="N",
+        help="CPU threads for PyTorch [default: PyTorch's choice, one per core]; 1 is often faster on a busy machine.",
+        show_default=False,
+        **kwargs,
+    )
+
+
+def _device_option(**kwargs: Any) -> Any:
+    """``--device``: the usual names listed and completed; cuda:N accepted too (gptcli.device checks)."""
+    return typer.Option(
+        metavar=_listing(DEVICE_NAMES),
+        autocompletion=_completer(DEVICE_NAMES),
+        help="Where to run: auto picks a GPU if there is one; cuda:N picks one of several.",
+        **kwargs,
+    )
+
+
+def _checkpoint_option() -> Any:
+    return typer.Option(
+        "--checkpoint", "-c", metavar="PATH", help="Checkpoint or run directory [default: the most recent run]."
+    )
+
+
+def _model_option() -> Any:
+    return typer.Option(
+        metavar="NAME", help="gpt2-124M etc. (downloaded) or a converted .pth, instead of --checkpoint."
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # train
 
 _MODEL = "Model (default: the book's 124M training shape)"
@@ -85,6 +199,26 @@ _PANELS = {"model": _MODEL, "train": _TRAIN, "output": _OUT}
 
 # The config sections whose fields with help metadata become `train` flags.
 _CONFIGS = {"model": ModelConfig, "train": TrainConfig}
+
+
+def _word(kind: Any) -> str | None:
+    """The metavar of a value of type ``kind``: a word, not a Python type (None for a choice or a
+    flag, which Typer shows as the list of choices or nothing)."""
+    return {int: "N", float: "X", str: "TEXT", Path: "FILE"}.get(kind)
+
+
+def _listing(values: tuple[str, ...]) -> str:
+    """Values shown as Typer shows a choice's."""
+    return "<" + "|".join(values) + ">"
+
+
+def _completer(values: tuple[str, ...]) -> Callable[..., list[str]]:
+    """Shell completion offering ``values`` (those without a placeholder such as cuda:N)."""
+
+    def complete(ctx: typer.Context, args: list[str], incomplete: str) -> list[str]:
+        return [v for v in values if v.startswith(incomplete) and not v.endswith(":N")]
+
+    return complete
 
 
 def _shown_default(f: dataclasses.Field) -> str | None:
@@ -108,17 +242,23 @@ def _shown_default(f: dataclasses.Field) -> str | None:
 
 def _config_option(f: dataclasses.Field, hint: Any) -> inspect.Parameter:
     """The ``--flag`` of one config field. It defaults to None, "not given", so that the config
-    file's value or the dataclass default applies."""
+    file's value or the dataclass default applies. Metadata "choices" makes it a choice (a
+    Literal), "suggest" lists values without enforcing them, "metavar" names its value."""
     kind = f.metadata.get("type") or next(t for t in (typing.get_args(hint) or (hint,)) if t is not type(None))
+    if "choices" in f.metadata:
+        kind = Literal[tuple(f.metadata["choices"])]
     help_text, shown = f.metadata["help"], _shown_default(f)
     if shown is not None:
         help_text = f"{help_text.removesuffix('.')} [default: {shown}]."
     name = f.name.replace("_", "-")
+    suggest = f.metadata.get("suggest")
     option = typer.Option(
         f"--{name}/--no-{name}" if kind is bool else f"--{name}",
         help=help_text,
         show_default=False,
         rich_help_panel=_PANELS[f.metadata["panel"]],
+        metavar=_listing(suggest) if suggest else f.metadata.get("metavar", _word(kind)),
+        autocompletion=_completer(suggest) if suggest else None,
     )
     return inspect.Parameter(
         f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[kind], option]
@@ -174,6 +314,7 @@ def _with_config_flags(*layout: str) -> Callable[[Callable[..., Any]], Callable[
     "preset",
     "<model>",
     "<train>",
+    "threads",
     "out",
     "<output>",
     "quiet",
@@ -182,27 +323,31 @@ def _with_config_flags(*layout: str) -> Callable[[Callable[..., Any]], Callable[
 def train(
     *,
     paths: Annotated[
-        Optional[list[Path]], typer.Argument(help="Text files, or directories of .txt files.", show_default=False)
+        Optional[list[Path]],
+        typer.Argument(metavar="FILE", help="Text files, or directories of .txt files.", show_default=False),
     ] = None,
     config: Annotated[
-        Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.", rich_help_panel=_TRAIN)
+        Optional[Path],
+        typer.Option("--config", "-c", metavar="FILE", help="YAML config; flags override it.", rich_help_panel=_TRAIN),
     ] = None,
     print_config: Annotated[
         bool, typer.Option("--print-config", help="Show the resolved settings and exit.", rich_help_panel=_TRAIN)
     ] = False,
     preset: Annotated[
-        Optional[str],
-        typer.Option(help="gpt2-124M, gpt2-355M, gpt2-774M or gpt2-1558M (OpenAI's shapes).", rich_help_panel=_MODEL),
+        Optional[Literal[tuple(PRESETS)]],
+        typer.Option(help="One of OpenAI's GPT-2 shapes (context 1024, tied head, qkv bias).", rich_help_panel=_MODEL),
     ] = None,
+    threads: Annotated[Optional[int], _threads_option(rich_help_panel=_TRAIN)] = None,
     out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="Run directory [default: runs/<name>].", rich_help_panel=_OUT)
+        Optional[Path],
+        typer.Option("--out", "-o", metavar="DIR", help="Run directory [default: runs/<name>].", rich_help_panel=_OUT),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel=_OUT)] = False,
     tensorboard: Annotated[
         bool,
         typer.Option(
             "--tensorboard",
-            help="Also write TensorBoard events to <run>/tensorboard (needs: pip install 'gptcli[tensorboard]').",
+            help="Also write TensorBoard events to <run>/tensorboard (needs: pip install tensorboard).",
             rich_help_panel=_OUT,
         ),
     ] = False,
@@ -229,6 +374,7 @@ def train(
         print_config=print_config,
         quiet=quiet,
         tensorboard=tensorboard,
+        threads=threads,
     )
 
 
@@ -238,39 +384,73 @@ def train(
 def resume(
     target: Annotated[
         Optional[Path],
-        typer.Argument(help="Checkpoint file or run directory [default: the most recent run].", show_default=False),
+        typer.Argument(
+            metavar="RUN",
+            help="Run directory or checkpoint file [default: the most recent unfinished run].",
+            show_default=False,
+        ),
     ] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="New total number of epochs (extends the run).")] = None,
+    epochs: Annotated[
+        Optional[int], typer.Option(metavar="N", help="New total number of epochs (extends the run).")
+    ] = None,
+    threads: Annotated[Optional[int], _threads_option()] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Continue a run exactly where it stopped: same batches, same dropout, same losses."""
     from gptcli.commands.train import resume_command
 
-    resume_command(target, epochs=epochs, quiet=quiet)
+    resume_command(target, epochs=epochs, quiet=quiet, threads=threads)
 
 
 @app.command(
     name="eval",
-    epilog="Examples:\n\n  gptcli eval examples/the-verdict.txt\n\n  gptcli eval data/ --checkpoint runs/x --json",
+    epilog="Examples:\n\n  gptcli eval examples/the-verdict.txt\n\n  gptcli eval data/ --checkpoint runs/x --json"
+    "\n\n  gptcli eval examples/the-verdict.txt --stride 128"
+    "\n\n  gptcli eval --task hellaswag hellaswag_val.jsonl --model gpt2-124M",
 )
 def eval_(
-    paths: Annotated[list[Path], typer.Argument(help="Text files, or directories of .txt files.", show_default=False)],
-    checkpoint: Annotated[
-        Optional[Path],
-        typer.Option("--checkpoint", "-c", help="Checkpoint or run directory [default: the most recent run]."),
+    paths: Annotated[
+        list[Path], typer.Argument(metavar="FILE", help="Text files, or directories of .txt files.", show_default=False)
+    ],
+    checkpoint: Annotated[Optional[Path], _checkpoint_option()] = None,
+    model: Annotated[Optional[str], _model_option()] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Windows per batch; the loss is the mean of the batch means, as the book's calc_loss_loader.",
+        ),
+    ] = 8,
+    stride: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Score every token with a sliding window advancing by this many tokens (Hugging Face's perplexity "
+            "method; 1 to the context length) [default: the book's windows, stride = context].",
+            show_default=False,
+        ),
     ] = None,
-    model: Annotated[
-        Optional[str], typer.Option(help="gpt2-124M etc. (downloaded) or a converted .pth, instead of --checkpoint.")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 8,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    device: Annotated[str, _device_option()] = "auto",
+    threads: Annotated[Optional[int], _threads_option()] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-    encoding_errors: Annotated[str, typer.Option(help="strict, replace or ignore undecodable bytes.")] = "strict",
+    encoding_errors: Annotated[
+        Literal[ENCODING_ERRORS], typer.Option(help="What to do with undecodable bytes.")
+    ] = "strict",
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress output on stderr (warnings and errors still).")
     ] = False,
+    task: Annotated[
+        Literal["loss", "hellaswag"],
+        typer.Option(
+            help="loss: loss and perplexity of text files; hellaswag: acc and acc_norm on HellaSwag jsonl files "
+            "(the official hellaswag_val.jsonl)."
+        ),
+    ] = "loss",
 ) -> None:
-    """Loss and perplexity over every window of the given text."""
+    """Loss and perplexity over the given text: the book's calc_loss_loader, or a sliding window (--stride).
+    With --task hellaswag: HellaSwag accuracy, scored as llm.c and nanoGPT do."""
     from gptcli.commands.evaluate import eval_command
 
     eval_command(
@@ -278,10 +458,13 @@ def eval_(
         checkpoint=checkpoint,
         model=model,
         batch_size=batch_size,
+        stride=stride,
         device=device,
         json_out=json_out,
         encoding_errors=encoding_errors,
         quiet=quiet,
+        threads=threads,
+        task=task,
     )
 
 
@@ -292,31 +475,42 @@ def eval_(
     "  gptcli sample --interactive --temperature 1.0 --top-k 40"
 )
 def sample(
-    checkpoint: Annotated[
-        Optional[Path],
-        typer.Option("--checkpoint", "-c", help="Checkpoint or run directory [default: the most recent run]."),
-    ] = None,
-    model: Annotated[
-        Optional[str], typer.Option(help="gpt2-124M etc. (downloaded) or a converted .pth, instead of --checkpoint.")
-    ] = None,
+    checkpoint: Annotated[Optional[Path], _checkpoint_option()] = None,
+    model: Annotated[Optional[str], _model_option()] = None,
     prompt: Annotated[
         Optional[list[str]],
         typer.Option(
-            "--prompt", "-p", help="Prompt text; repeat for a batch of prompts [default: 'Every effort moves you']."
+            "--prompt",
+            "-p",
+            metavar="TEXT",
+            help="Prompt text; repeat for a batch of prompts [default: 'Every effort moves you'].",
         ),
     ] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per sample.")] = 50,
-    temperature: Annotated[float, typer.Option(help="0 is greedy; higher is more random.")] = 0.0,
-    top_k: Annotated[Optional[int], typer.Option(help="Keep only the k most likely tokens.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(metavar="N", help="Tokens to generate per sample.")] = 50,
+    temperature: Annotated[float, typer.Option(metavar="X", help="0 is greedy; higher is more random.")] = 0.0,
+    top_k: Annotated[Optional[int], typer.Option(metavar="N", help="Keep only the k most likely tokens.")] = None,
     top_p: Annotated[
-        Optional[float], typer.Option(help="Nucleus sampling: keep the smallest set with this much probability.")
+        Optional[float],
+        typer.Option(metavar="X", help="Nucleus sampling: keep the smallest set with this much probability."),
     ] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for repeatable sampling.")] = None,
-    num_samples: Annotated[int, typer.Option(help="Samples per prompt.")] = 1,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    seed: Annotated[Optional[int], typer.Option(metavar="N", help="Seed for repeatable sampling.")] = None,
+    num_samples: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            help="Samples per prompt; several are printed each under a '--- sample I of N ---' line "
+            "(needs --temperature above 0 to differ).",
+        ),
+    ] = 1,
+    device: Annotated[str, _device_option()] = "auto",
+    threads: Annotated[Optional[int], _threads_option()] = None,
     dtype: Annotated[
-        str, typer.Option(help="Weights' dtype: auto, fp32 or bf16 (auto: bf16 on CPUs with native bf16, else fp32).")
-    ] = "auto",
+        Literal[DTYPES],
+        typer.Option(
+            help="Weights' dtype: fp32 (exactly the reference), bf16 (faster on CPUs with native bf16; greedy text "
+            "drifts from fp32's after a while) or auto (bf16 where native on CPU, else fp32)."
+        ),
+    ] = "fp32",
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Re-run the whole context for every token (slow; for checking).")
     ] = False,
@@ -362,6 +556,7 @@ def sample(
             use_cache=not no_cache,
             stream=stream,
             quiet=quiet,
+            threads=threads,
         )
         return
     sample_command(
@@ -380,22 +575,36 @@ def sample(
         json_out=json_out,
         stream=stream,
         quiet=quiet,
+        threads=threads,
     )
 
 
 @app.command(
-    epilog="Examples:\n\n  gptcli plot -o loss.png\n\n  gptcli plot runs/a runs/b --log-y -o compare.svg\n\n  gptcli plot --terminal"
+    epilog="Examples:\n\n  gptcli plot\n\n  gptcli plot runs/a runs/b --log-y -o compare.svg\n\n  gptcli plot --terminal"
 )
 def plot(
     targets: Annotated[
         Optional[list[Path]],
         typer.Argument(
-            help="Run directories or metrics.jsonl files [default: the most recent run].", show_default=False
+            metavar="RUN",
+            help="Run directories or metrics.jsonl files [default: the most recent run].",
+            show_default=False,
         ),
     ] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Image file: .png, .svg or .pdf.")] = Path("loss.png"),
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Image file: .png, .svg or .pdf [default: <run>/loss.png for one run; several runs need it].",
+            show_default=False,
+        ),
+    ] = None,
     log_y: Annotated[bool, typer.Option("--log-y", help="Logarithmic loss axis.")] = False,
-    terminal: Annotated[bool, typer.Option("--terminal", help="Draw the curves in the terminal instead.")] = False,
+    terminal: Annotated[
+        bool, typer.Option("--terminal", help="Draw the curves in the terminal (and write -o too, if given).")
+    ] = False,
 ) -> None:
     """Plot training and validation loss against epochs and tokens seen."""
     from gptcli.commands.runs import plot_command
@@ -409,12 +618,13 @@ def plot(
     "  gptcli download --size 124M --base-url https://my-mirror.example/gpt2"
 )
 def download(
-    size: Annotated[str, typer.Option(help="124M, 355M, 774M or 1558M.")] = "124M",
+    size: Annotated[Literal[SIZES], typer.Option(help="Which of OpenAI's four GPT-2 models.")] = "124M",
     directory: Annotated[
         Optional[Path],
         typer.Option(
             "--dir",
             "-d",
+            metavar="DIR",
             help="Folder for the files [default: $GPTCLI_HOME/gpt2/<size>, i.e. ~/.cache/gptcli/gpt2/<size>].",
             show_default=False,
         ),
@@ -422,6 +632,7 @@ def download(
     base_url: Annotated[
         Optional[str],
         typer.Option(
+            metavar="URL",
             help="Mirror serving <size>/<file> [default: $GPTCLI_GPT2_BASE_URL, else OpenAI's host, then the book's mirror].",
             show_default=False,
         ),
@@ -430,7 +641,8 @@ def download(
         bool, typer.Option("--no-convert", help="Only download; skip the conversion to model.pth.")
     ] = False,
     reader: Annotated[
-        str, typer.Option(help="Read the TensorFlow checkpoint with: builtin (no TensorFlow needed) or tensorflow.")
+        Literal[READERS],
+        typer.Option(help="Read the TensorFlow checkpoint with: builtin (no TensorFlow needed) or tensorflow."),
     ] = "builtin",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
@@ -451,6 +663,7 @@ def convert(
     src: Annotated[
         str,
         typer.Argument(
+            metavar="SRC",
             help="OpenAI checkpoint folder, Hugging Face folder or weights file, the book's .pth, or (with --to hf) a gptcli checkpoint, run or gpt2-124M.",
             show_default=False,
         ),
@@ -460,30 +673,37 @@ def convert(
         typer.Option(
             "--output",
             "-o",
+            metavar="PATH",
             help="Output .pth (--to gptcli) or folder (--to hf) [default: beside SRC].",
             show_default=False,
         ),
     ] = None,
     from_: Annotated[
-        Optional[str], typer.Option("--from", help="openai, hf or book [default: detected].", show_default=False)
+        Optional[Literal[SOURCES]],
+        typer.Option("--from", help="The format of SRC [default: detected].", show_default=False),
     ] = None,
-    to: Annotated[str, typer.Option("--to", help="gptcli or hf.")] = "gptcli",
+    to: Annotated[Literal[TARGETS], typer.Option("--to", help="The format to write.")] = "gptcli",
     reader: Annotated[
-        str, typer.Option(help="TensorFlow checkpoints: builtin (no TensorFlow needed) or tensorflow.")
+        Literal[READERS],
+        typer.Option(help="TensorFlow checkpoints: builtin (no TensorFlow needed) or tensorflow."),
     ] = "builtin",
     n_heads: Annotated[
         Optional[int],
         typer.Option(
+            metavar="N",
             help="Book checkpoints: attention heads (not stored in the file) [default: emb_dim / 64].",
             show_default=False,
         ),
     ] = None,
-    drop_rate: Annotated[float, typer.Option(help="Book checkpoints: dropout rate for further training.")] = 0.1,
+    drop_rate: Annotated[
+        float, typer.Option(metavar="X", help="Book checkpoints: dropout rate for further training.")
+    ] = 0.1,
     data: Annotated[
         Optional[list[Path]],
         typer.Option(
             "--data",
-            help="Book checkpoints with optimizer state: the training text, so 'gptcli resume' can continue (repeatable).",
+            metavar="FILE",
+            help="Book checkpoints with optimizer state: the training text, so 'gptcli resume' can continue and the epochs the notebook ran are known (repeatable).",
             show_default=False,
         ),
     ] = None,
@@ -513,6 +733,7 @@ def info(
     target: Annotated[
         Optional[str],
         typer.Argument(
+            metavar="TARGET",
             help="Checkpoint file, run directory or downloaded model name like gpt2-124M [default: the most recent run].",
             show_default=False,
         ),
@@ -527,13 +748,303 @@ def info(
 
 @app.command(epilog="Examples:\n\n  gptcli runs\n\n  gptcli runs --root experiments --json")
 def runs(
-    root: Annotated[Path, typer.Option("--root", help="Directory holding run directories.")] = Path("runs"),
+    root: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--root", metavar="DIR", help="Directory holding run directories [default: runs].", show_default=False
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """List the training runs under ./runs with their progress and last losses."""
     from gptcli.commands.runs import runs_command
 
     runs_command(root, json_out=json_out)
+
+
+@app.command(
+    epilog="Examples:\n\n  gptcli prepare examples/the-verdict.txt -o data/verdict\n\n"
+    "  gptcli prepare 'corpus/*.jsonl.gz' -o data/corpus --shard-size 100M --val-tokens 10M\n\n"
+    "  zcat dump.jsonl.gz | gptcli prepare - --format jsonl --text-field content -o data/dump"
+)
+def prepare(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="INPUT",
+            help="Files (.txt .md .jsonl .json .csv .tsv .parquet, optionally .gz .bz2 .xz .zst), globs, "
+            "directories of .txt files, or - for standard input.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Directory to write the shards to.")],
+    format: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="<txt|jsonl|json|csv|tsv|parquet>",
+            help="Read every input as this format [default: from each file name].",
+            show_default=False,
+        ),
+    ] = None,
+    text_field: Annotated[
+        str, typer.Option(metavar="NAME", help="The JSON field or CSV/Parquet column holding the text.")
+    ] = "text",
+    shard_size: Annotated[str, typer.Option(metavar="N", help="Tokens per shard (100M, 2B accepted).")] = "100M",
+    val_ratio: Annotated[
+        float, typer.Option(metavar="R", help="Fraction of the tokens, at the end, written as val shards.")
+    ] = 0.1,
+    val_tokens: Annotated[
+        Optional[str],
+        typer.Option(metavar="N", help="Exactly this many val tokens instead of --val-ratio.", show_default=False),
+    ] = None,
+    encoding_errors: Annotated[
+        Literal[ENCODING_ERRORS], typer.Option(help="What to do with undecodable bytes.")
+    ] = "strict",
+    threads: Annotated[
+        Optional[int],
+        typer.Option(min=1, metavar="N", help="Tokenizer threads [default: one per core].", show_default=False),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output on stderr.")] = False,
+) -> None:
+    """Tokenize text once into llm.c-format shards (train_*.bin, val_*.bin) that train reads as memory maps."""
+    from gptcli.commands.prepare import prepare_command
+
+    prepare_command(
+        inputs,
+        out=out,
+        format=format,
+        text_field=text_field,
+        shard_size=shard_size,
+        val_ratio=val_ratio,
+        val_tokens=val_tokens,
+        encoding_errors=encoding_errors,
+        threads=threads,
+        json_out=json_out,
+        quiet=quiet,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# gptcli finetune ... and gptcli classify: the book's chapters 6 and 7 (gptcli.commands.finetune)
+
+_finetune_app = typer.Typer(
+    help="Finetune a pretrained model: instructions (the book's chapter 7), classification (chapter 6), with LoRA (appendix E).",
+    epilog="Examples:\n\n  gptcli finetune instruct instruction-data.json --init gpt2-355M\n\n"
+    "  gptcli finetune classify sms.csv --init gpt2-124M --balance",
+    no_args_is_help=True,
+)
+
+_FtInit = Annotated[
+    str, typer.Option("--init", metavar="MODEL", help="Pretrained model: a gptcli checkpoint or gpt2-124M etc.")
+]
+_FtOut = Annotated[
+    Optional[Path],
+    typer.Option("--out", "-o", metavar="DIR", help="Run directory [default: runs/<data>-<time>].", show_default=False),
+]
+
+
+def _ft_settings(**kw):
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+@_finetune_app.command(
+    "instruct",
+    epilog="Examples:\n\n  gptcli finetune instruct instruction-data.json --init gpt2-355M\n\n"
+    "  gptcli finetune instruct alpaca.jsonl --init gpt2-124M --lora-rank 16 --lora-alpha 16 --mask-prompt",
+)
+def finetune_instruct(
+    data: Annotated[
+        str, typer.Argument(metavar="DATA", help="JSON list or JSONL of {instruction, input, output} records.")
+    ],
+    init: _FtInit,
+    out: _FtOut = None,
+    template: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Prompt template: a format string with {instruction}, {input}, {output} [default: the book's Alpaca format].",
+            show_default=False,
+        ),
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="train,val,test fractions (the book's order: train, test, val).")
+    ] = "0.85,0.05,0.1",
+    split_seed: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Shuffle the records with this seed before splitting [default: keep the file's order, as the book].",
+            show_default=False,
+        ),
+    ] = None,
+    mask_prompt: Annotated[
+        bool, typer.Option("--mask-prompt", help="Ignore the prompt's tokens in the loss (exercise 7.2).")
+    ] = False,
+    max_length: Annotated[
+        Optional[int],
+        typer.Option(help="Cut batches to this many tokens [default: the context length].", show_default=False),
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 8,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 5e-5,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.1,
+    eval_freq: Annotated[int, typer.Option(help="Evaluate every N steps.")] = 5,
+    eval_iter: Annotated[int, typer.Option(help="Batches per evaluation.")] = 5,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 123,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains every weight.")] = 0,
+    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (the adapters' output scale).")] = 16.0,
+    lora_targets: Annotated[str, typer.Option(help="Layers given adapters: attn,mlp,head or all.")] = "all",
+    save_every: Annotated[int, typer.Option(help="Also save every N steps (0: at each epoch's end).")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "auto",
+) -> None:
+    """Finetune a model to follow instructions, as the book's chapter 7."""
+    from gptcli.commands.finetune import finetune_command
+
+    finetune_command(
+        _ft_settings(
+            kind="instruct",
+            data=data,
+            init=init,
+            split=split,
+            split_seed=split_seed,
+            mask_prompt=mask_prompt,
+            max_length=max_length,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            eval_freq=eval_freq,
+            eval_iter=eval_iter,
+            seed=seed,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_targets=lora_targets,
+            save_every=save_every,
+            device=device,
+        ),
+        out=out,
+        template_file=template,
+    )
+
+
+@_finetune_app.command(
+    "classify",
+    epilog="Examples:\n\n  gptcli finetune classify sms.csv --init gpt2-124M --balance\n\n"
+    "  gptcli finetune classify reviews.jsonl --init gpt2-124M --text-field review --label-field stars",
+)
+def finetune_classify(
+    data: Annotated[
+        str, typer.Argument(metavar="DATA", help="CSV, TSV (.tsv) or JSONL (.jsonl) with a text and a label field.")
+    ],
+    init: _FtInit,
+    out: _FtOut = None,
+    text_field: Annotated[str, typer.Option(help="Name of the text field.")] = "Text",
+    label_field: Annotated[str, typer.Option(help="Name of the label field.")] = "Label",
+    balance: Annotated[
+        bool, typer.Option("--balance", help="Sample every class down to the smallest (create_balanced_dataset).")
+    ] = False,
+    split: Annotated[
+        str, typer.Option(help="train,val,test fractions, after the book's seeded shuffle.")
+    ] = "0.7,0.1,0.2",
+    max_length: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Cut and pad texts to this many tokens [default: the longest training text].", show_default=False
+        ),
+    ] = None,
+    trainable: Annotated[
+        str, typer.Option(help="last-block (the book: last block, final LayerNorm, head), head or all.")
+    ] = "last-block",
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 8,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 5e-5,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.1,
+    eval_freq: Annotated[int, typer.Option(help="Evaluate every N steps.")] = 50,
+    eval_iter: Annotated[int, typer.Option(help="Batches per evaluation.")] = 5,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 123,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains the --trainable weights.")] = 0,
+    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (the adapters' output scale).")] = 16.0,
+    lora_targets: Annotated[str, typer.Option(help="Layers given adapters: attn,mlp,head or all.")] = "all",
+    save_every: Annotated[int, typer.Option(help="Also save every N steps (0: at each epoch's end).")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "auto",
+) -> None:
+    """Finetune a model as a text classifier, as the book's chapter 6."""
+    from gptcli.commands.finetune import finetune_command
+
+    finetune_command(
+        _ft_settings(
+            kind="classify",
+            data=data,
+            init=init,
+            text_field=text_field,
+            label_field=label_field,
+            balance=balance,
+            split=split,
+            max_length=max_length,
+            trainable=trainable,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            eval_freq=eval_freq,
+            eval_iter=eval_iter,
+            seed=seed,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_targets=lora_targets,
+            save_every=save_every,
+            device=device,
+        ),
+        out=out,
+    )
+
+
+@_finetune_app.command("resume")
+def finetune_resume(
+    target: Annotated[
+        Optional[Path],
+        typer.Argument(
+            metavar="RUN", help="Run directory or checkpoint [default: the most recent run].", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Continue a finetuning run exactly where its newest checkpoint stopped."""
+    from gptcli.commands.finetune import resume_command
+
+    resume_command(target)
+
+
+@app.command(
+    "classify",
+    epilog='Examples:\n\n  gptcli classify -c runs/spam "You won a prize!"\n\n'
+    "  gptcli classify -c runs/spam --file messages.txt --json",
+)
+def classify(
+    texts: Annotated[
+        Optional[list[str]], typer.Argument(metavar="TEXT", help="Texts to label.", show_default=False)
+    ] = None,
+    checkpoint: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            metavar="RUN",
+            help="A classify run or checkpoint [default: the most recent run].",
+            show_default=False,
+        ),
+    ] = None,
+    file: Annotated[
+        Optional[Path],
+        typer.Option("--file", metavar="FILE", help="Also label each non-empty line of FILE.", show_default=False),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Label texts with a model from `gptcli finetune classify`: label and probability."""
+    from gptcli.commands.finetune import classify_command
+
+    classify_command(checkpoint, list(texts or []), file=file, json_out=json_out)
+
+
+app.add_typer(_finetune_app, name="finetune")
 
 
 def main() -> None:

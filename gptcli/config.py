@@ -2,12 +2,28 @@
 
 Each dataclass validates itself in ``__post_init__`` and names the offending field, so a typo or a
 bad value fails at start-up with a message a user can act on, never half-way through a run.
+
+One validation layer serves every source of settings: flags, a YAML file and the settings a
+checkpoint stores (``from_dict``, ``build_config``). First each value is coerced to its field's
+type (``_coerce``, driven by the dataclass type hints): YAML 1.1 reads ``lr: 4e-4`` as the string
+"4e-4", so a number written as a string becomes a float; a single path for ``data`` becomes a
+one-item list; everything else must already have the field's type (a bool only as a real bool,
+an int never as 1.5 or true). Then ``__post_init__`` checks the ranges. An error names the key,
+the value and what was expected, with the flag spelling, and the config file or checkpoint the
+value came from. The layer is hand-written rather than pydantic (v2): pydantic's lax mode turns
+``"no"`` into False and ``1.0`` into 1 and its strict mode refuses "4e-4" for a float, so either
+mode needs custom rules for exactly these cases, and it would add a runtime dependency and about
+100 ms of import time for what a few dozen lines of standard library do here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +41,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 _OPENAI_SHAPE = {"context_length": 1024, "qkv_bias": True, "tie_weights": True}
 
 
-def _check(cond: bool, name: str, msg: str) -> None:
+class ConfigValueError(UsageError):
+    """A bad value of one config field. ``key`` is the field's name, so that the layer that merged
+    the settings can say which file or checkpoint the value came from (``where``). The message
+    names the key and its flag (``emb_dim (--emb-dim)``), or only the flag for a value that came
+    from the command line (``from_flag``)."""
+
+    def __init__(self, key: str, detail: str, where: str | None = None, *, from_flag: bool = False):
+        self.key, self.detail, self.where = key, detail, where
+        label = _flag(key) if from_flag else f"{key} ({_flag(key)})" if _is_flag(key) else key
+        super().__init__(f"{where + ': ' if where else ''}invalid {label}: {detail}")
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
-        raise UsageError(f"invalid {name}: {msg}")
+        raise ConfigValueError(key, msg)
 
 
 @dataclass
@@ -50,16 +78,16 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
+        _coerce_fields(self)
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and value >= 1, name, f"{value!r} (must be an integer >= 1)")
+            _check(value >= 1, name, f"{value!r} (must be an integer >= 1)")
         _check(
             self.emb_dim % self.n_heads == 0,
             "emb_dim",
-            f"{self.emb_dim} is not divisible by n_heads={self.n_heads}",
+            f"{self.emb_dim} is not divisible by n_heads (--n-heads) {self.n_heads}",
         )
-        _check(0.0 <= float(self.drop_rate) < 1.0, "drop_rate", f"{self.drop_rate} (must be in [0, 1))")
-        self.drop_rate = float(self.drop_rate)
+        _check(0.0 <= self.drop_rate < 1.0, "drop_rate", f"{self.drop_rate} (must be in [0, 1))")
 
     @property
     def head_dim(self) -> int:
@@ -73,9 +101,7 @@ class ModelConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
-        if name not in PRESETS:
-            raise UsageError(f"invalid --preset: {name!r} (choose from {', '.join(PRESETS)})")
-        return cls(**{**_OPENAI_SHAPE, **PRESETS[name], **overrides})
+        return build_config(cls, (None, preset_values(name)), (None, overrides))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "model config") -> ModelConfig:
@@ -98,9 +124,29 @@ class ModelConfig:
         return total
 
 
+def preset_values(name: Any, where: str | None = None) -> dict[str, Any]:
+    """The model settings of preset ``name``; an unknown name (or not a name at all) is an error
+    naming the file it came from, if any."""
+    if not isinstance(name, str) or name not in PRESETS:
+        label = f"{where}: invalid preset (--preset)" if where else "invalid --preset"
+        raise UsageError(f"{label}: {_show(name)} (choose from {', '.join(PRESETS)})")
+    return {**_OPENAI_SHAPE, **PRESETS[name]}
+
+
 PRECISIONS = ("fp32", "bf16", "fp16")
+# Weights' dtypes for sampling and evaluation (``--dtype``; gptcli.device resolves them).
+DTYPES = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # as --help lists them and completion offers them
 ENCODING_ERRORS = ("strict", "replace", "ignore")
+# What torch.manual_seed takes: any 64-bit integer, signed or unsigned.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+
+def is_device_name(name: str) -> bool:
+    """Whether ``name`` spells a ``--device`` (whether this machine has it is ``device.py``'s call)."""
+    return name in DEVICES or re.fullmatch(r"cuda:[0-9]{1,4}", name) is not None
 
 
 @dataclass
@@ -129,8 +175,22 @@ class TrainConfig:
         default=None,
         metadata={"help": "Separate validation text instead of a split.", "panel": "train", "type": Path},
     )
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps.", "panel": "train"})
-    precision: str = field(default="fp32", metadata={"help": "fp32, bf16 (autocast) or fp16 (CUDA).", "panel": "train"})
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": "Where to train: auto picks a GPU if there is one; cuda:N picks one of several.",
+            "panel": "train",
+            "suggest": DEVICE_NAMES,
+        },
+    )
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "fp32, or bf16 or fp16 (CUDA only) autocast.",
+            "panel": "train",
+            "choices": PRECISIONS,
+        },
+    )
     compile: bool | None = field(
         default=None,
         metadata={"help": "torch.compile the model.", "panel": "train", "default_text": "on for CUDA"},
@@ -166,18 +226,21 @@ class TrainConfig:
         metadata={"help": "Tolerate up to N steps with a NaN/inf loss by skipping them.", "panel": "train"},
     )
     encoding_errors: str = field(
-        default="strict", metadata={"help": "strict, replace or ignore undecodable bytes.", "panel": "train"}
+        default="strict",
+        metadata={"help": "What to do with undecodable bytes.", "panel": "train", "choices": ENCODING_ERRORS},
     )
     init: str | None = field(
         default=None,
         metadata={
             "help": "Start from these weights: a checkpoint, or gpt2-124M etc. once downloaded.",
             "panel": "train",
+            "metavar": "CHECKPOINT",
         },
     )
     data: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        _coerce_fields(self)
         for name, low in (
             ("epochs", 1),
             ("batch_size", 1),
@@ -191,29 +254,21 @@ class TrainConfig:
             ("skip_nonfinite", 0),
         ):
             value = getattr(self, name)
-            _check(
-                isinstance(value, int) and not isinstance(value, bool) and value >= low,
-                _flag(name),
-                f"{value!r} (must be an integer >= {low})",
-            )
-        _check(self.stride is None or self.stride >= 1, "--stride", f"{self.stride!r} (must be >= 1)")
-        _check(float(self.lr) > 0, "--lr", f"{self.lr!r} (must be > 0)")
-        _check(float(self.weight_decay) >= 0, "--weight-decay", f"{self.weight_decay!r} (must be >= 0)")
-        _check(0.0 < float(self.val_ratio) < 1.0, "--val-ratio", f"{self.val_ratio!r} (must be in (0, 1))")
-        _check(self.min_lr is None or float(self.min_lr) >= 0, "--min-lr", f"{self.min_lr!r} (must be >= 0)")
-        _check(float(self.grad_clip) >= 0, "--grad-clip", f"{self.grad_clip!r} (must be >= 0)")
-        _check(
-            self.device in DEVICES or self.device.startswith("cuda:"),
-            "--device",
-            f"{self.device!r} (choose from {', '.join(DEVICES)})",
-        )
-        _check(self.precision in PRECISIONS, "--precision", f"{self.precision!r} (choose from {', '.join(PRECISIONS)})")
+            _check(value >= low, name, f"{value!r} (must be an integer >= {low})")
+        _check(SEED_MIN <= self.seed <= SEED_MAX, "seed", f"{self.seed} (must be from {SEED_MIN} to {SEED_MAX})")
+        _check(self.stride is None or self.stride >= 1, "stride", f"{self.stride!r} (must be >= 1)")
+        _check(self.lr > 0, "lr", f"{self.lr!r} (must be > 0)")
+        _check(self.weight_decay >= 0, "weight_decay", f"{self.weight_decay!r} (must be >= 0)")
+        _check(0.0 < self.val_ratio < 1.0, "val_ratio", f"{self.val_ratio!r} (must be in (0, 1))")
+        _check(self.min_lr is None or self.min_lr >= 0, "min_lr", f"{self.min_lr!r} (must be >= 0)")
+        _check(self.grad_clip >= 0, "grad_clip", f"{self.grad_clip!r} (must be >= 0)")
+        _check(is_device_name(self.device), "device", f"{self.device!r} (choose from {DEVICE_CHOICES})")
+        _check(self.precision in PRECISIONS, "precision", f"{self.precision!r} (choose from {', '.join(PRECISIONS)})")
         _check(
             self.encoding_errors in ENCODING_ERRORS,
-            "--encoding-errors",
+            "encoding_errors",
             f"{self.encoding_errors!r} (choose from {', '.join(ENCODING_ERRORS)})",
         )
-        self.data = [str(p) for p in self.data]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "train config") -> TrainConfig:
@@ -229,6 +284,10 @@ def flag_fields(cls: type) -> list[dataclasses.Field]:
     A field is a flag when its metadata has "help"; "panel" groups it in ``--help`` (model, train or
     output), "default_text" replaces the shown default where the value alone would not explain it,
     and "type" is the command-line type where it differs from the field's (a Path for a str).
+    "choices" makes a flag that takes only those values (``--help`` lists them, completion offers
+    them); "suggest" lists values in ``--help`` and completion but leaves the checking to the
+    dataclass (``--device`` also takes cuda:N); "metavar" names the value in ``--help`` where the
+    type's word (N, X, TEXT, FILE) would not say it.
     """
     return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
 
@@ -237,38 +296,180 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _strict_build(cls: type, data: dict[str, Any], where: str) -> Any:
+@functools.cache
+def _flag_keys() -> frozenset[str]:
+    return frozenset(f.name for cls in (ModelConfig, TrainConfig) for f in flag_fields(cls))
+
+
+def _is_flag(key: str) -> bool:
+    return key in _flag_keys()
+
+
+# ---------------------------------------------------------------------------------------------
+# The validation layer: types first (here), ranges in each dataclass's __post_init__
+
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # 64 bits, signed or not: all that torch or numpy take
+
+
+def _show(value: Any) -> str:
+    """A value for a message: short, and safe for any value (huge ints, long strings, nesting)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"{'-' if value < 0 else ''}an integer of {value.bit_length()} bits"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]  # as YAML spells them
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _text(key: str, value: Any) -> str:
+    if isinstance(value, os.PathLike):  # Python callers may pass a Path for a file setting
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise ConfigValueError(key, f"{_show(value)} (expected a string)")
+    if not value:
+        raise ConfigValueError(key, "'' (must not be empty)")
+    if "\0" in value:
+        raise ConfigValueError(key, f"{_show(value)} (contains a NUL character)")
+    return value
+
+
+def _number(key: str, value: Any) -> float:
+    """A float from a float, an int, or a string that spells a number ("4e-4", as YAML 1.1 reads
+    ``4e-4``); finite only, since nan or inf in a setting breaks every computation downstream."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigValueError(key, f"{_show(value)} (expected a number)")
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except ValueError:
+        raise ConfigValueError(key, f"{_show(value)} (expected a number)") from None
+    except OverflowError:
+        raise ConfigValueError(key, f"{_show(value)} (too large)") from None
+    if not math.isfinite(number):
+        raise ConfigValueError(key, f"{_show(value)} (expected a finite number)")
+    return number
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """``value`` as field ``key`` of type ``hint`` holds it, or a ConfigValueError saying what was
+    expected. Only what a person obviously meant is converted (see the module docstring)."""
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    elif value is None:
+        raise ConfigValueError(key, "null (expected a value)")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigValueError(key, f"{_show(value)} (expected true or false)")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigValueError(key, f"{_show(value)} (expected an integer)")
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise ConfigValueError(key, f"{_show(value)} (out of the 64-bit range)")
+        return value
+    if hint is float:
+        return _number(key, value)
+    if hint is str:
+        return _text(key, value)
+    if typing.get_origin(hint) is list:  # data: one path, or a list of paths
+        items = [value] if isinstance(value, (str, os.PathLike)) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigValueError(key, f"{_show(value)} (expected a path or a list of paths)")
+        return [_text(key, item) for item in items]
+    raise TypeError(f"no coercion for {key}: {hint!r}")  # a new field type: teach _coerce about it
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce_fields(obj: Any) -> None:
+    """Coerce every field of a config dataclass in place (called first in ``__post_init__``)."""
+    types = _field_types(type(obj))
+    for f in dataclasses.fields(obj):
+        setattr(obj, f.name, _coerce(f.name, types[f.name], getattr(obj, f.name)))
+
+
+def _check_keys(cls: type, data: Any, where: str | None) -> None:
     if not isinstance(data, dict):
-        raise UsageError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+        raise UsageError(f"{where or 'settings'}: expected a mapping, got {type(data).__name__}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in known]
     if unknown:
-        raise UsageError(f"{where}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(known))})")
-    return cls(**data)
+        raise UsageError(
+            f"{where or 'settings'}: unknown key {_show(unknown[0])} (known keys: {', '.join(sorted(known))})"
+        )
+
+
+def coerce_values(cls: type, data: dict[str, Any], where: str | None) -> dict[str, Any]:
+    """Some of ``cls``'s settings checked and coerced to their types, without building a config
+    (for settings compared with a checkpoint's rather than applied)."""
+    _check_keys(cls, data, where)
+    types = _field_types(cls)
+    try:
+        return {k: _coerce(k, types[k], v) for k, v in data.items()}
+    except ConfigValueError as e:
+        raise ConfigValueError(e.key, e.detail, where, from_flag=where is None and _is_flag(e.key)) from None
+
+
+def build_config(cls: type, *layers: tuple[str | None, dict[str, Any]]) -> Any:
+    """``cls`` from layers of settings applied in order (a preset, a file, flags), each named by
+    where it came from (None for flags), so that an error names the file that holds the bad value."""
+    merged: dict[str, Any] = {}
+    source: dict[str, str | None] = {}
+    for where, values in layers:
+        _check_keys(cls, values, where)
+        merged.update(values)
+        source.update(dict.fromkeys(values, where))
+    try:
+        return cls(**merged)
+    except ConfigValueError as e:
+        where = source.get(e.key)
+        raise ConfigValueError(e.key, e.detail, where, from_flag=where is None and _is_flag(e.key)) from None
+
+
+def _strict_build(cls: type, data: dict[str, Any], where: str) -> Any:
+    return build_config(cls, (where, data))
 
 
 def load_yaml_config(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a run config file: a mapping with optional `model` and `train` sections.
 
-    Unknown sections or keys are errors naming the key, checked later by the dataclasses.
+    Unknown sections are errors here; the keys and values of each section are checked by
+    ``build_config``, which names this file in its errors.
     """
     import yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"config file not found: {p}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{p}: is a directory, not a config file") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UsageError(f"{p}: cannot read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise UsageError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except (ValueError, RecursionError) as e:  # an integer of over 4300 digits; nesting too deep
+        raise UsageError(f"{p}: not valid YAML ({(str(e) or type(e).__name__).splitlines()[0][:120]})") from None
+    if data is None:  # an empty file, or only comments
+        data = {}
     if not isinstance(data, dict):
         raise UsageError(f"{p}: expected a mapping with 'model' and 'train' sections")
-    unknown = sorted(set(data) - {"model", "train"})
+    unknown = [k for k in data if k not in ("model", "train")]
     if unknown:
-        raise UsageError(f"{p}: unknown key {unknown[0]!r} (known keys: model, train)")
+        raise UsageError(f"{p}: unknown key {_show(unknown[0])} (known keys: model, train)")
     for section in ("model", "train"):
-        if not isinstance(data.get(section, {}) or {}, dict):
-            raise UsageError(f"{p}: '{section}' must be a mapping")
+        if data.get(section) is not None and not isinstance(data[section], dict):
+            raise UsageError(f"{p}: '{section}' must be a mapping, got {_show(data[section])}")
     return {"model": dict(data.get("model") or {}), "train": dict(data.get("train") or {})}
 
 

@@ -29,6 +29,7 @@ from rich.progress import (
 from rich.table import Table
 
 from gptcli.callbacks import Callbacks
+from gptcli.paths import display_path
 
 if TYPE_CHECKING:
     from gptcli.training import TrainState
@@ -130,7 +131,7 @@ class TrainProgress(Callbacks):
             f"model: {info_['params']:,} parameters on {info_['device']}",
             f"data: {info_['train_tokens']:,} training tokens ({info_['train_windows']} windows), "
             f"{info_['val_tokens']:,} validation tokens ({info_['val_windows']} windows)",
-            f"run: {info_['run_dir']} ({info_['steps_per_epoch']} steps per epoch, {info_['total_steps']} in all)"
+            f"run: {display_path(info_['run_dir'])} ({info_['steps_per_epoch']} steps per epoch, {info_['total_steps']} in all)"
             + (" [resumed]" if info_["resumed"] else ""),
         ]
         for line in lines:
@@ -170,7 +171,7 @@ class TrainProgress(Callbacks):
 
     def on_sample(self, record: dict[str, Any]) -> None:
         if self.print_samples:
-            text = record["text"].replace("\n", " ")
+            text = record["text"].replace("\n", " ").rstrip()  # the book's one line, without its trailing blanks
             if self.progress is not None:
                 self.progress.console.print(f"[epoch {record['epoch']}] {text}", markup=False, highlight=False)
             else:
@@ -178,7 +179,7 @@ class TrainProgress(Callbacks):
 
     def on_save(self, path: Path, reason: str) -> None:
         if self.progress is None and reason != "save-every":
-            info(f"saved {path}")
+            info(f"saved {display_path(path)}")
 
     def warn(self, message: str) -> None:
         warn(message)
@@ -194,12 +195,17 @@ class TrainProgress(Callbacks):
 
 class _LogLines(Progress):
     """A Progress that draws nothing: when stderr is not a terminal (a log file, CI), each task
-    logs one tidy line per tenth of its total instead, and a last line when it completes."""
+    logs a tidy line when it passes a tenth of its total, at most one every ``interval`` seconds,
+    and a last line when it completes. A job of a second logs one line, a long one one per tenth."""
+
+    interval = 5.0  # seconds between two lines of one task (the last line always comes)
+    clock = staticmethod(time.monotonic)
 
     def __init__(self, label: str, *, as_bytes: bool = False, **kwargs: Any):
         super().__init__(disable=True, **kwargs)
         self._label, self._as_bytes = label, as_bytes
         self._logged: dict[Any, int] = {}
+        self._logged_at: dict[Any, float] = {}
 
     def update(self, task_id, **kwargs: Any) -> None:  # type: ignore[override]
         super().update(task_id, **kwargs)
@@ -211,16 +217,19 @@ class _LogLines(Progress):
 
     def reset(self, task_id, **kwargs: Any) -> None:  # type: ignore[override]
         self._logged.pop(task_id, None)  # a restarted task logs its tenths again
+        self._logged_at.pop(task_id, None)
         super().reset(task_id, **kwargs)
 
     def _log(self, task_id) -> None:
         task = self._tasks[task_id]
         if _quiet or not task.total:
             return
+        now = self.clock()
+        since = now - self._logged_at.setdefault(task_id, now)  # the first update starts the clock
         tenth = min(10, int(10 * task.completed / task.total))
-        if tenth <= self._logged.get(task_id, 0):
+        if tenth <= self._logged.get(task_id, 0) or (tenth < 10 and since < self.interval):
             return
-        self._logged[task_id] = tenth
+        self._logged[task_id], self._logged_at[task_id] = tenth, now
         label = self._label.format(task=task) if "{" in self._label else self._label
         if self._as_bytes:
             done = f"{human_bytes(task.completed)} of {human_bytes(task.total)}"

@@ -7,7 +7,8 @@ both go through the token cache (``gptcli.tokencache``) for large corpora, and t
 The windowing is the book's ``GPTDatasetV1``: window i covers tokens [s, s+T) with next-token
 targets [s+1, s+T+1), for s in range(0, n - T, stride). The batch order reproduces what the
 book's ``DataLoader(shuffle=True)`` draws from the global torch RNG, so a seeded gptcli run sees
-the same batches as the book's notebook.
+the same batches as the book's notebook. ``eval`` uses the same windows with stride = T by default
+(the book's ``calc_loss_loader``), or ``SlidingWindows`` for ``--stride``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptcli import tokencache
+from gptcli import shards, tokencache
 from gptcli.config import ModelConfig, TrainConfig
 from gptcli.errors import DataError
-from gptcli.textfiles import read_corpus
+from gptcli.textfiles import expand_paths, read_corpus
 from gptcli.tokenizer import encode
 
 # ---------------------------------------------------------------------------------------------
@@ -50,7 +51,7 @@ def corpus_tokens(
     """All token ids of the files (documents joined by ``<|endoftext|>``). Corpora of
     ``tokencache.MEMMAP_MIN_BYTES`` or more come from the token cache as a memmap, so a large
     evaluation file is never held in memory as text."""
-    if tokencache.corpus_bytes(paths) >= tokencache.MEMMAP_MIN_BYTES:
+    if tokencache.corpus_bytes(paths) >= tokencache.MEMMAP_MIN_BYTES or tokencache.needs_formats(expand_paths(paths)):
         return tokencache.cached_corpus_tokens(paths, val_ratio=None, errors=errors, on_progress=on_progress).train
     return tokenize(read_corpus(paths, errors=errors))
 
@@ -109,13 +110,51 @@ def batches_of(order: Sequence[int], batch_size: int, *, drop_last: bool) -> lis
     return [list(order[i * batch_size : (i + 1) * batch_size]) for i in range(n)]
 
 
-def eval_windows(tokens: np.ndarray, context_length: int) -> list[tuple[int, int]]:
-    """(start, length) chunks that predict every token after the first exactly once.
+@dataclass
+class SlidingWindows:
+    """The sliding-window evaluation of Hugging Face's perplexity guide ("Perplexity of
+    fixed-length models"), over the book's (inputs, next-token targets) windows.
 
-    Full windows of ``context_length`` targets, then one shorter window for the remainder.
+    Window k has the inputs [kS, kS + T) (the last one cut at the end of the text) and scores only
+    the targets no earlier window scored: all T of the first window's, the last S of each later
+    one. So every token after the first is scored exactly once, each with at least T - S + 1 tokens
+    of context before it (all it has, near the start). S = T gives the book's windows plus one
+    shorter window for the tail; S = 1 gives every token its full context, at T times the cost.
     """
-    n_targets = len(tokens) - 1
-    return [(s, min(context_length, n_targets - s)) for s in range(0, n_targets, context_length)]
+
+    tokens: np.ndarray
+    context_length: int
+    stride: int
+
+    def __post_init__(self) -> None:
+        T, S = self.context_length, self.stride
+        if not 1 <= S <= T:
+            raise ValueError(f"stride {S} must be from 1 to the context length {T}")
+        self.n_targets = max(0, len(self.tokens) - 1)
+        # The last window is the first whose targets reach the end: k*S + T >= n_targets.
+        self.num_windows = 0 if self.n_targets == 0 else 1 + max(0, -(-(self.n_targets - T) // S))
+
+    def __len__(self) -> int:
+        return self.num_windows
+
+    def span(self, k: int) -> tuple[int, int, int]:
+        """(start, length, first scored position) of window k: its inputs are tokens
+        [start, start + length), its targets the next tokens, of which positions from the third
+        value on count."""
+        start = k * self.stride
+        length = min(self.context_length, self.n_targets - start)
+        return start, length, 0 if k == 0 else self.context_length - self.stride
+
+    def batch(self, window_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inputs and targets (B, L) int64, and the first scored position of each row (B,), for
+        windows of one length."""
+        spans = [self.span(int(k)) for k in window_ids]
+        lengths = {length for _, length, _ in spans}
+        if len(lengths) != 1:
+            raise ValueError(f"windows of different lengths in one batch: {sorted(lengths)}")
+        rows = np.stack([np.asarray(self.tokens[s : s + n + 1], dtype=np.int64) for s, n, _ in spans])
+        t = torch.from_numpy(rows)
+        return t[:, :-1], t[:, 1:], torch.tensor([first for _, _, first in spans])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,8 +178,14 @@ def prepare_data(
     memmap (the same ids, fingerprint and windows as the in-memory path, in bounded memory);
     ``on_progress(done, total)`` reports input bytes while that file is built."""
     val_paths = [cfg.val_file] if cfg.val_file else None
+    if any(shards.is_shard_input(p) for p in cfg.data):
+        if not all(shards.is_shard_input(p) for p in cfg.data):
+            raise DataError("the training data mixes token shards (.bin) with text files; give one kind")
+        train_ids, val_ids, fingerprint = shards.run_tokens(cfg.data, cfg.val_file)
+        return _run_data(model_cfg, cfg, train_ids, val_ids, fingerprint)
     size = tokencache.corpus_bytes(cfg.data) + (tokencache.corpus_bytes(val_paths) if val_paths else 0)
-    if size >= tokencache.MEMMAP_MIN_BYTES:
+    other_formats = tokencache.needs_formats(expand_paths([*cfg.data, *(val_paths or [])]))
+    if size >= tokencache.MEMMAP_MIN_BYTES or other_formats:
         cached = tokencache.cached_corpus_tokens(
             cfg.data,
             val_ratio=None if val_paths else cfg.val_ratio,
@@ -157,6 +202,10 @@ def prepare_data(
             train_text, val_text = split_text(text, cfg.val_ratio)
         train_ids, val_ids = tokenize(train_text), tokenize(val_text)
         fingerprint = text_fingerprint(train_text + "\x00" + val_text)
+    return _run_data(model_cfg, cfg, train_ids, val_ids, fingerprint)
+
+
+def _run_data(model_cfg: ModelConfig, cfg: TrainConfig, train_ids, val_ids, fingerprint: str) -> RunData:
     T = model_cfg.context_length
     stride = cfg.stride or T
     train = TokenWindows(train_ids, T, stride)

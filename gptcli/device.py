@@ -11,21 +11,43 @@ import contextlib
 
 import torch
 
+from gptcli.config import DEVICE_CHOICES, DTYPES, is_device_name
 from gptcli.errors import UsageError
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``--device name`` asks for: auto, cpu, cuda, cuda:N or mps, and only one this
+    machine has. Anything else torch would accept (meta, xla, ...) is refused here, by name."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"invalid --device: {name!r} (CUDA is not available on this machine)")
+    if not is_device_name(name):
+        raise UsageError(f"invalid --device: {name!r} (choose from {DEVICE_CHOICES})")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"invalid --device: {name!r} (CUDA is not available on this machine)")
+        count = torch.cuda.device_count()
+        if name != "cuda" and int(name.removeprefix("cuda:")) >= count:
+            raise UsageError(
+                f"invalid --device: {name!r} (this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1})"
+            )
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UsageError("invalid --device: 'mps' (MPS is not available on this machine)")
     return torch.device(name)
+
+
+def set_threads(n: int | None) -> None:
+    """``--threads N``: the CPU threads PyTorch's operators use (None keeps PyTorch's choice, one
+    per core). One is often faster on a machine other work keeps busy (see the README's speed
+    section)."""
+    if n is None:
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UsageError(f"invalid --threads: {n!r} (must be an integer >= 1)")
+    torch.set_num_threads(n)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -45,13 +67,14 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-DTYPES = ("auto", "fp32", "bf16")
-
-
+# fp32, the default of every command, computes what the book's code and transformers compute,
+# token for token; bf16 is the opt-in fast path (benchmarks/bench_sample_cpu.py: 1.5x fp32's speed
+# on a CPU with native bf16, greedy text departing from fp32's after a while).
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """The weights' dtype for ``--dtype``. ``auto`` is bf16 on CPUs with native bf16, where
-    benchmarks/bench_sample_cpu.py measured greedy decoding faster than fp32 with the first tokens
-    the same, and fp32 everywhere else, GPUs included, until sampling is measured there."""
+    """The weights' dtype for ``--dtype`` (default fp32). ``auto``, an explicit
+    choice, is bf16 on CPUs with native bf16, where benchmarks/bench_sample_cpu.py measured greedy
+    decoding faster than fp32, and fp32 everywhere else, GPUs included, until sampling is measured
+    there."""
     if dtype not in DTYPES:
         raise UsageError(f"invalid --dtype: {dtype!r} (choose from {', '.join(DTYPES)})")
     if dtype == "bf16" or (dtype == "auto" and device.type == "cpu" and native_bf16(device)):

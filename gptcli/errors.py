@@ -34,7 +34,7 @@ class DownloadError(GptCliError):
 
 
 class SaveError(GptCliError):
-    """A checkpoint could not be written (a full disk, say); the previous one is intact."""
+    """A checkpoint, the metrics log or the config could not be written (a full disk, say)."""
 
     exit_code = 1
 
@@ -43,3 +43,19 @@ class TrainingError(GptCliError):
     """A failure while training, e.g. a non-finite loss."""
 
     exit_code = 1
+
+
+class RunDirError(GptCliError):
+    """A run directory that cannot be written: another process writes it, or it is read-only."""
+
+    exit_code = 1
+
+
+def os_error_reason(e: OSError) -> str:
+    """What a failed write means, in words: "No space left on device", "file size limit
+    exceeded", never a library's internal text."""
+    import errno
+
+    if e.errno == errno.EFBIG:
+        return "file size limit exceeded (File too large)"
+    return e.strerror or str(e) or type(e).__name__

@@ -7,13 +7,17 @@ for a batch of rows, each stopping on its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from gptcli.config import SEED_MAX, SEED_MIN
 from gptcli.errors import UsageError
-from gptcli.model import GPT, KVCache
+from gptcli.model import GPT, KVCache, StaticKVCache
+
+MIN_TEMPERATURE = 1e-6
 
 
 @dataclass
@@ -28,12 +32,20 @@ class SampleConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
             raise UsageError(f"invalid --max-new-tokens: {self.max_new_tokens} (must be >= 0)")
-        if self.temperature < 0:
-            raise UsageError(f"invalid --temperature: {self.temperature} (must be >= 0)")
+        # nan or inf would reach softmax: nan probabilities, or -inf / inf = nan after top-k; and
+        # below MIN_TEMPERATURE, float32 logits / temperature overflow to inf, then nan
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise UsageError(f"invalid --temperature: {self.temperature} (must be a finite number >= 0)")
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise UsageError(
+                f"invalid --temperature: {self.temperature} (0 is greedy; above 0, at least {MIN_TEMPERATURE:g})"
+            )
         if self.top_k is not None and self.top_k < 1:
             raise UsageError(f"invalid --top-k: {self.top_k} (must be >= 1)")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise UsageError(f"invalid --top-p: {self.top_p} (must be in (0, 1])")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise UsageError(f"invalid --seed: {self.seed} (must be from {SEED_MIN} to {SEED_MAX})")
         if self.num_samples < 1:
             raise UsageError(f"invalid --num-samples: {self.num_samples} (must be >= 1)")
 
@@ -48,16 +60,22 @@ def sample_next_token(
 ) -> torch.Tensor:
     """Pick the next token for each row of ``logits`` (B, V); returns (B, 1) ids."""
     logits = logits.float()
+    dropped = None
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        dropped = logits < kth
+        logits = logits.masked_fill(dropped, float("-inf"))
     if temperature <= 0.0:
         return logits.argmax(dim=-1, keepdim=True)
-    probs = torch.softmax(logits / temperature, dim=-1)
+    scaled = logits / temperature
+    if dropped is not None:  # a temperature beyond float32's range is inf there, and -inf / inf is nan
+        scaled = scaled.masked_fill(dropped, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
     if top_p is not None and top_p < 1.0:
         sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True)
         # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it < p.
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        drop[:, 0] = False  # the most likely token always stays (a top_p below float32's range is 0)
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, sorted_idx, sorted_probs)
     return torch.multinomial(probs, num_samples=1, generator=generator)
@@ -66,7 +84,7 @@ def sample_next_token(
 @torch.no_grad()
 def generate(
     model: GPT,
-    idx: torch.Tensor,
+    idx: torch.Tensor | Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
     temperature: float = 0.0,
@@ -77,15 +95,45 @@ def generate(
     generator: torch.Generator | None = None,
     on_token: Callable[[torch.Tensor], None] | None = None,
 ) -> list[list[int]]:
-    """Extend each row of ``idx`` (B, T) by up to ``max_new_tokens`` tokens.
+    """Extend each row of ``idx`` (B, T), or each prompt of a list of token-id lists of any
+    lengths, by up to ``max_new_tokens`` tokens.
 
     Returns the new tokens of each row, cut before its first ``eos_id``. Prompts longer than the
     context are cropped from the left, as are sequences that grow past it. With ``use_cache``,
     each new token costs one position; once the sequence is longer than the context, every step
     must re-run the last ``context_length`` tokens (their positions all shift), exactly as the
     uncached model does, so the two give identical tokens.
+
+    Prompts of different lengths run as one left-padded batch (``_generate_static``) when every
+    row fits in the context with its new tokens; otherwise, prompts of equal length run together,
+    one length after another. On CUDA a batch that fits also takes that static path, its one-token
+    step captured once as a CUDA graph and replayed, so each token costs one launch.
     """
     ctx = model.cfg.context_length
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id, generator=generator)
+    if not isinstance(idx, torch.Tensor):
+        prompts = [list(p)[-ctx:] for p in idx]
+        if any(not p for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        device = next(model.parameters()).device
+        if use_cache and max(map(len, prompts)) + max_new_tokens <= ctx:
+            return _generate_static(
+                model, prompts, max_new_tokens=max_new_tokens, device=device, on_token=on_token, **sampling
+            )
+        out: list[list[int] | None] = [None] * len(prompts)
+        for n in sorted({len(p) for p in prompts}):  # one batch per length, shortest first
+            rows = [i for i, p in enumerate(prompts) if len(p) == n]
+            batch = torch.tensor([prompts[i] for i in rows], device=device)
+            new = generate(
+                model, batch, max_new_tokens=max_new_tokens, use_cache=use_cache, on_token=on_token, **sampling
+            )
+            for i, toks in zip(rows, new):
+                out[i] = toks
+        return out  # type: ignore[return-value]
+    if use_cache and idx.device.type == "cuda" and idx.shape[1] + max_new_tokens <= ctx:
+        return _generate_static(
+            model, idx.tolist(), max_new_tokens=max_new_tokens, device=idx.device, on_token=on_token, **sampling
+        )
     B = idx.shape[0]
     finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
     out: list[torch.Tensor] = []
@@ -119,6 +167,104 @@ def generate(
         next_input = tok
     if not out:
         return [[] for _ in range(B)]
+    new = torch.cat(out, dim=1).tolist()
+    if eos_id is not None:
+        new = [row[: row.index(eos_id)] if eos_id in row else row for row in new]
+    return new
+
+
+def _static_decoder(
+    model: GPT, cache: StaticKVCache, batch_size: int, first_slot: int, *, capture: bool
+) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """``step(tok, slot) -> logits`` (B, V) for one new token per row written at ``slot``.
+
+    Every call runs the same kernels on tensors of the same shapes (the slot is a tensor the step
+    reads), so with ``capture`` (CUDA only) the step is recorded once as a CUDA graph and each
+    token is one replay; without, the very same code runs eagerly (how the tests check it on CPU).
+    """
+    device = cache.pad.device
+    tok_in = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+    slot_in = torch.full((), first_slot, dtype=torch.long, device=device)
+
+    def run() -> torch.Tensor:
+        cache.decode(slot_in)
+        return model(tok_in, cache)[:, -1, :]
+
+    if not capture:
+
+        def eager(tok: torch.Tensor, slot: int) -> torch.Tensor:
+            tok_in.copy_(tok)
+            slot_in.fill_(slot)
+            return run()
+
+        return eager
+    # Warm-up on a side stream (as torch.cuda.graphs asks); it writes garbage at ``first_slot``
+    # only, which the first real step overwrites before any query can see it.
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            run()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        logits_out = run()
+
+    def replay(tok: torch.Tensor, slot: int) -> torch.Tensor:
+        tok_in.copy_(tok)
+        slot_in.fill_(slot)
+        graph.replay()
+        return logits_out.clone()
+
+    return replay
+
+
+def _generate_static(
+    model: GPT,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    device: torch.device,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    eos_id: int | None,
+    generator: torch.Generator | None,
+    on_token: Callable[[torch.Tensor], None] | None,
+    capture: bool | None = None,
+) -> list[list[int]]:
+    """``generate`` for prompts that fit in the context with their new tokens, as one left-padded
+    batch over a ``StaticKVCache``: a prefill of the padded prompts, then one fixed-shape step per
+    token (a CUDA graph replay when ``capture``, which defaults to "on CUDA")."""
+    B = len(prompts)
+    if max_new_tokens <= 0:
+        return [[] for _ in range(B)]
+    width = max(len(p) for p in prompts)
+    pad = torch.tensor([width - len(p) for p in prompts], device=device)
+    idx = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)  # (B, W)
+    # the cache is fp32 on CPU, as in generate's dynamic path (see there)
+    dtype = torch.float32 if device.type == "cpu" else next(model.parameters()).dtype
+    cache = StaticKVCache(model.cfg, pad, width + max_new_tokens, dtype=dtype)
+    cache.prefill(width)
+    logits = model(idx, cache)[:, -1, :]  # every row's last prompt token sits in the last slot
+    if capture is None:
+        capture = device.type == "cuda"
+    step = _static_decoder(model, cache, B, width, capture=capture) if max_new_tokens > 1 else None
+    # how often to ask the device whether every row has finished: each ask waits for the GPU
+    check_every = 1 if device.type == "cpu" or on_token is not None else 16
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    out: list[torch.Tensor] = []
+    for i in range(max_new_tokens):
+        tok = sample_next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        if eos_id is not None:
+            tok = tok.masked_fill(finished.unsqueeze(1), eos_id)  # a finished row only repeats eos
+            finished |= tok.squeeze(1) == eos_id
+        out.append(tok)
+        if on_token is not None:
+            on_token(tok)
+        if i == max_new_tokens - 1 or (eos_id is not None and i % check_every == 0 and bool(finished.all())):
+            break
+        logits = step(tok, width + i)
     new = torch.cat(out, dim=1).tolist()
     if eos_id is not None:
         new = [row[: row.index(eos_id)] if eos_id in row else row for row in new]

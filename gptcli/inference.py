@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
-from gptcli import weights
+from gptcli import rundir, weights
 from gptcli.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from gptcli.device import DTYPES, resolve_device, resolve_dtype
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.generation import SampleConfig, generate
 from gptcli.model import GPT
+from gptcli.paths import display_path
 from gptcli.tokenizer import EOT_ID
 
 
@@ -40,22 +41,27 @@ def load_model_for_inference(
     warn: Callable[[str], None] | None = None,
 ) -> LoadedModel:
     """The model of ``--checkpoint`` (a file or run directory, default the latest run) or of
-    ``--model`` (a converted file or a downloaded GPT-2 name). With ``fallback_gpt2`` and no run to
-    be found, the downloaded GPT-2 124M is used, and ``note`` says so."""
+    ``--model`` (a converted file or a downloaded GPT-2 name). With ``fallback_gpt2`` and no run
+    under runs/, the downloaded GPT-2 124M is used. When neither was given, ``note`` names what
+    was loaded instead."""
     if checkpoint is not None and model is not None:
         raise UsageError("give either --checkpoint or --model, not both")
     note = None
     if model is not None:
         path = weights.resolve_model(model)
+    elif checkpoint is None and fallback_gpt2 and rundir.find_latest_run() is None:
+        fallback = weights.downloaded_default()
+        if fallback is None:
+            raise CheckpointError(
+                f"nothing to load: no training run under {rundir.RUNS_ROOT}/ and no downloaded GPT-2; "
+                "train a model with: gptcli train FILE.txt, or download GPT-2 with: gptcli download --size 124M"
+            )
+        note = f"no run under {rundir.RUNS_ROOT}/; using the downloaded GPT-2 124M ({fallback})"
+        path = fallback
     else:
-        try:
-            path = resolve_checkpoint(checkpoint, warn=warn)
-        except CheckpointError:
-            fallback = weights.downloaded_default() if (fallback_gpt2 and checkpoint is None) else None
-            if fallback is None:
-                raise
-            note = f"no run under runs/; using the downloaded GPT-2 124M ({fallback})"
-            path = fallback
+        path = resolve_checkpoint(checkpoint, warn=warn)
+        if checkpoint is None:
+            note = f"using {display_path(path)} (the most recent run)"
     if dtype not in DTYPES:
         raise UsageError(f"invalid --dtype: {dtype!r} (choose from {', '.join(DTYPES)})")
     net = model_from_checkpoint(load_checkpoint(path), path)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gptcli.config import ModelConfig
+from gptcli.errors import SaveError, os_error_reason
 
 
 def perplexity(loss: float) -> float:
@@ -49,7 +50,11 @@ def flops_per_token(cfg: ModelConfig) -> float:
 
 
 class MetricsWriter:
-    """Appends records to ``metrics.jsonl``, flushing each line so a crash loses nothing logged."""
+    """Appends records to ``metrics.jsonl``, flushing each line so a crash loses nothing logged.
+
+    A write that fails (a full disk, a file-size limit) is a SaveError that says so, and leaves
+    no torn line behind: the file is cut back to its last complete record.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -57,41 +62,119 @@ class MetricsWriter:
         self.lines = count_lines(self.path)
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, allow_nan=True) + "\n")
-            f.flush()
-        self.lines += 1
+        self.write_all([record])
+
+    def write_all(self, records: list[dict[str, Any]]) -> None:
+        """Append ``records`` all or none."""
+        data = memoryview("".join(json.dumps(r, allow_nan=True) + "\n" for r in records).encode("utf-8"))
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    while data:
+                        data = data[os.write(fd, data) :]
+                except OSError:
+                    try:
+                        os.ftruncate(fd, start)
+                    except OSError:
+                        pass
+                    raise
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise SaveError(f"{self.path}: could not write the metrics log ({os_error_reason(e)})") from None
+        self.lines += len(records)
 
     def truncate(self, n_lines: int) -> None:
-        """Keep only the first ``n_lines`` records: those a resumed checkpoint already accounts for."""
+        """Keep only the first ``n_lines`` records: those a resumed checkpoint already accounts for.
+        The file is replaced whole or not at all."""
         records = read_metrics(self.path)[:n_lines] if self.path.exists() else []
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, allow_nan=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for r in records:
+                    f.write(json.dumps(r, allow_nan=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as e:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise SaveError(
+                f"{self.path}: could not rewrite the metrics log ({os_error_reason(e)}); it is unchanged"
+            ) from None
         self.lines = len(records)
 
 
 def count_lines(path: Path) -> int:
     if not path.exists():
         return 0
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:  # bytes: a stray non-UTF-8 line is still a line
         return sum(1 for line in f if line.strip())
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All complete records; a torn last line (from a crash mid-write) is ignored."""
+# What the readers (``runs``, ``plot``, ``resume``) rely on in each record type: integer fields
+# and numeric ones (NaN and inf allowed: a diverged run logs them). Other types need only the
+# common integer fields.
+_INT_FIELDS = ("step", "tokens_seen")
+_NUMBER_FIELDS = {"eval": ("train_loss", "val_loss")}
+
+
+def _record_problem(record: Any) -> str | None:
+    """Why ``record`` is not a usable metrics record, or None if it is."""
+    if not isinstance(record, dict):
+        return f"not a JSON object but {type(record).__name__}"
+    kind = record.get("type")
+    if not isinstance(kind, str):
+        return "no 'type'"
+    for key in _INT_FIELDS:
+        if key not in record:
+            return f"{kind} record without '{key}'"
+        if not isinstance(record[key], int) or isinstance(record[key], bool):
+            return f"'{key}' is not an integer ({record[key]!r:.40})"
+    for key in _NUMBER_FIELDS.get(kind, ()):
+        if key not in record:
+            return f"{kind} record without '{key}'"
+        if not isinstance(record[key], (int, float)) or isinstance(record[key], bool):
+            return f"'{key}' is not a number ({record[key]!r:.40})"
+    return None
+
+
+def read_metrics(path: Path, *, warnings: list[str] | None = None) -> list[dict[str, Any]]:
+    """All complete, well-formed records.
+
+    A torn last line (from a crash mid-write) is ignored silently. Any other line that is not a
+    usable record (not JSON, not an object, a missing or mistyped field) is skipped; with
+    ``warnings``, one message per file naming the first such line and the count is appended to it.
+    OSError (a missing or unreadable file) propagates.
+    """
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    skipped: list[tuple[int, str]] = []
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    last = max((i for i, raw in enumerate(lines) if raw.strip()), default=-1)
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            skipped.append((i + 1, "not UTF-8 text"))
+            continue
+        except json.JSONDecodeError:
+            if i != last or i + 1 < len(lines):  # a torn write can only be the unterminated last line
+                skipped.append((i + 1, "not valid JSON"))
+            continue
+        problem = _record_problem(record)
+        if problem is not None:
+            skipped.append((i + 1, problem))
+            continue
+        records.append(record)
+    if skipped and warnings is not None:
+        line, why = skipped[0]
+        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        warnings.append(f"{path}: skipped malformed line {line} ({why}){more}")
     return records

@@ -14,8 +14,10 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from gptcli.config import ModelConfig
+from gptcli.fused_loss import chunked_linear_cross_entropy
 
 
 class Linear(nn.Linear):
@@ -46,6 +48,46 @@ class KVCache:
         self.length = 0
 
 
+class StaticKVCache:
+    """A KV cache of fixed shape for a left-padded batch, whose decode step has the same shapes and
+    no Python-side state at every token, so CUDA graphs can capture it once and replay it.
+
+    Row ``b`` holds ``pad[b]`` padding slots, then its prompt, then its new tokens: the batch
+    shares one slot index per step while each row has its own positions (slot - pad[b]) and its own
+    attention mask (its slots from ``pad[b]`` up to the current one). Before each forward call the
+    caller sets ``slots`` (T,), ``positions`` (B, T) and ``mask`` (B, 1, T, S) with ``prefill`` or
+    ``decode``; the model only reads them.
+    """
+
+    def __init__(self, cfg: ModelConfig, pad: torch.Tensor, n_slots: int, *, dtype: torch.dtype):
+        B = pad.shape[0]
+        shape = (cfg.n_layers, B, cfg.n_heads, n_slots, cfg.head_dim)
+        self.k = torch.zeros(shape, device=pad.device, dtype=dtype)
+        self.v = torch.zeros(shape, device=pad.device, dtype=dtype)
+        self.pad = pad.long()  # (B,)
+        self.arange = torch.arange(n_slots, device=pad.device)  # (S,)
+        self.slots = self.positions = self.mask = None
+
+    def prefill(self, width: int) -> None:
+        """Inputs for the padded prompts, slots 0..width-1."""
+        t = self.arange[:width]  # (T,)
+        self.slots = t
+        self.positions = (t.unsqueeze(0) - self.pad.unsqueeze(1)).clamp(min=0)  # (B, T)
+        s = self.arange.view(1, 1, -1)  # (1, 1, S)
+        valid = (s >= self.pad.view(-1, 1, 1)) & (s <= t.view(1, -1, 1))  # (B, T, S)
+        # a padding query sees itself, so its row of the softmax is never empty (all -inf gives nan,
+        # and nan values would leak through the zero weights of the real rows in later layers)
+        valid |= s == t.view(1, -1, 1)
+        self.mask = valid.unsqueeze(1)  # (B, 1, T, S)
+
+    def decode(self, slot: torch.Tensor) -> None:
+        """Inputs for one new token per row at ``slot`` (a 0-dim tensor, so a captured graph reads it)."""
+        self.slots = slot.view(1)
+        self.positions = (slot - self.pad).view(-1, 1)  # (B, 1)
+        valid = (self.arange.unsqueeze(0) >= self.pad.unsqueeze(1)) & (self.arange <= slot).unsqueeze(0)  # (B, S)
+        self.mask = valid.view(valid.shape[0], 1, 1, -1)  # (B, 1, 1, S)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -56,13 +98,20 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
         self.c_proj = Linear(cfg.emb_dim, cfg.emb_dim)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | StaticKVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         is_causal = True
+        if isinstance(cache, StaticKVCache):
+            ck, cv = cache.k[self.layer_idx], cache.v[self.layer_idx]  # (B, nh, S, hs)
+            ck.index_copy_(2, cache.slots, k.to(ck.dtype))
+            cv.index_copy_(2, cache.slots, v.to(cv.dtype))
+            y = F.scaled_dot_product_attention(q.to(ck.dtype), ck, cv, attn_mask=cache.mask)  # (B, nh, T, hs)
+            y = y.to(x.dtype).transpose(1, 2).contiguous().view(B, T, C)
+            return self.c_proj(y)
         if cache is not None:
             start = cache.length
             cache.k[self.layer_idx, :, :, start : start + T] = k
@@ -101,13 +150,20 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | StaticKVCache | None = None) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln_1(x), cache))
         x = x + self.drop(self.mlp(self.ln_2(x)))
         return x
 
 
 class GPT(nn.Module):
+    # Opt-in training levers that change memory and speed, never the computed function (both off
+    # by default; the trainer sets them from --activation-checkpointing and --fused-loss):
+    # recompute each block's activations in the backward pass instead of keeping them ...
+    activation_checkpointing: bool = False
+    # ... and compute the loss this many rows at a time, never holding all (B*T, vocab) logits.
+    fused_loss_chunk: int | None = None
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -153,23 +209,31 @@ class GPT(nn.Module):
             linear(self.lm_head.weight[:V], None)
 
     def forward(
-        self, idx: torch.Tensor, cache: KVCache | None = None, *, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, cache: KVCache | StaticKVCache | None = None, *, targets: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Logits over the real vocabulary, shape (B, T, vocab_size); with ``targets`` (B, T), the
-        mean next-token cross-entropy instead."""
+        mean next-token cross-entropy instead (targets of -100 are left out of the mean)."""
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.cfg.context_length:
-            raise ValueError(f"sequence of {start + T} tokens exceeds the context length {self.cfg.context_length}")
-        pos = torch.arange(start, start + T, device=idx.device)
+        if isinstance(cache, StaticKVCache):
+            pos = cache.positions  # (B, T): each row its own (the caller keeps them in the context)
+        else:
+            start = cache.length if cache is not None else 0
+            if start + T > self.cfg.context_length:
+                raise ValueError(f"sequence of {start + T} tokens exceeds the context length {self.cfg.context_length}")
+            pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        recompute = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         for block in self.h:
-            x = block(x, cache)
-        if cache is not None:
+            # non-reentrant checkpointing restores the RNG state, so dropout draws the same masks twice
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x, cache)
+        if isinstance(cache, KVCache):
             cache.length += T
         x = self.ln_f(x)
-        logits = self.lm_head(x)  # (B, T, padded_vocab)
         V = self.cfg.vocab_size
+        if targets is not None and self.fused_loss_chunk and type(self.lm_head) is Linear:
+            # the head's padding rows would get -inf logits below: zero probability, zero gradient
+            return chunked_linear_cross_entropy(x, self.lm_head.weight[:V], targets, chunk_rows=self.fused_loss_chunk)
+        logits = self.lm_head(x)  # (B, T, padded_vocab)
         if targets is None:
             return logits[..., :V]
         # The padding columns get -inf, which the softmax turns into exactly zero probability, so

@@ -6,6 +6,7 @@ Owns ``$GPTCLI_HOME`` (downloaded weights, the token cache). Imports nothing of 
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 
@@ -21,3 +22,9 @@ def display_path(p: str | Path) -> str:
         return str(Path(p).resolve().relative_to(Path.cwd().resolve()))
     except (ValueError, OSError):
         return str(p)
+
+
+def shell_path(p: str | Path) -> str:
+    """A path for a command the user may paste: relative where possible, and shell-quoted, so
+    ``gptcli resume 'runs/my run'`` works as printed."""
+    return shlex.quote(display_path(p))

@@ -21,16 +21,43 @@ def metrics_path(target: str | Path) -> Path:
     return p
 
 
-def eval_series(path: Path) -> dict[str, list[float]]:
-    evals = [r for r in read_metrics(path) if r.get("type") == "eval"]
+def check_output(output: str | Path) -> Path:
+    """The image path, if its extension is one matplotlib writes here; else a UsageError."""
+    out = Path(output)
+    if out.suffix.lower() not in FORMATS:
+        raise UsageError(f"invalid -o/--output: {out} (the extension must be one of {', '.join(FORMATS)})")
+    return out
+
+
+def default_plot_path(target: str | Path) -> Path:
+    """Where ``gptcli plot`` writes one run's figure without ``-o``: ``loss.png`` beside its
+    metrics.jsonl, in the run directory, so nothing in the current directory is overwritten."""
+    return metrics_path(target).parent / "loss.png"
+
+
+def eval_series(path: Path, *, warnings: list[str] | None = None) -> dict[str, list[float]]:
+    """Epoch, tokens and both losses at each evaluation; malformed lines are skipped, with a
+    message appended to ``warnings``."""
+    try:
+        records = read_metrics(path, warnings=warnings)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot be read ({e.strerror or e})") from None
+    evals = [r for r in records if r["type"] == "eval"]
     if not evals:
         raise UsageError(f"{path}: holds no evaluations yet")
     # An eval happens after its optimizer step, so it sits (step+1)/steps_per_epoch epochs in.
-    # Each epoch's sample record marks the epoch's last step, which gives steps_per_epoch.
-    samples = [r for r in read_metrics(path) if r.get("type") == "sample"]
-    steps_per_epoch = samples[0]["step"] + 1 if samples else max(r["step"] + 1 for r in evals)
+    # Runs record steps_per_epoch in every eval. Older runs did not: there each epoch's sample
+    # record, which marks the epoch's last step, stands in, else the last eval (which stretches a
+    # run stopped inside its first epoch to exactly one epoch).
+    samples = [r for r in records if r["type"] == "sample"]
+    fallback = max(1, samples[0]["step"] + 1 if samples else max(r["step"] + 1 for r in evals))
+
+    def per_epoch(r: dict) -> int:
+        n = r.get("steps_per_epoch")
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else fallback
+
     return {
-        "epoch": [(r["step"] + 1) / steps_per_epoch for r in evals],
+        "epoch": [(r["step"] + 1) / per_epoch(r) for r in evals],
         "tokens": [r["tokens_seen"] for r in evals],
         "train": [r["train_loss"] for r in evals],
         "val": [r["val_loss"] for r in evals],
@@ -44,20 +71,21 @@ def run_labels(targets: list[str | Path]) -> list[str]:
     return [n if names.count(n) == 1 else str(p) for n, p in zip(names, paths, strict=True)]
 
 
-def plot_runs(targets: list[str | Path], output: str | Path, *, log_y: bool = False) -> Path:
-    """The book's figure 5.12 for one run; several runs overlaid, one colour each, with a legend."""
-    out = Path(output)
-    if out.suffix.lower() not in FORMATS:
-        raise UsageError(f"invalid -o/--output: {out} (the extension must be one of {', '.join(FORMATS)})")
+def plot_runs(
+    targets: list[str | Path], output: str | Path, *, log_y: bool = False, warnings: list[str] | None = None
+) -> Path:
+    """The book's figure 5.12 for one run; several runs overlaid, one colour each, with a legend.
+    Malformed metrics lines are skipped, each file's appended to ``warnings``."""
+    out = check_output(output)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [eval_series(metrics_path(t)) for t in targets]
+    series = [eval_series(metrics_path(t), warnings=warnings) for t in targets]
     labels = run_labels(targets)
     multi = len(series) > 1
-    fig, ax1 = plt.subplots(figsize=(6, 3.5) if not multi else (7, 4))
+    fig, ax1 = plt.subplots(figsize=(6, 4) if not multi else (7, 4))
     for i, (label, s) in enumerate(zip(labels, series, strict=True)):
         prefix = f"{label}: " if multi else ""
         color = f"C{i}"
@@ -68,23 +96,23 @@ def plot_runs(targets: list[str | Path], output: str | Path, *, log_y: bool = Fa
     ax1.set_xlabel("Epochs")
     ax1.set_ylabel("Loss" + (" (log scale)" if log_y else ""))
     if log_y:
-        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
-
-        ax1.set_yscale("log")
-        ax1.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax1.yaxis.set_major_formatter(FormatStrFormatter("%g"))  # 0.5, 1, 2, 5 rather than 10^0
-        ax1.yaxis.set_minor_formatter(NullFormatter())
-    if multi:  # below the axes, one column per run, so no curve hides behind it
-        ax1.legend(
-            loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=min(len(series), 4), fontsize="small", frameon=False
-        )
-    else:
-        ax1.legend(loc="upper right", fontsize="small")
+        _log_ticks(ax1, [y for s in series for k in ("train", "val") for y in s[k]])
+    # Below the axes, so no curve hides behind it (the book's "upper right" sits on the
+    # validation curve of its own run): one column per run, or the two curves side by side.
+    ax1.legend(
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.18 if multi else -0.22),
+        ncol=min(len(series), 4) if multi else 2,
+        fontsize="small",
+        frameon=False,
+    )
     # Second x axis: tokens seen, from the first run (the book's figure)
     ax2 = ax1.twiny()
     first = series[0]
     ax2.plot(first["tokens"], first["train"], alpha=0)
     ax2.set_xlabel("Tokens seen" + (f" ({labels[0]})" if multi else ""))
+    if not multi:  # several runs are named in the legend
+        ax2.set_title(labels[0])
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=150, bbox_inches="tight")
@@ -92,7 +120,45 @@ def plot_runs(targets: list[str | Path], output: str | Path, *, log_y: bool = Fa
     return out
 
 
-def terminal_plot(targets: list[str | Path], *, width: int | None = None, height: int = 18, log_y: bool = False) -> str:
+def _log_ticks(ax, losses: list[float]) -> None:
+    """A log-scaled loss axis whose labels can be read: plain numbers (0.5, 2, 7 rather than
+    10^0), and enough of them. Within one decade (a tiny run's 6 to 11, which would otherwise show
+    a lone "10") the ticks are the linear axis's round numbers; over more, the powers of ten and
+    2, 3, 5 (or 2, 5) times them."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
+
+    usable = [y for y in losses if y > 0 and not math.isinf(y) and y == y]
+    decades = math.log10(max(usable) / min(usable)) if usable else 0.0
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+    ax.set_yscale("log")
+    if decades <= 1.0:
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        return
+    shown = {2, 3, 5} if decades <= 2.0 else {2, 5}
+
+    def minor_label(value: float, _pos: int) -> str:
+        mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9)) if value > 0 else 0
+        return f"{value:g}" if mantissa in shown else ""
+
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0,)))
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(2, 10)), numticks=100))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor_label))
+
+
+def terminal_plot(
+    targets: list[str | Path],
+    *,
+    width: int | None = None,
+    height: int = 18,
+    log_y: bool = False,
+    warnings: list[str] | None = None,
+) -> str:
     """Loss curves drawn with characters, for a terminal over SSH.
 
     Each curve has its own letter at the evaluations, joined by dots; the y axis is labelled in
@@ -103,7 +169,7 @@ def terminal_plot(targets: list[str | Path], *, width: int | None = None, height
 
     if width is None:  # fill the terminal, less the axis labels
         width = max(40, min(120, shutil.get_terminal_size((80, 24)).columns - 10))
-    series = [eval_series(metrics_path(t)) for t in targets]
+    series = [eval_series(metrics_path(t), warnings=warnings) for t in targets]
     labels = run_labels(targets)
     marks = "tv*o+x#@"
     curves = []

@@ -1,7 +1,7 @@
 """``gptcli train --tensorboard``: the records of ``metrics.jsonl`` as TensorBoard event files.
 
 Events go to ``<run>/tensorboard/``; view them with ``tensorboard --logdir runs``. Needs the
-optional extra: ``pip install 'gptcli[tensorboard]'``.
+``tensorboard`` package: ``pip install tensorboard`` (or, in a clone, ``pip install -e '.[tensorboard]'``).
 
 The events are framed with the ``tensorboard`` package's record writer and protocol buffers, not
 through ``torch.utils.tensorboard`` or the package's EventFileWriter: both load all of TensorFlow
@@ -19,7 +19,9 @@ from gptcli.callbacks import Callbacks
 from gptcli.errors import UsageError
 
 LOG_DIR = "tensorboard"
-INSTALL_HINT = "pip install 'gptcli[tensorboard]'"
+# gptcli is installed from a clone or a wheel, not from an index, so the hint names the package
+# itself (what the [tensorboard] extra installs), which works wherever pip does.
+INSTALL_HINT = "pip install tensorboard"
 
 
 def check_available() -> None:

@@ -7,6 +7,9 @@ streaming path (``iter_file_text``) share the same checks and messages.
 from __future__ import annotations
 
 import codecs
+import errno
+import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -17,6 +20,36 @@ _NUL_CHECK_BYTES = 1 << 20  # a NUL byte in the first 1 MiB marks a binary file
 _READ_BLOCK = 16 * 2**20
 
 
+def _stat(p: Path) -> os.stat_result | None:
+    """``os.stat(p)``, None where nothing is there; a symlink loop is a DataError naming ``p``
+    (``Path.exists()`` would call a loop "not there", and the message would say "not found")."""
+    try:
+        return os.stat(p)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DataError(f"{p}: symlink loop (too many levels of symbolic links)") from None
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None
+        raise DataError(f"{p}: cannot read ({e.strerror})") from None
+
+
+def _txt_files_under(directory: Path) -> list[Path]:
+    """Every regular ``*.txt`` file under ``directory``, sorted; a looping link among them is an
+    error (symlinked directories are not followed, so a link to a parent cannot recurse)."""
+    found = []
+    try:
+        candidates = sorted(directory.rglob("*.txt"))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DataError(f"{e.filename or directory}: symlink loop (too many levels of symbolic links)") from None
+        raise DataError(f"{directory}: cannot list ({e.strerror})") from None
+    for q in candidates:
+        st = _stat(q)
+        if st is not None and stat.S_ISREG(st.st_mode):
+            found.append(q)
+    return found
+
+
 def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
     """Files as given, and every ``*.txt`` under each directory, sorted."""
     if not paths:
@@ -24,17 +57,18 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
     files: list[Path] = []
     for raw in paths:
         p = Path(raw)
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*.txt") if q.is_file())
+        st = _stat(p)
+        if st is None:
+            raise DataError(f"{p}: file not found")
+        if stat.S_ISDIR(st.st_mode):
+            found = _txt_files_under(p)
             if not found:
                 raise DataError(f"{p}: directory contains no .txt files")
             files.extend(found)
-        elif p.is_file():
+        elif stat.S_ISREG(st.st_mode):
             files.append(p)
-        elif p.exists():
-            raise DataError(f"{p}: not a regular file")
         else:
-            raise DataError(f"{p}: file not found")
+            raise DataError(f"{p}: not a regular file")
     return files
 
 
@@ -50,6 +84,8 @@ def iter_file_text(
     try:
         f = open(path, "rb")  # closed in the finally below
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DataError(f"{path}: symlink loop (too many levels of symbolic links)") from None
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     try:
         while True:

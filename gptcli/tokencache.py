@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gptcli.formats import Input, detect, iter_text
 from gptcli.paths import gptcli_home
 from gptcli.textfiles import expand_paths, iter_file_text
 from gptcli.tokenizer import EOT_TOKEN, get_tokenizer
@@ -149,12 +150,32 @@ def encode_chunked(text: str, *, chunk_chars: int = CHUNK_CHARS, num_threads: in
 # Streaming the corpus
 
 
+def needs_formats(files: Sequence[Path]) -> bool:
+    """Whether any file is not a plain ``.txt`` file: JSON Lines, CSV, Parquet, compressed...
+    (``gptcli.formats``); those always go through the cache, which streams them."""
+    return any(detect(p) != ("txt", None) for p in files)
+
+
+def _file_text(path: Path, errors: str, block_bytes: int, on_raw: Callable[[bytes], None] | None = None):
+    """One file's text: a plain text file as ``read_text`` reads it; any other format's documents
+    joined by ``<|endoftext|>`` (``gptcli.formats``), ``on_raw`` then seeing the file's own bytes."""
+    fmt, compression = detect(path)
+    if (fmt, compression) == ("txt", None):
+        yield from iter_file_text(path, errors, block_bytes, on_raw=on_raw)
+        return
+    if on_raw is not None:
+        with open(path, "rb") as f:
+            while block := f.read(block_bytes):
+                on_raw(block)
+    yield from iter_text([Input(path, fmt, compression)], errors=errors, block_bytes=block_bytes)
+
+
 def _iter_corpus_text(files: Sequence[Path], errors: str, block_bytes: int) -> Iterator[str]:
     """``read_corpus``'s text as a stream: files joined with ``<|endoftext|>``."""
     for i, path in enumerate(files):
         if i:
             yield EOT_TOKEN
-        yield from iter_file_text(path, errors, block_bytes)
+        yield from _file_text(path, errors, block_bytes)
 
 
 def _scan(files: Sequence[Path], errors: str, block_bytes: int) -> list[tuple[str, int]]:
@@ -162,7 +183,7 @@ def _scan(files: Sequence[Path], errors: str, block_bytes: int) -> list[tuple[st
     out = []
     for path in files:
         h = hashlib.sha256()
-        chars = sum(len(t) for t in iter_file_text(path, errors, block_bytes, on_raw=h.update))
+        chars = sum(len(t) for t in _file_text(path, errors, block_bytes, on_raw=h.update))
         out.append((h.hexdigest(), chars))
     return out
 
@@ -270,6 +291,8 @@ def cached_corpus_tokens(
         "val": [h for h, _ in val_scan] if val_paths is not None else None,
         "split": split,
     }
+    if needs_formats([*train_files, *val_files]):  # the same bytes read as another format are other text
+        key_fields["formats"] = [detect(p) for p in (*train_files, *val_files)]
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:40]
     cache = Path(cache_dir) if cache_dir is not None else token_cache_dir()
     bin_path, meta_path = cache / f"{key}.bin", cache / f"{key}.json"

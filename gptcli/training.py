@@ -28,11 +28,12 @@ from gptcli.callbacks import Callbacks
 from gptcli.config import ModelConfig, TrainConfig, dump_yaml_config
 from gptcli.data import TokenWindows, batches_of, loader_iter_seed, permutation, prepare_data
 from gptcli.device import autocast_for, resolve_device
-from gptcli.errors import CheckpointError, DataError, TrainingError, UsageError
+from gptcli.errors import CheckpointError, DataError, SaveError, TrainingError, UsageError, os_error_reason
 from gptcli.generation import SampleConfig
 from gptcli.inference import generate_with
-from gptcli.metrics import MetricsWriter, flops_per_token, gpu_bf16_peak
+from gptcli.metrics import MetricsWriter, flops_per_token, gpu_bf16_peak, read_metrics
 from gptcli.model import GPT
+from gptcli.paths import display_path, shell_path
 from gptcli.tokenizer import decode, encode
 
 # ---------------------------------------------------------------------------------------------
@@ -83,6 +84,7 @@ class TrainState:
     metrics_lines: int = 0
     best_val: float = float("inf")
     nonfinite_steps: int = 0
+    sample_pending: bool = False  # the epoch just saved has not logged its sample yet
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -236,7 +238,10 @@ class Trainer:
         path = rundir.step_checkpoint_path(self.run_dir, self.state.step)
         if self.dist.is_main:
             self.state.metrics_lines = self.metrics.lines if self.metrics else 0
-            ckpt.atomic_save(self.checkpoint_dict(), path)
+            try:
+                ckpt.atomic_save(self.checkpoint_dict(), path)
+            except SaveError as e:
+                raise self._write_failed(e) from e.__cause__
             self._update_best(path)
             rundir.rotate(self.run_dir, self.cfg.keep_last, protect={path.resolve()})
             self.cb.on_save(path, reason)
@@ -254,11 +259,28 @@ class Trainer:
         tmp = rundir.temporary_path(best, os.getpid())
         tmp.unlink(missing_ok=True)
         try:
-            os.link(path, tmp)
-        except OSError:
-            shutil.copyfile(path, tmp)
-        os.replace(tmp, best)
+            try:
+                os.link(path, tmp)
+            except OSError:
+                shutil.copyfile(path, tmp)
+            os.replace(tmp, best)
+        except OSError as e:  # the step checkpoint is saved; only the best.pth shortcut is stale
+            tmp.unlink(missing_ok=True)
+            self.cb.warn(f"could not update {best} ({os_error_reason(e)}); it still points to an earlier checkpoint")
+            return
         self._best_saved = hist[-1]["val_loss"]
+
+    def _write_failed(self, e: SaveError) -> SaveError:
+        """A failed write (checkpoint, metrics log), with what the run still has and how to go on."""
+        saved = rundir.list_step_checkpoints(self.run_dir)
+        if saved:
+            hint = (
+                f"the previous checkpoint is intact ({saved[-1].name}); once the cause is fixed, "
+                f"continue with: gptcli resume {shell_path(self.run_dir)}"
+            )
+        else:
+            hint = "no checkpoint of this run had been saved yet"
+        return SaveError(f"{e}; {hint}")
 
     def restore(self, obj: dict[str, Any]) -> None:
         if obj.get("data_fingerprint") not in (None, self.data.fingerprint):
@@ -331,6 +353,37 @@ class Trainer:
         self.model.train()
         return decode(idx[0].tolist() + new[0])
 
+    def _adopt_logged_sample(self) -> None:
+        """Resuming from an epoch's checkpoint: if metrics.jsonl already holds that epoch's sample
+        (the run went on past the save), keep the line instead of sampling again."""
+        st = self.state
+        path = rundir.metrics_path(self.run_dir)
+        if not (st.sample_pending and self.dist.is_main and path.is_file()):
+            return
+        try:
+            records = read_metrics(path)
+        except OSError:
+            return  # _open_run_dir reports an unreadable metrics.jsonl
+        if len(records) > st.metrics_lines:
+            after = records[st.metrics_lines]
+            if isinstance(after, dict) and after.get("type") == "sample" and after.get("epoch") == st.epoch:
+                st.metrics_lines += 1
+                st.sample_pending = False
+
+    def _epoch_sample(self) -> None:
+        """Log and report the sample of the epoch just completed (and saved)."""
+        st = self.state
+        record = {
+            "type": "sample",
+            "epoch": st.epoch,
+            "step": st.step - 1,
+            "tokens_seen": st.tokens_seen,
+            "text": self.sample_text(),
+        }
+        self._log(record)
+        self.cb.on_sample(record)
+        st.sample_pending = False
+
     # -- one optimizer step ---------------------------------------------------------------------
 
     def _global_batch(self) -> int:
@@ -342,7 +395,10 @@ class Trainer:
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.metrics is not None and self.dist.is_main:
-            self.metrics.write(record)
+            try:
+                self.metrics.write(record)
+            except SaveError as e:
+                raise self._write_failed(e) from None
 
     def _train_step(self, batch_ids: list[int]) -> torch.Tensor:
         cfg, st = self.cfg, self.state
@@ -406,6 +462,7 @@ class Trainer:
             ) from None
 
     def _fit(self) -> TrainState:
+        self._adopt_logged_sample()
         self._open_run_dir()
         steps_per_epoch = self.steps_per_epoch()
         if steps_per_epoch < 1:
@@ -415,6 +472,8 @@ class Trainer:
             )
         self.cb.on_start(self._start_info(steps_per_epoch))
         self.model.train()
+        if self.state.sample_pending:  # resumed from an epoch's checkpoint: its sample comes first
+            self._epoch_sample()
         self._throughput = (time.perf_counter(), self.state.tokens_seen)
         while self.state.epoch < self.cfg.epochs:
             self._train_epoch(steps_per_epoch)
@@ -425,12 +484,76 @@ class Trainer:
         """Write the resolved config, and cut metrics.jsonl back to what the checkpoint knows."""
         if not self.dist.is_main:
             return
+        self._check_disk_space()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         rundir.remove_stale_temporaries(rundir.checkpoint_dir(self.run_dir))
-        rundir.config_path(self.run_dir).write_text(dump_yaml_config(self.model_cfg, self.cfg), encoding="utf-8")
+        rundir.write_config(self.run_dir, dump_yaml_config(self.model_cfg, self.cfg))
         self.metrics = MetricsWriter(rundir.metrics_path(self.run_dir))
+        if self.metrics.lines == 0 and self.state.metrics_lines > 0:
+            self._rebuild_metrics()
         if self.metrics.lines != self.state.metrics_lines:
             self.metrics.truncate(self.state.metrics_lines)
+
+    def _check_disk_space(self) -> None:
+        """Refuse to start when the disk cannot take one checkpoint, before any epoch's work is at
+        risk (the size is known from the model and optimizer); warn when it cannot take all the
+        checkpoints the run keeps."""
+        size = ckpt.estimate_training_checkpoint(self.model, self.optimizer)
+        where = self.run_dir
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        try:
+            ckpt.check_free_space(where, size, "one checkpoint of this model")
+        except SaveError as e:
+            raise SaveError(f"{e}; nothing was trained: free some space first") from None
+        try:
+            free = shutil.disk_usage(where).free
+        except OSError:
+            return
+        have = len(rundir.list_step_checkpoints(self.run_dir))
+        # The newest --keep-last, the one being written before the oldest goes, and best.pth,
+        # which can keep a rotated-out checkpoint alive.
+        peak = max(1, self.cfg.keep_last + 2 - have)
+        if free < peak * size:
+            self.cb.warn(
+                f"{ckpt.format_bytes(free)} free in {where} holds {free // size} checkpoint(s) of "
+                f"{ckpt.format_bytes(size)}; this run may need {peak} more (--keep-last {self.cfg.keep_last}, "
+                "the save in progress and best.pth): a later save may fail for lack of space"
+            )
+
+    def _rebuild_metrics(self) -> None:
+        """Resumed without metrics.jsonl: write it again from the checkpoint's history (every
+        evaluation) and the epochs completed (each epoch's sample, its text lost)."""
+        st, spe = self.state, self.steps_per_epoch()
+        per_step = self._global_batch() * self.model_cfg.context_length
+        sampled = st.epoch - (1 if getattr(st, "sample_pending", False) else 0)
+        total = spe * self.cfg.epochs
+
+        def sample(epoch: int) -> dict[str, Any]:
+            step = epoch * spe
+            return {"type": "sample", "epoch": epoch, "step": step - 1, "tokens_seen": step * per_step, "text": ""}
+
+        records: list[dict[str, Any]] = []
+        done = 0
+        for h in st.history:
+            while done < sampled and done + 1 < h["epoch"]:
+                done += 1
+                records.append(sample(done))
+            lr = lr_at(
+                h["step"], lr=self.cfg.lr, warmup_steps=self.cfg.warmup_steps, total_steps=total, min_lr=self.cfg.min_lr
+            )
+            records.append({"type": "eval", **h, "lr": lr, "steps_per_epoch": spe})
+        records += [sample(e) for e in range(done + 1, sampled + 1)]
+        for r in records:
+            r["rebuilt"] = True
+        try:
+            self.metrics.write_all(records)
+        except SaveError as e:
+            raise self._write_failed(e) from None
+        self.cb.warn(
+            f"{self.metrics.path} was missing: rebuilt {len(records)} records from the checkpoint's "
+            "history (the epoch samples' texts are lost)"
+        )
 
     def _start_info(self, steps_per_epoch: int) -> dict[str, Any]:
         d, st = self.data, self.state
@@ -469,7 +592,8 @@ class Trainer:
             if signum is not None:
                 path = self.save("interrupted")
                 raise Interrupted(
-                    f"interrupted at step {st.step}; saved {path}; continue with: gptcli resume {self.run_dir}",
+                    f"interrupted at step {st.step}; saved {display_path(path)}; "
+                    f"continue with: gptcli resume {shell_path(self.run_dir)}",
                     128 + signum,
                 )
 
@@ -490,6 +614,7 @@ class Trainer:
             "val_loss": val_loss,
             "lr": self.optimizer.param_groups[0]["lr"],
             "tokens_per_sec": tps,
+            "steps_per_epoch": self.steps_per_epoch(),
         }
         peak = gpu_bf16_peak(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
         if peak:
@@ -502,24 +627,24 @@ class Trainer:
         self.cb.on_eval(record)
 
     def _end_epoch(self) -> None:
-        """The book's end of epoch: a greedy sample from the start context; then save."""
+        """The book's end of epoch, in the order that cannot lose it: save the finished epoch,
+        then its greedy sample from the start context.
+
+        The checkpoint marks the sample pending and counts the metrics lines without it, so a run
+        that dies while sampling (or is resumed from this checkpoint for any reason) writes the
+        sample again first thing on resume: the same text, as greedy decoding with dropout off
+        draws no random numbers, and the same single line in metrics.jsonl.
+        """
         st = self.state
-        self.guard.check()
-        record = {
-            "type": "sample",
-            "epoch": st.epoch + 1,
-            "step": st.step - 1,
-            "tokens_seen": st.tokens_seen,
-            "text": self.sample_text(),
-        }
-        self._log(record)
-        self.cb.on_sample(record)
         st.epoch += 1
         st.epoch_seed = None
         st.windows_done = 0
+        st.sample_pending = True
         self.save("epoch")
+        self._epoch_sample()
         signum = self._stop_requested()
         if signum is not None and st.epoch < self.cfg.epochs:
             raise Interrupted(
-                f"interrupted after epoch {st.epoch}; continue with: gptcli resume {self.run_dir}", 128 + signum
+                f"interrupted after epoch {st.epoch}; continue with: gptcli resume {shell_path(self.run_dir)}",
+                128 + signum,
             )

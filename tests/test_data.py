@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from gptcli.data import TokenWindows, batches_of, eval_windows, split_text
+from gptcli.data import SlidingWindows, TokenWindows, batches_of, split_text
 from gptcli.errors import DataError
 from gptcli.textfiles import expand_paths, read_corpus, read_text
 
@@ -27,10 +27,24 @@ def test_split_is_by_characters():
     assert split_text("abcdefghij", 0.1) == ("abcdefghi", "j")
 
 
-def test_eval_windows_predict_every_token_once():
-    chunks = eval_windows(np.arange(26), 8)
-    assert chunks == [(0, 8), (8, 8), (16, 8), (24, 1)]
-    assert sum(n for _, n in chunks) == 25
+def test_sliding_windows_score_every_token_once_with_enough_context():
+    w = SlidingWindows(np.arange(26), context_length=8, stride=8)  # stride = T: the book's windows + tail
+    assert [w.span(k) for k in range(len(w))] == [(0, 8, 0), (8, 8, 0), (16, 8, 0), (24, 1, 0)]
+    for n, T, S in [(26, 8, 3), (9, 8, 1), (100, 16, 5), (5, 8, 2), (2, 4, 4)]:
+        w = SlidingWindows(np.arange(n), T, S)
+        scored = []
+        for k in range(len(w)):
+            start, length, first = w.span(k)
+            assert 1 <= length <= T and first < length
+            targets = range(start + 1 + first, start + length + 1)
+            # each target has every earlier token of its window as context: at least T - S + 1
+            assert all(j - start >= min(j, T - S + 1) for j in targets)
+            scored += targets
+        assert scored == list(range(1, n)), (n, T, S)
+    x, y, first = SlidingWindows(np.arange(26), 8, 3).batch([1, 2])
+    assert x[0].tolist() == list(range(3, 11)) and y[1].tolist() == list(range(7, 15)) and first.tolist() == [5, 5]
+    with pytest.raises(ValueError):
+        SlidingWindows(np.arange(26), 8, 9)
 
 
 def test_directories_expand_to_sorted_txt_files(tmp_path):

@@ -102,6 +102,17 @@ def _commands() -> list[str]:
     return sorted(typer.main.get_command(app).commands)
 
 
+def _leaf_commands() -> list[list[str]]:
+    """Every command that runs something, as its words: ``["train"]``, ``["finetune", "instruct"]``."""
+    import typer.main
+
+    leaves = []
+    for name, cmd in sorted(typer.main.get_command(app).commands.items()):
+        subs = getattr(cmd, "commands", None)
+        leaves.extend([[name, sub] for sub in sorted(subs)] if subs else [[name]])
+    return leaves
+
+
 def _timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
     """Wall-clock and CPU (user + system) seconds of one run of the installed gptcli."""
     import resource
@@ -473,7 +484,7 @@ def test_tensorboard_missing_is_a_one_line_error(monkeypatch, tmp_path):
     res = invoke("train", str(VERDICT), *QUICK, "--out", str(tmp_path / "r"), "--tensorboard", expect=2)
     lines = [x for x in res.output.splitlines() if x.strip()]
     assert lines == [
-        "error: --tensorboard needs the tensorboard package, which is not installed; run: pip install 'gptcli[tensorboard]'"
+        "error: --tensorboard needs the tensorboard package, which is not installed; run: pip install tensorboard"
     ]
     assert not (tmp_path / "r").exists()
 
@@ -545,6 +556,7 @@ def test_runs_lists_runs_with_last_losses(run, tmp_path, monkeypatch):
     assert len(lines) == 2
     data = json.loads(invoke("runs", "--json").output)
     assert [r["run"] for r in data] == ["runs/first"] and data[0]["val_loss"] == evals[-1]["val_loss"]
+    (tmp_path / "elsewhere").mkdir()  # an empty root (a missing one is an error: see below)
     assert json.loads(invoke("runs", "--root", "elsewhere", "--json").output) == []
     assert "no runs under elsewhere/" in invoke("runs", "--root", "elsewhere").output
 
@@ -660,3 +672,442 @@ def test_interactive_ctrl_c_stops_one_generation(run, monkeypatch, capsys):
 def test_interactive_refuses_one_shot_flags(run):
     res = invoke("sample", "--interactive", "--json", "-c", str(run), expect=2)
     assert "--interactive" in res.output and res.output.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------
+# issue 13: plot defaults and figure, `runs` and `info` after lines outlive the checkpoint
+
+
+def test_plot_without_output_writes_into_the_run_and_says_where(run, tmp_path, monkeypatch):
+    shutil.copytree(run, tmp_path / "runs" / "r")
+    shutil.copytree(run, tmp_path / "runs" / "s")
+    (tmp_path / "runs" / "r" / "metrics.jsonl").touch()  # the most recent run
+    (tmp_path / "loss.png").write_bytes(b"the user's own file")
+    monkeypatch.chdir(tmp_path)
+    out = invoke("plot").output
+    assert "wrote runs/r/loss.png" in out
+    assert (tmp_path / "runs" / "r" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "loss.png").read_bytes() == b"the user's own file"
+    invoke("plot", "runs/s/metrics.jsonl")
+    assert (tmp_path / "runs" / "s" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    res = invoke("plot", "runs/r", "runs/s", expect=2)
+    assert res.output.count("\n") == 1 and "-o/--output" in res.output
+    # --terminal with -o does both: the characters on stdout and the file
+    both = invoke("plot", "runs/r", "--terminal", "-o", "both.svg").output
+    assert "t training loss, v validation loss: r" in both and "wrote both.svg" in both
+    assert (tmp_path / "both.svg").read_text().startswith("<?xml")
+
+
+def _svg_numbers(svg: str) -> set[float]:
+    """Every number matplotlib wrote as a text (each text is also an SVG comment)."""
+    return {float(m) for m in re.findall(r"<!-- (-?[0-9.]+) -->", svg)}
+
+
+def test_single_run_plot_has_its_name_readable_log_ticks_and_the_legend_outside(run, tmp_path, monkeypatch):
+    shutil.copytree(run, tmp_path / "my-run")
+    invoke("plot", str(tmp_path / "my-run"), "--log-y", "-o", str(tmp_path / "log.svg"))
+    svg = (tmp_path / "log.svg").read_text()
+    assert "<!-- my-run -->" in svg  # the title
+    # A tiny run's losses span well under a decade: several labelled ticks must fall inside it.
+    losses = [
+        r[k] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "eval" for k in ("train_loss", "val_loss")
+    ]
+    inside = {v for v in _svg_numbers(svg) if min(losses) <= v <= max(losses)}
+    assert len(inside) >= 3, (sorted(inside), min(losses), max(losses))
+    # Over one to two decades (the book's run: 0.39 to 9.9) 2, 3 and 5 times the powers of ten are labelled.
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    with open(wide / "metrics.jsonl", "w") as f:
+        for i, (t, v) in enumerate([(9.8, 9.9), (4.4, 6.3), (1.3, 6.2), (0.39, 6.45)]):
+            f.write(
+                json.dumps(
+                    {"type": "eval", "step": 5 * i, "tokens_seen": 512 * (5 * i + 1), "train_loss": t, "val_loss": v}
+                )
+                + "\n"
+            )
+    invoke("plot", str(wide), "--log-y", "-o", str(tmp_path / "wide.svg"))
+    assert {0.5, 1.0, 2.0, 3.0, 5.0, 10.0} <= _svg_numbers((tmp_path / "wide.svg").read_text())
+
+    # The legend lies outside the axes, so it covers no curve.
+    import matplotlib.figure
+
+    overlaps = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        real_savefig(fig, *args, **kwargs)
+        renderer, ax = fig.canvas.get_renderer(), fig.axes[0]
+        overlaps.append(ax.get_legend().get_window_extent(renderer).overlaps(ax.get_window_extent(renderer)))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    for target in (str(run), str(wide)):
+        invoke("plot", target, "-o", str(tmp_path / "legend.png"))
+    assert overlaps == [False, False]
+
+
+def test_a_run_stopped_inside_its_first_epoch_is_not_stretched_to_one(run, tmp_path):
+    from gptcli.plot import eval_series
+
+    records = read_metrics(run / "metrics.jsonl")
+    per_epoch = next(r for r in records if r["type"] == "sample")["step"] + 1
+    evals = [r for r in records if r["type"] == "eval"]
+    assert evals and all(r["steps_per_epoch"] == per_epoch for r in evals)  # the trainer records it
+    first = [r for r in evals if r["step"] + 1 < per_epoch]  # stopped (no sample record) mid-epoch 1
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in first))
+    epochs = eval_series(tmp_path / "cut" / "metrics.jsonl")["epoch"]
+    assert epochs == [(r["step"] + 1) / per_epoch for r in first] and epochs[-1] < 1
+    term = invoke("plot", str(tmp_path / "cut"), "--terminal").output
+    assert f"{epochs[-1]:.2f}  epochs" in term
+    # A run from before steps_per_epoch was recorded keeps the old rule: its epochs' sample records.
+    old = [{k: v for k, v in r.items() if k != "steps_per_epoch"} for r in records]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    assert eval_series(tmp_path / "old" / "metrics.jsonl")["epoch"] == [(r["step"] + 1) / per_epoch for r in evals]
+
+
+def test_runs_and_info_agree_when_metrics_outlive_the_last_checkpoint(run, tmp_path, monkeypatch):
+    """A second Ctrl-C (or a crash) after the epoch-1 save: metrics.jsonl holds epoch 2's lines,
+    the newest checkpoint is epoch 1's. Both commands report the checkpoint and count the rest."""
+    cut = tmp_path / "runs" / "cut"
+    shutil.copytree(run, cut)
+    rundir.list_step_checkpoints(cut)[-1].unlink()
+    saved = ckpt.load_checkpoint(rundir.list_step_checkpoints(cut)[-1])["progress"]
+    later = [r for r in read_metrics(cut / "metrics.jsonl") if r["type"] == "eval" and r["step"] >= saved["step"]]
+    assert later  # the run fixture evaluates during epoch 2
+    monkeypatch.chdir(tmp_path)
+    row = json.loads(invoke("runs", "--root", "runs", "--json").output)[0]
+    assert (row["step"], row["tokens_seen"], row["epochs_done"]) == (
+        saved["step"],
+        saved["tokens_seen"],
+        saved["epoch"],
+    )
+    assert (
+        row["train_loss"] == saved["history"][-1]["train_loss"] and row["val_loss"] == saved["history"][-1]["val_loss"]
+    )
+    assert row["unsaved_evals"] == len(later)
+    lines = invoke("runs", "--root", "runs").output.splitlines()
+    assert lines[0].split()[-1] == "UNSAVED" and lines[1].split()[2] == str(saved["step"])
+    assert lines[1].endswith(f"{len(later)} evals") and any(x.startswith("UNSAVED: ") for x in lines)
+    info = json.loads(invoke("info", "runs/cut", "--json").output)
+    assert info["step"] == row["step"] and info["last_eval"]["train_loss"] == row["train_loss"]
+    assert info["unsaved_evals"] == len(later)
+    assert (
+        f"unsaved:       {len(later)} evals in metrics.jsonl after the run's last checkpoint"
+        in invoke("info", "runs/cut").output
+    )
+    # The complete run has nothing unsaved, and its table keeps its usual columns.
+    full = json.loads(invoke("runs", "--root", str(run.parent), "--json").output)[0]
+    assert full["unsaved_evals"] == 0
+    assert invoke("runs", "--root", str(run.parent)).output.splitlines()[0].split()[-1] == "UPDATED"
+
+
+# ------------------------------------------------------------------------------------------
+# issue 13: CLI conventions (--version, choices, metavars, --threads), which run, messages
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    assert invoke("--version").output == f"gptcli {version('gptcli')}\n"
+
+
+# The flags with a fixed set of values, with that set: --help lists it and completion offers it.
+CHOICES = [
+    ("train", "--preset", ["gpt2-124M", "gpt2-355M", "gpt2-774M", "gpt2-1558M"]),
+    ("train", "--precision", ["fp32", "bf16", "fp16"]),
+    ("train", "--encoding-errors", ["strict", "replace", "ignore"]),
+    ("sample", "--dtype", ["auto", "fp32", "bf16"]),
+    ("eval", "--encoding-errors", ["strict", "replace", "ignore"]),
+    ("download", "--size", ["124M", "355M", "774M", "1558M"]),
+    ("download", "--reader", ["builtin", "tensorflow"]),
+    ("convert", "--from", ["openai", "hf", "book", "gptcli"]),
+    ("convert", "--to", ["gptcli", "hf"]),
+    ("convert", "--reader", ["builtin", "tensorflow"]),
+]
+DEVICES = ["auto", "cpu", "cuda", "mps"]  # --device also takes cuda:N, so it lists and offers these without enforcing
+
+
+def _help_rows(command: str | list[str]) -> dict[str, str]:
+    """``--flag`` -> its help row (the help text joined onto it), from a wide ``--help``."""
+    words = [command] if isinstance(command, str) else command
+    res = CliRunner().invoke(app, [*words, "--help"], terminal_width=400, max_content_width=400)
+    assert res.exit_code == 0, res.output
+    rows: dict[str, str] = {}
+    for line in res.output.split("Options:")[1].split("Examples:")[0].splitlines():
+        if line.startswith("  -"):
+            words = [w.rstrip(",") for w in line.split()]
+            last = next(w for w in words if w.startswith("--"))
+            rows[last] = line
+        elif line.startswith("   ") and rows:
+            rows[last] += " " + line.strip()
+    return rows
+
+
+def _complete(*words: str) -> list[str]:
+    env = {
+        **os.environ,
+        "_GPTCLI_COMPLETE": "complete_bash",
+        "COMP_WORDS": " ".join(words),
+        "COMP_CWORD": str(len(words) - 1),
+    }
+    return subprocess.run(gptcli_exe(), env=env, capture_output=True, text=True).stdout.split()
+
+
+@pytest.mark.parametrize("command,flag,values", CHOICES)
+def test_choice_flags_list_their_values_and_refuse_others(command, flag, values):
+    assert f"{flag} <{'|'.join(values)}>" in _help_rows(command)[flag]
+    res = invoke(command, *(["x.txt"] if command in ("eval", "convert") else []), flag, "bogus", expect=2)
+    assert flag in res.output and all(repr(v) in res.output for v in values) and res.output.count("\n") == 1
+
+
+def test_completion_offers_choices_not_file_names(tmp_path):
+    (tmp_path / "bf16-notes.txt").write_text("a file completion must not offer")
+    assert _complete("gptcli", "train", "--precision", "") == ["fp32", "bf16", "fp16"]
+    assert _complete("gptcli", "sample", "--dtype", "b") == ["bf16"]
+    assert _complete("gptcli", "convert", "--to", "") == ["gptcli", "hf"]
+    assert _complete("gptcli", "eval", "--device", "c") == ["cpu", "cuda"]
+    assert _complete("gptcli", "train", "--device", "") == DEVICES
+
+
+def test_device_lists_its_names_and_still_takes_cuda_n():
+    for command in ("train", "sample", "eval"):
+        assert "--device <auto|cpu|cuda|cuda:N|mps>" in _help_rows(command)["--device"], command
+    cfg = print_config("x.txt", "--device", "cuda:1")
+    assert cfg["train"]["device"] == "cuda:1"  # parsed; whether the machine has it is checked on use
+    res = invoke("train", "x.txt", "--device", "tpu", "--print-config", expect=2)
+    assert "--device" in res.output and "cuda:N" in res.output
+
+
+def test_every_help_shows_values_as_words_not_python_types():
+    """FILE..., PROMPT-like words, N and X: never <list[Path]>, {src}, <int range> or <str>."""
+    python_type = re.compile(r"<(?:int|float|str|bool|path|list\[[^>]*\]|[a-z]+ range)>")  # braces: usage line
+    for words in _leaf_commands():
+        command = " ".join(words)
+        res = CliRunner().invoke(app, [*words, "--help"], terminal_width=400, max_content_width=400)
+        usage = res.output.splitlines()[0]
+        assert not python_type.search(res.output), (command, python_type.search(res.output)[0])
+        if "Arguments:" in res.output:  # each argument's row: its word, then its help
+            for row in res.output.split("Arguments:")[1].split("Options:")[0].strip().splitlines()[:1]:
+                assert re.match(r"[A-Z]+(\.\.\.)?  ", row), (command, row)
+        assert re.fullmatch(rf"Usage: \S+ {command} \[OPTIONS\]( \[?[A-Z]+(\.\.\.)?\]?)?", usage), usage
+        for flag, row in _help_rows(words).items():
+            rest = row.split(flag, 1)[1]
+            if rest.strip() and not rest.startswith(("  ", " /")):  # it takes a value
+                value = rest.split()[0]
+                assert re.fullmatch(r"[A-Z]+|<[\w:.|-]+>", value), (command, flag, value)
+    assert "train [OPTIONS] [FILE...]" in invoke("train", "--help").output
+    assert "eval [OPTIONS] FILE..." in invoke("eval", "--help").output
+    assert "convert [OPTIONS] SRC" in invoke("convert", "--help").output
+
+
+@pytest.fixture
+def restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_threads_sets_pytorchs_threads_for_train_sample_eval_and_resume(run, tmp_path, restore_threads):
+    (tmp_path / "part.txt").write_text(VERDICT.read_text()[:2000])
+    for n, args, code in [
+        (3, ["train", "x.txt", "--print-config"], 0),
+        (2, ["sample", "-c", str(run), "--max-new-tokens", "2"], 0),
+        (3, ["eval", str(tmp_path / "part.txt"), "-c", str(run)], 0),
+        (2, ["sample", "-i", "-c", str(run)], 0),
+        (3, ["resume", str(run)], 2),  # finished: refused, but after --threads took effect
+    ]:
+        torch.set_num_threads(1)
+        invoke(*args, "--threads", str(n), expect=code)
+        assert torch.get_num_threads() == n, args
+    torch.set_num_threads(1)
+    invoke("sample", "-c", str(run), "--max-new-tokens", "2")
+    assert torch.get_num_threads() == 1  # not given: left alone
+    assert "--threads" in invoke("sample", "--threads", "0", expect=2).output
+
+
+def test_several_samples_get_a_header_line_and_json_groups_them_by_prompt(run, one_thread):
+    res = invoke("sample", "-c", str(run), "--max-new-tokens", "4", "--num-samples", "2")
+    assert "2 identical samples" in res.stderr and "--temperature" in res.stderr  # greedy copies are warned of
+    lines = res.stdout.splitlines()
+    assert lines[0] == "--- sample 1 of 2 ---" and lines[2] == "--- sample 2 of 2 ---" and len(lines) == 4
+    assert lines[1].startswith("Every effort moves you") and lines[1] == lines[3]
+    args = [
+        "sample",
+        "-c",
+        str(run),
+        "--max-new-tokens",
+        "4",
+        "--temperature",
+        "1",
+        "--seed",
+        "3",
+        "-p",
+        "I had",
+        "-p",
+        "Hi",
+    ]
+    res = invoke(*args, "--num-samples", "2", "--json")
+    assert "identical" not in res.stderr
+    out = json.loads(res.stdout)
+    assert out["checkpoint"] == str(rundir.list_step_checkpoints(run)[-1])
+    assert [g["prompt"] for g in out["samples"]] == ["I had", "Hi"]
+    assert [len(g["samples"]) for g in out["samples"]] == [2, 2]
+    assert all(s.startswith(g["prompt"]) for g in out["samples"] for s in g["samples"])
+    text = invoke(*args, "--num-samples", "2").stdout.splitlines()
+    headers = [x for x in text if x.startswith("--- ")]
+    assert headers == [f"--- prompt {p} of 2, sample {s} of 2 ---" for p in (1, 2) for s in (1, 2)]
+    assert [x for x in text if not x.startswith("--- ")] == [s for g in out["samples"] for s in g["samples"]]
+    single = invoke("sample", "-c", str(run), "--max-new-tokens", "4").stdout
+    assert not single.startswith("---") and single.startswith("Every effort moves you")
+
+
+def test_interactive_settings_say_off_not_none(run, capsys, one_thread):
+    from gptcli.commands import sample
+
+    lines = iter(["/settings", "/top-k 5", "/top-k off", "/settings"])
+
+    def read(_prompt):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    sample.interactive_sample(checkpoint=run, input_fn=read, quiet=True)
+    err = capsys.readouterr().err
+    assert "None" not in err
+    settings = [x for x in err.splitlines() if x.startswith("temperature ")]
+    assert len(settings) == 2 and all("top-k off, top-p off" in x and "seed off" in x for x in settings), err
+    assert "top-k = 5" in err and "top-k = off" in err
+
+
+def _runs_here(tmp_path, monkeypatch, run, *names: str) -> list[Path]:
+    """Copies of the fixture run under tmp_path/runs, the last named the most recent; cwd tmp_path."""
+    copies = []
+    for i, name in enumerate(names):
+        shutil.copytree(run, tmp_path / "runs" / name)
+        copies.append(tmp_path / "runs" / name)
+        for f in [rundir.metrics_path(copies[-1]), *rundir.list_step_checkpoints(copies[-1])]:
+            os.utime(f, (1_000_000 + i, 1_000_000 + i))
+    monkeypatch.chdir(tmp_path)
+    return copies
+
+
+def test_sample_eval_and_plot_name_the_run_they_picked(run, tmp_path, monkeypatch, one_thread):
+    _runs_here(tmp_path, monkeypatch, run, "old", "new")
+    (tmp_path / "part.txt").write_text(VERDICT.read_text()[:2000])
+    newest = f"runs/new/checkpoints/{rundir.list_step_checkpoints(run)[-1].name}"
+    picked = f"using {newest} (the most recent run)"
+    assert picked in invoke("sample", "--max-new-tokens", "2").stderr.splitlines()
+    assert picked in invoke("eval", "part.txt").stderr.splitlines()
+    assert "plotting runs/new (the most recent run)" in invoke("plot").stderr.splitlines()
+    # named explicitly: nothing to announce
+    assert "most recent" not in invoke("sample", "-c", "runs/old", "--max-new-tokens", "2").stderr
+    assert "most recent" not in invoke("eval", "part.txt", "-c", "runs/old").stderr
+
+
+def _set_epochs(run_dir: Path, epochs: int) -> None:
+    """Give a run's checkpoints another planned total (as if trained with --epochs N)."""
+    for p in rundir.list_step_checkpoints(run_dir):
+        obj = torch.load(p, weights_only=True)
+        obj["train_config"]["epochs"] = epochs
+        t = p.stat().st_mtime
+        torch.save(obj, p)
+        os.utime(p, (t, t))
+
+
+def test_resume_without_a_run_picks_the_most_recent_unfinished_one(run, tmp_path, monkeypatch, one_thread):
+    unfinished, _ = _runs_here(tmp_path, monkeypatch, run, "my unfinished", "finished")
+    _set_epochs(unfinished, 3)  # has done 2 of 3; the newer run finished its 2
+    res = invoke("resume")
+    assert "resuming runs/my unfinished (the most recent unfinished run)" in res.stderr.splitlines()
+    assert "run: runs/my unfinished (" in res.stderr  # relative to the cwd, as `train` prints it
+    assert "done: runs/my unfinished (sample with: gptcli sample -c 'runs/my unfinished')" in res.stderr
+    assert ckpt.load_checkpoint(rundir.list_step_checkpoints(unfinished)[-1])["progress"]["epoch"] == 3
+    # now every run has finished: the error names the newest and how to extend it
+    res = invoke("resume", expect=2)
+    assert res.output.count("\n") == 1 and "the most recent, runs/my unfinished, did its 3 epochs" in res.output
+    assert "gptcli resume 'runs/my unfinished' --epochs N (N > 3)" in res.output
+    # --epochs counts: a run with epochs left below the new total is picked
+    assert "resuming runs/my unfinished" in invoke("resume", "--epochs", "4").stderr
+
+
+def test_resume_refusals_say_epochs_n_with_grammar_and_quoted_paths(run, tmp_path, monkeypatch):
+    (one,) = _runs_here(tmp_path, monkeypatch, run, "one epoch")
+    for p in rundir.list_step_checkpoints(one):
+        obj = torch.load(p, weights_only=True)
+        obj["progress"]["epoch"] = obj["train_config"]["epochs"] = 1
+        torch.save(obj, p)
+    res = invoke("resume", str(one), expect=2)  # an absolute path, shown relative
+    assert "runs/one epoch: the run already finished its 1 epoch; extend it with: " in res.output
+    assert "gptcli resume 'runs/one epoch' --epochs N (N > 1)" in res.output
+    res = invoke("resume", "runs/one epoch", "--epochs", "0", expect=2)
+    assert "already completed 1 epoch)" in res.output
+    res = invoke("train", "x.txt", "--out", "runs/one epoch", expect=2)
+    assert "gptcli resume 'runs/one epoch'" in res.output
+
+
+def test_sample_with_nothing_to_load_names_train_and_download(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = invoke("sample", expect=2)
+    assert res.output.startswith("error: ") and res.output.count("\n") == 1
+    assert "gptcli train" in res.output and "gptcli download" in res.output
+
+
+def test_runs_root_that_does_not_exist_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = invoke("runs", "--root", "nope", expect=2)
+    assert res.output == "error: invalid --root: nope (no such directory)\n"
+    (tmp_path / "afile").write_text("")
+    assert "not a directory" in invoke("runs", "--root", "afile", expect=2).output
+    assert "no runs under runs/" in invoke("runs").output  # the default may not exist yet
+
+
+def test_log_lines_come_at_most_every_few_seconds(monkeypatch, capsys):
+    from gptcli import console
+
+    monkeypatch.setattr(console, "interactive", lambda: False)
+    now = [0.0]
+
+    def lines_for(step_seconds: float) -> list[str]:
+        prog = console.byte_progress(1)
+        prog.clock = lambda: now[0]
+        task = prog.add_task("converting", total=1000)
+        for done in range(0, 1001, 10):
+            now[0] += step_seconds
+            prog.update(task, completed=done)
+        return [x for x in capsys.readouterr().err.splitlines() if x.startswith("converting")]
+
+    quick = lines_for(0.002)  # a 0.2-second job
+    assert len(quick) == 1 and quick[0].startswith("converting: 100%")
+    slow = lines_for(1.0)  # 100 s: a line per tenth, each at least 5 s after the last
+    assert [int(x.split()[1].rstrip("%")) for x in slow] == list(range(10, 101, 10))
+    assert len(lines_for(0.1)) == 2  # 10 s: one line after 5 s, then the last
+
+
+def test_epoch_samples_on_stdout_have_no_trailing_spaces(capsys):
+    from gptcli import console
+
+    console.TrainProgress().on_sample({"epoch": 1, "text": "Every effort moves you\n\nto the end \n"})
+    assert capsys.readouterr().out == "Every effort moves you  to the end\n"
+
+
+@pytest.mark.slow
+def test_tiny_config_samples_are_words_of_the_story(tmp_path, one_thread):
+    """The README's first run: examples/configs/tiny.yaml ends with a sample in the story's own
+    words, not commas (about 15 s of CPU)."""
+    from gptcli import console
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "examples" / "configs" / "tiny.yaml").read_text())
+    config["train"]["data"] = [str(VERDICT)]
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    try:
+        invoke("train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "tiny"), "--quiet")
+    finally:
+        console.set_quiet(False)
+    last = [r for r in read_metrics(tmp_path / "tiny" / "metrics.jsonl") if r["type"] == "sample"][-1]["text"]
+    generated = last.removeprefix("Every effort moves you").split()
+    story = set(re.findall(r"[A-Za-z]+", VERDICT.read_text(encoding="utf-8")))
+    words = [w for w in generated if re.fullmatch(r"[A-Za-z]+", w.strip(".,;:!?\"'-"))]
+    assert len(generated) >= 8 and len(words) >= 0.8 * len(generated), last
+    assert sum(w.strip(".,;:!?\"'-") in story for w in words) >= 0.9 * len(words), last

@@ -12,6 +12,7 @@ from gptcli.errors import CheckpointError, UsageError
 from gptcli.model import GPT
 from gptcli.weights.book import book_param_names, convert_book
 
+from .conftest import VERDICT
 from .weights_helpers import invoke
 
 ch04 = pytest.importorskip("llms_from_scratch.ch04", reason="make install provides llms-from-scratch")
@@ -55,7 +56,7 @@ def test_parameter_order_is_the_books():
 
 def test_book_checkpoint_converts_with_same_logits_and_optimizer(tmp_path):
     book, opt, path = _book_run(tmp_path)
-    out = convert_book(path, tmp_path / "book.pth", n_heads=4, drop_rate=0.0, data=[path])
+    out = convert_book(path, tmp_path / "book.pth", n_heads=4, drop_rate=0.0, data=[VERDICT])
     obj = load_checkpoint(out)
     assert obj["kind"] == "training"
     cfg = ModelConfig.from_dict(obj["model_config"])
@@ -63,7 +64,7 @@ def test_book_checkpoint_converts_with_same_logits_and_optimizer(tmp_path):
         12, 32, 4, 2, False, False,
     )  # fmt: skip
     train = TrainConfig.from_dict(obj["train_config"])
-    assert (train.lr, train.weight_decay) == (4e-4, 0.1) and train.data == [str(path.resolve())]
+    assert (train.lr, train.weight_decay) == (4e-4, 0.1) and train.data == [str(VERDICT.resolve())]
 
     ours = model_from_checkpoint(obj, out)
     book.eval(), ours.eval()
@@ -153,6 +154,33 @@ def test_resume_a_converted_notebook_run(tmp_path, workdir):
     last = load_checkpoint(sorted((run / "checkpoints").glob("step-*.pth"))[-1])
     steps = last["progress"]["step"]
     assert steps >= 1 and last["progress"]["epoch"] == 1
-    # AdamW's step counters went on from the notebook's 3 steps
-    assert float(last["optimizer_state_dict"]["state"][0]["step"]) == 3 + steps
+    # AdamW's step counters went on from the notebook's 3 steps, which the progress counts too
+    assert float(last["optimizer_state_dict"]["state"][0]["step"]) == steps > 3
     assert GPT(ModelConfig.from_dict(last["model_config"])).cfg.context_length == 12
+
+
+def test_converted_notebook_run_records_the_epochs_it_ran(workdir, monkeypatch):
+    """The book's file holds only the two state dicts, but AdamW counts its steps; with the text,
+    the steps per epoch (counted here with the book's own loader) give the epochs the notebook ran,
+    so `info` shows them and a bare `resume` does not train the book's 10 epochs over again."""
+    from llms_from_scratch import ch02
+
+    from gptcli.tokenizer import get_tokenizer
+
+    text = (workdir / "the-verdict.txt").read_text()[:800]
+    (workdir / "short.txt").write_text(text)
+    monkeypatch.setattr(ch02.tiktoken, "get_encoding", lambda name: get_tokenizer())  # the book would download it
+    train_text = text[: int(0.9 * len(text))]
+    per_epoch = len(ch02.create_dataloader_v1(train_text, batch_size=2, max_length=12, stride=12, shuffle=False))
+    for steps, epochs in ((2 * per_epoch + 1, 2), (10 * per_epoch, 10)):  # stopped in epoch 3; the book's 10
+        _book_run(workdir, steps=steps, vocab_size=50257)
+        conv = invoke("convert", "model_and_optimizer.pth", "--n-heads", "4", "--data", "short.txt", "-o", "book.pth")
+        assert conv.exit_code == 0, conv.stderr
+        progress = load_checkpoint(workdir / "book.pth")["progress"]
+        assert (progress["epoch"], progress["step"], progress["tokens_seen"]) == (epochs, steps, steps * 2 * 12)
+        assert (
+            f"epoch {epochs} of 10 done, step {steps}, {steps * 24:,} tokens seen" in invoke("info", "book.pth").stdout
+        )
+    assert "continue training with: gptcli resume book.pth --epochs 11" in conv.stderr
+    res = invoke("resume", "book.pth")
+    assert res.exit_code == 2 and "--epochs" in res.stderr

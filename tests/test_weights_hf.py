@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -11,10 +13,18 @@ from gptcli.checkpoint import load_checkpoint, model_from_checkpoint
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError
 from gptcli.model import GPT
+from gptcli.tokenizer import EOT_ID, decode, encode
 from gptcli.weights.convert import convert
 from gptcli.weights.hf import export_hf
 
-from .weights_helpers import invoke, logits_of
+from .weights_helpers import (
+    hf_model_from_openai,
+    invoke,
+    logits_of,
+    random_openai_tensors,
+    tiny_openai_cfg,
+    write_openai_dir,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -70,7 +80,13 @@ def test_gptcli_to_hf_loads_in_transformers_with_same_logits(tmp_path, shape):
     torch.manual_seed(5)
     ours = GPT(cfg).eval()
     out = export_hf(cfg, ours.state_dict(), tmp_path / "hf")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "merges.txt", "model.safetensors", "vocab.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "merges.txt",
+        "model.safetensors",
+        "tokenizer_config.json",
+        "vocab.json",
+    ]
     hf = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
     assert hf.config.tie_word_embeddings == cfg.tie_weights
     assert (logits_of(ours, _idx()) - logits_of(hf, _idx())).abs().max().item() < 1e-4
@@ -80,13 +96,74 @@ def test_gptcli_to_hf_loads_in_transformers_with_same_logits(tmp_path, shape):
 
 
 def test_exported_tokenizer_files_load_in_transformers(tmp_path):
-    from gptcli.tokenizer import encode
-
     cfg = ModelConfig(vocab_size=50257, context_length=8, emb_dim=16, n_heads=2, n_layers=1)
     out = export_hf(cfg, GPT(cfg).state_dict(), tmp_path / "hf")
     tok = transformers.AutoTokenizer.from_pretrained(out)
     text = "Every effort moves you, said Gisburn.<|endoftext|>"
     assert tok(text)["input_ids"] == encode(text)
+
+
+def test_export_tokenizer_knows_the_context_and_files_get_the_umasks_mode(tmp_path):
+    """``convert --to hf``: AutoTokenizer reads model_max_length = the context, so truncation=True
+    gives inputs the model can take; every file, model.safetensors too, has 0666 less the umask."""
+    from gptcli import checkpoint as ckpt
+
+    cfg = ModelConfig(vocab_size=50257, context_length=16, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0)
+    ckpt.atomic_save(ckpt.weights_checkpoint(cfg, GPT(cfg).state_dict()), tmp_path / "m.pth")
+    old = os.umask(0o027)
+    try:
+        res = invoke("convert", str(tmp_path / "m.pth"), "--to", "hf", "-o", str(tmp_path / "hf"), "-q")
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0, res.stderr
+    out = tmp_path / "hf"
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert "model.safetensors" in modes and "tokenizer_config.json" in modes
+    assert modes == dict.fromkeys(modes, 0o666 & ~0o027), {k: oct(v) for k, v in modes.items()}
+
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert tok.model_max_length == 16
+    long_text = " ".join(["Every effort moves you."] * 20)
+    enc = tok(long_text, truncation=True, return_tensors="pt")
+    assert enc["input_ids"].shape == (1, 16)
+    assert enc["input_ids"][0].tolist() == encode(long_text)[:16]
+    hf = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert hf(**enc).logits.shape == (1, 16, 50257)
+
+
+def test_default_sample_is_fp32_and_matches_transformers_greedy(tmp_path, monkeypatch):
+    """No --dtype: fp32, so greedy text is transformers' greedy text token for token, even on a
+    CPU where --dtype auto would pick bf16 (simulated here, as this machine may lack it)."""
+    from gptcli.weights.openai import convert_openai
+
+    cfg = tiny_openai_cfg(context_length=64)
+    tensors = random_openai_tensors(cfg, seed=13)
+    # Weights 10x larger than a trained model's (the embedding, which is also the head, apart) make
+    # the text depend on the context and the top tokens close, where bf16 departs at once.
+    for name in tensors:
+        if not name.endswith(("/g", "/b", "wte")):
+            tensors[name] = tensors[name] * 10
+    out = convert_openai(write_openai_dir(tmp_path / "124M", cfg, tensors), tmp_path / "model.pth")
+    monkeypatch.setattr("gptcli.device.native_bf16", lambda device: True)
+
+    prompt = "Every effort moves you"
+    res = invoke("sample", "--model", str(out), "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "40")
+    assert res.exit_code == 0, res.stderr
+
+    ids = encode(prompt)
+    hf = hf_model_from_openai(cfg, tensors)
+    with torch.no_grad():
+        ref = hf.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=40,
+            do_sample=False,
+            pad_token_id=EOT_ID,
+        )[0, len(ids) :].tolist()
+    new = ref[: ref.index(EOT_ID)] if EOT_ID in ref else ref  # gptcli stops at <|endoftext|>
+    assert len(new) > 1
+    assert res.stdout.rstrip("\n") == decode(ids + new)
 
 
 def test_convert_cli_exports_a_training_run(tmp_path, monkeypatch):

@@ -14,8 +14,9 @@ import yaml
 
 from gptcli import console, rundir, weights
 from gptcli.errors import UsageError
+from gptcli.metrics import read_metrics
 from gptcli.paths import display_path
-from gptcli.plot import plot_runs, terminal_plot
+from gptcli.plot import check_output, default_plot_path, plot_runs, terminal_plot
 
 
 def _resolve_info_target(target: str | None) -> Path:
@@ -52,6 +53,7 @@ def info_command(target: str | None, *, json_out: bool = False) -> dict[str, Any
         "tokens_seen": progress.get("tokens_seen"),
         "last_eval": history[-1] if history else None,
         "best_val_loss": progress.get("best_val") if history else None,
+        "unsaved_evals": _unsaved_evals(run_dir) if run_dir else None,
     }
     if json_out:
         console.print_result(json.dumps(result, indent=2, default=str))
@@ -80,6 +82,14 @@ def info_command(target: str | None, *, json_out: bool = False) -> dict[str, Any
             )
         )
         lines.append(("best val loss", console.fmt_loss(result["best_val_loss"])))
+    if result["unsaved_evals"]:
+        lines.append(
+            (
+                "unsaved",
+                f"{_evals(result['unsaved_evals'])} in metrics.jsonl after the run's last checkpoint "
+                "(stopped before it could save; resume starts from the checkpoint)",
+            )
+        )
     width = max(len(k) for k, _ in lines) + 2
     out = [f"{k + ':':<{width}}{v}" for k, v in lines]
     sections = {"model": result["model_config"], **({"train": train_cfg} if train_cfg else {})}
@@ -87,10 +97,17 @@ def info_command(target: str | None, *, json_out: bool = False) -> dict[str, Any
     return result
 
 
-def runs_command(root: Path = rundir.RUNS_ROOT, *, json_out: bool = False) -> list[dict[str, Any]]:
-    """Every run directory under ``root``, oldest first, with its progress and last losses."""
-    root = Path(root)
-    runs = [rundir.run_summary(p) for p in rundir.list_runs(root)]
+def runs_command(root: Path | None = None, *, json_out: bool = False) -> list[dict[str, Any]]:
+    """Every run directory under ``root`` (default ``runs/``, which need not exist yet), oldest
+    first, with its progress and last losses. A ``root`` given that is not a directory is an error."""
+    if root is not None and not Path(root).is_dir():
+        what = "is not a directory" if Path(root).exists() else "no such directory"
+        raise UsageError(f"invalid --root: {root} ({what})")
+    root = Path(root) if root is not None else rundir.RUNS_ROOT
+    warnings: list[str] = []
+    runs = [rundir.run_summary(p, warnings=warnings) for p in rundir.list_runs(root)]
+    for w in warnings:  # an unreadable or malformed file: its run still shows, with '-' fields
+        console.warn(w)
     if json_out:
         console.print_result(json.dumps(runs, indent=2))
         return runs
@@ -101,36 +118,87 @@ def runs_command(root: Path = rundir.RUNS_ROOT, *, json_out: bool = False) -> li
     def loss(x: float | None) -> str:
         return console.fmt_loss(x) if x is not None else "-"
 
+    def num(x: int | None, fmt: str = "") -> str:
+        return format(x, fmt) if x is not None else "-"
+
     header = ("RUN", "EPOCHS", "STEP", "TOKENS", "TRAIN", "VAL", "BEST VAL", "UPDATED")
     rows = [
         (
             r["run"],
-            f"{r['epochs_done']}/{r['epochs']}" if r["epochs"] else str(r["epochs_done"]),
-            str(r["step"]),
-            f"{r['tokens_seen']:,}",
+            f"{num(r['epochs_done'])}/{r['epochs']}" if r["epochs"] else num(r["epochs_done"]),
+            num(r["step"]),
+            num(r["tokens_seen"], ","),
             loss(r["train_loss"]),
             loss(r["val_loss"]),
             loss(r["best_val_loss"]),
-            r["updated"],
+            r["updated"] or "-",
         )
         for r in runs
     ]
+    unsaved = any(r.get("unsaved_evals") for r in runs)
+    if unsaved:  # metrics lines after a run's last checkpoint: shown only when some run has them
+        header = (*header, "UNSAVED")
+        rows = [(*row, _evals(r.get("unsaved_evals")) or "-") for row, r in zip(rows, runs, strict=True)]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    left = {0, 7}
+    left = {0, 7, 8}
     for row in [header, *rows]:
         cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         console.print_result("  ".join(cells).rstrip())
+    if unsaved:
+        console.info(
+            "UNSAVED: evaluations logged after the run's last checkpoint (stopped before it could save); "
+            "the other columns are the checkpoint's, and resume starts from it"
+        )
     return runs
 
 
-def plot_command(targets: list[Path], *, output: Path, log_y: bool = False, terminal: bool = False) -> None:
+def _evals(n: int | None) -> str:
+    return f"{n} eval{'s' if n != 1 else ''}" if n else ""
+
+
+def _unsaved_evals(run_dir: Path) -> int | None:
+    """Evaluations in a run's metrics.jsonl logged after its newest step checkpoint."""
+    try:
+        records = read_metrics(rundir.metrics_path(run_dir)) if rundir.metrics_path(run_dir).is_file() else []
+        _, later = rundir.split_saved(records, rundir.saved_step(run_dir))
+    except OSError:
+        return None
+    return sum(1 for r in later if r.get("type") == "eval")
+
+
+def plot_command(
+    targets: list[Path], *, output: Path | None = None, log_y: bool = False, terminal: bool = False
+) -> Path | None:
+    """Loss curves as an image, in the terminal (``terminal``), or both when ``output`` is given too.
+
+    Without ``output`` the image goes into the plotted run's own directory (``<run>/loss.png``),
+    never over a file in the current directory; several runs together need ``output``.
+    """
+    if output is not None:  # a bad flag fails before any run is looked for
+        check_output(output)
     if not targets:
         latest = rundir.find_latest_run()
         if latest is None:
             raise UsageError("no training run found under runs/; give a run directory or metrics.jsonl")
+        console.info(f"plotting {display_path(latest)} (the most recent run)")
         targets = [latest]
-    if terminal:
-        console.print_result(terminal_plot(targets, log_y=log_y))
-        return
-    path = plot_runs(targets, output, log_y=log_y)
-    console.info(f"wrote {path}")
+    if output is None and not terminal:
+        if len(targets) > 1:
+            raise UsageError(
+                f"plotting {len(targets)} runs together needs -o/--output FILE (.png, .svg or .pdf); "
+                "one run's plot goes into its own directory"
+            )
+        output = default_plot_path(targets[0])
+    warnings: list[str] = []  # malformed metrics lines, skipped
+    path = None
+    try:
+        if output is not None:
+            path = plot_runs(targets, output, log_y=log_y, warnings=warnings)
+        if terminal:
+            console.print_result(terminal_plot(targets, log_y=log_y, warnings=warnings if path is None else None))
+    finally:
+        for w in warnings:
+            console.warn(w)
+    if path is not None:
+        console.info(f"wrote {display_path(path)}")
+    return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from gptcli import console
+from gptcli.device import set_threads
 from gptcli.errors import UsageError
 from gptcli.generation import SampleConfig
 from gptcli.inference import LoadedModel, generate_with, load_model_for_inference, long_prompt_warning
@@ -64,13 +66,18 @@ def sample_command(
     seed: int | None = None,
     num_samples: int = 1,
     device: str = "auto",
-    dtype: str = "auto",
+    dtype: str = "fp32",
     use_cache: bool = True,
     json_out: bool = False,
     stream: bool | None = None,
     quiet: bool = False,
+    threads: int | None = None,
 ) -> list[str]:
+    """Sample ``num_samples`` continuations of each prompt; returns the texts (prompt included),
+    prompt by prompt. Several texts on stdout each follow a ``--- sample I of N ---`` line, since a
+    blank line can be part of a sample; ``--json`` groups them by prompt."""
     console.set_quiet(quiet)
+    set_threads(threads)
     scfg = SampleConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -79,6 +86,11 @@ def sample_command(
         seed=seed,
         num_samples=num_samples,
     )
+    if scfg.num_samples > 1 and scfg.temperature == 0:
+        console.warn(
+            f"--num-samples {scfg.num_samples} with --temperature 0 (greedy) gives {scfg.num_samples} identical "
+            "samples of each prompt; a --temperature above 0 makes them differ"
+        )
     loaded = _load(checkpoint, model, device=device, dtype=dtype)
     net, dev = loaded.net, loaded.device
     encoded = []
@@ -105,14 +117,30 @@ def sample_command(
         new = generate_with(net, idx, scfg, use_cache=use_cache, on_token=on_token)
         for (i, ids), toks in zip(group, new):
             outputs.setdefault(i, []).append(decode(ids + toks))
-    texts = [t for i in range(len(prompts)) for t in outputs.get(i, [])]
+    grouped = [outputs.get(i, []) for i in range(len(prompts))]
+    texts = [t for group in grouped for t in group]
     if json_out:
-        console.print_result(json.dumps({"checkpoint": str(loaded.path), "samples": texts}))
+        samples = [{"prompt": p, "samples": group} for p, group in zip(prompts, grouped)]
+        console.print_result(json.dumps({"checkpoint": str(loaded.path), "samples": samples}))
     elif streaming:
         console.print_result("")
+    elif len(texts) == 1:
+        console.print_result(texts[0])
     else:
-        console.print_result("\n\n".join(texts))
+        for i, group in enumerate(grouped):
+            for j, text in enumerate(group):
+                console.print_result(sample_header(i, len(prompts), j, len(group)))
+                console.print_result(text)
     return texts
+
+
+def sample_header(prompt: int, prompts: int, sample: int, samples: int) -> str:
+    """The line above each of several samples on stdout (0-based indices in, 1-based out), such as
+    ``--- sample 2 of 4 ---`` or ``--- prompt 1 of 2, sample 2 of 2 ---``."""
+    parts = ([f"prompt {prompt + 1} of {prompts}"] if prompts > 1 else []) + (
+        [f"sample {sample + 1} of {samples}"] if samples > 1 else []
+    )
+    return f"--- {', '.join(parts)} ---"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,23 +155,36 @@ Ctrl-C stops a generation; Ctrl-D or /quit leaves."""
 _SETTINGS = {"temperature": float, "top_k": int, "top_p": float, "max_new_tokens": int, "seed": int}
 
 
+def _shown(value: Any) -> str:
+    """A setting as ``/settings`` shows it: "off" for a filter or seed not set, as /top-k off sets it."""
+    return "off" if value is None else str(value)
+
+
 def _apply_setting(settings: SampleConfig, word: str, value: str) -> SampleConfig:
     """``/word value`` applied to the settings (a warning and no change for a bad value)."""
     key = word.replace("-", "_")
     raw = value.strip()
     try:
         parsed = None if raw.lower() in ("off", "none") and key in ("top_k", "top_p", "seed") else _SETTINGS[key](raw)
-        settings = dataclasses.replace(settings, **{key: parsed})
-    except ValueError:
-        console.warn(f"/{word} needs a number, got {raw!r}")
+    except ValueError:  # int("2**70"), int("1e99"), float("x")
+        console.warn(f"/{word} needs {'an integer' if _SETTINGS[key] is int else 'a number'}, got {raw!r}")
         return settings
+    if isinstance(parsed, float) and not math.isfinite(parsed):
+        # nan or inf would reach softmax and end the session
+        console.warn(f"/{word} needs a finite number, got {raw!r}")
+        return settings
+    try:
+        new = dataclasses.replace(settings, **{key: parsed})
+        if key == "seed" and parsed is not None:
+            torch.manual_seed(parsed)  # before the settings change, so a refused seed changes nothing
     except UsageError as e:
         console.warn(str(e).replace("--", "/"))
         return settings
-    if key == "seed" and parsed is not None:
-        torch.manual_seed(parsed)
-    console.info(f"{word} = {parsed}")
-    return settings
+    except (ValueError, OverflowError, RuntimeError):  # torch.manual_seed beyond 64 bits
+        console.warn(f"/{word} must be an integer from {-(2**63)} to {2**64 - 1}, got {raw}")
+        return settings
+    console.info(f"{word} = {_shown(parsed)}")
+    return new
 
 
 def interactive_sample(
@@ -156,10 +197,11 @@ def interactive_sample(
     top_p: float | None = None,
     seed: int | None = None,
     device: str = "auto",
-    dtype: str = "auto",
+    dtype: str = "fp32",
     use_cache: bool = True,
     stream: bool | None = None,
     quiet: bool = False,
+    threads: int | None = None,
     input_fn=input,
 ) -> int:
     """Read prompts until end of input and print a continuation of each; returns how many ran.
@@ -167,6 +209,7 @@ def interactive_sample(
     The model is loaded once. On a terminal the tokens stream as they are generated; with input
     piped in, each continuation is printed whole, so ``gptcli sample -i < prompts.txt`` works too.
     """
+    set_threads(threads)
     settings = SampleConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     loaded = _load(checkpoint, model, device=device, dtype=dtype)
     net, dev = loaded.net, loaded.device
@@ -207,7 +250,7 @@ def interactive_sample(
             if key in ("help", "h", "?"):
                 console.info(_INTERACTIVE_HELP)
             elif key == "settings":
-                console.info(", ".join(f"{k.replace('_', '-')} {getattr(settings, k)}" for k in _SETTINGS))
+                console.info(", ".join(f"{k.replace('_', '-')} {_shown(getattr(settings, k))}" for k in _SETTINGS))
             elif key in _SETTINGS:
                 settings = _apply_setting(settings, word, value)
             else:

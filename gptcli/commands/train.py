@@ -5,17 +5,28 @@ trainer driven to the end or to a clean stop.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from pathlib import Path
 from typing import Any
 
-from gptcli import console, distributed, rundir, weights
+# torch loads inside the functions (checkpoint, device, distributed, training): a run directory is
+# claimed and locked before that, so that a second writer is refused at once.
+from gptcli import console, rundir, weights
 from gptcli.callbacks import Callbacks, Fanout
-from gptcli.checkpoint import load_checkpoint, read_model_config, resolve_checkpoint
-from gptcli.config import ModelConfig, TrainConfig, check_architecture, dump_yaml_config, load_yaml_config
+from gptcli.config import (
+    ModelConfig,
+    TrainConfig,
+    build_config,
+    check_architecture,
+    coerce_values,
+    dump_yaml_config,
+    load_yaml_config,
+    preset_values,
+)
 from gptcli.errors import CheckpointError, UsageError
+from gptcli.paths import display_path, shell_path
 from gptcli.tensorboard import LOG_DIR, TensorBoardWriter, check_available
-from gptcli.training import Trainer
 
 # ---------------------------------------------------------------------------------------------
 # Signals: the handler only sets a flag; the loop saves at the next step boundary.
@@ -31,10 +42,16 @@ class StopFlag:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: abort now; atomic saves keep the last checkpoint
-        self.signum = signum
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        console.warn(f"{name}: saving a checkpoint at the end of this step (Ctrl-C again to abort)")
+            # A second Ctrl-C: abort now. A save in progress removes its temporary file and the
+            # CLI exits 130; every checkpoint already under its final name is complete.
+            raise KeyboardInterrupt
+        first, self.signum = self.signum is None, signum
+        if not first:
+            return
+        if signum == signal.SIGINT:
+            console.warn("Ctrl-C: saving a checkpoint at the end of this step (Ctrl-C again to abort)")
+        else:  # sent by a scheduler or kill, not typed: no Ctrl-C to offer
+            console.warn(f"{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping")
 
     def install(self) -> StopFlag:
         for s in (signal.SIGINT, signal.SIGTERM):
@@ -59,41 +76,60 @@ def resolve_train_configs(
 ) -> tuple[ModelConfig | None, TrainConfig, dict[str, Any]]:
     """Defaults, then the config file, then flags given on the command line.
 
-    With ``--init`` the architecture comes from the initial weights, so the model is not built
-    here (None): the model settings given are returned for comparison with the checkpoint's.
+    Every value goes through the one validation layer of ``gptcli.config`` (types, then ranges),
+    and an error names the config file when the bad value came from it. With ``--init`` the
+    architecture comes from the initial weights, so the model is not built here (None): the model
+    settings given are returned, checked and coerced, for comparison with the checkpoint's.
     """
     file_cfg = load_yaml_config(config_file) if config_file else {"model": {}, "train": {}}
-    where = str(config_file) if config_file else "flags"
-    model_dict = dict(file_cfg["model"])
-    chosen_preset = preset or model_dict.pop("preset", None)
-    model_dict.update({k: v for k, v in model_flags.items() if v is not None})
-    train_dict = dict(file_cfg["train"])
-    train_dict.update({k: v for k, v in train_flags.items() if v is not None})
-    train_dict["data"] = [str(Path(p).resolve()) if Path(p).exists() else str(p) for p in train_dict.get("data") or []]
-    if train_dict.get("val_file") and Path(train_dict["val_file"]).exists():
-        train_dict["val_file"] = str(Path(train_dict["val_file"]).resolve())
-    train_cfg = TrainConfig.from_dict(train_dict, where=where)
+    where = str(config_file) if config_file else None
+    model_file = dict(file_cfg["model"])
+    file_preset = model_file.pop("preset", None)
+    preset_layer = []
+    if preset is not None:
+        preset_layer = [(None, preset_values(preset))]
+    elif file_preset is not None:
+        preset_layer = [(None, preset_values(file_preset, where))]
+    model_given = {k: v for k, v in model_flags.items() if v is not None}
+    train_given = {k: v for k, v in train_flags.items() if v is not None}
+    train_cfg = build_config(TrainConfig, (where, file_cfg["train"]), (None, train_given))
+    # Absolute paths in the saved config, so that `resume` works from any directory.
+    train_cfg.data = [_absolute_if_exists(p) for p in train_cfg.data]
+    if train_cfg.val_file is not None:
+        train_cfg.val_file = _absolute_if_exists(train_cfg.val_file)
     if train_cfg.init:
-        if chosen_preset:
-            model_dict = {**ModelConfig.from_preset(chosen_preset).to_dict(), **model_dict}
-        return None, train_cfg, model_dict
-    if chosen_preset:
-        model_cfg = ModelConfig.from_preset(chosen_preset, **model_dict)
-    else:
-        model_cfg = ModelConfig.from_dict(model_dict, where=where)
-    return model_cfg, train_cfg, model_dict
+        given = {
+            **coerce_values(ModelConfig, model_file, where),
+            **coerce_values(ModelConfig, model_given, None),
+        }
+        if preset_layer:
+            given = {**preset_layer[0][1], **given}
+        return None, train_cfg, given
+    model_cfg = build_config(ModelConfig, *preset_layer, (where, model_file), (None, model_given))
+    return model_cfg, train_cfg, {**model_file, **model_given}
+
+
+def _absolute_if_exists(path: str) -> str:
+    try:
+        p = Path(path)
+        return str(p.resolve()) if p.exists() else path
+    except (OSError, ValueError, RuntimeError):  # a name too long, a symlink loop: data.py reports it
+        return path
 
 
 def _init_weights(train_cfg: TrainConfig, given_model: dict[str, Any]):
     """Weights and architecture for ``--init``: the checkpoint's config wins; explicit
     architecture flags that disagree with it are an error listing each field."""
+    from gptcli.checkpoint import check_state_fits, load_checkpoint, read_model_config
+
     path = weights.resolve_model(train_cfg.init)
     obj = load_checkpoint(path)
     saved = read_model_config(obj, path)
+    check_state_fits(saved, obj["model_state_dict"], path)  # before the trainer allocates the model
     arch = {k: v for k, v in given_model.items() if k != "drop_rate"}
     check_architecture(saved, arch, f"--init {train_cfg.init}")
     if "drop_rate" in given_model:
-        saved.drop_rate = given_model["drop_rate"]
+        saved = dataclasses.replace(saved, drop_rate=given_model["drop_rate"])  # checked again
     return saved, obj["model_state_dict"]
 
 
@@ -111,8 +147,10 @@ def train_command(
     print_config: bool = False,
     quiet: bool = False,
     tensorboard: bool = False,
+    threads: int | None = None,
 ) -> Path:
     console.set_quiet(quiet)
+    _set_threads(threads)
     model_cfg, train_cfg, given_model = resolve_train_configs(
         config_file=config_file, preset=preset, model_flags=model_flags or {}, train_flags=train_flags or {}
     )
@@ -127,38 +165,137 @@ def train_command(
     if not train_cfg.data:
         raise UsageError("no training text given: pass one or more files or directories (or 'data' in --config)")
     run_dir = Path(out) if out else rundir.default_run_dir(train_cfg.data)
-    if rundir.list_step_checkpoints(run_dir):
-        raise UsageError(
-            f"--out {run_dir} already holds checkpoints; continue it with 'gptcli resume {run_dir}' "
-            "or choose another --out"
-        )
-    return run_training(model_cfg, train_cfg, run_dir, init_state=init_state, tensorboard=tensorboard)
+    lock = rundir.claim_new_run_dir(run_dir)  # a new or empty directory only, locked for the run
+    return run_training(model_cfg, train_cfg, run_dir, lock=lock, init_state=init_state, tensorboard=tensorboard)
 
 
-def resume_command(target: Path | None, *, epochs: int | None = None, quiet: bool = False) -> Path:
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:  # torch loads only when asked: the run directory is not locked yet
+        from gptcli.device import set_threads
+
+        set_threads(threads)
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
+def _run_progress(run: Path) -> tuple[int, int] | None:
+    """(epochs done, epochs planned) of a run, from its newest checkpoint that loads (memory-mapped,
+    unverified: no tensor is read); None when it has no training checkpoint to resume from."""
+    from gptcli.checkpoint import load_checkpoint
+
+    for path in reversed(rundir.list_step_checkpoints(run)):
+        try:
+            obj = load_checkpoint(path, verify=False)
+            return int(obj["progress"]["epoch"]), int(obj["train_config"]["epochs"])
+        except (CheckpointError, KeyError, TypeError, ValueError):
+            continue
+    return None
+
+
+def _latest_unfinished_run(epochs: int | None) -> Path:
+    """The run a bare ``gptcli resume`` continues: the most recent one with epochs left (up to
+    ``--epochs`` when given), said on stderr, so that a finished run is never picked by surprise."""
+
+    def finished(run: Path) -> bool:
+        progress = _run_progress(run)
+        return progress is None or progress[0] >= (epochs if epochs is not None else progress[1])
+
+    run = rundir.find_latest_unfinished_run(rundir.RUNS_ROOT, finished=finished)
+    if run is not None:
+        console.info(f"resuming {display_path(run)} (the most recent unfinished run)")
+        return run
+    latest = rundir.find_latest_run(rundir.RUNS_ROOT)
+    if latest is None:
+        raise CheckpointError(f"no training run found under {rundir.RUNS_ROOT}/; start one with: gptcli train FILE.txt")
+    progress = _run_progress(latest)
+    if progress is None:
+        raise CheckpointError(f"no run under {rundir.RUNS_ROOT}/ has a checkpoint to resume from")
+    done = progress[0]
+    raise UsageError(
+        f"every run under {rundir.RUNS_ROOT}/ has finished; the most recent, {display_path(latest)}, did its "
+        f"{_epochs(done)}: extend it with: gptcli resume {shell_path(latest)} --epochs N (N > {done})"
+    )
+
+
+def resume_command(
+    target: Path | None, *, epochs: int | None = None, quiet: bool = False, threads: int | None = None
+) -> Path:
     console.set_quiet(quiet)
+    _set_threads(threads)
+    if target is None:
+        target = _latest_unfinished_run(epochs)
+    # The run is locked before its checkpoint is even chosen: a second resume is refused at once,
+    # and never reads a checkpoint that the first is rotating away.
+    run_dir = rundir.resume_target_run(target)
+    lock = rundir.lock_run_dir(run_dir) if run_dir is not None else None
+    try:
+        path, obj, model_cfg, train_cfg = _resume_from(target, epochs)
+        if run_dir is None:  # a checkpoint outside any run directory starts a new one
+            run_dir = rundir.default_run_dir(train_cfg.data)
+            lock = rundir.claim_new_run_dir(run_dir)
+        else:
+            _report_config_file(run_dir, model_cfg, train_cfg, checkpoint=path, epochs_given=epochs is not None)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return run_training(model_cfg, train_cfg, run_dir, lock=lock, restore_from=obj)
+
+
+def _resume_from(target: Path, epochs: int | None) -> tuple[Path, dict[str, Any], ModelConfig, TrainConfig]:
+    """The checkpoint ``resume`` continues from, loaded, and the settings it continues with."""
+    from gptcli.checkpoint import check_state_fits, load_checkpoint, read_model_config, resolve_checkpoint
+
     path = resolve_checkpoint(target, warn=console.warn)
     obj = load_checkpoint(path)
     if obj.get("kind") != "training" or "optimizer_state_dict" not in obj or "train_config" not in obj:
         raise CheckpointError(
-            f"{path}: holds weights only (no optimizer state or progress); start a run from it with: gptcli train FILE --init {path}"
+            f"{display_path(path)}: holds weights only (no optimizer state or progress); start a run from it "
+            f"with: gptcli train FILE --init {shell_path(path)}"
         )
     model_cfg = read_model_config(obj, path)
-    train_dict = dict(obj["train_config"])
+    check_state_fits(model_cfg, obj["model_state_dict"], path)  # before the model is built
     progress = obj.get("progress", {})
     if epochs is not None:
         if epochs < max(1, progress.get("epoch", 0)):
             raise UsageError(
-                f"invalid --epochs: {epochs} (the run has already completed {progress.get('epoch')} epochs)"
+                f"invalid --epochs: {epochs} (the run has already completed {_epochs(progress.get('epoch'))})"
             )
-        train_dict["epochs"] = epochs
-    train_cfg = TrainConfig.from_dict(train_dict, where=f"{path}: train_config")
+    # The stored settings pass the same validation layer as a config file; --epochs is a flag on top.
+    flags = {} if epochs is None else {"epochs": epochs}
+    train_cfg = build_config(TrainConfig, (f"{path}: train_config", obj["train_config"]), (None, flags))
     if progress.get("epoch", 0) >= train_cfg.epochs:
+        n = train_cfg.epochs
         raise UsageError(
-            f"{path}: the run already finished its {train_cfg.epochs} epochs; pass --epochs N to extend it"
+            f"{display_path(target)}: the run already finished its {_epochs(n)}; extend it with: "
+            f"gptcli resume {shell_path(target)} --epochs N (N > {n})"
         )
-    run_dir = rundir.run_dir_of(path) or rundir.default_run_dir(train_cfg.data)
-    return run_training(model_cfg, train_cfg, run_dir, restore_from=obj)
+    return path, obj, model_cfg, train_cfg
+
+
+def _report_config_file(
+    run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, *, checkpoint: Path, epochs_given: bool
+) -> None:
+    """Say what happens to the run's config.yaml: resume continues with the checkpoint's settings
+    and writes them back, so a lost file comes back and an edited one is overwritten."""
+    config_file = rundir.config_path(run_dir)
+    if not config_file.exists():
+        console.warn(
+            f"{display_path(config_file)} is missing: the run continues with the checkpoint's settings and writes it again"
+        )
+        return
+    changes = rundir.config_changes(
+        run_dir, dump_yaml_config(model_cfg, train_cfg), ignore=("epochs",) if epochs_given else ()
+    )
+    if changes:
+        shown = "; ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+        console.warn(
+            f"{display_path(config_file)} was edited ({shown}); resume continues with the checkpoint's settings "
+            "and writes them back. To change the run's length pass --epochs N; other settings need a new run "
+            f"started from this one: gptcli train FILE --init {shell_path(checkpoint)}"
+        )
 
 
 def run_training(
@@ -166,34 +303,63 @@ def run_training(
     train_cfg: TrainConfig,
     run_dir: Path,
     *,
+    lock: rundir.RunLock | None = None,
     init_state=None,
     restore_from: dict[str, Any] | None = None,
     tensorboard: bool = False,
 ) -> Path:
-    """Train (or continue) one run with the terminal's progress display and signal handling."""
-    main = distributed.is_main_process()  # under torchrun only rank 0 reports
-    if not main:
-        console.set_quiet(True)
-    callbacks = _train_callbacks(
-        console.TrainProgress(print_samples=main),
-        run_dir,
-        tensorboard=tensorboard and main,
-        restore_from=restore_from,
-    )
-    stop = StopFlag().install()
+    """Train (or continue) one run with the terminal's progress display and signal handling.
+
+    The run directory's writer ``lock`` is held to the end (taken here if the caller has not): a
+    new run claims an empty directory, a resumed one locks its own. A new run that fails before
+    its first checkpoint leaves no directory behind.
+    """
+    from gptcli import distributed
+    from gptcli.training import Interrupted, Trainer
+
+    if lock is None:
+        lock = rundir.claim_new_run_dir(run_dir) if restore_from is None else rundir.lock_run_dir(run_dir)
+    failed = True
     try:
-        trainer = Trainer(
-            model_cfg, train_cfg, run_dir, callbacks=callbacks, should_stop=stop, init_state_dict=init_state
+        main = distributed.is_main_process()  # under torchrun only rank 0 reports
+        if not main:
+            console.set_quiet(True)
+        callbacks = _train_callbacks(
+            console.TrainProgress(print_samples=main),
+            run_dir,
+            tensorboard=tensorboard and main,
+            restore_from=restore_from,
         )
-        if restore_from is not None:
-            trainer.restore(restore_from)
-        trainer.fit()
+        stop = StopFlag().install()
+        try:
+            trainer = Trainer(
+                model_cfg, train_cfg, run_dir, callbacks=callbacks, should_stop=stop, init_state_dict=init_state
+            )
+            if restore_from is not None:
+                trainer.restore(restore_from)
+            trainer.fit()
+            failed = False
+        except KeyboardInterrupt:
+            # A second Ctrl-C. Said here: typer turns a KeyboardInterrupt into a silent exit 130.
+            raise Interrupted(_aborted(run_dir), 130) from None
+        finally:
+            callbacks.close()
+            stop.restore()
+            distributed.shutdown()
     finally:
-        callbacks.close()
-        stop.restore()
-        distributed.shutdown()
-    console.info(f"done: {run_dir} (sample with: gptcli sample -c {run_dir})")
+        lock.release(failed=failed)
+    console.info(f"done: {display_path(run_dir)} (sample with: gptcli sample -c {shell_path(run_dir)})")
     return run_dir
+
+
+def _aborted(run_dir: Path) -> str:
+    saved = rundir.list_step_checkpoints(run_dir)
+    if not saved:
+        return "interrupted: stopped at once, before any checkpoint of this run was saved"
+    return (
+        f"interrupted: stopped at once, without saving; the last checkpoint is {saved[-1].name}: continue "
+        f"with: gptcli resume {shell_path(run_dir)}"
+    )
 
 
 def _train_callbacks(
@@ -201,6 +367,8 @@ def _train_callbacks(
 ) -> Callbacks:
     """The progress display, and a TensorBoard writer for ``--tensorboard`` or for a resumed run
     that wrote TensorBoard events before (the run directory remembers it; resume takes no flag)."""
+    from gptcli import distributed
+
     if not distributed.is_main_process():  # under torchrun, rank 0 reports for all; the others only warn
         return progress
     if not (tensorboard or (Path(run_dir) / LOG_DIR).is_dir()):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from gptcli import console
 from gptcli.checkpoint import load_checkpoint
+from gptcli.errors import CheckpointError
+from gptcli.paths import shell_path
 from gptcli.weights import CONVERTED_NAME, gpt2_dir
 from gptcli.weights.convert import convert as convert_weights
 from gptcli.weights.download import DATA_FILE, DownloadCallbacks, download_gpt2
@@ -105,18 +107,25 @@ def download_command(
         out = download_gpt2(size, directory, base_url=base_url, callbacks=_DownloadDisplay(prog))
     console.info(f"downloaded GPT-2 {size} to {out}")
     if not convert:
-        console.info(f"convert it with: gptcli convert {out}")
+        console.info(f"convert it with: gptcli convert {shell_path(out)}")
         return out
     target = out / CONVERTED_NAME
     if target.is_file() and target.stat().st_mtime >= (out / DATA_FILE).stat().st_mtime:
         console.info(f"already converted: {target}")
     else:
         prog, on_progress = _convert_bar("converting")
-        with prog:
-            convert_openai(out, target, reader=reader, on_progress=on_progress)
+        try:
+            with prog:
+                convert_openai(out, target, reader=reader, on_progress=on_progress)
+        except CheckpointError as e:  # a downloaded file that does not parse will not heal on a rerun
+            raise CheckpointError(
+                f"{e}; the downloaded files may be damaged: delete the file named here (or all of {out}) "
+                f"and run 'gptcli download --size {size}{' --base-url ' + base_url if base_url else ''}' again, "
+                "or fetch it yourself"
+            ) from None
         console.info(f"wrote {target}")
     in_cache = directory is None or Path(directory).resolve() == gpt2_dir(size).resolve()
-    console.info(f"sample with: gptcli sample --model {'gpt2-' + size if in_cache else target}")
+    console.info(f"sample with: gptcli sample --model {'gpt2-' + size if in_cache else shell_path(target)}")
     return target
 
 
@@ -152,13 +161,15 @@ def convert_command(
         obj = load_checkpoint(out, verify=False)
         if obj.get("kind") == "training":
             if obj["train_config"].get("data"):
-                console.info(f"continue training with: gptcli resume {out}")
+                done = int(obj["progress"].get("epoch", 0))  # the notebook's epochs, from AdamW's step count
+                more = f" --epochs {done + 1}" if done >= int(obj["train_config"].get("epochs", 1)) else ""
+                console.info(f"continue training with: gptcli resume {shell_path(out)}{more}")
             else:
                 console.warn(
                     f"{out} holds optimizer state but no training text, so 'gptcli resume' cannot continue it; "
                     f"convert again with --data FILE (the text the notebook trained on), "
-                    f"or start a new run with: gptcli train FILE --init {out}"
+                    f"or start a new run with: gptcli train FILE --init {shell_path(out)}"
                 )
         else:
-            console.info(f"use it with: gptcli sample --model {out}  (or train --init {out})")
+            console.info(f"use it with: gptcli sample --model {shell_path(out)}  (or train --init {shell_path(out)})")
     return out

@@ -15,6 +15,10 @@ from gptcli.errors import CheckpointError
 from gptcli.paths import gptcli_home
 
 SIZES = ("124M", "355M", "774M", "1558M")
+# ``convert --from`` and ``--to``, and the TensorFlow checkpoint readers of ``--reader``.
+SOURCES = ("openai", "hf", "book", "gptcli")
+TARGETS = ("gptcli", "hf")
+READERS = ("builtin", "tensorflow")
 CONVERTED_NAME = "model.pth"
 # The file of OpenAI's seven per size that gives the model's shape.
 HPARAMS = "hparams.json"
@@ -33,8 +37,11 @@ def model_name_to_size(name: str) -> str | None:
 def resolve_model(name: str) -> Path:
     """A converted checkpoint for ``--model``/``--init``: a path, or a GPT-2 size name."""
     p = Path(name)
-    if p.exists():
-        return p
+    try:
+        if p.exists():
+            return p
+    except OSError as e:  # a name too long for the file system
+        raise CheckpointError(f"{name[:60]}...: not a usable path ({e.strerror})") from None
     size = model_name_to_size(name)
     if size is None:
         raise CheckpointError(

@@ -262,14 +262,34 @@ def convert_book(
             raise DataError(f"invalid --data: {p}: file not found")
         paths.append(str(Path(p).resolve()))
     train = TrainConfig(lr=float(group.get("lr", 4e-4)), weight_decay=float(group.get("weight_decay", 0.1)), data=paths)
+    progress = notebook_progress(optimizer_steps(optimizer), cfg, train)
+    train.epochs = max(train.epochs, progress["epoch"])
     obj = ckpt.training_checkpoint(
-        cfg,
-        train.to_dict(),
-        state,
-        optimizer_state=optimizer,
-        # The notebook's own progress is not in its file: the run continues as a fresh one whose
-        # optimizer remembers its steps (AdamW's bias correction goes on from there).
-        progress={"epoch": 0, "step": 0, "tokens_seen": 0, "best_val": math.inf},
-        source="book",
+        cfg, train.to_dict(), state, optimizer_state=optimizer, progress=progress, source="book"
     )
     return save_checkpoint(obj, out)
+
+
+def optimizer_steps(optimizer: dict[str, Any]) -> int:
+    """The optimizer steps a run took: AdamW's own ``step`` count (every parameter's is the same)."""
+    counts = [int(float(s["step"])) for s in optimizer["state"].values() if "step" in s]
+    return max(counts, default=0)
+
+
+def notebook_progress(steps: int, cfg: ModelConfig, train: TrainConfig) -> dict[str, Any]:
+    """The notebook run's progress, as far as its file tells it.
+
+    The book saves only the two state dicts, but AdamW counts its steps. With the training text,
+    the book's loader settings (gptcli's defaults: batch size 2, stride = context, the 90/10
+    split) give the steps per epoch, so the epochs done are ``steps // steps_per_epoch``: 90
+    steps of the book's 9 per epoch are its 10 epochs. A notebook stopped inside an epoch
+    continues with the next whole epoch (the shuffled order it was in is not in the file).
+    Without the text only the steps are known, and the epochs count as 0.
+    """
+    tokens = steps * train.batch_size * cfg.context_length
+    progress: dict[str, Any] = {"epoch": 0, "step": steps, "tokens_seen": tokens, "best_val": math.inf}
+    if steps and train.data:
+        from gptcli.data import prepare_data
+
+        progress["epoch"] = steps // max(1, len(prepare_data(cfg, train).train) // train.batch_size)
+    return progress

@@ -15,14 +15,11 @@ from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.rundir import is_run_dir
-from gptcli.weights import CONVERTED_NAME, model_name_to_size, resolve_model
+from gptcli.weights import CONVERTED_NAME, SOURCES, TARGETS, model_name_to_size, resolve_model
 from gptcli.weights.book import book_to_gptcli, convert_book, infer_config, load_book_file
 from gptcli.weights.common import Progress, check_tensors, gptcli_shapes
 from gptcli.weights.hf import convert_hf, export_hf
 from gptcli.weights.openai import convert_openai, load_openai
-
-SOURCES = ("openai", "hf", "book", "gptcli")
-TARGETS = ("gptcli", "hf")
 
 
 def _is_gptcli_file(path: Path) -> bool:

@@ -4,15 +4,21 @@ Each file goes to ``NAME.part`` beside its target and is renamed only once compl
 A partial file resumes with an HTTP Range request (a server that ignores Range sends the whole
 file with 200, and the download starts over cleanly). Transient failures (connection reset or
 refused, timeout, a body shorter than its Content-Length, 408, 429, 5xx) are retried with capped
-exponential backoff, resuming where they stopped; 403, 404 and other client errors are not. An
-HTML or XML body is an error page, never a model file. A lock file serialises two downloads into
-the same folder, so the second finds the files complete and makes no requests at all.
+exponential backoff, resuming where they stopped; 403, 404 and other client errors are not. A
+transfer that stalls (too few bytes for ``stall`` seconds) is retried the same way, and the whole
+download has a deadline. An unresolvable host or a refused connection gets one quick retry only:
+that is an offline machine or a wrong --base-url, not a busy server. An HTML or XML body is an
+error page, never a model file, and a file whose size cannot be checked (no Content-Length, no
+known size) is never kept. A lock file serialises two downloads into the same folder, so the
+second finds the files complete and makes no requests at all; it is removed when the download
+ends, however it ends.
 
 The library never prints: progress and retries are reported through ``DownloadCallbacks``.
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import os
@@ -22,17 +28,22 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptcli.errors import DownloadError, UsageError
+from gptcli.errors import CheckpointError, DownloadError, UsageError
 from gptcli.weights import HPARAMS, SIZES, gpt2_dir
-from gptcli.weights.openai import data_size, read_hparams
+from gptcli.weights.openai import config_from_hparams, data_size, read_hparams
 
 PRIMARY_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 MIRROR_URL = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"
 BASE_URL_ENV = "GPTCLI_GPT2_BASE_URL"
 BACKOFF_ENV = "GPTCLI_DOWNLOAD_BACKOFF"
+STALL_ENV = "GPTCLI_DOWNLOAD_STALL_TIMEOUT"
+DEADLINE_ENV = "GPTCLI_DOWNLOAD_DEADLINE"
+# Where a failure that looks like no network points the user.
+OFFLINE_HINT = "no network here? see 'An offline machine' under Troubleshooting in the README"
 # The hosts whose files are OpenAI's originals, byte for byte.
 OFFICIAL_HOSTS = frozenset({"openaipublic.blob.core.windows.net", "f001.backblazeb2.com"})
 DATA_FILE = "model.ckpt.data-00000-of-00001"
@@ -60,12 +71,22 @@ LOCK_NAME = ".download.lock"
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """``attempts`` tries per URL; waits ``backoff * 2**n`` seconds between them, at most ``max_backoff``."""
+    """``attempts`` tries per URL; waits ``backoff * 2**n`` seconds between them, at most ``max_backoff``.
+
+    A transfer that receives fewer than ``stall_bytes`` in ``stall`` seconds has stalled, and
+    counts as a failed attempt (a server dripping a byte every two seconds would otherwise hold
+    it forever); ``deadline`` bounds a whole download. An unresolvable host or a refused
+    connection gets ``unreachable_attempts`` tries in all, with at most a second between them.
+    """
 
     attempts: int = 8
     backoff: float = 1.0
     max_backoff: float = 30.0
     timeout: float = 60.0
+    stall: float = 60.0
+    stall_bytes: int = 16_384
+    deadline: float = 12 * 3600.0
+    unreachable_attempts: int = 2
 
     def delay(self, failures: int, retry_after: float | None = None) -> float:
         d = min(self.max_backoff, self.backoff * 2 ** (failures - 1))
@@ -75,14 +96,26 @@ class RetryPolicy:
 
     @classmethod
     def from_env(cls) -> RetryPolicy:
-        raw = os.environ.get(BACKOFF_ENV)
-        if not raw:
-            return cls()
-        try:
-            base = float(raw)
-        except ValueError:
-            raise UsageError(f"invalid {BACKOFF_ENV}: {raw!r} (seconds, e.g. 1.0)") from None
-        return cls(backoff=base, max_backoff=max(base, min(30.0, base * 32)))
+        def seconds(env: str, example: str, *, zero_ok: bool = False) -> float | None:
+            raw = os.environ.get(env)
+            if not raw:
+                return None
+            try:
+                value = float(raw)
+            except ValueError:
+                value = float("nan")
+            if not (value >= 0 if zero_ok else value > 0) or value == float("inf"):
+                raise UsageError(f"invalid {env}: {raw!r} (seconds, e.g. {example})") from None
+            return value
+
+        kw: dict[str, float] = {}
+        if (base := seconds(BACKOFF_ENV, "1.0", zero_ok=True)) is not None:
+            kw.update(backoff=base, max_backoff=max(base, min(30.0, base * 32)))
+        if (stall := seconds(STALL_ENV, "60")) is not None:
+            kw.update(stall=stall)
+        if (deadline := seconds(DEADLINE_ENV, "3600")) is not None:
+            kw.update(deadline=deadline)
+        return cls(**kw)
 
 
 class DownloadCallbacks:
@@ -99,13 +132,22 @@ class DownloadCallbacks:
 
 
 class _Transient(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None):
+    def __init__(self, reason: str, retry_after: float | None = None, *, unreachable: bool = False):
         super().__init__(reason)
         self.retry_after = retry_after
+        self.unreachable = unreachable  # no DNS answer or a refused connection: maybe offline
 
 
 class _Fatal(Exception):
     """A failure that retrying the same URL cannot fix (another mirror still may)."""
+
+    def __init__(self, reason: str, *, unreachable: bool = False):
+        super().__init__(reason)
+        self.unreachable = unreachable
+
+
+class _Deadline(Exception):
+    """The whole download ran past its deadline: no retry, no mirror."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,23 +191,31 @@ def expected_size(size: str, name: str, url: str, directory: Path | None = None)
 
 
 class _DirLock:
-    """An exclusive lock on ``directory/.download.lock`` (flock; msvcrt on Windows)."""
+    """An exclusive lock on ``directory/.download.lock`` (flock; msvcrt on Windows).
+
+    The holder deletes the lock file before releasing it, so no download, finished or
+    interrupted, leaves it behind. A waiter that then wins the lock on the deleted file sees that
+    the path no longer names it, and locks the path afresh.
+    """
 
     def __init__(self, directory: Path, on_wait):
         self.path = directory / LOCK_NAME
         self.on_wait = on_wait
         self.f = None
 
-    def __enter__(self) -> _DirLock:
+    def _open(self):
         try:
-            self.f = open(self.path, "a+b")  # noqa: SIM115 - closed in __exit__
+            return open(self.path, "a+b")  # noqa: SIM115 - closed in __exit__
         except OSError as e:
             raise DownloadError(f"{self.path.parent}: cannot write here ({e.strerror or e})") from None
+
+    def __enter__(self) -> _DirLock:
         try:
             import fcntl
-        except ImportError:  # Windows
+        except ImportError:  # Windows: the file cannot be deleted while open, so it stays
             import msvcrt
 
+            self.f = self._open()
             while True:
                 try:
                     msvcrt.locking(self.f.fileno(), msvcrt.LK_NBLCK, 1)
@@ -173,25 +223,51 @@ class _DirLock:
                 except OSError:
                     self.on_wait(self.path)
                     time.sleep(0.5)
-        try:
-            fcntl.flock(self.f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.on_wait(self.path)
-            fcntl.flock(self.f.fileno(), fcntl.LOCK_EX)
-        return self
+        waited = False
+        while True:
+            f = self._open()
+            try:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if not waited:
+                        self.on_wait(self.path)
+                        waited = True
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                try:
+                    current = os.stat(self.path)
+                except FileNotFoundError:
+                    current = None
+            except BaseException:  # Ctrl-C while waiting: the file is the holder's, left alone
+                f.close()
+                raise
+            mine = os.fstat(f.fileno())
+            if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+                self.f = f
+                return self
+            f.close()  # the holder deleted it as it finished: lock the new one
 
     def __exit__(self, *exc) -> None:
         try:
             import fcntl
-
-            fcntl.flock(self.f.fileno(), fcntl.LOCK_UN)
         except ImportError:
             import msvcrt
 
-            self.f.seek(0)
-            msvcrt.locking(self.f.fileno(), msvcrt.LK_UNLCK, 1)
+            try:
+                self.f.seek(0)
+                msvcrt.locking(self.f.fileno(), msvcrt.LK_UNLCK, 1)
+            finally:
+                self.f.close()
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # while still holding it: see the class docstring
+        except OSError:
+            pass
         finally:
-            self.f.close()
+            try:
+                fcntl.flock(self.f.fileno(), fcntl.LOCK_UN)
+            finally:
+                self.f.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,6 +299,16 @@ def _describe(e: BaseException) -> str:
     return str(msg)
 
 
+def _is_unreachable(e: BaseException) -> bool:
+    """No DNS answer, a refused connection or no route: an offline machine or a wrong host, which
+    waiting minutes will not fix (unlike a reset or a timeout)."""
+    if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError):
+        e = e.reason if isinstance(e.reason, BaseException) else e
+    return isinstance(e, (socket.gaierror, ConnectionRefusedError)) or (
+        isinstance(e, OSError) and e.errno in (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH)
+    )
+
+
 def _looks_like_markup(content_type: str, first: bytes) -> bool:
     ctype = content_type.split(";")[0].strip().lower()
     return ctype in ("text/html", "application/xhtml+xml", "application/xml", "text/xml") or bool(
@@ -239,8 +325,20 @@ def _retry_after(headers) -> float | None:
 
 
 class _Fetcher:
-    def __init__(self, name: str, part: Path, expected: int | None, policy: RetryPolicy, cb: DownloadCallbacks):
+    def __init__(
+        self,
+        name: str,
+        part: Path,
+        expected: int | None,
+        policy: RetryPolicy,
+        cb: DownloadCallbacks,
+        *,
+        until: float,
+        checked_after: bool = False,
+    ):
         self.name, self.part, self.expected, self.policy, self.cb = name, part, expected, policy, cb
+        self.until = until  # time.monotonic() deadline of the whole download
+        self.checked_after = checked_after  # its content is validated once complete (hparams.json)
         self.announced: int | None = None  # the total size the server gave first
 
     def _check_total(self, url: str, total: int | None) -> None:
@@ -253,14 +351,18 @@ class _Fetcher:
             raise _Fatal(f"{url}: server announced {self.announced:,} bytes, then {total:,} (wrong Content-Length)")
         self.announced = total
 
-    def transfer(self, url: str) -> int:
-        """One request; returns the complete size, or raises _Transient / _Fatal."""
+    def transfer(self, url: str) -> tuple[int, bool]:
+        """One request; returns the complete size and whether the transfer's end was checked (a
+        size known in advance, or chunked encoding's final chunk), or raises _Transient / _Fatal
+        / _Deadline."""
         have = self.part.stat().st_size if self.part.exists() else 0
         headers = {"User-Agent": "gptcli", "Accept-Encoding": "identity"}
         if have:
             headers["Range"] = f"bytes={have}-"
+        # A socket silent for the stall time has stalled, and none may outlast the deadline.
+        timeout = max(0.05, min(self.policy.timeout, self.policy.stall, self.until - time.monotonic()))
         try:
-            resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=self.policy.timeout)
+            resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
         except urllib.error.HTTPError as e:
             with e:
                 if e.code == 416 and have:
@@ -276,10 +378,8 @@ class _Fetcher:
                 if e.code in RETRY_STATUSES or 500 <= e.code < 600:
                     raise _Transient(status, _retry_after(e.headers)) from None
                 raise _Fatal(f"{url}: {status}") from None
-        except urllib.error.URLError as e:
-            raise _Transient(_describe(e)) from None
-        except (OSError, http.client.HTTPException) as e:
-            raise _Transient(_describe(e)) from None
+        except (OSError, http.client.HTTPException) as e:  # URLError is an OSError
+            raise _Transient(_describe(e), unreachable=_is_unreachable(e)) from None
 
         with resp:
             status = resp.status
@@ -298,6 +398,8 @@ class _Fetcher:
                 total, offset, mode = length, 0, "wb"
             else:
                 raise _Fatal(f"{url}: unexpected HTTP {status}")
+            if total is None:  # no size from the server: the one the file must have, if known
+                total = self.expected
             self._check_total(url, total)
             self.cb.on_file_start(self.name, total, offset)
             first = True
@@ -305,10 +407,14 @@ class _Fetcher:
                 f = open(self.part, mode)  # noqa: SIM115 - closed in the finally below
             except OSError as e:
                 raise DownloadError(f"{self.part}: cannot write ({e.strerror or e})") from None
+            # read1 returns what has arrived, so a server that drips bytes is seen to stall rather
+            # than keeping one read(CHUNK) waiting forever.
+            read = getattr(resp, "read1", resp.read)
+            window_start, window_bytes = time.monotonic(), 0
             try:
                 while True:
                     try:
-                        chunk = resp.read(CHUNK)
+                        chunk = read(CHUNK)
                     except (OSError, http.client.HTTPException) as e:
                         raise _Transient(f"{_describe(e)} after {offset:,} bytes") from None
                     if not chunk:
@@ -322,6 +428,15 @@ class _Fetcher:
                         raise DownloadError(f"{self.part}: cannot write ({e.strerror or e})") from None
                     offset += len(chunk)
                     self.cb.on_bytes(self.name, len(chunk))
+                    now, window_bytes = time.monotonic(), window_bytes + len(chunk)
+                    if now > self.until:
+                        raise _Deadline
+                    if now - window_start >= self.policy.stall:
+                        if window_bytes < self.policy.stall_bytes:
+                            raise _Transient(
+                                f"stalled: {window_bytes:,} bytes in {now - window_start:.0f}s, after {offset:,} bytes"
+                            )
+                        window_start, window_bytes = now, 0
             finally:
                 try:
                     f.flush()
@@ -334,24 +449,43 @@ class _Fetcher:
             if total is not None and offset > total:
                 self.part.unlink(missing_ok=True)
                 raise _Fatal(f"{url}: received {offset:,} bytes, more than the {total:,} announced")
-            return offset
+            # A body without Content-Length ends when the connection closes, cut short or not;
+            # chunked encoding ends with a final empty chunk (http.client raises without one).
+            return offset, total is not None or bool(getattr(resp, "chunked", False))
 
     def fetch(self, url: str) -> None:
-        failures = 0
+        failures = unreachable = 0
         while True:
+            if time.monotonic() > self.until:
+                raise _Deadline
             try:
-                size = self.transfer(url)
+                size, end_checked = self.transfer(url)
                 break
             except _Transient as e:
-                failures += 1
-                if failures >= self.policy.attempts:
-                    raise _Fatal(f"{url}: {e} (gave up after {failures} attempts)") from None
-                delay = self.policy.delay(failures, e.retry_after)
+                if e.unreachable:  # offline or a wrong host: one quick retry, not minutes of them
+                    unreachable += 1
+                    if unreachable >= self.policy.unreachable_attempts:
+                        raise _Fatal(f"{url}: {e} (gave up after {unreachable} attempts)", unreachable=True) from None
+                else:
+                    failures += 1
+                    if failures >= self.policy.attempts:
+                        raise _Fatal(f"{url}: {e} (gave up after {failures} attempts)") from None
+                delay = self.policy.delay(max(failures, 1), e.retry_after)
+                if e.unreachable:
+                    delay = min(delay, 1.0)
+                delay = max(0.0, min(delay, self.until - time.monotonic()))
                 self.cb.on_retry(url, str(e), delay)
                 time.sleep(delay)
         if self.expected is not None and size != self.expected:
             self.part.unlink(missing_ok=True)
             raise _Fatal(f"{url}: received {size:,} bytes, but {self.name} is {self.expected:,} bytes")
+        if not end_checked and not self.checked_after:
+            self.part.unlink(missing_ok=True)
+            raise _Fatal(
+                f"{url}: sent without a Content-Length, and {self.name}'s size is not known in advance, so a "
+                "copy cut short cannot be told from a whole one; not kept (use a server that sends "
+                "Content-Length, or fetch the file yourself)"
+            )
         with open(self.part, "rb") as f:
             if _MARKUP.match(f.read(512)):
                 self.part.unlink(missing_ok=True)
@@ -365,24 +499,40 @@ def fetch_file(
     expected: list[int | None] | None = None,
     policy: RetryPolicy | None = None,
     callbacks: DownloadCallbacks | None = None,
+    check: Callable[[Path, str], None] | None = None,
+    until: float | None = None,
 ) -> Path:
-    """Download ``dest`` from the first of ``urls`` that works. The caller holds the folder's lock."""
+    """Download ``dest`` from the first of ``urls`` that works. The caller holds the folder's lock.
+
+    ``check(part, url)``, when given, validates the complete file's content before it takes its
+    final name (raising ``_Fatal``); such a file may come without a checkable size. ``until`` is
+    the ``time.monotonic()`` deadline (default: ``policy.deadline`` from now)."""
     policy = policy or RetryPolicy()
     cb = callbacks or DownloadCallbacks()
+    until = until if until is not None else time.monotonic() + policy.deadline
     part = dest.with_name(dest.name + PART_SUFFIX)
     errors: list[str] = []
+    offline = False
     for i, url in enumerate(urls):
         want = expected[i] if expected else None
         try:
-            _Fetcher(dest.name, part, want, policy, cb).fetch(url)
+            _Fetcher(dest.name, part, want, policy, cb, until=until, checked_after=check is not None).fetch(url)
+            if check is not None:
+                check(part, url)
+        except _Deadline:
+            raise DownloadError(
+                f"{url}: gave up: the download ran past its deadline of {policy.deadline:g}s ({DEADLINE_ENV}); "
+                "run it again to resume where it stopped"
+            ) from None
         except _Fatal as e:
             errors.append(str(e))
+            offline = offline or e.unreachable
             if i + 1 < len(urls):
                 # A mirror's partial file is no use for another's bytes only if they differ; the
                 # official copies are identical, so the partial file is kept for the next one.
                 cb.on_fallback(url, str(e), urls[i + 1])
                 continue
-            raise DownloadError("; ".join(errors)) from None
+            raise DownloadError("; ".join(errors) + (f" ({OFFLINE_HINT})" if offline else "")) from None
         try:
             os.replace(part, dest)
         except OSError as e:
@@ -418,30 +568,43 @@ def download_gpt2(
     cb = callbacks or DownloadCallbacks()
     cb.on_plan([(name, expected_size(size, name, file_url(bases[0], size, name), out)) for name in ORDER])
     with _DirLock(out, cb.on_wait):
+        until = time.monotonic() + policy.deadline  # from when this download may start
         for name in ORDER:
             dest = out / name
             urls = [file_url(b, size, name) for b in bases]
+            if name == HPARAMS and dest.is_file():
+                try:  # one kept from an earlier run is checked again: the data file's size comes from it
+                    _check_hparams(dest, str(dest))
+                except _Fatal:
+                    pass  # removed: fetched again below
             sizes = [expected_size(size, name, u, out) for u in urls]
             if dest.is_file():
                 if all(s is None or dest.stat().st_size == s for s in sizes):
                     cb.on_file_done(name, dest, skipped=True)
                     continue
                 dest.unlink()  # a complete-looking file of the wrong size: fetch it again
-            fetch_file(urls, dest, expected=sizes, policy=policy, callbacks=cb)
-            if name == HPARAMS:
-                _check_hparams(dest, urls[0])
+            check = _check_hparams if name == HPARAMS else None
+            fetch_file(urls, dest, expected=sizes, policy=policy, callbacks=cb, check=check, until=until)
             cb.on_file_done(name, dest, skipped=False)
     return out
 
 
 def _check_hparams(path: Path, url: str) -> None:
+    """hparams.json must be JSON giving a sane GPT-2 shape (bounded: see ``HPARAM_LIMITS``), since
+    the data file's size and the model are computed from it; otherwise it is removed."""
     try:
         hp = json.loads(path.read_text(encoding="utf-8"))
-        ok = isinstance(hp, dict) and all(k in hp for k in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer"))
-    except (OSError, ValueError):
-        ok = False
-    if not ok:
-        path.unlink(missing_ok=True)
-        raise DownloadError(
-            f"{url}: not GPT-2 hyperparameters (expected JSON with n_vocab, n_ctx, n_embd, n_head, n_layer)"
-        )
+        reason = None if isinstance(hp, dict) else "not a JSON object"
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        reason = "not JSON"
+    if reason is None:
+        try:
+            config_from_hparams(hp, where=url)
+        except CheckpointError as e:
+            path.unlink(missing_ok=True)
+            raise _Fatal(f"{e} (not usable GPT-2 hyperparameters)") from None
+        return
+    path.unlink(missing_ok=True)
+    raise _Fatal(
+        f"{url}: not GPT-2 hyperparameters ({reason}; expected JSON with n_vocab, n_ctx, n_embd, n_head, n_layer)"
+    )

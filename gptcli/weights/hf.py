@@ -9,7 +9,9 @@ weights. Files: ``config.json`` plus ``model.safetensors`` (or a sharded
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,11 @@ from safetensors.torch import save_file
 from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError, UsageError
+from gptcli.tokenizer import EOT_TOKEN
 from gptcli.weights.common import Progress, check_tensors, gptcli_shapes, pad_rows, save_checkpoint
 
 CONFIG = "config.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 # The only two differences from our layout: Conv1D weights are (in, out) where ours are (out, in),
 # and HF's vocabulary is not padded.
@@ -89,6 +93,21 @@ def hf_config(cfg: ModelConfig) -> dict[str, Any]:
         "bos_token_id": 50256,
         "eos_token_id": 50256,
         "tie_word_embeddings": cfg.tie_weights,
+    }
+
+
+def hf_tokenizer_config(cfg: ModelConfig) -> dict[str, Any]:
+    """``tokenizer_config.json``: GPT-2's tokenizer with the model's context as ``model_max_length``,
+    so ``truncation=True`` cuts inputs to what ``wpe`` has rows for (without the file, transformers
+    assumes no limit)."""
+    return {
+        "tokenizer_class": "GPT2Tokenizer",
+        "model_max_length": cfg.context_length,
+        "bos_token": EOT_TOKEN,
+        "eos_token": EOT_TOKEN,
+        "unk_token": EOT_TOKEN,
+        "add_prefix_space": False,
+        "add_bos_token": False,
     }
 
 
@@ -230,8 +249,10 @@ def hf_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str,
 def export_hf(
     cfg: ModelConfig, state: dict[str, torch.Tensor], out_dir: str | Path, *, on_progress: Progress | None = None
 ) -> Path:
-    """Write ``config.json``, ``model.safetensors`` and the tokenizer's files into ``out_dir``,
-    so ``GPT2LMHeadModel.from_pretrained(out_dir)`` (and ``GPT2TokenizerFast``) load it."""
+    """Write ``config.json``, ``model.safetensors`` and the tokenizer's files (``vocab.json``,
+    ``merges.txt``, ``tokenizer_config.json``) into ``out_dir``, so
+    ``GPT2LMHeadModel.from_pretrained(out_dir)`` and ``AutoTokenizer.from_pretrained(out_dir)`` load
+    it offline, the tokenizer knowing the model's context length."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"invalid --output: {out_dir} is a file; --to hf writes a directory")
@@ -241,7 +262,13 @@ def export_hf(
         on_progress(len(tensors), len(tensors))
     tmp = out_dir / ".tmp-model.safetensors"
     try:
+        # safetensors writes through a private temporary file (mode 0600); created here first, the
+        # file's mode is the one every new file gets (0666 less the umask), restored afterwards.
+        tmp.unlink(missing_ok=True)  # a left-over of an interrupted export keeps its own mode
+        tmp.touch()
+        mode = stat.S_IMODE(tmp.stat().st_mode)
         save_file(tensors, str(tmp), metadata={"format": "pt"})
+        os.chmod(tmp, mode)
         tmp.replace(out_dir / "model.safetensors")
     finally:
         tmp.unlink(missing_ok=True)
@@ -252,4 +279,5 @@ def export_hf(
     for src_name, dst_name in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
         with resources.as_file(assets / src_name) as src_path:
             shutil.copyfile(src_path, out_dir / dst_name)
+    (out_dir / TOKENIZER_CONFIG).write_text(json.dumps(hf_tokenizer_config(cfg), indent=2) + "\n", encoding="utf-8")
     return out_dir

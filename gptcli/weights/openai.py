@@ -21,18 +21,32 @@ from gptcli.weights import HPARAMS
 from gptcli.weights.common import Progress, check_tensors, gptcli_shapes, pad_rows, save_checkpoint
 from gptcli.weights.tf_checkpoint import open_checkpoint
 
+# Sane bounds for every hparam, far above GPT-2 1558M (48 layers, 1600 wide, 1024 context), so that
+# a hostile or garbled hparams.json (n_layer: 1000000) is refused before any shape table or size
+# is computed from it.
+HPARAM_LIMITS = {"n_vocab": 1_000_000, "n_ctx": 65_536, "n_embd": 16_384, "n_head": 1_024, "n_layer": 256}
+
 
 def config_from_hparams(hp: dict, *, where: str = HPARAMS) -> ModelConfig:
-    try:
-        shape = {
-            "vocab_size": int(hp["n_vocab"]),
-            "context_length": int(hp["n_ctx"]),
-            "emb_dim": int(hp["n_embd"]),
-            "n_heads": int(hp["n_head"]),
-            "n_layers": int(hp["n_layer"]),
-        }
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: needs integer n_vocab, n_ctx, n_embd, n_head and n_layer ({e})") from None
+    values = {}
+    for key, limit in HPARAM_LIMITS.items():
+        if key not in hp:
+            raise CheckpointError(f"{where}: needs integer n_vocab, n_ctx, n_embd, n_head and n_layer (no {key!r})")
+        v = hp[key]
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise CheckpointError(f"{where}: {key} must be an integer, got {v!r:.40}")
+        if not 1 <= v <= limit:
+            raise CheckpointError(f"{where}: {key} is {v}, outside 1..{limit:,}")
+        values[key] = v
+    if values["n_embd"] % values["n_head"]:
+        raise CheckpointError(f"{where}: n_head {values['n_head']} does not divide n_embd {values['n_embd']}")
+    shape = {
+        "vocab_size": values["n_vocab"],
+        "context_length": values["n_ctx"],
+        "emb_dim": values["n_embd"],
+        "n_heads": values["n_head"],
+        "n_layers": values["n_layer"],
+    }
     try:
         return ModelConfig(**shape, qkv_bias=True, tie_weights=True)
     except UsageError as e:

@@ -363,7 +363,7 @@ class TensorFlowReader:
         try:
             import tensorflow as tf
         except ImportError:
-            raise CheckpointError("--reader tensorflow needs TensorFlow: pip install 'gptcli[tf]'") from None
+            raise CheckpointError("--reader tensorflow needs TensorFlow: pip install tensorflow") from None
         self._tf = tf
         self.prefix = find_prefix(path)
         try:

@@ -1,0 +1,79 @@
+"""``gptcli prepare``: tokenize inputs of any supported format once into llm.c-format shards,
+so many training runs (gptcli's, llm.c's) read the ids as memory maps instead of re-tokenizing."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from gptcli import console
+from gptcli.config import ENCODING_ERRORS
+from gptcli.errors import UsageError
+
+_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+
+
+def parse_count(value: str | int, flag: str) -> int:
+    """``100M`` -> 100_000_000 (K, M, B/G, T; decimal); plain integers as they are."""
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMBGT]?)\s*", str(value), flags=re.IGNORECASE)
+    if not m:
+        raise UsageError(f"invalid {flag}: {value!r} (a count like 5000, 100M or 2B)")
+    n = float(m.group(1)) * _SUFFIXES[m.group(2).upper()]
+    if n != int(n):
+        raise UsageError(f"invalid {flag}: {value!r} (not a whole number of tokens)")
+    return int(n)
+
+
+def prepare_command(
+    inputs: list[str],
+    *,
+    out: Path,
+    format: str | None = None,
+    text_field: str = "text",
+    shard_size: str | int = "100M",
+    val_ratio: float = 0.1,
+    val_tokens: str | int | None = None,
+    encoding_errors: str = "strict",
+    threads: int | None = None,
+    json_out: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    from gptcli.shards import prepare
+    from gptcli.tokencache import default_threads
+
+    console.set_quiet(quiet)
+    if encoding_errors not in ENCODING_ERRORS:
+        raise UsageError(f"invalid --encoding-errors: {encoding_errors!r} (choose from {', '.join(ENCODING_ERRORS)})")
+    size = parse_count(shard_size, "--shard-size")
+    if size < 1:
+        raise UsageError(f"invalid --shard-size: {shard_size!r} (must be at least 1)")
+    if not 0.0 <= val_ratio < 1.0:
+        raise UsageError(f"invalid --val-ratio: {val_ratio} (must be at least 0 and below 1)")
+    n_val = None if val_tokens is None else parse_count(val_tokens, "--val-tokens")
+    with console.step_progress("tokenizing", None) as prog:
+        task = prog.add_task("tokenize", total=None)
+        result = prepare(
+            inputs,
+            Path(out),
+            format=format,
+            text_field=text_field,
+            errors=encoding_errors,
+            shard_size=size,
+            val_ratio=val_ratio,
+            val_tokens=n_val,
+            num_threads=threads or default_threads(),
+            on_progress=lambda chars: prog.update(task, completed=chars),
+        )
+    if json_out:
+        console.print_result(json.dumps(result))
+    else:
+        console.print_result(
+            f"{result['dir']}: {result['tokens']:,} tokens from {len(result['inputs'])} input(s): "
+            f"{result['train_tokens']:,} train in {len(result['train_shards'])} shard(s), "
+            f"{result['val_tokens']:,} val in {len(result['val_shards'])} shard(s)"
+        )
+    return result

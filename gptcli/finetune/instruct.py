@@ -1,0 +1,214 @@
+"""Instruction data (the book's chapter 7): records, the Alpaca prompt template, the split, and
+``custom_collate_fn``'s batches.
+
+A record is ``{"instruction", "input", "output"}`` (``input`` may be empty or absent), the format
+of the book's ``instruction-data.json`` and of Alpaca. ``format_input`` is the book's function,
+character for character; a ``--template`` file replaces it with a format string.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptcli.errors import DataError, UsageError
+from gptcli.tokenizer import EOT_ID, encode
+
+IGNORE_INDEX = -100  # cross_entropy's default ignore_index, the book's choice
+
+
+def format_input(entry: dict[str, Any]) -> str:
+    """The book's ``format_input``: the Alpaca-style prompt, the input section only when there is one."""
+    instruction_text = (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request."
+        f"\n\n### Instruction:\n{entry['instruction']}"
+    )
+    input_text = f"\n\n### Input:\n{entry['input']}" if entry["input"] else ""
+    return instruction_text + input_text
+
+
+def format_response(entry: dict[str, Any]) -> str:
+    """The part of the book's training text after the prompt (``InstructionDataset``)."""
+    return f"\n\n### Response:\n{entry['output']}"
+
+
+@dataclass(frozen=True)
+class Template:
+    """The prompt template: the book's (``text`` None) or a format string with ``{instruction}``,
+    ``{input}`` and ``{output}``, where everything before ``{output}`` is the prompt."""
+
+    text: str | None = None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Template:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"invalid --template: {p}: cannot read it ({e.__class__.__name__})") from None
+        return cls.from_text(text, where=f"--template {p}")
+
+    @classmethod
+    def from_text(cls, text: str, *, where: str = "template") -> Template:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+        except ValueError as e:
+            raise UsageError(f"invalid {where}: not a format string ({e})") from None
+        unknown = sorted(set(fields) - {"instruction", "input", "output"})
+        if unknown:
+            raise UsageError(
+                f"invalid {where}: unknown field {{{unknown[0]}}} (use {{instruction}}, {{input}}, {{output}})"
+            )
+        if fields.count("output") != 1 or "instruction" not in fields:
+            raise UsageError(f"invalid {where}: needs {{instruction}} and exactly one {{output}}")
+        return cls(text)
+
+    def prompt(self, entry: dict[str, Any]) -> str:
+        if self.text is None:
+            return format_input(entry)
+        head = self.text.split("{output}")[0]
+        return head.format(instruction=entry["instruction"], input=entry.get("input", ""))
+
+    def full(self, entry: dict[str, Any]) -> str:
+        """The training text: prompt and response."""
+        if self.text is None:
+            return format_input(entry) + format_response(entry)
+        return self.text.format(instruction=entry["instruction"], input=entry.get("input", ""), output=entry["output"])
+
+    def response_prefix(self, entry: dict[str, Any]) -> str:
+        """What the model is given to answer: the prompt plus the response header (no output)."""
+        if self.text is None:
+            return format_input(entry) + "\n\n### Response:\n"
+        return self.prompt(entry)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"template": self.text}
+
+
+def load_records(path: str | Path) -> list[dict[str, str]]:
+    """A JSON list or JSONL of instruction records; any bad record is a DataError naming it."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{p}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{p}: cannot read it ({e.__class__.__name__})") from None
+    stripped = text.lstrip()
+    try:
+        if stripped.startswith("["):
+            raw = json.loads(text)
+        else:
+            raw = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        raw.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{p}: line {n} is not JSON ({e.msg})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    records = []
+    for i, r in enumerate(raw):
+        if not isinstance(r, dict):
+            raise DataError(f"{p}: record {i} is not an object")
+        for key in ("instruction", "output"):
+            if not isinstance(r.get(key), str):
+                raise DataError(f"{p}: record {i} has no string {key!r}")
+        inp = r.get("input", "")
+        if not isinstance(inp, str):
+            raise DataError(f"{p}: record {i}: 'input' is not a string")
+        records.append({"instruction": r["instruction"], "input": inp, "output": r["output"]})
+    if not records:
+        raise DataError(f"{p}: no records")
+    return records
+
+
+def parse_split(text: str, *, flag: str = "--split") -> tuple[float, float, float]:
+    """``train,val,test`` fractions, each in [0, 1], summing to at most 1."""
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or any(not 0 <= x <= 1 for x in parts) or sum(parts) > 1 + 1e-9 or parts[0] <= 0:
+        raise UsageError(f"invalid {flag}: {text!r} (three fractions train,val,test like 0.85,0.05,0.1)")
+    return parts  # type: ignore[return-value]
+
+
+def split_records(
+    records: Sequence[Any], fractions: tuple[float, float, float], *, seed: int | None = None
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """The book's chapter 7 split: the first int(n x train) train, the next int(n x test) test,
+    the rest validate (the book's file is shuffled already; ``seed`` shuffles first)."""
+    items = list(records)
+    if seed is not None:
+        random.Random(seed).shuffle(items)
+    n = len(items)
+    train_n, test_n = int(n * fractions[0]), int(n * fractions[2])
+    return items[:train_n], items[train_n + test_n :], items[train_n : train_n + test_n]
+
+
+@dataclass
+class InstructData:
+    """Token ids of each record (prompt and response) and the prompt's length, for the loss mask."""
+
+    ids: list[list[int]]
+    prompt_lengths: list[int]
+    max_length: int | None
+    mask_prompt: bool = False
+
+    @classmethod
+    def build(
+        cls, records: Sequence[dict[str, Any]], template: Template, *, max_length: int | None, mask_prompt: bool
+    ) -> InstructData:
+        ids = [encode(template.full(r)) for r in records]
+        plens = [len(encode(template.prompt(r))) for r in records] if mask_prompt else [0] * len(ids)
+        return cls(ids, plens, max_length, mask_prompt)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return collate(
+            [self.ids[i] for i in rows],
+            max_length=self.max_length,
+            prompt_lengths=[self.prompt_lengths[i] for i in rows] if self.mask_prompt else None,
+        )
+
+
+def collate(
+    batch: Sequence[Sequence[int]],
+    *,
+    pad_id: int = EOT_ID,
+    ignore_index: int = IGNORE_INDEX,
+    max_length: int | None = None,
+    prompt_lengths: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The book's ``custom_collate_fn``: append one <|endoftext|>, pad with it to the longest
+    sequence + 1, shift for the targets, keep the first end-of-text target and ignore the rest,
+    then cut to ``max_length``. With ``prompt_lengths`` (exercise 7.2) the targets predicting the
+    prompt's tokens are ignored too."""
+    longest = max(len(item) + 1 for item in batch)
+    inputs, targets = [], []
+    for k, item in enumerate(batch):
+        padded = list(item) + [pad_id] * (longest - len(item))  # one <|endoftext|>, then padding
+        x = torch.tensor(padded[:-1])  # (L,)
+        y = torch.tensor(padded[1:])  # (L,)
+        pads = torch.nonzero(y == pad_id).flatten()
+        if pads.numel() > 1:
+            y[pads[1:]] = ignore_index
+        if prompt_lengths is not None:
+            y[: max(0, prompt_lengths[k] - 1)] = ignore_index
+        if max_length is not None:
+            x, y = x[:max_length], y[:max_length]
+        inputs.append(x)
+        targets.append(y)
+    return torch.stack(inputs), torch.stack(targets)

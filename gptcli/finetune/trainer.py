@@ -1,0 +1,534 @@
+"""The finetuning loop: the book's ``train_model_simple`` (chapter 7) and
+``train_classifier_simple`` (chapter 6), resumable exactly.
+
+Batches come in the order the book's ``DataLoader(shuffle=True, drop_last=True)`` draws from the
+global torch RNG (``gptcli.data.loader_iter_seed``), and every evaluation consumes the RNG as the
+book's does, so a seeded run logs the book's losses. A checkpoint holds the trainable weights (all
+of them, or with LoRA only the adapters and the new head, plus a hash of the base file), AdamW's
+state, the progress inside the epoch and every RNG state: a run killed at any save and resumed
+ends with the same weights, bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptcli import checkpoint as ckpt
+from gptcli import rundir
+from gptcli.config import ModelConfig
+from gptcli.data import batches_of, loader_iter_seed, permutation
+from gptcli.device import autocast_for, resolve_device
+from gptcli.errors import CheckpointError, DataError, UsageError
+from gptcli.finetune import classify as cls_
+from gptcli.finetune import instruct as ins
+from gptcli.finetune.lora import apply_lora, base_name, parse_targets
+from gptcli.metrics import MetricsWriter
+from gptcli.model import GPT
+from gptcli.tokenizer import decode, encode
+from gptcli.training import lr_at
+
+KINDS = ("instruct", "classify")
+
+
+@dataclass
+class FinetuneConfig:
+    """Every setting of a finetuning run; stored in its checkpoints, so ``resume`` needs none."""
+
+    kind: str
+    data: str
+    init: str
+    epochs: int | None = None  # the book's: 2 (instruct), 5 (classify)
+    batch_size: int = 8
+    lr: float = 5e-5
+    weight_decay: float = 0.1
+    eval_freq: int | None = None  # the book's: 5 (instruct), 50 (classify)
+    eval_iter: int = 5
+    seed: int = 123
+    split: str | None = None  # the book's: 0.85,0.05,0.1 (instruct), 0.7,0.1,0.2 (classify)
+    split_seed: int | None = None  # instruct: shuffle before splitting (the book does not)
+    max_length: int | None = None
+    drop_rate: float = 0.0  # the book finetunes without dropout
+    mask_prompt: bool = False
+    template: str | None = None  # the template's text; None = the book's format_input
+    text_field: str = "Text"
+    label_field: str = "Label"
+    balance: bool = False
+    trainable: str = "last-block"
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: str = "all"
+    device: str = "cpu"
+    precision: str = "fp32"
+    save_every: int = 0
+    keep_last: int = 3
+    sample_tokens: int = 50
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UsageError(f"invalid kind: {self.kind!r} (choose from {', '.join(KINDS)})")
+        book = {"instruct": (2, 5, "0.85,0.05,0.1"), "classify": (5, 50, "0.7,0.1,0.2")}[self.kind]
+        self.epochs = book[0] if self.epochs is None else self.epochs
+        self.eval_freq = book[1] if self.eval_freq is None else self.eval_freq
+        self.split = book[2] if self.split is None else self.split
+        for name in ("epochs", "batch_size", "eval_freq", "eval_iter"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"invalid --{name.replace('_', '-')}: {getattr(self, name)} (must be at least 1)")
+        if self.max_length is not None and self.max_length < 1:
+            raise UsageError(f"invalid --max-length: {self.max_length} (must be at least 1)")
+        if self.lora_rank < 0:
+            raise UsageError(f"invalid --lora-rank: {self.lora_rank} (must be at least 1)")
+        ins.parse_split(self.split)
+        parse_targets(self.lora_targets)
+        if self.kind == "classify" and self.trainable not in cls_.TRAINABLE:
+            raise UsageError(f"invalid --trainable: {self.trainable!r} (choose from {', '.join(cls_.TRAINABLE)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Progress:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    batches_done: int = 0  # in the current epoch
+    epoch_seed: int | None = None
+    seen: int = 0  # tokens (instruct) or examples (classify), as the book counts them
+    metrics_lines: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Progress:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class Splits:
+    train: Any
+    val: Any
+    test: Any
+    extra: dict[str, Any]  # what the checkpoint must remember: template, label names, max_length
+    first_val_prompt: str | None = None
+
+
+def prepare_splits(cfg: FinetuneConfig, model_cfg: ModelConfig, *, labels: list[str] | None = None) -> Splits:
+    fractions = ins.parse_split(cfg.split)
+    if cfg.kind == "instruct":
+        template = ins.Template() if cfg.template is None else ins.Template.from_text(cfg.template)
+        records = ins.load_records(cfg.data)
+        train, val, test = ins.split_records(records, fractions, seed=cfg.split_seed)
+        max_length = cfg.max_length or model_cfg.context_length
+        if max_length > model_cfg.context_length:
+            raise UsageError(
+                f"invalid --max-length: {max_length} is over the model's context {model_cfg.context_length}"
+            )
+        build = lambda rs: ins.InstructData.build(rs, template, max_length=max_length, mask_prompt=cfg.mask_prompt)  # noqa: E731
+        return Splits(
+            build(train),
+            build(val),
+            build(test),
+            {"template": cfg.template, "val_records": val[:1], "test_records": test},
+            first_val_prompt=template.prompt(val[0]) if val else None,
+        )
+    texts, raw = cls_.read_table(cfg.data, text_field=cfg.text_field, label_field=cfg.label_field)
+    names = labels if labels is not None else cls_.label_names(raw)
+    ids_of = {n: i for i, n in enumerate(names)}
+    unknown = sorted(set(raw) - set(ids_of))
+    if unknown:
+        raise DataError(f"{cfg.data}: label {unknown[0]!r} is not one this model was trained on ({', '.join(names)})")
+    if len(names) < 2:
+        raise DataError(f"{cfg.data}: only one label ({names[0]!r}); classification needs at least two")
+    rows = cls_.balance(raw) if cfg.balance else list(range(len(texts)))
+    tr, va, te = cls_.random_split(rows, fractions)
+    if not tr:
+        raise DataError(f"{cfg.data}: no training examples after the split {cfg.split}")
+    build = lambda rs, m: cls_.ClassifyData.build([texts[i] for i in rs], [ids_of[raw[i]] for i in rs], max_length=m)  # noqa: E731
+    train = build(tr, cfg.max_length)
+    if train.max_length > model_cfg.context_length:
+        raise DataError(
+            f"{cfg.data}: the longest training text has {train.max_length} tokens, more than the model's context "
+            f"{model_cfg.context_length}; cut them with --max-length {model_cfg.context_length}"
+        )
+    return Splits(
+        train,
+        build(va, train.max_length),
+        build(te, train.max_length),
+        {"labels": names, "max_length": train.max_length},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+def load_base(init: str | Path) -> tuple[Path, dict[str, Any]]:
+    from gptcli import weights
+
+    path = weights.resolve_model(str(init))
+    obj = ckpt.load_checkpoint(path)
+    if obj.get("kind") in KINDS:
+        raise UsageError(f"invalid --init: {path} is a finetuned {obj['kind']} checkpoint; give the pretrained model")
+    return path, obj
+
+
+def build_model(
+    cfg: FinetuneConfig, base: dict[str, Any], base_path: Path | str, *, n_classes: int | None
+) -> tuple[GPT, ModelConfig]:
+    """The pretrained model made ready for finetuning, as the book does it: new head (classify),
+    the trainable parts chosen, LoRA adapters added."""
+    model_cfg = dataclasses.replace(ckpt.read_model_config(base, base_path), drop_rate=cfg.drop_rate)
+    ckpt.check_state_fits(model_cfg, base["model_state_dict"], base_path)
+    torch.manual_seed(cfg.seed)
+    model = GPT(model_cfg)
+    ckpt.load_weights(model, base["model_state_dict"], source=str(base_path))
+    if cfg.kind == "classify":
+        cls_.replace_head(model, n_classes or 2, seed=cfg.seed)
+        cls_.set_trainable(model, cfg.trainable)
+    if cfg.lora_rank:
+        torch.manual_seed(cfg.seed)
+        apply_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=parse_targets(cfg.lora_targets))
+    return model, model_cfg
+
+
+def saved_state(model: GPT, cfg: FinetuneConfig, base_keys: set[str]) -> dict[str, torch.Tensor]:
+    """Full finetuning: every weight. LoRA: the trainable tensors and any not in the base (the
+    classifier's new head), so the file is the adapters, not a copy of the model."""
+    sd = model.state_dict()
+    if not cfg.lora_rank:
+        return sd
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {n: t for n, t in sd.items() if n in trainable or base_name(n) not in base_keys}
+
+
+def make_optimizer(model: torch.nn.Module, cfg: FinetuneConfig, device: torch.device) -> torch.optim.AdamW:
+    """The book's AdamW(lr=5e-5, weight_decay=0.1) over the parameters that train (the frozen ones
+    never get a gradient, so the update is the same as the book's over all of them)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+class FinetuneTrainer:
+    def __init__(
+        self,
+        cfg: FinetuneConfig,
+        run_dir: Path | str,
+        *,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        should_stop: Callable[[], int | None] | None = None,
+        resume_from: dict[str, Any] | None = None,
+    ):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.on_event = on_event or (lambda r: None)
+        self.should_stop = should_stop or (lambda: None)
+        self.device = resolve_device(cfg.device)
+        extra = (resume_from or {}).get("finetune", {})
+        self.base_path, base = load_base(extra.get("base", {}).get("path", cfg.init))
+        self.base_sha = file_sha256(self.base_path)
+        if resume_from is not None and extra.get("base", {}).get("sha256") not in (None, self.base_sha):
+            raise CheckpointError(f"{self.base_path}: the base model changed since this run started (its hash differs)")
+        model_cfg = dataclasses.replace(ckpt.read_model_config(base, self.base_path), drop_rate=cfg.drop_rate)
+        self.splits = prepare_splits(cfg, model_cfg, labels=extra.get("labels"))
+        n_classes = len(self.splits.extra["labels"]) if cfg.kind == "classify" else None
+        self.model, self.model_cfg = build_model(cfg, base, self.base_path, n_classes=n_classes)
+        self.base_keys = set(base["model_state_dict"])
+        del base
+        self.model.to(self.device)
+        torch.manual_seed(cfg.seed)  # the book seeds again right before its optimizer and loop
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.progress = Progress()
+        self.metrics: MetricsWriter | None = None
+        if resume_from is not None:
+            self.restore(resume_from)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def finetune_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "kind": self.cfg.kind,
+            "base": {"path": str(Path(self.base_path).resolve()), "sha256": self.base_sha},
+            "lora": {"rank": self.cfg.lora_rank, "alpha": self.cfg.lora_alpha, "targets": self.cfg.lora_targets}
+            if self.cfg.lora_rank
+            else None,
+        }
+        if self.cfg.kind == "classify":
+            info["labels"] = self.splits.extra["labels"]
+            info["max_length"] = self.splits.extra["max_length"]
+        else:
+            info["template"] = self.cfg.template
+        return info
+
+    def checkpoint_dict(self) -> dict[str, Any]:
+        return ckpt.training_checkpoint(
+            self.model_cfg,
+            self.cfg.to_dict(),
+            saved_state(self.model, self.cfg, self.base_keys),
+            optimizer_state=self.optimizer.state_dict(),
+            progress=self.progress.to_dict(),
+            rng=ckpt.capture_rng(),
+            kind=self.cfg.kind,
+            finetune=self.finetune_info(),
+        )
+
+    def save(self) -> Path:
+        path = rundir.step_checkpoint_path(self.run_dir, self.progress.step)
+        self.progress.metrics_lines = self.metrics.lines if self.metrics else 0
+        ckpt.atomic_save(self.checkpoint_dict(), path)
+        rundir.rotate(self.run_dir, self.cfg.keep_last, protect={path.resolve()})
+        self.on_event({"type": "save", "path": str(path)})
+        return path
+
+    def restore(self, obj: dict[str, Any]) -> None:
+        load_partial(self.model, obj["model_state_dict"], full=not self.cfg.lora_rank, source="checkpoint")
+        self.optimizer.load_state_dict(obj["optimizer_state_dict"])
+        for group in self.optimizer.param_groups:
+            group["fused"] = self.device.type in ("cpu", "cuda")
+        self.progress = Progress.from_dict(obj.get("progress", {}))
+        if "rng" in obj:
+            ckpt.restore_rng(obj["rng"])
+
+    # -- pieces of the book's loops ---------------------------------------------------------------
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = x.to(self.device), y.to(self.device)
+        with autocast_for(self.device, self.cfg.precision):
+            if self.cfg.kind == "classify":
+                return cls_.classify_loss(self.model, x, y)
+            return self.model(x, targets=y)
+
+    @torch.no_grad()
+    def loader_loss(self, data: Any, *, shuffle: bool, num_batches: int | None) -> float:
+        """The book's ``calc_loss_loader`` over a fresh loader (train: shuffled, drop_last)."""
+        n_batches = len(data) // self.cfg.batch_size if shuffle else -(-len(data) // self.cfg.batch_size)
+        if n_batches == 0:
+            return float("nan")
+        seed = loader_iter_seed(shuffle=shuffle)
+        order = permutation(len(data), seed) if shuffle else list(range(len(data)))
+        batches = batches_of(order, self.cfg.batch_size, drop_last=shuffle)
+        k = n_batches if num_batches is None else min(num_batches, n_batches)
+        return sum(self.loss(*data.batch(b)).item() for b in batches[:k]) / k
+
+    @torch.no_grad()
+    def loader_accuracy(self, data: Any, *, shuffle: bool, num_batches: int | None) -> float:
+        """The book's ``calc_accuracy_loader``."""
+        self.model.eval()
+        seed = loader_iter_seed(shuffle=shuffle)
+        order = permutation(len(data), seed) if shuffle else list(range(len(data)))
+        batches = batches_of(order, self.cfg.batch_size, drop_last=shuffle)
+        k = len(batches) if num_batches is None else min(num_batches, len(batches))
+        correct = total = 0
+        for b in batches[:k]:
+            x, y = data.batch(b)
+            correct += cls_.correct_count(self.model, x.to(self.device), y.to(self.device))
+            total += len(b)
+        return correct / total if total else float("nan")
+
+    def evaluate(self) -> tuple[float, float]:
+        self.model.eval()
+        tr = self.loader_loss(self.splits.train, shuffle=True, num_batches=self.cfg.eval_iter)
+        va = self.loader_loss(self.splits.val, shuffle=False, num_batches=self.cfg.eval_iter)
+        self.model.train()
+        return tr, va
+
+    @torch.no_grad()
+    def greedy_sample(self, prompt: str) -> str:
+        """The book's ``generate_and_print_sample``: 50 greedy tokens, no stop at end-of-text."""
+        self.model.eval()
+        ctx = self.model_cfg.context_length
+        idx = torch.tensor([encode(prompt)], device=self.device)
+        for _ in range(self.cfg.sample_tokens):
+            logits = self.model(idx[:, -ctx:])[:, -1, :]
+            idx = torch.cat([idx, logits.argmax(dim=-1, keepdim=True)], dim=1)
+        self.model.train()
+        return decode(idx[0].tolist())
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.write(record)
+        self.on_event(record)
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def fit(self) -> Progress:
+        cfg, st = self.cfg, self.progress
+        steps_per_epoch = len(self.splits.train) // cfg.batch_size
+        if steps_per_epoch < 1:
+            raise DataError(
+                f"{cfg.data}: {len(self.splits.train)} training examples, fewer than one batch of {cfg.batch_size}"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = MetricsWriter(rundir.metrics_path(self.run_dir))
+        if self.metrics.lines != st.metrics_lines:
+            self.metrics.truncate(st.metrics_lines)
+        self.on_event(
+            {
+                "type": "start",
+                "train": len(self.splits.train),
+                "val": len(self.splits.val),
+                "test": len(self.splits.test),
+                "steps_per_epoch": steps_per_epoch,
+                "trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                "resumed": st.step > 0 or st.epoch > 0,
+            }
+        )
+        self.model.train()
+        while st.epoch < cfg.epochs:
+            if st.epoch_seed is None:
+                st.epoch_seed = loader_iter_seed(shuffle=True)
+                st.batches_done = 0
+            batches = batches_of(permutation(len(self.splits.train), st.epoch_seed), cfg.batch_size, drop_last=True)
+            while st.batches_done < len(batches):
+                self._step(batches[st.batches_done])
+                st.batches_done += 1
+                st.step += 1
+                if (st.step - 1) % cfg.eval_freq == 0:
+                    tr, va = self.evaluate()
+                    h = {
+                        "epoch": st.epoch + 1,
+                        "step": st.step - 1,
+                        "tokens_seen": st.seen,
+                        "train_loss": tr,
+                        "val_loss": va,
+                    }
+                    st.history.append(h)
+                    self._log(
+                        {
+                            "type": "eval",
+                            **h,
+                            "lr": self.optimizer.param_groups[0]["lr"],
+                            "steps_per_epoch": steps_per_epoch,
+                        }
+                    )
+                stop = self.should_stop()
+                if stop or (cfg.save_every and st.step % cfg.save_every == 0 and st.batches_done < len(batches)):
+                    path = self.save()
+                    if stop:
+                        return self._interrupted(path, stop)
+            self._end_epoch()
+            st.epoch += 1
+            st.epoch_seed = None
+            st.batches_done = 0
+            path = self.save()
+            stop = self.should_stop()
+            if stop and st.epoch < cfg.epochs:
+                return self._interrupted(path, stop)
+        return st
+
+    def _interrupted(self, path: Path, signum: int):
+        from gptcli.training import Interrupted
+
+        raise Interrupted(
+            f"interrupted at step {self.progress.step}; saved {path}; continue with: gptcli finetune resume {self.run_dir}",
+            128 + signum,
+        )
+
+    def _step(self, rows: list[int]) -> None:
+        cfg, st = self.cfg, self.progress
+        lr = lr_at(st.step, lr=cfg.lr, warmup_steps=0, total_steps=1, min_lr=None)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.optimizer.zero_grad()
+        x, y = self.splits.train.batch(rows)
+        loss = self.loss(x, y)
+        if not torch.isfinite(loss):
+            raise DataError(f"non-finite loss at step {st.step}; nothing saved for it")
+        loss.backward()
+        self.optimizer.step()
+        st.seen += x.numel() if cfg.kind == "instruct" else x.shape[0]
+
+    def _end_epoch(self) -> None:
+        st = self.progress
+        if self.cfg.kind == "classify":
+            tr = self.loader_accuracy(self.splits.train, shuffle=True, num_batches=self.cfg.eval_iter)
+            va = self.loader_accuracy(self.splits.val, shuffle=False, num_batches=self.cfg.eval_iter)
+            self.model.train()
+            self._log({"type": "accuracy", "epoch": st.epoch + 1, "step": st.step - 1, "train_acc": tr, "val_acc": va})
+        elif self.splits.first_val_prompt is not None:
+            text = self.greedy_sample(self.splits.first_val_prompt)
+            self._log(
+                {"type": "sample", "epoch": st.epoch + 1, "step": st.step - 1, "tokens_seen": st.seen, "text": text}
+            )
+
+    def final_accuracy(self) -> dict[str, float]:
+        """The book's accuracies after training: every batch of each split."""
+        return {
+            name: self.loader_accuracy(getattr(self.splits, name), shuffle=name == "train", num_batches=None)
+            for name in ("train", "val", "test")
+        }
+
+
+def load_partial(model: torch.nn.Module, state: dict[str, torch.Tensor], *, full: bool, source: str) -> None:
+    """Load a finetune checkpoint's tensors: all of the model's (full) or a subset (LoRA)."""
+    own = model.state_dict()
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and tuple(own[k].shape) != tuple(state[k].shape)]
+    missing = [k for k in own if k not in state] if full else []
+    if unexpected or wrong or missing:
+        what = "; ".join(
+            f"{label} {', '.join(v[:4])}"
+            for label, v in (("unexpected", unexpected), ("wrong shape", wrong), ("missing", missing))
+            if v
+        )
+        raise CheckpointError(f"{source}: weights do not fit the model: {what}")
+    with torch.no_grad():
+        for k, t in state.items():
+            own[k].copy_(t)
+
+
+def model_from_finetune_checkpoint(obj: dict[str, Any], path: Path | str) -> tuple[GPT, FinetuneConfig, dict[str, Any]]:
+    """Rebuild a finetuned model for use: base weights (checked against the stored hash), new
+    head, adapters, then the checkpoint's tensors."""
+    if obj.get("kind") not in KINDS:
+        raise CheckpointError(f"{path}: not a finetuned checkpoint (kind {obj.get('kind')!r})")
+    cfg = FinetuneConfig.from_dict(obj["train_config"])
+    info = obj["finetune"]
+    if cfg.lora_rank:
+        base_path = Path(info["base"]["path"])
+        if not base_path.is_file():
+            raise CheckpointError(
+                f"{path}: its base model {base_path} is missing (a LoRA checkpoint holds only the adapters)"
+            )
+        if file_sha256(base_path) != info["base"]["sha256"]:
+            raise CheckpointError(
+                f"{path}: its base model {base_path} has changed since training (hash differs); refusing to load"
+            )
+        base = ckpt.load_checkpoint(base_path)
+    else:  # a full checkpoint holds every weight; the architecture alone comes from its config
+        base_path = Path(path)
+        model_cfg = ckpt.read_model_config(obj, path)
+        base = {"model_config": model_cfg.to_dict(), "model_state_dict": GPT(model_cfg).state_dict()}
+    n = len(info["labels"]) if cfg.kind == "classify" else None
+    model, _ = build_model(cfg, base, base_path, n_classes=n)
+    load_partial(model, obj["model_state_dict"], full=not cfg.lora_rank, source=str(path))
+    model.eval()
+    return model, cfg, info

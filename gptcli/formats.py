@@ -1,0 +1,401 @@
+"""Documents from input files in the formats corpora come in, streamed in bounded memory.
+
+A *document* is one ``.txt``/``.md`` file, one JSON record, one CSV/TSV row or one Parquet row;
+documents are joined by ``<|endoftext|>`` as in GPT-2's own training data, so the same documents
+give the same token stream whichever format holds them (tests/test_formats.py checks it).
+
+* The format comes from the name (``data.jsonl.gz`` is gzip-compressed JSON Lines), or from
+  ``--format`` for every input; a name with no known extension is plain text, as before.
+* ``.jsonl``/``.json`` and ``.csv``/``.tsv`` take the text from ``--text-field`` (default
+  ``text``); a ``.json`` file that starts with ``[`` is one array of records (read whole: use
+  JSON Lines for large data), otherwise it is read as JSON Lines. A record may also be a bare string.
+* ``.parquet`` is read with pyarrow (``pip install 'gptcli[data]'``) one record batch at a time,
+  only the text column, so a file larger than memory streams.
+* ``.gz``, ``.bz2``, ``.xz`` (standard library) and ``.zst`` (``zstandard``, same extra) are
+  decompressed on the fly; globs (``'data/*.jsonl.gz'``) expand here, sorted; ``-`` is stdin.
+* Empty records are skipped (real corpora have them); an input with no document at all, a
+  missing field, a non-string value or invalid UTF-8 is one ``DataError`` naming the file and
+  the line or row.
+"""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import csv
+import glob
+import gzip
+import io
+import json
+import lzma
+import sys
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from gptcli.errors import DataError, UsageError
+from gptcli.textfiles import expand_paths, iter_file_text
+from gptcli.tokenizer import EOT_TOKEN
+
+FORMATS = ("txt", "jsonl", "json", "csv", "tsv", "parquet")
+_EXTENSIONS = {
+    ".txt": "txt",
+    ".md": "txt",
+    ".jsonl": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+}
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz", ".zst": "zstd"}
+_GLOB_CHARS = set("*?[")
+_BLOCK = 4 * 2**20
+_NUL_CHECK_BYTES = 1 << 20
+_PARQUET_BATCH_ROWS = 1024
+DATA_EXTRA = "pip install 'gptcli[data]'"
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input: a file (or stdin, ``path is None``), its format and its compression."""
+
+    path: Path | None
+    format: str
+    compression: str | None = None
+
+    def __str__(self) -> str:
+        return "<stdin>" if self.path is None else str(self.path)
+
+    @property
+    def plain_text(self) -> bool:
+        """An uncompressed text file on disk: read exactly as ``textfiles`` always has."""
+        return self.path is not None and self.format == "txt" and self.compression is None
+
+
+def detect(name: str | Path) -> tuple[str, str | None]:
+    """(format, compression) from a file name: ``a.jsonl.zst`` -> ("jsonl", "zstd"). Names with no
+    known extension are plain text."""
+    suffixes = [s.lower() for s in Path(name).suffixes]
+    compression = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
+    if compression:
+        suffixes = suffixes[:-1]
+    fmt = _EXTENSIONS.get(suffixes[-1], "txt") if suffixes else "txt"
+    return fmt, compression
+
+
+def check_format(fmt: str | None) -> str | None:
+    if fmt is None:
+        return None
+    f = fmt.lower().lstrip(".")
+    f = "txt" if f in ("text", "md") else f
+    if f not in FORMATS:
+        raise UsageError(f"invalid --format: {fmt!r} (choose from {', '.join(FORMATS)})")
+    return f
+
+
+def resolve_inputs(paths: Sequence[str | Path], *, format: str | None = None) -> list[Input]:
+    """Every input file in order: globs expanded (sorted), directories expanded to their ``*.txt``
+    files (or, with ``format``, to the files of that format), ``-`` as stdin."""
+    fmt = check_format(format)
+    if not paths:
+        raise DataError("no input given")
+    out: list[Input] = []
+    for raw in paths:
+        s = str(raw)
+        if s == "-":
+            if any(i.path is None for i in out):
+                raise UsageError("'-' (standard input) given twice")
+            out.append(Input(None, fmt or "txt"))
+            continue
+        p = Path(s)
+        if not p.exists() and _GLOB_CHARS & set(s):
+            matches = sorted(m for m in glob.glob(s, recursive=True) if Path(m).is_file())
+            if not matches:
+                raise DataError(f"{s}: no files match")
+            files = [Path(m) for m in matches]
+        elif fmt not in (None, "txt") and p.is_dir():
+            files = sorted(q for q in p.rglob("*") if q.is_file() and detect(q)[0] == fmt)
+            if not files:
+                raise DataError(f"{p}: directory contains no {fmt} files")
+        else:
+            files = expand_paths([p])  # the same checks and messages as the .txt path
+        for f in files:
+            detected, compression = detect(f)
+            out.append(Input(f, fmt or detected, compression))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening: decompression and read errors
+
+
+class _Checked(io.RawIOBase):
+    """A byte stream whose read failures (a corrupt or truncated archive, an I/O error) become one
+    DataError naming the input."""
+
+    def __init__(self, inner: BinaryIO, name: str, what: str):
+        self._inner, self._name, self._what = inner, name, what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        try:
+            data = self._inner.read(len(b))
+        except Exception as e:  # gzip.BadGzipFile, EOFError, lzma.LZMAError, zstd.ZstdError, OSError...
+            if isinstance(e, (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error)) or "Zstd" in type(e).__name__:
+                reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+                raise DataError(f"{self._name}: cannot read {self._what} ({reason})") from None
+            raise
+        n = len(data)
+        b[:n] = data
+        return n
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            super().close()
+
+
+def open_binary(inp: Input) -> BinaryIO:
+    """The decompressed bytes of ``inp`` as a buffered stream (close it when done)."""
+    name = str(inp)
+    if inp.path is None:
+        raw: BinaryIO = sys.stdin.buffer
+    else:
+        try:
+            raw = open(inp.path, "rb")
+        except OSError as e:
+            raise DataError(f"{inp.path}: cannot read ({e.strerror})") from None
+    what = "it"
+    try:
+        if inp.compression == "gzip":
+            raw, what = gzip.GzipFile(fileobj=raw, mode="rb"), "gzip data"
+        elif inp.compression == "bzip2":
+            raw, what = bz2.BZ2File(raw, mode="rb"), "bzip2 data"
+        elif inp.compression == "xz":
+            raw, what = lzma.LZMAFile(raw, mode="rb"), "xz data"
+        elif inp.compression == "zstd":
+            try:
+                import zstandard
+            except ImportError:
+                raise DataError(f"{name}: reading .zst files needs zstandard: {DATA_EXTRA}") from None
+            raw = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
+            what = "zstd data"
+    except BaseException:
+        raw.close()
+        raise
+    return io.BufferedReader(_Checked(raw, name, what), buffer_size=_BLOCK)
+
+
+# ---------------------------------------------------------------------------------------------
+# Documents by format
+
+
+def _decode_stream(f: BinaryIO, name: str, errors: str, block_bytes: int) -> Iterator[str]:
+    """``textfiles.iter_file_text``'s checks over a (decompressed) byte stream."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
+    offset = chars = 0
+    seen_text = False
+    while True:
+        raw = f.read(block_bytes)
+        if errors == "strict" and offset < _NUL_CHECK_BYTES:
+            nul = raw.find(b"\x00", 0, _NUL_CHECK_BYTES - offset)
+            if nul >= 0:
+                raise DataError(
+                    f"{name}: looks like a binary file (NUL byte at offset {offset + nul}); "
+                    "pass --encoding-errors replace to read it anyway"
+                )
+        pending = len(decoder.getstate()[0])
+        try:
+            text = decoder.decode(raw, final=not raw)
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{name}: not valid UTF-8 at byte offset {offset - pending + e.start}; "
+                "use --encoding-errors replace|ignore to read it anyway"
+            ) from None
+        offset += len(raw)
+        if text:
+            chars += len(text)
+            seen_text = seen_text or bool(text.strip())
+            yield text
+        if not raw:
+            break
+    if not seen_text:
+        raise DataError(f"{name}: file is empty" if chars == 0 else f"{name}: file contains only whitespace")
+
+
+def _field(record: Any, field: str, where: str) -> str | None:
+    if isinstance(record, str):
+        return record
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected an object with a {field!r} field, got {type(record).__name__}")
+    if field not in record:
+        keys = ", ".join(map(str, list(record)[:8])) or "none"
+        raise DataError(f"{where}: no field {field!r} (fields: {keys}); choose one with --text-field")
+    value = record[field]
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {field!r} is {type(value).__name__}, not a string")
+    return value
+
+
+def _decode_line(raw: bytes, errors: str, where: str) -> str:
+    try:
+        return raw.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{where}: not valid UTF-8 at byte {e.start + 1} of the line; "
+            "use --encoding-errors replace|ignore to read it anyway"
+        ) from None
+
+
+def _jsonl_records(f: BinaryIO, name: str, field: str, errors: str) -> Iterator[str | None]:
+    for lineno, raw in enumerate(f, 1):
+        where = f"{name}: line {lineno}"
+        line = _decode_line(raw, errors, where)
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        yield _field(record, field, where)
+
+
+def _json_records(f: BinaryIO, name: str, field: str, errors: str) -> Iterator[str | None]:
+    head = f.peek(64)[:64].lstrip()
+    if not head.startswith(b"["):
+        yield from _jsonl_records(f, name, field, errors)
+        return
+    text = _decode_line(f.read(), errors, name)
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{name}: line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    for i, record in enumerate(records):
+        yield _field(record, field, f"{name}: record {i}")
+
+
+def _csv_records(f: BinaryIO, name: str, field: str, errors: str, delimiter: str) -> Iterator[str | None]:
+    csv.field_size_limit(2**31 - 1)  # a document is often longer than csv's 128 KiB default
+    text = io.TextIOWrapper(f, encoding="utf-8", errors=errors, newline="")
+    reader = csv.reader(text, delimiter=delimiter)
+    try:
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{name}: file is empty") from None
+        if field not in header:
+            cols = ", ".join(header[:8])
+            raise DataError(
+                f"{name}: no column {field!r} in the header (columns: {cols}); choose one with --text-field"
+            )
+        col = header.index(field)
+        for row_no, row in enumerate(reader, 1):
+            if not row:
+                continue
+            if col >= len(row):
+                raise DataError(f"{name}: row {row_no} (line {reader.line_num}): has no {field!r} column")
+            yield row[col]
+    except UnicodeDecodeError:
+        raise DataError(
+            f"{name}: not valid UTF-8 near line {reader.line_num + 1}; use --encoding-errors replace|ignore to read it anyway"
+        ) from None
+    except csv.Error as e:
+        raise DataError(f"{name}: line {reader.line_num}: not valid CSV ({e})") from None
+    finally:
+        text.detach()
+
+
+def _parquet_records(inp: Input, field: str) -> Iterator[str | None]:
+    name = str(inp)
+    if inp.path is None or inp.compression is not None:
+        raise DataError(f"{name}: Parquet is read from an uncompressed file on disk (it compresses itself)")
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{name}: reading Parquet needs pyarrow: {DATA_EXTRA}") from None
+    try:
+        pf = pq.ParquetFile(inp.path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{name}: not a readable Parquet file ({e})") from None
+    names = pf.schema_arrow.names
+    if field not in names:
+        raise DataError(f"{name}: no column {field!r} (columns: {', '.join(names[:8])}); choose one with --text-field")
+    kind = pf.schema_arrow.field(field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataError(f"{name}: column {field!r} is {kind}, not a string")
+    row = 0
+    try:
+        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=[field]):
+            for value in batch.column(0).to_pylist():
+                row += 1
+                yield value
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{name}: cannot read row {row + 1} ({e})") from None
+
+
+def iter_documents(
+    inp: Input, *, text_field: str = "text", errors: str = "strict", block_bytes: int = _BLOCK
+) -> Iterator[Iterable[str]]:
+    """Each document of ``inp`` as pieces of text: a text file streams in blocks; a record is one
+    piece. Empty records are skipped; an input without any document is an error."""
+    if inp.plain_text:
+        yield iter_file_text(inp.path, errors, block_bytes)
+        return
+    if inp.format == "parquet":
+        records: Iterator[str | None] = _parquet_records(inp, text_field)
+        yield from _non_empty(records, str(inp))
+        return
+    f = open_binary(inp)
+    try:
+        name = str(inp)
+        if inp.format == "txt":
+            yield _decode_stream(f, name, errors, block_bytes)
+            return
+        if inp.format == "jsonl":
+            records = _jsonl_records(f, name, text_field, errors)
+        elif inp.format == "json":
+            records = _json_records(f, name, text_field, errors)
+        else:
+            records = _csv_records(f, name, text_field, errors, "\t" if inp.format == "tsv" else ",")
+        yield from _non_empty(records, name)
+    finally:
+        if inp.path is not None:
+            f.close()
+
+
+def _non_empty(records: Iterator[str | None], name: str) -> Iterator[Iterable[str]]:
+    n = 0
+    for text in records:
+        if text:
+            n += 1
+            yield (text,)
+    if n == 0:
+        raise DataError(f"{name}: no documents (every record is empty)")
+
+
+def iter_text(
+    inputs: Sequence[Input], *, text_field: str = "text", errors: str = "strict", block_bytes: int = _BLOCK
+) -> Iterator[str]:
+    """The text of every document of every input, in order, joined by ``<|endoftext|>``."""
+    first = True
+    for inp in inputs:
+        for doc in iter_documents(inp, text_field=text_field, errors=errors, block_bytes=block_bytes):
+            if not first:
+                yield EOT_TOKEN
+            first = False
+            yield from doc
+
+
+def read_documents_text(
+    paths: Sequence[str | Path], *, format: str | None = None, text_field: str = "text", errors: str = "strict"
+) -> str:
+    """All documents' text joined by ``<|endoftext|>`` (in memory: for small inputs and tests)."""
+    return "".join(iter_text(resolve_inputs(paths, format=format), text_field=text_field, errors=errors))

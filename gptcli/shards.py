@@ -1,0 +1,359 @@
+"""Pre-tokenised shards, read as memory maps: nanoGPT's and llm.c's, and gptcli prepare's.
+
+Two layouts exist in the wild, both GPT-2 token ids as little-endian uint16:
+
+* nanoGPT (``data/*/prepare.py``): ``train.bin`` and ``val.bin``, the raw ids, no header.
+* llm.c (``dev/data/data_common.py``, ``write_datafile``): a header of 256 int32s, ``[0]`` the
+  magic 20240520, ``[1]`` the version (1: GPT-2 uint16 ids; llm.c's version 7 is Llama 3's
+  uint32 ids, which GPT-2 cannot use), ``[2]`` the token count; then the ids. Shards are named
+  like ``fineweb_train_000001.bin`` / ``fineweb_val_000000.bin``.
+
+A raw nanoGPT file cannot start with the llm.c magic (its low 16 bits, 55240, are not a GPT-2
+id), so a file is llm.c's exactly when its header says so; a ``.bin`` that is neither llm.c's
+nor named ``train.bin``/``val.bin`` is an error naming the magic found. ``gptcli prepare`` writes
+the llm.c layout (``write_shards``), which llm.c's own loader reads too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from gptcli.errors import DataError
+
+LLMC_MAGIC = 20240520
+LLMC_VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+VOCAB_SIZE = 50257
+NANOGPT_NAMES = ("train.bin", "val.bin")
+_ID_CHECK = 1 << 20  # ids checked per file: a cheap guard against a file of another tokenizer
+
+
+def _check_ids(ids: np.ndarray, path: Path) -> None:
+    head = np.asarray(ids[:_ID_CHECK])
+    if len(head) and int(head.max()) >= VOCAB_SIZE:
+        raise DataError(
+            f"{path}: token id {int(head.max())} is not a GPT-2 id (vocabulary {VOCAB_SIZE}); "
+            "the file was made with another tokenizer"
+        )
+
+
+def _memmap(path: Path, offset: int, count: int) -> np.ndarray:
+    if count == 0:
+        return np.zeros(0, dtype=np.uint16)
+    return np.memmap(path, dtype=np.uint16, mode="r", offset=offset, shape=(count,))
+
+
+def read_header(path: Path) -> np.ndarray | None:
+    """The llm.c header of ``path``, or None when the file does not start with the llm.c magic."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_BYTES)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    if len(raw) < 4 or int(np.frombuffer(raw[:4], dtype="<i4")[0]) != LLMC_MAGIC:
+        return None
+    if len(raw) < HEADER_BYTES:
+        raise DataError(f"{path}: truncated llm.c shard: header of {len(raw)} bytes, expected {HEADER_BYTES}")
+    return np.frombuffer(raw, dtype="<i4")
+
+
+def read_shard(path: str | Path) -> np.ndarray:
+    """The token ids of one shard file as a read-only uint16 memmap."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    header = read_header(path)
+    if header is not None:
+        version, count = int(header[1]), int(header[2])
+        if version != LLMC_VERSION:
+            raise DataError(
+                f"{path}: llm.c shard version {version}, expected {LLMC_VERSION} (GPT-2 uint16 ids)"
+                + ("; version 7 holds Llama 3 ids, which GPT-2 models cannot use" if version == 7 else "")
+            )
+        if count < 0:
+            raise DataError(f"{path}: llm.c header gives a negative token count ({count})")
+        expected = HEADER_BYTES + 2 * count
+        if size < expected:
+            raise DataError(
+                f"{path}: truncated llm.c shard: header says {count:,} tokens ({expected:,} bytes), "
+                f"file has {size:,} bytes"
+            )
+        if size > expected:
+            raise DataError(
+                f"{path}: llm.c shard longer than its header says: {count:,} tokens ({expected:,} bytes), "
+                f"file has {size:,} bytes"
+            )
+        ids = _memmap(path, HEADER_BYTES, count)
+    elif path.name in NANOGPT_NAMES:
+        if size % 2:
+            raise DataError(f"{path}: {size:,} bytes, not a whole number of uint16 token ids (truncated?)")
+        ids = _memmap(path, 0, size // 2)
+    else:
+        found = "nothing" if size < 4 else f"{int(np.fromfile(path, dtype='<i4', count=1)[0])}"
+        raise DataError(
+            f"{path}: not an llm.c shard (magic {found}, expected {LLMC_MAGIC}); raw nanoGPT token files "
+            f"must be named {' or '.join(NANOGPT_NAMES)}"
+        )
+    _check_ids(ids, path)
+    return ids
+
+
+def is_shard_input(path: str | Path) -> bool:
+    """Whether a training input is pre-tokenised: a ``.bin`` file, or a directory holding any."""
+    p = Path(path)
+    if p.is_dir():
+        return any(q.suffix == ".bin" for q in p.iterdir() if q.is_file())
+    return p.suffix == ".bin" and p.is_file()
+
+
+def _split_of(path: Path) -> str | None:
+    words = re.split(r"[_.\-]", path.stem.lower())
+    if "val" in words or "valid" in words or "validation" in words:
+        return "val"
+    if "train" in words:
+        return "train"
+    return None
+
+
+def shard_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(train, val) shard files of the inputs: files as given (a name with ``val`` in it is
+    validation), and each directory's ``*.bin`` split the same way by name, sorted."""
+    train: list[Path] = []
+    val: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(q for q in p.glob("*.bin") if q.is_file())
+            if not found:
+                raise DataError(f"{p}: directory contains no .bin shards")
+            for q in found:
+                split = _split_of(q)
+                if split is None:
+                    raise DataError(f"{q}: cannot tell train from val: a shard's name should contain train or val")
+                (val if split == "val" else train).append(q)
+        elif p.is_file():
+            (val if _split_of(p) == "val" else train).append(p)
+        else:
+            raise DataError(f"{p}: file not found")
+    return train, val
+
+
+class ConcatTokens:
+    """Several token arrays read as one: ``len`` and slicing, which is all ``TokenWindows`` uses.
+    A window may span two shards (the stream continues, as it does within one)."""
+
+    def __init__(self, parts: Sequence[np.ndarray]):
+        self.parts = [p for p in parts if len(p)]
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("ConcatTokens supports contiguous slices only")
+        start, stop, _ = key.indices(len(self))
+        if stop <= start:
+            return np.zeros(0, dtype=np.uint16)
+        i = int(np.searchsorted(self.starts, start, side="right")) - 1
+        out = []
+        while start < stop:
+            lo = start - int(self.starts[i])
+            take = min(stop, int(self.starts[i + 1])) - start
+            out.append(np.asarray(self.parts[i][lo : lo + take]))
+            start += take
+            i += 1
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+def read_tokens(files: Sequence[Path]) -> np.ndarray | ConcatTokens:
+    arrays = [read_shard(f) for f in files]
+    return arrays[0] if len(arrays) == 1 else ConcatTokens(arrays)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_shard(path: Path, ids: np.ndarray | Iterable[np.ndarray]) -> int:
+    """Write one llm.c shard atomically (temporary file + rename); ``ids`` may be one array or
+    several pieces. Returns the token count."""
+    pieces = [ids] if isinstance(ids, np.ndarray) else list(ids)
+    count = sum(len(p) for p in pieces)
+    if count >= 2**31:
+        raise ValueError(f"{count} tokens do not fit an llm.c header (at most 2**31 - 1)")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0], header[1], header[2] = LLMC_MAGIC, LLMC_VERSION, count
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # open(), not mkstemp: the umask's mode
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header.tobytes())
+            for p in pieces:
+                f.write(np.asarray(p, dtype="<u2").tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return count
+
+
+def write_shards(
+    tokens: np.ndarray, out_dir: Path, *, split: str, shard_size: int, prefix: str = "", block: int = 1 << 24
+) -> list[Path]:
+    """``tokens`` (an array or memmap) as llm.c shards ``<prefix><split>_000000.bin`` ... of
+    ``shard_size`` tokens (the last may be shorter), copied ``block`` tokens at a time."""
+    if shard_size < 1:
+        raise ValueError("shard_size must be at least 1")
+    written = []
+    for k, start in enumerate(range(0, len(tokens), shard_size)):
+        stop = min(start + shard_size, len(tokens))
+        path = out_dir / f"{prefix}{split}_{k:06d}.bin"
+        write_shard(path, (tokens[i : min(i + block, stop)] for i in range(start, stop, block)))
+        written.append(path)
+    return written
+
+
+def tokenize_stream(
+    pieces: Iterable[str],
+    out: BinaryIO,
+    *,
+    num_threads: int = 1,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Encode a stream of text (documents already joined by ``<|endoftext|>``) as GPT-2 ids and
+    write them to ``out`` as uint16, in bounded memory: the token cache's safe cuts and worker
+    threads, two chunks per thread in flight. Returns the token count; ``on_progress(chars)``."""
+    from gptcli.tokencache import CHUNK_CHARS, _encode_np, iter_chunks
+
+    count = 0
+    chars = 0
+    with ThreadPoolExecutor(num_threads) as pool:
+        in_flight: deque = deque()
+
+        def write_oldest() -> None:
+            nonlocal count
+            ids = in_flight.popleft().result()
+            out.write(ids.astype("<u2", copy=False).tobytes())
+            count += len(ids)
+
+        for chunk in iter_chunks(pieces, CHUNK_CHARS):
+            in_flight.append(pool.submit(_encode_np, chunk))
+            chars += len(chunk)
+            while len(in_flight) > 2 * num_threads:
+                write_oldest()
+            if on_progress is not None:
+                on_progress(chars)
+        while in_flight:
+            write_oldest()
+    return count
+
+
+def prepare(
+    inputs: Sequence[str | Path],
+    out_dir: Path,
+    *,
+    format: str | None = None,
+    text_field: str = "text",
+    errors: str = "strict",
+    shard_size: int = 100_000_000,
+    val_ratio: float = 0.1,
+    val_tokens: int | None = None,
+    num_threads: int = 1,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Tokenize ``inputs`` (any format ``gptcli.formats`` reads) into llm.c shards in ``out_dir``:
+    the last ``val_tokens`` (or ``val_ratio`` of the tokens) as ``val_*.bin``, the rest as
+    ``train_*.bin``, ``shard_size`` tokens each. The ids stream to one temporary file first (the
+    split needs the total), so memory stays bounded and the disk briefly holds the tokens twice.
+    Refuses a directory that already holds shards: nothing written before is overwritten."""
+    from gptcli.formats import iter_text, resolve_inputs
+
+    if shard_size < 1:
+        raise DataError(f"invalid --shard-size: {shard_size} (must be at least 1)")
+    if not 0.0 <= val_ratio < 1.0:
+        raise DataError(f"invalid --val-ratio: {val_ratio} (must be in [0, 1))")
+    sources = resolve_inputs(inputs, format=format)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.glob("*.bin")):
+        raise DataError(f"{out_dir}: already holds .bin shards; choose another -o or remove them first")
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tokens-", suffix=".tmp")
+    ok = False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            n = tokenize_stream(
+                iter_text(sources, text_field=text_field, errors=errors),
+                f,
+                num_threads=num_threads,
+                on_progress=on_progress,
+            )
+        all_ids = _memmap(Path(tmp), 0, n)
+        n_val = min(n, val_tokens if val_tokens is not None else int(round(val_ratio * n)))
+        if n - n_val < 1:
+            raise DataError(f"{inputs[0]}: {n} tokens leave none for training after {n_val} validation tokens")
+        train = write_shards(all_ids[: n - n_val], out_dir, split="train", shard_size=shard_size)
+        val = write_shards(all_ids[n - n_val :], out_dir, split="val", shard_size=shard_size)
+        del all_ids
+        ok = True
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        if not ok and created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed run leaves no empty directory behind
+    return {
+        "dir": str(out_dir),
+        "inputs": [str(s) for s in sources],
+        "tokens": n,
+        "train_tokens": n - n_val,
+        "val_tokens": n_val,
+        "train_shards": [p.name for p in train],
+        "val_shards": [p.name for p in val],
+    }
+
+
+def fingerprint(files: Sequence[Path], *, sample: int = 1 << 20) -> str:
+    """A fingerprint of shard files that is cheap for billions of tokens: each file's name, size,
+    and first and last MiB (hashing every byte of a 20 GB dataset at each start would take minutes)."""
+    h = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        h.update(f"{path.name}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            h.update(f.read(sample))
+            f.seek(max(0, size - sample))
+            h.update(f.read(sample))
+    return h.hexdigest()
+
+
+def run_tokens(data: Sequence[str | Path], val_file: str | Path | None) -> tuple[np.ndarray | ConcatTokens, ...]:
+    """(train ids, val ids) of a training run whose data are shards: the train shards of ``data``,
+    and the val shards of ``val_file`` or, without it, of ``data`` (llm.c and nanoGPT keep both
+    splits side by side)."""
+    train_files, val_files = shard_files(data)
+    if val_file is not None:
+        extra_train, extra_val = shard_files([val_file])
+        val_files = extra_train + extra_val
+    if not train_files:
+        raise DataError(f"{data[0]}: no train shards (names with 'train', or train.bin)")
+    if not val_files:
+        raise DataError(
+            f"{data[0]}: no val shards (names with 'val', or val.bin); pass --val-file SHARD or "
+            "make them with gptcli prepare --val-ratio"
+        )
+    return read_tokens(train_files), read_tokens(val_files), fingerprint([*train_files, *val_files])

@@ -1,0 +1,166 @@
+"""gptcli.formats: the same documents give the same token stream in every format; bad records
+are one DataError naming the file, the line or row and the field."""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import io
+import json
+import lzma
+
+import numpy as np
+import pytest
+
+from gptcli import formats
+from gptcli.data import tokenize
+from gptcli.errors import DataError, UsageError
+from gptcli.textfiles import read_corpus
+
+# Documents with what tends to break readers: unicode, quotes, commas, tabs, newlines, CRLF.
+DOCS = [
+    "I HAD always thought Jack Gisburn rather a cheap genius.\nThough a good fellow enough.",
+    'She said, "the tab\there and a comma, too" \u2014 caf\u00e9, na\u00efve, \u65e5\u672c.',
+    "Line one\r\nline two\n\nA third paragraph ends with a space ",
+    "x",
+]
+
+
+def _txt_files(tmp_path):
+    paths = []
+    for i, d in enumerate(DOCS):
+        p = tmp_path / "txt" / f"doc{i}.txt"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(d.encode("utf-8"))
+        paths.append(p)
+    return paths
+
+
+def _jsonl_bytes(docs, field="text"):
+    return "".join(json.dumps({"id": i, field: d}) + "\n" for i, d in enumerate(docs)).encode()
+
+
+def _write_parquet(path, docs, *, row_group_size=2, field="text"):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": list(range(len(docs))), field: docs})
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
+def _ids(paths, **kw):
+    return tokenize(formats.read_documents_text(paths, **kw))
+
+
+def test_detect_format_and_compression_from_the_name():
+    assert formats.detect("a/b.jsonl.zst") == ("jsonl", "zstd")
+    assert formats.detect("x.CSV.GZ") == ("csv", "gzip")
+    assert formats.detect("notes.md") == ("txt", None)
+    assert formats.detect("corpus.bz2") == ("txt", "bzip2")
+    assert formats.detect("Makefile") == ("txt", None)  # unknown: plain text, as before
+    assert formats.detect("x.parquet") == ("parquet", None)
+
+
+def test_same_documents_same_tokens_in_every_format(tmp_path):
+    expected = tokenize("<|endoftext|>".join(DOCS))
+    txt = _txt_files(tmp_path)
+    # .txt files read through gptcli.formats equal the existing .txt path exactly
+    assert np.array_equal(_ids(txt), tokenize(read_corpus(txt)))
+    assert np.array_equal(_ids(txt), expected)
+
+    raw = _jsonl_bytes(DOCS)
+    (tmp_path / "d.jsonl").write_bytes(raw)
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(raw))
+    (tmp_path / "d.jsonl.bz2").write_bytes(bz2.compress(raw))
+    (tmp_path / "d.jsonl.xz").write_bytes(lzma.compress(raw))
+    import zstandard
+
+    (tmp_path / "d.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(raw))
+    (tmp_path / "d.json").write_text(json.dumps([{"text": d} for d in DOCS]))
+    _write_parquet(tmp_path / "d.parquet", DOCS)
+    for name in ("d.jsonl", "d.jsonl.gz", "d.jsonl.bz2", "d.jsonl.xz", "d.jsonl.zst", "d.json", "d.parquet"):
+        assert np.array_equal(_ids([tmp_path / name]), expected), name
+
+    for fmt, delim in (("csv", ","), ("tsv", "\t")):
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf, delimiter=delim)
+        w.writerow(["id", "text"])
+        w.writerows([i, d] for i, d in enumerate(DOCS))
+        (tmp_path / f"d.{fmt}").write_bytes(buf.getvalue().encode())
+        assert np.array_equal(_ids([tmp_path / f"d.{fmt}"]), expected), fmt
+
+
+def test_documents_across_files_globs_and_text_field(tmp_path):
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(_jsonl_bytes(DOCS[:2], field="content")))
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(_jsonl_bytes(DOCS[2:], field="content")))
+    ids = _ids([str(tmp_path / "*.jsonl.gz")], text_field="content")
+    assert np.array_equal(ids, tokenize("<|endoftext|>".join(DOCS)))
+    with pytest.raises(DataError, match=r"no files match"):
+        formats.resolve_inputs([str(tmp_path / "*.parquet")])
+
+
+def test_parquet_streams_row_groups_and_reads_only_the_text_column(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    docs = [f"document number {i}" for i in range(10)]
+    _write_parquet(tmp_path / "d.parquet", docs, row_group_size=3)
+    calls = []
+    real = pq.ParquetFile.iter_batches
+
+    def spy(self, *a, **kw):
+        calls.append(kw)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    assert formats.read_documents_text([tmp_path / "d.parquet"]) == "<|endoftext|>".join(docs)
+    assert calls and calls[0]["columns"] == ["text"]
+
+
+def test_format_override_and_stdin(tmp_path, monkeypatch):
+    (tmp_path / "data.dump").write_bytes(_jsonl_bytes(DOCS))
+    assert formats.read_documents_text([tmp_path / "data.dump"], format="jsonl") == "<|endoftext|>".join(DOCS)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(_jsonl_bytes(DOCS))))
+    assert formats.read_documents_text(["-"], format="jsonl") == "<|endoftext|>".join(DOCS)
+    with pytest.raises(UsageError, match=r"--format: 'yaml'"):
+        formats.resolve_inputs(["-"], format="yaml")
+
+
+def test_empty_records_are_skipped_but_an_input_without_documents_is_an_error(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"text": "a"}\n\n{"text": ""}\n{"text": null}\n{"text": "b"}\n')
+    assert formats.read_documents_text([p]) == "a<|endoftext|>b"
+    p.write_text('{"text": ""}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl: no documents"):
+        formats.read_documents_text([p])
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("d.jsonl", b'{"text": "ok"}\n{"body": "x"}\n', r"d\.jsonl: line 2: no field 'text' \(fields: body\)"),
+        ("d.jsonl", b'{"text": "ok"}\n{"text": 3}\n', r"d\.jsonl: line 2: field 'text' is int, not a string"),
+        ("d.jsonl", b'{"text": "ok"}\n{"text": "x"\n', r"d\.jsonl: line 2: not valid JSON"),
+        ("d.jsonl", b'{"text": "ok"}\n{"text": "\xff"}\n', r"d\.jsonl: line 2: not valid UTF-8"),
+        ("d.csv", b"id,body\n1,x\n", r"d\.csv: no column 'text' in the header \(columns: id, body\)"),
+        ("d.csv", b"id,text\n1,x\n2\n", r"d\.csv: row 2 \(line 3\): has no 'text' column"),
+        ("d.jsonl.gz", b"\x1f\x8bnot really gzip", r"d\.jsonl\.gz: cannot read gzip data"),
+        ("d.txt.xz", b"garbage", r"d\.txt\.xz: cannot read xz data"),
+        ("d.txt.gz", gzip.compress(b""), r"d\.txt\.gz: file is empty"),
+    ],
+)
+def test_bad_inputs_are_one_clear_error(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        formats.read_documents_text([tmp_path / name])
+
+
+def test_parquet_errors_name_the_column(tmp_path):
+    _write_parquet(tmp_path / "d.parquet", ["a"], field="body")
+    with pytest.raises(DataError, match=r"d\.parquet: no column 'text' \(columns: id, body\)"):
+        formats.read_documents_text([tmp_path / "d.parquet"])
+    with pytest.raises(DataError, match=r"d\.parquet: column 'id' is int64, not a string"):
+        formats.read_documents_text([tmp_path / "d.parquet"], text_field="id")
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match=r"bad\.parquet: not a readable Parquet file"):
+        formats.read_documents_text([tmp_path / "bad.parquet"])
