@@ -24,6 +24,7 @@ class Callbacks:
     def on_sample(self, record: dict[str, Any]) -> None: ...
     def on_save(self, path: Path, reason: str) -> None: ...
     def warn(self, message: str) -> None: ...
+    def info(self, message: str) -> None: ...  # why the run stopped early; how a resume changed it
     def close(self) -> None: ...
 
 
@@ -53,6 +54,9 @@ class Fanout(Callbacks):
 
     def warn(self, message: str) -> None:
         self._all("warn", message)
+
+    def info(self, message: str) -> None:
+        self._all("info", message)
 
     def close(self) -> None:
         self._all("close")

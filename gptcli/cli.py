@@ -19,7 +19,16 @@ from typing import Annotated, Any, Literal, Optional
 import typer
 from typer.core import TyperArgument, TyperGroup
 
-from gptcli.config import DEVICE_NAMES, DTYPES, ENCODING_ERRORS, PRESETS, ModelConfig, TrainConfig, flag_fields
+from gptcli.config import (
+    DEVICE_NAMES,
+    DTYPES,
+    ENCODING_ERRORS,
+    INPUT_FORMATS,
+    PRESETS,
+    ModelConfig,
+    TrainConfig,
+    flag_fields,
+)
 from gptcli.errors import GptCliError
 from gptcli.weights import READERS, SIZES, SOURCES, TARGETS
 
@@ -380,6 +389,7 @@ def train(
 
 @app.command(
     epilog="Examples:\n\n  gptcli resume runs/the-verdict-20260101-120000\n\n  gptcli resume runs/x/checkpoints/step-00000045.pth --epochs 20"
+    "\n\n  gptcli resume runs/x --max-tokens 2B"
 )
 def resume(
     target: Annotated[
@@ -393,13 +403,38 @@ def resume(
     epochs: Annotated[
         Optional[int], typer.Option(metavar="N", help="New total number of epochs (extends the run).")
     ] = None,
+    max_steps: Annotated[
+        Optional[str], typer.Option(metavar="N", help="New step budget (10k), replacing the run's own.")
+    ] = None,
+    max_tokens: Annotated[
+        Optional[str], typer.Option(metavar="N", help="New token budget (50M, 2B), replacing the run's own.")
+    ] = None,
+    max_time: Annotated[
+        Optional[str],
+        typer.Option(metavar="DURATION", help="New training-time budget over all resumes (90m, 2h, or seconds)."),
+    ] = None,
+    patience: Annotated[
+        Optional[int], typer.Option(metavar="K", help="New --patience (0 turns early stopping off).")
+    ] = None,
     threads: Annotated[Optional[int], _threads_option()] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """Continue a run exactly where it stopped: same batches, same dropout, same losses."""
+    """Continue a run exactly where it stopped: same batches, same dropout, same losses.
+
+    A larger --epochs or budget extends a finished run as if it had been set from the start (with
+    a warm-up/cosine schedule, the remaining steps follow the schedule over the new length)."""
     from gptcli.commands.train import resume_command
 
-    resume_command(target, epochs=epochs, quiet=quiet, threads=threads)
+    resume_command(
+        target,
+        epochs=epochs,
+        max_steps=max_steps,
+        max_tokens=max_tokens,
+        max_time=max_time,
+        patience=patience,
+        quiet=quiet,
+        threads=threads,
+    )
 
 
 @app.command(
@@ -410,10 +445,24 @@ def resume(
 )
 def eval_(
     paths: Annotated[
-        list[Path], typer.Argument(metavar="FILE", help="Text files, or directories of .txt files.", show_default=False)
-    ],
+        Optional[list[Path]],
+        typer.Argument(
+            metavar="FILE",
+            help="Text files (.txt, .md, .jsonl, .json, .csv, .tsv, .parquet, optionally compressed), directories "
+            "of .txt files, quoted globs ('data/*.jsonl.gz'), or - for standard input.",
+            show_default=False,
+        ),
+    ] = None,
     checkpoint: Annotated[Optional[Path], _checkpoint_option()] = None,
     model: Annotated[Optional[str], _model_option()] = None,
+    input_format: Annotated[
+        Literal[INPUT_FORMATS],
+        typer.Option("--format", help="Format of every input; auto detects each from its name."),
+    ] = "auto",
+    text_field: Annotated[
+        str,
+        typer.Option(metavar="NAME", help="The field (JSON) or column (CSV, TSV, Parquet) that holds the text."),
+    ] = "text",
     batch_size: Annotated[
         int,
         typer.Option(
@@ -448,13 +497,23 @@ def eval_(
             "(the official hellaswag_val.jsonl)."
         ),
     ] = "loss",
+    split: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="SPLIT",
+            help="A finetune run (-c RUN): its loss on the train, val or test split of its own data "
+            "(and a classifier's accuracy), no FILE needed.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Loss and perplexity over the given text: the book's calc_loss_loader, or a sliding window (--stride).
     With --task hellaswag: HellaSwag accuracy, scored as llm.c and nanoGPT do."""
     from gptcli.commands.evaluate import eval_command
 
     eval_command(
-        paths,
+        paths or [],
+        split=split,
         checkpoint=checkpoint,
         model=model,
         batch_size=batch_size,
@@ -465,6 +524,8 @@ def eval_(
         quiet=quiet,
         threads=threads,
         task=task,
+        format=input_format,
+        text_field=text_field,
     )
 
 
@@ -486,7 +547,14 @@ def sample(
             help="Prompt text; repeat for a batch of prompts [default: 'Every effort moves you'].",
         ),
     ] = None,
-    max_new_tokens: Annotated[int, typer.Option(metavar="N", help="Tokens to generate per sample.")] = 50,
+    max_new_tokens: Annotated[
+        Optional[int],
+        typer.Option(
+            metavar="N",
+            help="Tokens to generate per sample [default: 50; 256 with --instruction or --responses, as the book].",
+            show_default=False,
+        ),
+    ] = None,
     temperature: Annotated[float, typer.Option(metavar="X", help="0 is greedy; higher is more random.")] = 0.0,
     top_k: Annotated[Optional[int], typer.Option(metavar="N", help="Keep only the k most likely tokens.")] = None,
     top_p: Annotated[
@@ -534,10 +602,65 @@ def sample(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress output on stderr (warnings and errors still).")
     ] = False,
+    instruction: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="TEXT",
+            help="An instruct finetune run: answer this instruction, formatted with the run's template; prints only the response.",
+            show_default=False,
+        ),
+    ] = None,
+    input_: Annotated[
+        Optional[str],
+        typer.Option(
+            "--input", metavar="TEXT", help="The instruction's input (with --instruction).", show_default=False
+        ),
+    ] = None,
+    responses: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="SPLIT",
+            help="An instruct finetune run: answer every record of its train, val or test split; writes -o FILE "
+            "as the book's instruction-data-with-response.json.",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", metavar="FILE", help="The JSON file --responses writes.", show_default=False),
+    ] = None,
 ) -> None:
     """Generate text with temperature, top-k and top-p sampling, stopping at <|endoftext|>."""
-    from gptcli.commands.sample import interactive_sample, sample_command
+    from gptcli.commands.sample import instruct_command, interactive_sample, sample_command
 
+    if instruction is not None or responses is not None or input_ is not None or output is not None:
+        if interactive or prompt or model or num_samples != 1:
+            raise typer.BadParameter(
+                "cannot be combined with --interactive, --prompt, --model or --num-samples",
+                param_hint="--instruction/--responses",
+            )
+        if input_ is not None and instruction is None:
+            raise typer.BadParameter("needs --instruction", param_hint="--input")
+        instruct_command(
+            checkpoint=checkpoint,
+            instruction=instruction,
+            input_text=input_ or "",
+            responses=responses,
+            output=output,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+            use_cache=not no_cache,
+            json_out=json_out,
+            quiet=quiet,
+            threads=threads,
+        )
+        return
+    max_new_tokens = 50 if max_new_tokens is None else max_new_tokens
     if interactive:
         if prompt or json_out or num_samples != 1:
             raise typer.BadParameter(
@@ -708,6 +831,14 @@ def convert(
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    merge_lora: Annotated[
+        bool,
+        typer.Option(
+            "--merge-lora",
+            help="A finetune run: fold its LoRA adapters into the weights and write a file that needs no base "
+            "(with --to hf, always merged) [default: <run>/merged.pth].",
+        ),
+    ] = False,
 ) -> None:
     """Convert GPT-2 weights: OpenAI (TensorFlow), Hugging Face or the book's checkpoints -> gptcli, or gptcli -> Hugging Face."""
     from gptcli.commands.weights import convert_command
@@ -722,6 +853,7 @@ def convert(
         drop_rate=drop_rate,
         data=data,
         quiet=quiet,
+        merge_lora=merge_lora,
     )
 
 

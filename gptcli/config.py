@@ -26,7 +26,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from gptcli.errors import CheckpointError, UsageError
 
@@ -140,6 +140,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # as --help lists them and completion offers them
 ENCODING_ERRORS = ("strict", "replace", "ignore")
+# --format of training and eval inputs: auto detects each from its name (gptcli.formats.FORMATS).
+INPUT_FORMATS = ("auto", "txt", "jsonl", "json", "csv", "tsv", "parquet")
 # What torch.manual_seed takes: any 64-bit integer, signed or unsigned.
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
@@ -149,16 +151,165 @@ def is_device_name(name: str) -> bool:
     return name in DEVICES or re.fullmatch(r"cuda:[0-9]{1,4}", name) is not None
 
 
+# ---------------------------------------------------------------------------------------------
+# Counts ("50M" tokens), durations ("90m") and intervals (steps, tokens or time), as flags and YAML
+# spell them. Field types say which: Annotated[int | None, COUNT] and so on (see _coerce).
+
+COUNT, DURATION, INTERVAL = "count", "duration", "interval"
+# A multiplier: k/K thousand, M million, B/G billion, T trillion. A lower-case m is minutes, never
+# millions, so "30m" cannot mean two things.
+_MULTIPLIERS = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_NUMBER = r"(?:\d[\d_]*(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+_COUNT_RE = re.compile(rf"({_NUMBER})\s*([kKMBGT]?)")
+_DURATION_PART = re.compile(rf"({_NUMBER})\s*([smhd])")
+
+
+def parse_count(value: Any) -> int:
+    """An integer count from an int or a string such as "5000", "10k", "50M", "2B" or "1.5M";
+    ValueError (saying what is wrong) otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a count such as 5000, 50M or 2B")
+    m = _COUNT_RE.fullmatch(value.strip())
+    if m is None:
+        hint = " (m is minutes; M is millions)" if value.strip().endswith("m") else ""
+        raise ValueError(f"expected a count such as 5000, 50M or 2B{hint}")
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        number = Decimal(m.group(1).replace("_", "")) * _MULTIPLIERS[m.group(2)]
+    except InvalidOperation:
+        raise ValueError("expected a count such as 5000, 50M or 2B") from None
+    if number != number.to_integral_value():
+        raise ValueError("not a whole number")
+    return int(number)
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number (seconds) or a string such as "90", "90s", "30m", "2h", "1h30m" or
+    "1.5d"; ValueError otherwise."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        try:
+            seconds = float(text.replace("_", "")) if re.fullmatch(_NUMBER, text) else math.nan
+        except ValueError:
+            seconds = math.nan
+        if math.isnan(seconds):
+            parts = _DURATION_PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError("expected a duration such as 90m, 2h, 1h30m or seconds")
+            seconds = sum(float(n.replace("_", "")) * _SECONDS[u] for n, u in parts)
+    else:
+        raise ValueError("expected a duration such as 90m, 2h, 1h30m or seconds")
+    if not math.isfinite(seconds):
+        raise ValueError("expected a finite duration")
+    return seconds
+
+
+def parse_interval(value: Any) -> tuple[str, float]:
+    """("steps", N), ("tokens", N) or ("seconds", S) from an ``--eval-freq``/``--save-every`` value:
+    a plain integer is steps ("100 steps" too), a count with a multiplier or "tok"/"tokens" is
+    tokens ("50M", "200k tokens"), a duration with a unit is time ("30m", "1h")."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "steps", value
+    if not isinstance(value, str):
+        raise ValueError("expected N steps, N tokens (50M) or a duration (30m)")
+    text = value.strip()
+    word = re.fullmatch(r"(.*?)\s*(steps?|tok|tokens?)", text)
+    if word is not None:
+        count = parse_count(word.group(1))
+        return ("steps" if word.group(2).startswith("step") else "tokens"), count
+    if re.fullmatch(r"\d[\d_]*", text):
+        return "steps", int(text.replace("_", ""))
+    if text and text[-1] in _SECONDS:
+        return "seconds", parse_duration(text)
+    try:
+        return "tokens", parse_count(text)
+    except ValueError:
+        raise ValueError("expected N steps, N tokens (50M) or a duration (30m)") from None
+
+
+def _unit_value(key: str, unit: str, value: Any) -> Any:
+    """The coerced value of a COUNT, DURATION or INTERVAL field (None handled by the caller):
+    a count is an int, a duration seconds (a float), an interval an int for steps or the string
+    as written (stripped) for tokens and time, so config.yaml shows what the user wrote."""
+    try:
+        if unit == COUNT:
+            return parse_count(value)
+        if unit == DURATION:
+            return parse_duration(value)
+        kind, amount = parse_interval(value)
+    except ValueError as e:
+        raise ConfigValueError(key, f"{_show(value)} ({e})") from None
+    return int(amount) if kind == "steps" else value.strip()
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run. Defaults are the book's chapter-5 run."""
 
-    epochs: int = field(default=10, metadata={"help": "Epochs to train.", "panel": "train"})
+    epochs: int = field(
+        default=10,
+        metadata={"help": "Epochs to train (with a budget flag, whichever ends first ends the run).", "panel": "train"},
+    )
+    max_steps: Annotated[int | None, COUNT] = field(
+        default=None,
+        metadata={
+            "help": "Stop after this many optimizer steps (5000, 10k).",
+            "panel": "train",
+            "type": str,
+            "metavar": "N",
+            "default_text": "no limit",
+        },
+    )
+    max_tokens: Annotated[int | None, COUNT] = field(
+        default=None,
+        metadata={
+            "help": "Stop after this many training tokens (50M, 2B).",
+            "panel": "train",
+            "type": str,
+            "metavar": "N",
+            "default_text": "no limit",
+        },
+    )
+    max_time: Annotated[float | None, DURATION] = field(
+        default=None,
+        metadata={
+            "help": "Stop after this much training time, over all resumes (90m, 2h, or seconds).",
+            "panel": "train",
+            "type": str,
+            "metavar": "DURATION",
+            "default_text": "no limit",
+        },
+    )
+    patience: int = field(
+        default=0,
+        metadata={
+            "help": "Stop after K evaluations without a new best validation loss (best.pth keeps the best).",
+            "panel": "train",
+            "metavar": "K",
+            "default_text": "0, off",
+        },
+    )
     lr: float = field(default=4e-4, metadata={"help": "AdamW learning rate.", "panel": "train"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay.", "panel": "train"})
     batch_size: int = field(default=2, metadata={"help": "Windows per batch.", "panel": "train"})
     seed: int = field(default=123, metadata={"help": "Random seed.", "panel": "train"})
-    eval_freq: int = field(default=5, metadata={"help": "Evaluate every N steps.", "panel": "train"})
+    eval_freq: Annotated[int | str, INTERVAL] = field(
+        default=5,
+        metadata={
+            "help": "Evaluate every N steps, every N tokens (50M) or every DURATION (30m: wall time, which a "
+            "resumed run cannot repeat exactly).",
+            "panel": "train",
+            "type": str,
+            "metavar": "INTERVAL",
+            "default_text": "5 steps",
+        },
+    )
     eval_iter: int = field(default=5, metadata={"help": "Batches per evaluation.", "panel": "train"})
     start_context: str = field(
         default="Every effort moves you", metadata={"help": "Prompt of the sample after each epoch.", "panel": "train"}
@@ -195,9 +346,16 @@ class TrainConfig:
         default=None,
         metadata={"help": "torch.compile the model.", "panel": "train", "default_text": "on for CUDA"},
     )
-    save_every: int = field(
+    save_every: Annotated[int | str, INTERVAL] = field(
         default=0,
-        metadata={"help": "Also save every N steps.", "panel": "output", "default_text": "0, epoch ends only"},
+        metadata={
+            "help": "Also save every N steps, every N tokens (50M) or every DURATION (30m: wall time, so a "
+            "resumed run saves at other steps).",
+            "panel": "output",
+            "type": str,
+            "metavar": "INTERVAL",
+            "default_text": "0, epoch ends only",
+        },
     )
     keep_last: int = field(default=2, metadata={"help": "Step checkpoints to keep.", "panel": "output"})
     grad_accum: int = field(default=1, metadata={"help": "Micro-batches per optimizer step.", "panel": "train"})
@@ -229,6 +387,39 @@ class TrainConfig:
         default="strict",
         metadata={"help": "What to do with undecodable bytes.", "panel": "train", "choices": ENCODING_ERRORS},
     )
+    format: str = field(
+        default="auto",
+        metadata={
+            "help": "Format of every input; auto detects each from its name (.txt/.md, .jsonl, .json, .csv, .tsv, "
+            ".parquet, optionally .gz/.bz2/.xz/.zst).",
+            "panel": "train",
+            "choices": INPUT_FORMATS,
+        },
+    )
+    text_field: str = field(
+        default="text",
+        metadata={
+            "help": "The field (JSON) or column (CSV, TSV, Parquet) that holds each document's text.",
+            "panel": "train",
+            "metavar": "NAME",
+        },
+    )
+    activation_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "Recompute each block's activations in the backward pass: less memory, about a third more "
+            "compute; the same gradients.",
+            "panel": "train",
+        },
+    )
+    fused_loss: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute the output head and cross-entropy in chunks, never holding all the logits: less "
+            "memory; the same loss.",
+            "panel": "train",
+        },
+    )
     init: str | None = field(
         default=None,
         metadata={
@@ -244,17 +435,24 @@ class TrainConfig:
         for name, low in (
             ("epochs", 1),
             ("batch_size", 1),
-            ("eval_freq", 1),
             ("eval_iter", 1),
             ("keep_last", 1),
             ("grad_accum", 1),
             ("sample_tokens", 0),
-            ("save_every", 0),
             ("warmup_steps", 0),
+            ("patience", 0),
             ("skip_nonfinite", 0),
         ):
             value = getattr(self, name)
             _check(value >= low, name, f"{value!r} (must be an integer >= {low})")
+        for name in ("max_steps", "max_tokens"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, name, f"{value!r} (must be an integer >= 1)")
+        _check(self.max_time is None or self.max_time > 0, "max_time", f"{self.max_time!r} (must be > 0 seconds)")
+        unit, every = parse_interval(self.eval_freq)
+        _check(every > 0, "eval_freq", f"{_show(self.eval_freq)} (must be >= 1)")
+        unit, every = parse_interval(self.save_every)
+        _check(every > 0 or unit == "steps", "save_every", f"{_show(self.save_every)} (must be > 0, or 0 for off)")
         _check(SEED_MIN <= self.seed <= SEED_MAX, "seed", f"{self.seed} (must be from {SEED_MIN} to {SEED_MAX})")
         _check(self.stride is None or self.stride >= 1, "stride", f"{self.stride!r} (must be >= 1)")
         _check(self.lr > 0, "lr", f"{self.lr!r} (must be > 0)")
@@ -269,6 +467,8 @@ class TrainConfig:
             "encoding_errors",
             f"{self.encoding_errors!r} (choose from {', '.join(ENCODING_ERRORS)})",
         )
+        _check(self.format in INPUT_FORMATS, "format", f"{self.format!r} (choose from {', '.join(INPUT_FORMATS)})")
+        _check(bool(self.text_field), "text_field", f"{self.text_field!r} (must not be empty)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "train config") -> TrainConfig:
@@ -352,6 +552,13 @@ def _number(key: str, value: Any) -> float:
 def _coerce(key: str, hint: Any, value: Any) -> Any:
     """``value`` as field ``key`` of type ``hint`` holds it, or a ConfigValueError saying what was
     expected. Only what a person obviously meant is converted (see the module docstring)."""
+    if typing.get_origin(hint) is Annotated:  # a count, a duration or an interval
+        base, unit = typing.get_args(hint)[:2]
+        if value is None and type(None) in typing.get_args(base):
+            return None
+        if value is None:
+            raise ConfigValueError(key, "null (expected a value)")
+        return _unit_value(key, unit, value)
     args = typing.get_args(hint)
     if type(None) in args:  # X | None
         if value is None:
@@ -383,7 +590,7 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
 
 @functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return typing.get_type_hints(cls, include_extras=True)
 
 
 def _coerce_fields(obj: Any) -> None:

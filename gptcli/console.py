@@ -126,7 +126,7 @@ class TrainProgress(Callbacks):
             self._tok_bar, self._tok_finished = None, True
 
     def on_start(self, info_: dict[str, Any]) -> None:
-        self.epochs_total = info_["total_steps"] // max(1, info_["steps_per_epoch"])
+        self.epochs_total = info_.get("epochs") or info_["total_steps"] // max(1, info_["steps_per_epoch"])
         lines = [
             f"model: {info_['params']:,} parameters on {info_['device']}",
             f"data: {info_['train_tokens']:,} training tokens ({info_['train_windows']} windows), "
@@ -183,6 +183,12 @@ class TrainProgress(Callbacks):
 
     def warn(self, message: str) -> None:
         warn(message)
+
+    def info(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
+        else:
+            info(message)
 
     def close(self) -> None:
         if self._tok_bar is not None:  # stopped while tokenizing

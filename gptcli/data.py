@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptcli import shards, tokencache
+from gptcli import formats, shards, tokencache
 from gptcli.config import ModelConfig, TrainConfig
 from gptcli.errors import DataError
-from gptcli.textfiles import expand_paths, read_corpus
+from gptcli.textfiles import read_corpus
 from gptcli.tokenizer import encode
 
 # ---------------------------------------------------------------------------------------------
@@ -45,15 +45,39 @@ def text_fingerprint(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def input_format(fmt: str | None) -> str | None:
+    """``--format`` as ``gptcli.formats`` takes it: None (detect from each name) for auto."""
+    return None if fmt in (None, "auto") else formats.check_format(fmt)
+
+
+def _needs_cache(inputs: Sequence[formats.Input]) -> bool:
+    """Whether inputs go through the token cache: any that is not a plain text file on disk
+    (another format, compressed, standard input), or ``MEMMAP_MIN_BYTES`` in all."""
+    if not all(i.plain_text for i in inputs):
+        return True
+    return tokencache.inputs_bytes(inputs) >= tokencache.MEMMAP_MIN_BYTES
+
+
 def corpus_tokens(
-    paths: Sequence[str | Path], *, errors: str = "strict", on_progress: Callable[[int, int], None] | None = None
+    paths: Sequence[str | Path],
+    *,
+    errors: str = "strict",
+    on_progress: Callable[[int, int], None] | None = None,
+    format: str | None = None,
+    text_field: str = "text",
 ) -> np.ndarray:
-    """All token ids of the files (documents joined by ``<|endoftext|>``). Corpora of
-    ``tokencache.MEMMAP_MIN_BYTES`` or more come from the token cache as a memmap, so a large
-    evaluation file is never held in memory as text."""
-    if tokencache.corpus_bytes(paths) >= tokencache.MEMMAP_MIN_BYTES or tokencache.needs_formats(expand_paths(paths)):
-        return tokencache.cached_corpus_tokens(paths, val_ratio=None, errors=errors, on_progress=on_progress).train
-    return tokenize(read_corpus(paths, errors=errors))
+    """All token ids of the inputs (documents joined by ``<|endoftext|>``): files, directories,
+    globs or ``-`` (standard input), in the format of each name or ``format``. Corpora of
+    ``tokencache.MEMMAP_MIN_BYTES`` or more, and every input that is not a plain ``.txt`` file,
+    come from the token cache as a memmap, so a large evaluation file is never held in memory as
+    text."""
+    fmt = input_format(format)
+    inputs = formats.resolve_inputs(paths, format=fmt)
+    if _needs_cache(inputs):
+        return tokencache.cached_corpus_tokens(
+            paths, val_ratio=None, errors=errors, on_progress=on_progress, format=fmt, text_field=text_field
+        ).train
+    return tokenize(read_corpus([i.path for i in inputs], errors=errors))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,21 +207,25 @@ def prepare_data(
             raise DataError("the training data mixes token shards (.bin) with text files; give one kind")
         train_ids, val_ids, fingerprint = shards.run_tokens(cfg.data, cfg.val_file)
         return _run_data(model_cfg, cfg, train_ids, val_ids, fingerprint)
-    size = tokencache.corpus_bytes(cfg.data) + (tokencache.corpus_bytes(val_paths) if val_paths else 0)
-    other_formats = tokencache.needs_formats(expand_paths([*cfg.data, *(val_paths or [])]))
-    if size >= tokencache.MEMMAP_MIN_BYTES or other_formats:
+    fmt = input_format(cfg.format)
+    train_inputs = formats.resolve_inputs(cfg.data, format=fmt)
+    val_inputs = formats.resolve_inputs(val_paths, format=fmt) if val_paths else []
+    if _needs_cache([*train_inputs, *val_inputs]):
         cached = tokencache.cached_corpus_tokens(
             cfg.data,
             val_ratio=None if val_paths else cfg.val_ratio,
             val_paths=val_paths,
             errors=cfg.encoding_errors,
             on_progress=on_progress,
+            format=fmt,
+            text_field=cfg.text_field,
         )
         train_ids, val_ids, fingerprint = cached.train, cached.val, cached.fingerprint
     else:
-        text = read_corpus(cfg.data, errors=cfg.encoding_errors)
+        text = read_corpus([i.path for i in train_inputs], errors=cfg.encoding_errors)
         if cfg.val_file:
-            train_text, val_text = text, read_corpus([cfg.val_file], errors=cfg.encoding_errors)
+            val_text = read_corpus([i.path for i in val_inputs], errors=cfg.encoding_errors)
+            train_text = text
         else:
             train_text, val_text = split_text(text, cfg.val_ratio)
         train_ids, val_ids = tokenize(train_text), tokenize(val_text)

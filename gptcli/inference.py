@@ -29,6 +29,7 @@ class LoadedModel:
     path: Path  # the checkpoint it came from
     device: torch.device
     note: str | None = None  # something the user should be told about the choice of model
+    finetune: dict | None = None  # an instruct finetune's settings (template, LoRA, base), else None
 
 
 def load_model_for_inference(
@@ -64,10 +65,21 @@ def load_model_for_inference(
             note = f"using {display_path(path)} (the most recent run)"
     if dtype not in DTYPES:
         raise UsageError(f"invalid --dtype: {dtype!r} (choose from {', '.join(DTYPES)})")
-    net = model_from_checkpoint(load_checkpoint(path), path)
+    obj = load_checkpoint(path)
+    finetune = None
+    if obj.get("kind") == "classify":
+        run = rundir.run_dir_of(path) or path
+        raise UsageError(f"{display_path(path)}: is a classifier: use gptcli classify -c {display_path(run)} TEXT")
+    if obj.get("kind") == "instruct":  # base weights + adapters (LoRA) or every weight, rebuilt
+        from gptcli.finetune.trainer import model_from_finetune_checkpoint
+
+        net, cfg, info = model_from_finetune_checkpoint(obj, path)  # unmerged: the model as trained
+        finetune = {**info, "config": cfg.to_dict()}
+    else:
+        net = model_from_checkpoint(obj, path)
     dev = resolve_device(device)
     prepare_for_inference(net, dtype=dtype, device=dev)
-    return LoadedModel(net, path, dev, note)
+    return LoadedModel(net, path, dev, note, finetune)
 
 
 def prepare_for_inference(net: GPT, *, dtype: str, device: torch.device) -> GPT:

@@ -144,6 +144,7 @@ def run_dir_of(checkpoint: Path) -> Path | None:
 def default_run_dir(data: list[str], root: Path = RUNS_ROOT) -> Path:
     """``runs/<first input's stem>-<date>-<time>``, with a suffix if that exists already."""
     stem = Path(data[0]).stem if data else "run"
+    stem = "stdin" if data and data[0] == "-" else stem.translate(str.maketrans("", "", "*?[]")) or "run"  # globs
     base = Path(root) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     out, n = base, 1
     while out.exists():
@@ -487,7 +488,8 @@ def run_summary(run: Path, *, warnings: list[str] | None = None) -> dict[str, An
     epochs_total = None
     try:
         if config_path(run).is_file():
-            train = (yaml.safe_load(config_path(run).read_text(encoding="utf-8")) or {}).get("train") or {}
+            settings = yaml.safe_load(config_path(run).read_text(encoding="utf-8")) or {}
+            train = settings.get("train") or settings.get("finetune") or {}  # a finetune run's config.yaml
             epochs_total = train.get("epochs")
     except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError) as e:
         warnings.append(f"{config_path(run)}: cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})")
@@ -514,7 +516,8 @@ def run_summary(run: Path, *, warnings: list[str] | None = None) -> dict[str, An
         progress: dict[str, Any] = {"epochs_done": None, "step": max(steps) if steps else None, "tokens_seen": None}
     else:
         progress = {
-            "epochs_done": sum(1 for r in records if r.get("type") == "sample"),
+            # one sample per epoch (a classify finetune run logs its accuracy instead)
+            "epochs_done": sum(1 for r in records if r.get("type") in ("sample", "accuracy")),
             "step": max(steps) if steps else 0,
             "tokens_seen": records[-1]["tokens_seen"] if records else 0,
         }

@@ -28,6 +28,8 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gptcli.formats import Input, detect, iter_text
+from gptcli.errors import DataError
+from gptcli.formats import Input, detect, iter_text, resolve_inputs
 from gptcli.paths import gptcli_home
 from gptcli.textfiles import expand_paths, iter_file_text
 from gptcli.tokenizer import EOT_TOKEN, get_tokenizer
@@ -49,6 +52,7 @@ CACHE_VERSION = 1
 MEMMAP_MIN_BYTES = 64 * 2**20
 BLOCK_BYTES = 4 * 2**20  # read size
 CHUNK_CHARS = 1 * 2**20  # target size of one encode call; the unit of parallel work
+_COPY_BYTES = 4 * 2**20
 
 
 def token_cache_dir() -> Path:
@@ -65,6 +69,15 @@ def default_threads() -> int:
 def corpus_bytes(paths: Sequence[str | Path]) -> int:
     """Total size of the input files (directories expanded as ``read_corpus`` does)."""
     return sum(p.stat().st_size for p in expand_paths(paths))
+
+
+# Formats whose documents are records with a text field: the field is part of the cache key.
+_RECORD_FORMATS = ("jsonl", "json", "csv", "tsv", "parquet")
+
+
+def inputs_bytes(inputs: Sequence[Input]) -> int:
+    """Total size of the input files on disk (standard input counts as 0)."""
+    return sum(i.path.stat().st_size for i in inputs if i.path is not None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,36 +169,75 @@ def needs_formats(files: Sequence[Path]) -> bool:
     return any(detect(p) != ("txt", None) for p in files)
 
 
-def _file_text(path: Path, errors: str, block_bytes: int, on_raw: Callable[[bytes], None] | None = None):
-    """One file's text: a plain text file as ``read_text`` reads it; any other format's documents
-    joined by ``<|endoftext|>`` (``gptcli.formats``), ``on_raw`` then seeing the file's own bytes."""
+def _as_input(path: Path | Input) -> Input:
+    if isinstance(path, Input):
+        return path
     fmt, compression = detect(path)
-    if (fmt, compression) == ("txt", None):
-        yield from iter_file_text(path, errors, block_bytes, on_raw=on_raw)
+    return Input(Path(path), fmt, compression)
+
+
+def _file_text(
+    path: Path | Input,
+    errors: str,
+    block_bytes: int,
+    on_raw: Callable[[bytes], None] | None = None,
+    text_field: str = "text",
+):
+    """One input's text: a plain text file as ``read_text`` reads it; any other format's documents
+    joined by ``<|endoftext|>`` (``gptcli.formats``), ``on_raw`` then seeing the file's own bytes."""
+    inp = _as_input(path)
+    if inp.plain_text:
+        yield from iter_file_text(inp.path, errors, block_bytes, on_raw=on_raw)
         return
     if on_raw is not None:
-        with open(path, "rb") as f:
+        with open(inp.path, "rb") as f:
             while block := f.read(block_bytes):
                 on_raw(block)
-    yield from iter_text([Input(path, fmt, compression)], errors=errors, block_bytes=block_bytes)
+    yield from iter_text([inp], text_field=text_field, errors=errors, block_bytes=block_bytes)
 
 
-def _iter_corpus_text(files: Sequence[Path], errors: str, block_bytes: int) -> Iterator[str]:
+def _iter_corpus_text(
+    files: Sequence[Path | Input], errors: str, block_bytes: int, text_field: str = "text"
+) -> Iterator[str]:
     """``read_corpus``'s text as a stream: files joined with ``<|endoftext|>``."""
     for i, path in enumerate(files):
         if i:
             yield EOT_TOKEN
-        yield from _file_text(path, errors, block_bytes)
+        yield from _file_text(path, errors, block_bytes, text_field=text_field)
 
 
-def _scan(files: Sequence[Path], errors: str, block_bytes: int) -> list[tuple[str, int]]:
+def _scan(
+    files: Sequence[Path | Input], errors: str, block_bytes: int, text_field: str = "text"
+) -> list[tuple[str, int]]:
     """(sha256 of the bytes, characters after decoding) of each file; validates like read_text."""
     out = []
     for path in files:
         h = hashlib.sha256()
-        chars = sum(len(t) for t in _file_text(path, errors, block_bytes, on_raw=h.update))
+        chars = sum(len(t) for t in _file_text(path, errors, block_bytes, on_raw=h.update, text_field=text_field))
         out.append((h.hexdigest(), chars))
     return out
+
+
+@contextlib.contextmanager
+def _spooled_stdin(inputs: list[Input], spool_dir: Path) -> Iterator[list[Input]]:
+    """The inputs with standard input (``-``) copied once to a temporary file under ``spool_dir``,
+    so that it can be hashed and then tokenized like a file; the copy is removed afterwards (the
+    cache keeps only the tokens). Errors name ``<stdin>``, not the temporary file."""
+    if all(i.path is not None for i in inputs):
+        yield inputs
+        return
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=spool_dir, prefix="stdin-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(sys.stdin.buffer, f, _COPY_BYTES)
+        spooled = [Input(Path(tmp), i.format, i.compression) if i.path is None else i for i in inputs]
+        try:
+            yield spooled
+        except DataError as e:
+            raise DataError(str(e).replace(tmp, "<stdin>")) from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _split_at(pieces: Iterable[str], split: int | None) -> Iterator[tuple[int, str]]:
@@ -265,20 +317,58 @@ def cached_corpus_tokens(
     block_bytes: int = BLOCK_BYTES,
     chunk_chars: int = CHUNK_CHARS,
     on_progress: Callable[[int, int], None] | None = None,
+    format: str | None = None,
+    text_field: str = "text",
 ) -> CachedTokens:
     """The token ids of a run's training and validation text, from the cache or built into it.
 
     Either ``val_ratio`` (the book's character split of the joined ``paths``) or ``val_paths``
     (validation text of its own; then all of ``paths`` trains), or neither: every token is
     "train" (what ``eval`` reads). ``on_progress(done, total)`` reports input bytes while
-    tokenizing.
+    tokenizing. ``paths`` may hold globs and ``-`` (standard input, read once); ``format``
+    overrides the format detected from each name, ``text_field`` names the text of a record
+    (``gptcli.formats``).
     """
     if val_ratio is not None and val_paths is not None:
         raise ValueError("give at most one of val_ratio and val_paths")
-    train_files = expand_paths(paths)
-    val_files = expand_paths(val_paths) if val_paths is not None else []
-    train_scan = _scan(train_files, errors, block_bytes)
-    val_scan = _scan(val_files, errors, block_bytes)
+    train_inputs = resolve_inputs(paths, format=format)
+    val_inputs = resolve_inputs(val_paths, format=format) if val_paths is not None else []
+    if sum(i.path is None for i in (*train_inputs, *val_inputs)) > 1:
+        raise DataError("'-' (standard input) given twice")
+    cache = Path(cache_dir) if cache_dir is not None else token_cache_dir()
+    with _spooled_stdin([*train_inputs, *val_inputs], cache) as spooled:
+        return _cached(
+            spooled[: len(train_inputs)],
+            spooled[len(train_inputs) :],
+            has_val_paths=val_paths is not None,
+            val_ratio=val_ratio,
+            errors=errors,
+            num_threads=num_threads,
+            cache=cache,
+            block_bytes=block_bytes,
+            chunk_chars=chunk_chars,
+            on_progress=on_progress,
+            text_field=text_field,
+        )
+
+
+def _cached(
+    train_files: list[Input],
+    val_files: list[Input],
+    *,
+    has_val_paths: bool,
+    val_ratio: float | None,
+    errors: str,
+    num_threads: int | None,
+    cache: Path,
+    block_bytes: int,
+    chunk_chars: int,
+    on_progress: Callable[[int, int], None] | None,
+    text_field: str,
+) -> CachedTokens:
+    val_paths = val_files if has_val_paths else None
+    train_scan = _scan(train_files, errors, block_bytes, text_field)
+    val_scan = _scan(val_files, errors, block_bytes, text_field)
     split = None
     if val_ratio is not None:
         total_chars = sum(c for _, c in train_scan) + len(EOT_TOKEN) * (len(train_files) - 1)
@@ -291,10 +381,12 @@ def cached_corpus_tokens(
         "val": [h for h, _ in val_scan] if val_paths is not None else None,
         "split": split,
     }
-    if needs_formats([*train_files, *val_files]):  # the same bytes read as another format are other text
-        key_fields["formats"] = [detect(p) for p in (*train_files, *val_files)]
+    every = (*train_files, *val_files)
+    if not all(i.plain_text for i in every):  # the same bytes read as another format are other text
+        key_fields["formats"] = [(i.format, i.compression) for i in every]
+        if any(i.format in _RECORD_FORMATS for i in every):
+            key_fields["text_field"] = text_field
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:40]
-    cache = Path(cache_dir) if cache_dir is not None else token_cache_dir()
     bin_path, meta_path = cache / f"{key}.bin", cache / f"{key}.json"
 
     meta = _read_meta(bin_path, meta_path)
@@ -308,10 +400,10 @@ def cached_corpus_tokens(
         if meta is not None:
             return CachedTokens(_open(bin_path, meta), meta["n_train"], meta["fingerprint"], bin_path, built=False)
         if val_paths is not None:
-            sides = _chain_sides(train_files, val_files, errors, block_bytes)
+            sides = _chain_sides(train_files, val_files, errors, block_bytes, text_field)
         else:
-            sides = _split_at(_iter_corpus_text(train_files, errors, block_bytes), split)
-        total_bytes = sum(p.stat().st_size for p in (*train_files, *val_files))
+            sides = _split_at(_iter_corpus_text(train_files, errors, block_bytes, text_field), split)
+        total_bytes = inputs_bytes(every)
         n_train, n_tokens, fingerprint = _build(
             sides, bin_path, num_threads or default_threads(), chunk_chars, total_bytes, on_progress
         )
@@ -346,10 +438,10 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _chain_sides(train_files, val_files, errors, block_bytes) -> Iterator[tuple[int, str]]:
-    for t in _iter_corpus_text(train_files, errors, block_bytes):
+def _chain_sides(train_files, val_files, errors, block_bytes, text_field="text") -> Iterator[tuple[int, str]]:
+    for t in _iter_corpus_text(train_files, errors, block_bytes, text_field):
         yield 0, t
-    for t in _iter_corpus_text(val_files, errors, block_bytes):
+    for t in _iter_corpus_text(val_files, errors, block_bytes, text_field):
         yield 1, t
 
 

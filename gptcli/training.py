@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from gptcli import checkpoint as ckpt
-from gptcli import distributed, rundir
+from gptcli import distributed, fused_loss, rundir
 from gptcli.callbacks import Callbacks
-from gptcli.config import ModelConfig, TrainConfig, dump_yaml_config
+from gptcli.config import ModelConfig, TrainConfig, dump_yaml_config, parse_interval
 from gptcli.data import TokenWindows, batches_of, loader_iter_seed, permutation, prepare_data
 from gptcli.device import autocast_for, resolve_device
 from gptcli.errors import CheckpointError, DataError, SaveError, TrainingError, UsageError, os_error_reason
@@ -57,6 +57,65 @@ def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr: 
     return floor + 0.5 * (lr - floor) * (1.0 + math.cos(math.pi * progress))
 
 
+def planned_steps(cfg: TrainConfig, steps_per_epoch: int, tokens_per_step: int) -> int:
+    """The run's planned length in optimizer steps, over which the LR schedule decays: its epochs,
+    or a step or token budget that ends it sooner (a time budget cannot be planned in steps)."""
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    if cfg.max_tokens is not None:
+        total = min(total, -(-cfg.max_tokens // tokens_per_step))
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """90 -> "90s", 5400 -> "1h30m", 0.5 -> "0.5s": as ``--max-time`` takes it."""
+    if seconds < 60 or seconds != int(seconds):
+        return f"{seconds:g}s"
+    h, rest = divmod(int(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{n}{u}" for n, u in ((h, "h"), (m, "m"), (s, "s")) if n) or "0s"
+
+
+def budget_reached(cfg: TrainConfig, *, step: int, tokens_seen: int, seconds: float) -> str | None:
+    """The budget flag that ends the run at this point (``--max-steps 12``), or None."""
+    if cfg.max_steps is not None and step >= cfg.max_steps:
+        return f"--max-steps {cfg.max_steps}"
+    if cfg.max_tokens is not None and tokens_seen >= cfg.max_tokens:
+        return f"--max-tokens {cfg.max_tokens:,}"
+    if cfg.max_time is not None and seconds >= cfg.max_time:
+        return f"--max-time {format_duration(cfg.max_time)}"
+    return None
+
+
+class Every:
+    """When an ``--eval-freq``/``--save-every`` interval falls due after a step: every N steps, every
+    N tokens (when the tokens seen cross a multiple of N) or every S seconds of wall time. Steps
+    and tokens follow the run's progress, so they fall on the same steps after a resume; time
+    does not. ``first``: also due on the run's first step (the book evaluates at step 0)."""
+
+    def __init__(self, value: int | str, *, first: bool):
+        self.unit, self.every = parse_interval(value)
+        self.first = first
+        self._last = time.monotonic()
+
+    def due(self, step: int, tokens_before: int, tokens_after: int) -> bool:
+        if not self.every:
+            return False
+        if self.unit == "steps":
+            return (step - 1) % self.every == 0 if self.first else step % self.every == 0
+        if self.first and tokens_before == 0:
+            self._last = time.monotonic()
+            return True
+        if self.unit == "tokens":
+            return tokens_before // self.every != tokens_after // self.every
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            return True
+        return False
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     # The book decays every parameter (embeddings and LayerNorms too); kept so its run reproduces.
     # The fused kernel computes the same update in one pass: 10x faster than the loop on CPU.
@@ -85,6 +144,9 @@ class TrainState:
     best_val: float = float("inf")
     nonfinite_steps: int = 0
     sample_pending: bool = False  # the epoch just saved has not logged its sample yet
+    planned_steps: int = 0  # the run's planned length, over which the LR schedule decays
+    train_seconds: float = 0.0  # training time so far, over all resumes (for --max-time)
+    evals_since_best: int = 0  # evaluations without a new best validation loss (for --patience)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -196,6 +258,9 @@ class Trainer:
         # all ranks draw the same shuffling order (each then takes its own slice of it).
         torch.manual_seed(cfg.seed)
         self.model = GPT(model_cfg)
+        # Memory savers that compute the same function (tests/test_training.py checks the losses).
+        self.model.activation_checkpointing = cfg.activation_checkpointing
+        self.model.fused_loss_chunk = fused_loss.DEFAULT_CHUNK_ROWS if cfg.fused_loss else None
         if init_state_dict is not None:
             ckpt.load_weights(self.model, init_state_dict, source=f"--init {cfg.init}")
         self.model.to(self.device)
@@ -216,6 +281,8 @@ class Trainer:
         )
         self.metrics: MetricsWriter | None = None
         self._best_saved = float("inf")
+        self._clock: tuple[float, float] | None = None  # (monotonic time, train_seconds) at the start
+        self.stop_reason: str | None = None  # why the run ended before its epochs did
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -235,6 +302,7 @@ class Trainer:
     def save(self, reason: str) -> Path:
         self.guard.check()
         self.state.nonfinite_steps = self.guard.count
+        self.state.train_seconds = self._elapsed()
         path = rundir.step_checkpoint_path(self.run_dir, self.state.step)
         if self.dist.is_main:
             self.state.metrics_lines = self.metrics.lines if self.metrics else 0
@@ -393,6 +461,15 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         return len(self.data.train) // self._global_batch()
 
+    def planned_steps(self) -> int:
+        return planned_steps(self.cfg, self.steps_per_epoch(), self._global_batch() * self.model_cfg.context_length)
+
+    def _elapsed(self) -> float:
+        """Training time so far, over all resumes."""
+        if self._clock is None:
+            return self.state.train_seconds
+        return self._clock[1] + time.monotonic() - self._clock[0]
+
     def _log(self, record: dict[str, Any]) -> None:
         if self.metrics is not None and self.dist.is_main:
             try:
@@ -406,7 +483,7 @@ class Trainer:
             st.step,
             lr=cfg.lr,
             warmup_steps=cfg.warmup_steps,
-            total_steps=self.steps_per_epoch() * cfg.epochs,
+            total_steps=self.planned_steps(),
             min_lr=cfg.min_lr,
         )
         for group in self.optimizer.param_groups:
@@ -470,15 +547,59 @@ class Trainer:
                 f"training text has {len(self.data.train)} windows, fewer than one step needs "
                 f"({self._global_batch()} = batch size x grad accum x world size)"
             )
+        self._plan()
         self.cb.on_start(self._start_info(steps_per_epoch))
         self.model.train()
         if self.state.sample_pending:  # resumed from an epoch's checkpoint: its sample comes first
             self._epoch_sample()
         self._throughput = (time.perf_counter(), self.state.tokens_seen)
-        while self.state.epoch < self.cfg.epochs:
-            self._train_epoch(steps_per_epoch)
-            self._end_epoch()
+        self._clock = (time.monotonic(), self.state.train_seconds)
+        self._eval_every = Every(self.cfg.eval_freq, first=True)
+        self._save_every = Every(self.cfg.save_every, first=False)
+        self.stop_reason = self._stop_check(evaluated=True, at_start=True)
+        while self.state.epoch < self.cfg.epochs and self.stop_reason is None:
+            epoch_done = self._train_epoch(steps_per_epoch)
+            if epoch_done:
+                self._end_epoch()
+        if self.stop_reason is not None:
+            st, seconds = self.state, self._elapsed()
+            took = format_duration(round(seconds) if seconds >= 60 else round(seconds, 1))
+            self.cb.info(
+                f"stopped: {self.stop_reason} at step {st.step} ({st.tokens_seen:,} tokens, {took} of training)"
+            )
         return self.state
+
+    def _plan(self) -> None:
+        """The planned length of the run; a resume whose budget changed it says how the LR
+        schedule changes (the steps already taken keep the rates they had)."""
+        st, cfg = self.state, self.cfg
+        new = self.planned_steps()
+        old = st.planned_steps
+        if old and old != new and (cfg.warmup_steps or cfg.min_lr is not None) and st.step > 0:
+            self.cb.info(
+                f"LR schedule: the cosine decay now ends at step {new} (was step {old}), from step {st.step} on"
+            )
+        st.planned_steps = new
+
+    def _due(self, every: Every, tokens_before: int) -> bool:
+        """Whether ``every`` falls due after this step, the same on every rank (clocks differ)."""
+        due = every.due(self.state.step, tokens_before, self.state.tokens_seen)
+        if self.dist.enabled and every.unit == "seconds":
+            due = bool(distributed.all_reduce_max_int(int(due), self.device))
+        return due
+
+    def _stop_check(self, *, evaluated: bool, at_start: bool = False) -> str | None:
+        """Why the run stops now (a budget or --patience), the same on every rank; None to go on.
+        ``at_start``: before the first step, where only the time already spent (resumed) counts."""
+        st, cfg = self.state, self.cfg
+        seconds = st.train_seconds if at_start else self._elapsed()
+        reason = budget_reached(cfg, step=st.step, tokens_seen=st.tokens_seen, seconds=seconds)
+        if reason is None and cfg.patience and st.evals_since_best >= cfg.patience and evaluated:
+            reason = f"--patience {cfg.patience} ({st.evals_since_best} evaluations without a new best validation loss)"
+        if self.dist.enabled and cfg.max_time is not None:  # time differs between ranks: agree on it
+            if distributed.all_reduce_max_int(int(reason is not None), self.device) and reason is None:
+                reason = f"--max-time {format_duration(cfg.max_time)}"
+        return reason
 
     def _open_run_dir(self) -> None:
         """Write the resolved config, and cut metrics.jsonl back to what the checkpoint knows."""
@@ -527,7 +648,7 @@ class Trainer:
         st, spe = self.state, self.steps_per_epoch()
         per_step = self._global_batch() * self.model_cfg.context_length
         sampled = st.epoch - (1 if getattr(st, "sample_pending", False) else 0)
-        total = spe * self.cfg.epochs
+        total = self.planned_steps()
 
         def sample(epoch: int) -> dict[str, Any]:
             step = epoch * spe
@@ -565,14 +686,16 @@ class Trainer:
             "train_windows": len(d.train),
             "val_windows": len(d.val),
             "steps_per_epoch": steps_per_epoch,
-            "total_steps": steps_per_epoch * self.cfg.epochs,
+            "total_steps": self.planned_steps(),
+            "epochs": self.cfg.epochs,
             "run_dir": str(self.run_dir),
             "resumed": st.step > 0 or st.epoch > 0,
         }
 
-    def _train_epoch(self, steps_per_epoch: int) -> None:
-        """Optimizer steps over this epoch's shuffled windows, from wherever it stopped."""
-        cfg, st, gb = self.cfg, self.state, self._global_batch()
+    def _train_epoch(self, steps_per_epoch: int) -> bool:
+        """Optimizer steps over this epoch's shuffled windows, from wherever it stopped; False when
+        a budget or --patience ended the run before the epoch did (evaluated and saved)."""
+        st, gb = self.state, self._global_batch()
         if st.epoch_seed is None:
             st.epoch_seed = loader_iter_seed(shuffle=True)
             st.windows_done = 0
@@ -580,13 +703,27 @@ class Trainer:
         usable = (len(self.data.train) // gb) * gb
         while st.windows_done + gb <= usable:
             loss = self._train_step(order[st.windows_done : st.windows_done + gb])
+            tokens_before = st.tokens_seen
             st.step += 1
             st.windows_done += gb
             st.tokens_seen += gb * self.model_cfg.context_length
-            if (st.step - 1) % cfg.eval_freq == 0:
+            evaluated = self._due(self._eval_every, tokens_before)
+            if evaluated:
                 self._evaluate_and_log()
             self.cb.on_step(st, {"loss": loss, "steps_per_epoch": steps_per_epoch})
-            if cfg.save_every and st.step % cfg.save_every == 0 and st.windows_done + gb <= usable:
+            epoch_done = st.windows_done + gb > usable
+            self.stop_reason = self._stop_check(evaluated=evaluated)
+            if self.stop_reason is not None:
+                if not evaluated:  # off the --eval-freq schedule: must not shift the RNG streams
+                    rng = ckpt.capture_rng()
+                    self._evaluate_and_log(scheduled=False)
+                    ckpt.restore_rng(rng)
+                if not epoch_done:  # an epoch's end saves (and samples) in _end_epoch
+                    self.save("budget")
+                return epoch_done
+            # With --patience, each new best is saved, so best.pth holds the best weights when it stops.
+            best = self.cfg.patience > 0 and evaluated and st.evals_since_best == 0
+            if (self._due(self._save_every, tokens_before) or best) and not epoch_done:
                 self.save("save-every")
             signum = self._stop_requested()
             if signum is not None:
@@ -596,8 +733,9 @@ class Trainer:
                     f"continue with: gptcli resume {shell_path(self.run_dir)}",
                     128 + signum,
                 )
+        return True
 
-    def _evaluate_and_log(self) -> None:
+    def _evaluate_and_log(self, *, scheduled: bool = True) -> None:
         """The book's periodic evaluation: losses on both splits, logged with the throughput."""
         st = self.state
         self.guard.check()
@@ -621,6 +759,9 @@ class Trainer:
             record["mfu"] = tps * flops_per_token(self.model_cfg) / (peak * self.dist.world_size)
         self._throughput = (now, st.tokens_seen)
         st.history.append({k: record[k] for k in ("epoch", "step", "tokens_seen", "train_loss", "val_loss")})
+        if scheduled:  # --patience counts the evaluations of the --eval-freq schedule only
+            improved = not math.isnan(val_loss) and val_loss < st.best_val
+            st.evals_since_best = 0 if improved else st.evals_since_best + 1
         if not math.isnan(val_loss):
             st.best_val = min(st.best_val, val_loss)
         self._log(record)

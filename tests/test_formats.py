@@ -164,3 +164,100 @@ def test_parquet_errors_name_the_column(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(DataError, match=r"bad\.parquet: not a readable Parquet file"):
         formats.read_documents_text([tmp_path / "bad.parquet"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Train and eval take --format, --text-field, globs and - (standard input)
+
+MANY_DOCS = [f"{d} (copy {k})" for k in range(6) for d in DOCS]  # enough tokens for tiny windows
+
+
+def _train_cfg(data, **kw):
+    from gptcli.config import TrainConfig
+
+    return TrainConfig(data=[str(d) for d in data], epochs=1, **kw)
+
+
+def test_prepare_data_reads_globs_text_field_and_format_like_txt(tmp_path, monkeypatch, tiny_cfg):
+    from gptcli.data import prepare_data
+
+    txt = tmp_path / "txt"
+    txt.mkdir()
+    for i, d in enumerate(MANY_DOCS):
+        (txt / f"doc{i:02d}.txt").write_text(d, encoding="utf-8")
+    half = len(MANY_DOCS) // 2
+    (tmp_path / "part-0.jsonl.gz").write_bytes(gzip.compress(_jsonl_bytes(MANY_DOCS[:half], field="body")))
+    (tmp_path / "part-1.jsonl.gz").write_bytes(gzip.compress(_jsonl_bytes(MANY_DOCS[half:], field="body")))
+    (tmp_path / "records.dump").write_bytes(_jsonl_bytes(MANY_DOCS))
+
+    want = prepare_data(tiny_cfg, _train_cfg([txt]))
+    runs = {
+        "glob + text_field": _train_cfg([tmp_path / "part-*.jsonl.gz"], text_field="body"),
+        "format override": _train_cfg([tmp_path / "records.dump"], format="jsonl"),
+    }
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(_jsonl_bytes(MANY_DOCS))))
+    runs["stdin"] = _train_cfg(["-"], format="jsonl")
+    for name, cfg in runs.items():
+        got = prepare_data(tiny_cfg, cfg)
+        assert np.array_equal(got.train.tokens, want.train.tokens), name
+        assert np.array_equal(got.val.tokens, want.val.tokens), name
+        assert got.fingerprint == want.fingerprint, name
+    # the stdin copy is gone once its tokens are cached
+    from gptcli.tokencache import token_cache_dir
+
+    assert not list(token_cache_dir().glob("stdin-*"))
+    # a record format without the field is one error that says which flag chooses it
+    with pytest.raises(DataError, match=r"part-0\.jsonl\.gz: line 1: no field 'text'.*--text-field"):
+        prepare_data(tiny_cfg, _train_cfg([tmp_path / "part-*.jsonl.gz"]))
+
+
+def test_format_choices_match_the_readers():
+    from gptcli.config import INPUT_FORMATS
+
+    assert INPUT_FORMATS == ("auto", *formats.FORMATS)
+
+
+def _gptcli(*args, cwd, stdin: bytes | None = None):
+    import subprocess
+
+    from .conftest import gptcli_exe
+
+    return subprocess.run([*gptcli_exe(), *args], cwd=cwd, input=stdin, capture_output=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_cli_train_and_eval_take_format_text_field_globs_and_stdin(tmp_path):
+    from .conftest import TINY_FLAGS
+
+    records = _jsonl_bytes(MANY_DOCS, field="body")
+    (tmp_path / "txt").mkdir()
+    for i, d in enumerate(MANY_DOCS):
+        (tmp_path / "txt" / f"doc{i:02d}.txt").write_text(d, encoding="utf-8")
+    half = len(MANY_DOCS) // 2
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(_jsonl_bytes(MANY_DOCS[:half], field="body")))
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(_jsonl_bytes(MANY_DOCS[half:], field="body")))
+
+    train = ["train", "-", "--format", "jsonl", "--text-field", "body", "--epochs", "1", *TINY_FLAGS]
+    proc = _gptcli(*train, "--device", "cpu", "--out", "runs/s", "-q", cwd=tmp_path, stdin=records)
+    assert proc.returncode == 0, proc.stderr.decode()
+
+    def loss(*inputs, stdin=None):
+        p = _gptcli("eval", *inputs, "--checkpoint", "runs/s", "--device", "cpu", "--json", cwd=tmp_path, stdin=stdin)
+        assert p.returncode == 0, p.stderr.decode()
+        out = json.loads(p.stdout)
+        return out["tokens"], out["loss"]
+
+    want = loss("txt")
+    assert loss("*.jsonl.gz", "--text-field", "body") == want  # the glob, as a quoted shell argument
+    assert loss("-", "--format", "jsonl", "--text-field", "body", stdin=records) == want
+
+    for args, code, message in (
+        (["eval", "a.jsonl.gz", "--checkpoint", "runs/s"], 2, "a.jsonl.gz: line 1: no field 'text'"),
+        (["eval", "a.jsonl.gz", "--format", "xml", "--checkpoint", "runs/s"], 2, "--format"),
+        (["train", "a.jsonl.gz", "--format", "xml", *TINY_FLAGS], 2, "--format"),
+        (["train", "*.parquet", *TINY_FLAGS], 2, "*.parquet: no files match"),
+    ):
+        p = _gptcli(*args, cwd=tmp_path)
+        err = p.stderr.decode()
+        assert p.returncode == code, (args, err)
+        assert err.startswith("error:") and len(err.strip().splitlines()) == 1 and message in err, (args, err)

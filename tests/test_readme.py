@@ -150,6 +150,9 @@ def _tiny(args: list[str]) -> tuple[list[str], str | None, str | None]:
         target = Path(positional[0]) if positional else _newest_run()
         done = ckpt.load_checkpoint(ckpt.resolve_checkpoint(target))["progress"]["epoch"]
         args = [*args, "--epochs", str(done + 1)]  # one more tiny epoch, whatever the README asks
+    elif cmd == "eval" and "--stride" in args:
+        i = args.index("--stride")
+        args = [*args[: i + 1], "6", *args[i + 2 :]]  # a stride within the tiny models' context of 12
     elif cmd == "sample":
         args = [*args, "--max-new-tokens", "8"]
         if "--interactive" in args or "-i" in args:

@@ -195,3 +195,48 @@ def test_metrics_records_are_json_lines(tmp_path):
     assert [r["step"] for r in ev] == [0, 60, 120, 180]
     assert set(ev[0]) >= {"epoch", "step", "tokens_seen", "train_loss", "val_loss"}
     assert recs[-1]["type"] == "sample" and recs[-1]["text"].startswith("Every effort moves you")
+
+
+def test_activation_checkpointing_and_fused_loss_train_the_same_function(tmp_path, monkeypatch):
+    """--activation-checkpointing and --fused-loss save memory, not change the run: the step losses
+    and the weights of a few fp32 CPU steps (with dropout) equal the plain run's within 1e-5."""
+    import gptcli.fused_loss
+    import gptcli.model
+
+    data = tmp_path / "short.txt"
+    data.write_text(VERDICT.read_text(encoding="utf-8")[:2000], encoding="utf-8")
+    calls = {"checkpoint": 0, "fused": 0}
+
+    def counting(name, fn):
+        def wrapper(*a, **kw):
+            calls[name] += 1
+            return fn(*a, **kw)
+
+        return wrapper
+
+    monkeypatch.setattr(gptcli.model, "checkpoint", counting("checkpoint", gptcli.model.checkpoint))
+    monkeypatch.setattr(
+        gptcli.model, "chunked_linear_cross_entropy", counting("fused", gptcli.model.chunked_linear_cross_entropy)
+    )
+    monkeypatch.setattr(gptcli.fused_loss, "DEFAULT_CHUNK_ROWS", 7)  # several chunks per batch
+
+    class Losses(Callbacks):
+        def __init__(self):
+            self.losses = []
+
+        def on_step(self, state, info):
+            self.losses.append(float(info["loss"]))
+
+    runs = {}
+    for name, flags in (("plain", {}), ("saving", {"activation_checkpointing": True, "fused_loss": True})):
+        rec = Losses()
+        cfg = TrainConfig(epochs=1, data=[str(data)], eval_freq=4, device="cpu", **flags)
+        Trainer(ModelConfig(**TINY_MODEL), cfg, tmp_path / name, callbacks=rec).fit()
+        runs[name] = (rec.losses, _final_weights(tmp_path / name))
+        if name == "plain":
+            assert calls == {"checkpoint": 0, "fused": 0}
+    assert calls["checkpoint"] > 0 and calls["fused"] > 0, "the flags reached the model"
+    (plain_losses, plain_w), (losses, w) = runs["plain"], runs["saving"]
+    assert len(plain_losses) >= 5 and len(losses) == len(plain_losses)
+    assert np.allclose(losses, plain_losses, rtol=0, atol=1e-5), (losses, plain_losses)
+    assert all(torch.allclose(w[k], plain_w[k], rtol=0, atol=1e-5) for k in plain_w)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gptcli import console
-from gptcli.config import ENCODING_ERRORS
+from gptcli.config import ENCODING_ERRORS, INPUT_FORMATS
 from gptcli.data import corpus_tokens
 from gptcli.device import set_threads
 from gptcli.errors import UsageError
@@ -56,6 +56,30 @@ def hellaswag_command(
     return result
 
 
+def finetune_split_command(checkpoint: Path | None, split: str, *, device: str, json_out: bool) -> dict[str, Any]:
+    """A finetune run's loss on one split of its data (the book's ``calc_loss_loader``), and a
+    classifier's accuracy (``calc_accuracy_loader``), with the run's batch size."""
+    from gptcli.checkpoint import load_checkpoint, resolve_checkpoint
+    from gptcli.device import resolve_device
+    from gptcli.finetune.trainer import KINDS, evaluate_checkpoint_split
+
+    path = resolve_checkpoint(checkpoint, warn=console.warn)
+    obj = load_checkpoint(path)
+    if obj.get("kind") not in KINDS:
+        raise UsageError(
+            f"invalid --split: {path} is not a finetune run (kind {obj.get('kind')!r}); evaluate it on text files"
+        )
+    res = {"checkpoint": str(path), **evaluate_checkpoint_split(obj, path, split, device=resolve_device(device))}
+    if json_out:
+        console.print_result(json.dumps(res))
+    else:
+        head = ["checkpoint", "split", "examples", "loss"] + (["accuracy"] if "accuracy" in res else [])
+        row = [str(path), split, f"{res['examples']:,}", f"{res['loss']:.4f}"]
+        row += [f"{res['accuracy'] * 100:.2f}%"] if "accuracy" in res else []
+        console.print_table(head, [row], left={0, 1})
+    return res
+
+
 def eval_command(
     paths: list[Path],
     *,
@@ -69,9 +93,18 @@ def eval_command(
     quiet: bool = False,
     threads: int | None = None,
     task: str = "loss",
+    format: str = "auto",
+    text_field: str = "text",
+    split: str | None = None,
 ) -> dict[str, Any]:
     console.set_quiet(quiet)
     set_threads(threads)
+    if split is not None:
+        if paths or model is not None or task != "loss":
+            raise UsageError("--split evaluates a finetune run's own data: give -c RUN and no FILE, --model or --task")
+        return finetune_split_command(checkpoint, split, device=device, json_out=json_out)
+    if not paths:
+        raise UsageError("no FILE given: pass text files or directories (or --split with a finetune run)")
     if task not in TASKS:
         raise UsageError(f"invalid --task: {task!r} (choose from {', '.join(TASKS)})")
     if task == "hellaswag":
@@ -82,7 +115,11 @@ def eval_command(
         raise UsageError(f"invalid --encoding-errors: {encoding_errors!r} (choose from {', '.join(ENCODING_ERRORS)})")
     if stride is not None and stride < 1:
         raise UsageError(f"invalid --stride: {stride} (must be at least 1)")
-    tokens = corpus_tokens(paths, errors=encoding_errors)
+    if format not in INPUT_FORMATS:
+        raise UsageError(f"invalid --format: {format!r} (choose from {', '.join(INPUT_FORMATS)})")
+    if not text_field:
+        raise UsageError("invalid --text-field: '' (must not be empty)")
+    tokens = corpus_tokens(paths, errors=encoding_errors, format=format, text_field=text_field)
     if len(tokens) < 2:
         raise UsageError(f"{paths[0]}: needs at least 2 tokens to evaluate, has {len(tokens)}")
     loaded = load_model_for_inference(checkpoint, model, device=device, warn=console.warn)

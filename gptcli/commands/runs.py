@@ -50,10 +50,11 @@ def info_command(target: str | None, *, json_out: bool = False) -> dict[str, Any
         "step": progress.get("step"),
         "epoch": progress.get("epoch"),
         "epochs": train_cfg.get("epochs"),
-        "tokens_seen": progress.get("tokens_seen"),
+        "tokens_seen": progress.get("tokens_seen", progress.get("seen")),
         "last_eval": history[-1] if history else None,
-        "best_val_loss": progress.get("best_val") if history else None,
+        "best_val_loss": progress.get("best_val", _best_val(history)) if history else None,
         "unsaved_evals": _unsaved_evals(run_dir) if run_dir else None,
+        "finetune": _finetune_info(obj),
     }
     if json_out:
         console.print_result(json.dumps(result, indent=2, default=str))
@@ -65,6 +66,7 @@ def info_command(target: str | None, *, json_out: bool = False) -> dict[str, Any
     if run_dir:
         lines.append(("run", display_path(run_dir)))
     lines.append(("parameters", f"{result['parameters']:,}"))
+    lines += _finetune_lines(result["finetune"])
     if result["step"] is not None:
         epochs = f" of {result['epochs']}" if result["epochs"] else ""
         lines.append(
@@ -95,6 +97,49 @@ def info_command(target: str | None, *, json_out: bool = False) -> dict[str, Any
     sections = {"model": result["model_config"], **({"train": train_cfg} if train_cfg else {})}
     console.print_result("\n".join(out) + "\n" + yaml.safe_dump(sections, sort_keys=False), end="")
     return result
+
+
+def _best_val(history: list[dict[str, Any]]) -> float | None:
+    """The lowest validation loss of a history (finetune checkpoints do not store it apart)."""
+    return min((h["val_loss"] for h in history if h.get("val_loss") == h.get("val_loss")), default=None)
+
+
+def _finetune_info(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """What a finetune checkpoint (kind instruct or classify) records beyond the model."""
+    if obj.get("kind") not in ("instruct", "classify") or not isinstance(obj.get("finetune"), dict):
+        return None
+    ft = obj["finetune"]
+    out = {k: ft.get(k) for k in ("base", "lora")}
+    if obj["kind"] == "classify":
+        out.update(labels=ft.get("labels"), max_length=ft.get("max_length"))
+    else:
+        out["template"] = ft.get("template")
+    return out
+
+
+def _finetune_lines(ft: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if ft is None:
+        return []
+    lines = []
+    if "labels" in ft:
+        labels = ft["labels"] or []
+        lines.append(("labels", ", ".join(f"{i}={name}" for i, name in enumerate(labels))))
+        lines.append(("max length", f"{ft['max_length']} tokens"))
+    else:
+        lines.append(
+            ("template", "the book's format_input (Alpaca)" if ft["template"] is None else repr(ft["template"]))
+        )
+    lora = ft.get("lora")
+    lines.append(
+        (
+            "lora",
+            f"rank {lora['rank']}, alpha {lora['alpha']}, targets {lora['targets']}" if lora else "none (full weights)",
+        )
+    )
+    base = ft.get("base") or {}
+    if base:
+        lines.append(("base", f"{base.get('path')} (sha256 {str(base.get('sha256'))[:12]}...)"))
+    return lines
 
 
 def runs_command(root: Path | None = None, *, json_out: bool = False) -> list[dict[str, Any]]:

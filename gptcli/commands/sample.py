@@ -273,3 +273,102 @@ def interactive_sample(
         else:
             console.print_result(prompt + decode(state["ids"]))
         done += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# sample --instruction / --responses: a model from `gptcli finetune instruct`
+
+INSTRUCT_MAX_NEW_TOKENS = 256  # the book's chapter 7 generates each response with 256 tokens
+
+
+def instruct_command(
+    *,
+    checkpoint: Path | None = None,
+    instruction: str | None = None,
+    input_text: str = "",
+    responses: str | None = None,
+    output: Path | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+    dtype: str = "fp32",
+    use_cache: bool = True,
+    json_out: bool = False,
+    quiet: bool = False,
+    threads: int | None = None,
+) -> list[dict[str, Any]]:
+    """Answer an instruction (``--instruction``, ``--input``) with an instruct run's model, its
+    prompt formatted by the run's template, printing only the response (greedy and stopping at
+    <|endoftext|> by default, as the book's chapter 7); or answer every record of a split
+    (``--responses test -o FILE``) and write the book's ``instruction-data-with-response.json``:
+    each record plus its ``model_response``."""
+    from gptcli.finetune.instruct import Template, response_text, split_of
+
+    console.set_quiet(quiet)
+    set_threads(threads)
+    if (instruction is None) == (responses is None):
+        raise UsageError("give either --instruction or --responses SPLIT")
+    if responses is not None and output is None:
+        raise UsageError("--responses needs -o/--output FILE (the JSON file of records with model_response)")
+    if output is not None and responses is None:
+        raise UsageError("-o/--output goes with --responses SPLIT")
+    scfg = SampleConfig(
+        max_new_tokens=INSTRUCT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+    )
+    loaded = _load(checkpoint, None, device=device, dtype=dtype)
+    if loaded.finetune is None:
+        what = "--instruction" if instruction is not None else "--responses"
+        raise UsageError(
+            f"{what}: {loaded.path} is not an instruction-finetuned model (make one with: gptcli finetune instruct)"
+        )
+    template = Template(loaded.finetune.get("template"))
+    cfg = loaded.finetune["config"]
+    if instruction is not None:
+        records = [{"instruction": instruction, "input": input_text or ""}]
+    else:
+        records = split_of(cfg["data"], cfg["split"], responses, seed=cfg.get("split_seed"))
+        if not records:
+            raise UsageError(f"invalid --responses: the {responses} split of {cfg['data']} is empty")
+    if scfg.seed is not None:
+        torch.manual_seed(scfg.seed)
+    out = []
+    with console.step_progress("responding", None) as prog:
+        task = prog.add_task("responses", total=len(records))
+        for r in records:
+            prompt = template.prompt(r)
+            ids = _encode_prompt(prompt, loaded.net.cfg.context_length)
+            new = generate_with(loaded.net, torch.tensor([ids], device=loaded.device), scfg, use_cache=use_cache)[0]
+            out.append({**r, "model_response": response_text(template, prompt, decode(ids + new))})
+            prog.advance(task)
+    if responses is not None:
+        _write_json(output, out)
+        console.info(f"wrote {len(out)} responses to {output}")
+    elif json_out:
+        console.print_result(json.dumps({"checkpoint": str(loaded.path), **out[0]}))
+    else:
+        console.print_result(out[0]["model_response"])
+    return out
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """The book's ``json.dump(test_data, file, indent=4)``, written to a temporary file and renamed
+    into place, so a failure never leaves half a file."""
+    import os
+
+    from gptcli.errors import SaveError, os_error_reason
+
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        tmp.write_text(json.dumps(obj, indent=4), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise SaveError(f"{path}: could not write the responses ({os_error_reason(e)})") from None

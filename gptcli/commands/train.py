@@ -6,6 +6,7 @@ trainer driven to the end or to a clean stop.
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,8 @@ def resolve_train_configs(
 def _absolute_if_exists(path: str) -> str:
     try:
         p = Path(path)
+        if not p.exists() and path != "-" and set("*?[") & set(path):  # a glob: anchored to this directory
+            return os.path.abspath(path)
         return str(p.resolve()) if p.exists() else path
     except (OSError, ValueError, RuntimeError):  # a name too long, a symlink loop: data.py reports it
         return path
@@ -180,27 +183,53 @@ def _epochs(n: int) -> str:
     return f"{n} epoch" if n == 1 else f"{n} epochs"
 
 
-def _run_progress(run: Path) -> tuple[int, int] | None:
-    """(epochs done, epochs planned) of a run, from its newest checkpoint that loads (memory-mapped,
-    unverified: no tensor is read); None when it has no training checkpoint to resume from."""
+def _run_progress(run: Path, length: dict[str, Any] | None = None) -> tuple[int, int, str | None] | None:
+    """(epochs done, epochs planned, the budget or --patience that ended it early, if any, with the
+    ``length`` flags given to resume) of a run, from its newest checkpoint that loads
+    (memory-mapped, unverified: no tensor is read); None when it has no training checkpoint."""
     from gptcli.checkpoint import load_checkpoint
 
     for path in reversed(rundir.list_step_checkpoints(run)):
         try:
             obj = load_checkpoint(path, verify=False)
-            return int(obj["progress"]["epoch"]), int(obj["train_config"]["epochs"])
+            progress, saved = obj["progress"], obj["train_config"]
+            done = int(progress["epoch"]), int(saved["epochs"])
         except (CheckpointError, KeyError, TypeError, ValueError):
             continue
+        try:
+            ended = _ended_early(TrainConfig.from_dict({**saved, **(length or {})}), progress)
+        except (UsageError, TypeError, ValueError):  # resume itself reports a bad stored setting
+            ended = None
+        return (*done, ended)
     return None
 
 
-def _latest_unfinished_run(epochs: int | None) -> Path:
+# The flags that change a run's length on resume, as `gptcli resume` spells them.
+LENGTH_FLAGS = ("epochs", "max_steps", "max_tokens", "max_time", "patience")
+
+
+def _ended_early(cfg: TrainConfig, progress: dict[str, Any]) -> str | None:
+    """The budget flag (``--max-steps 12``) or ``--patience K`` that the run has already reached."""
+    from gptcli.training import budget_reached
+
+    reason = budget_reached(
+        cfg,
+        step=int(progress.get("step", 0)),
+        tokens_seen=int(progress.get("tokens_seen", 0)),
+        seconds=float(progress.get("train_seconds", 0.0)),
+    )
+    if reason is None and cfg.patience and int(progress.get("evals_since_best", 0)) >= cfg.patience:
+        reason = f"--patience {cfg.patience}"
+    return reason
+
+
+def _latest_unfinished_run(epochs: int | None, length: dict[str, Any] | None = None) -> Path:
     """The run a bare ``gptcli resume`` continues: the most recent one with epochs left (up to
     ``--epochs`` when given), said on stderr, so that a finished run is never picked by surprise."""
 
     def finished(run: Path) -> bool:
-        progress = _run_progress(run)
-        return progress is None or progress[0] >= (epochs if epochs is not None else progress[1])
+        progress = _run_progress(run, length)
+        return progress is None or progress[0] >= (epochs if epochs is not None else progress[1]) or bool(progress[2])
 
     run = rundir.find_latest_unfinished_run(rundir.RUNS_ROOT, finished=finished)
     if run is not None:
@@ -220,23 +249,38 @@ def _latest_unfinished_run(epochs: int | None) -> Path:
 
 
 def resume_command(
-    target: Path | None, *, epochs: int | None = None, quiet: bool = False, threads: int | None = None
+    target: Path | None,
+    *,
+    epochs: int | None = None,
+    max_steps: int | str | None = None,
+    max_tokens: int | str | None = None,
+    max_time: float | str | None = None,
+    patience: int | None = None,
+    quiet: bool = False,
+    threads: int | None = None,
 ) -> Path:
+    """Continue a run; ``epochs``, the budgets and ``patience`` given replace the run's own (to
+    extend it: with a larger budget it continues exactly as if it had been set from the start)."""
     console.set_quiet(quiet)
     _set_threads(threads)
+    length = {
+        k: v
+        for k, v in zip(LENGTH_FLAGS, (epochs, max_steps, max_tokens, max_time, patience), strict=True)
+        if v is not None
+    }
     if target is None:
-        target = _latest_unfinished_run(epochs)
+        target = _latest_unfinished_run(epochs, length)
     # The run is locked before its checkpoint is even chosen: a second resume is refused at once,
     # and never reads a checkpoint that the first is rotating away.
     run_dir = rundir.resume_target_run(target)
     lock = rundir.lock_run_dir(run_dir) if run_dir is not None else None
     try:
-        path, obj, model_cfg, train_cfg = _resume_from(target, epochs)
+        path, obj, model_cfg, train_cfg = _resume_from(target, length)
         if run_dir is None:  # a checkpoint outside any run directory starts a new one
             run_dir = rundir.default_run_dir(train_cfg.data)
             lock = rundir.claim_new_run_dir(run_dir)
         else:
-            _report_config_file(run_dir, model_cfg, train_cfg, checkpoint=path, epochs_given=epochs is not None)
+            _report_config_file(run_dir, model_cfg, train_cfg, checkpoint=path, given=tuple(length))
     except BaseException:
         if lock is not None:
             lock.release()
@@ -244,12 +288,18 @@ def resume_command(
     return run_training(model_cfg, train_cfg, run_dir, lock=lock, restore_from=obj)
 
 
-def _resume_from(target: Path, epochs: int | None) -> tuple[Path, dict[str, Any], ModelConfig, TrainConfig]:
+def _resume_from(target: Path, length: dict[str, Any]) -> tuple[Path, dict[str, Any], ModelConfig, TrainConfig]:
     """The checkpoint ``resume`` continues from, loaded, and the settings it continues with."""
     from gptcli.checkpoint import check_state_fits, load_checkpoint, read_model_config, resolve_checkpoint
 
     path = resolve_checkpoint(target, warn=console.warn)
     obj = load_checkpoint(path)
+    if obj.get("kind") in ("instruct", "classify"):  # gptcli.finetune.trainer.KINDS
+        run = rundir.run_dir_of(path) or path
+        raise UsageError(
+            f"{display_path(path)}: is a finetuning ({obj['kind']}) checkpoint; continue it with: "
+            f"gptcli finetune resume {shell_path(run)}"
+        )
     if obj.get("kind") != "training" or "optimizer_state_dict" not in obj or "train_config" not in obj:
         raise CheckpointError(
             f"{display_path(path)}: holds weights only (no optimizer state or progress); start a run from it "
@@ -258,25 +308,34 @@ def _resume_from(target: Path, epochs: int | None) -> tuple[Path, dict[str, Any]
     model_cfg = read_model_config(obj, path)
     check_state_fits(model_cfg, obj["model_state_dict"], path)  # before the model is built
     progress = obj.get("progress", {})
+    epochs = length.get("epochs")
     if epochs is not None:
         if epochs < max(1, progress.get("epoch", 0)):
             raise UsageError(
                 f"invalid --epochs: {epochs} (the run has already completed {_epochs(progress.get('epoch'))})"
             )
-    # The stored settings pass the same validation layer as a config file; --epochs is a flag on top.
-    flags = {} if epochs is None else {"epochs": epochs}
-    train_cfg = build_config(TrainConfig, (f"{path}: train_config", obj["train_config"]), (None, flags))
+    # The stored settings pass the same validation layer as a config file; --epochs and the budget
+    # flags go on top.
+    train_cfg = build_config(TrainConfig, (f"{path}: train_config", obj["train_config"]), (None, length))
     if progress.get("epoch", 0) >= train_cfg.epochs:
         n = train_cfg.epochs
         raise UsageError(
             f"{display_path(target)}: the run already finished its {_epochs(n)}; extend it with: "
             f"gptcli resume {shell_path(target)} --epochs N (N > {n})"
         )
+    reached = _ended_early(train_cfg, progress)
+    if reached is not None:
+        flag = reached.split()[0]
+        raise UsageError(
+            f"{display_path(target)}: the run already reached {reached} (step {progress.get('step', 0)}, "
+            f"{int(progress.get('tokens_seen', 0)):,} tokens); extend it with: gptcli resume {shell_path(target)} "
+            f"{flag} N (a larger N)"
+        )
     return path, obj, model_cfg, train_cfg
 
 
 def _report_config_file(
-    run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, *, checkpoint: Path, epochs_given: bool
+    run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, *, checkpoint: Path, given: tuple[str, ...] = ()
 ) -> None:
     """Say what happens to the run's config.yaml: resume continues with the checkpoint's settings
     and writes them back, so a lost file comes back and an edited one is overwritten."""
@@ -286,14 +345,13 @@ def _report_config_file(
             f"{display_path(config_file)} is missing: the run continues with the checkpoint's settings and writes it again"
         )
         return
-    changes = rundir.config_changes(
-        run_dir, dump_yaml_config(model_cfg, train_cfg), ignore=("epochs",) if epochs_given else ()
-    )
+    changes = rundir.config_changes(run_dir, dump_yaml_config(model_cfg, train_cfg), ignore=given)
     if changes:
         shown = "; ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
         console.warn(
             f"{display_path(config_file)} was edited ({shown}); resume continues with the checkpoint's settings "
-            "and writes them back. To change the run's length pass --epochs N; other settings need a new run "
+            "and writes them back. To change the run's length pass --epochs N or a budget (--max-steps, "
+            "--max-tokens, --max-time); other settings need a new run "
             f"started from this one: gptcli train FILE --init {shell_path(checkpoint)}"
         )
 

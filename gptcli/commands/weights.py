@@ -140,6 +140,7 @@ def convert_command(
     drop_rate: float = 0.1,
     data: list[Path] | None = None,
     quiet: bool = False,
+    merge_lora: bool = False,
 ) -> Path:
     console.set_quiet(quiet)
     prog, on_progress = _convert_bar("converting")
@@ -154,12 +155,15 @@ def convert_command(
             drop_rate=drop_rate,
             data=[str(p) for p in data] if data else None,
             on_progress=on_progress,
+            merge_lora=merge_lora,
         )
     console.info(f"wrote {out}")
     if target == "gptcli" and out.is_file():
         # Just written and renamed into place: no need to check its CRCs again.
         obj = load_checkpoint(out, verify=False)
-        if obj.get("kind") == "training":
+        if obj.get("kind") == "classify":  # convert --merge-lora of a classifier
+            console.info(f"use it with: gptcli classify -c {shell_path(out)} TEXT")
+        elif obj.get("kind") == "training":
             if obj["train_config"].get("data"):
                 done = int(obj["progress"].get("epoch", 0))  # the notebook's epochs, from AdamW's step count
                 more = f" --epochs {done + 1}" if done >= int(obj["train_config"].get("epochs", 1)) else ""

@@ -93,6 +93,24 @@ class Template:
         return {"template": self.text}
 
 
+def response_text(template: Template, prompt: str, generated: str) -> str:
+    """The response in a generated text (prompt included), as the book's chapter 7 extracts it:
+    ``generated_text[len(input_text):].replace("### Response:", "").strip()``."""
+    rest = generated[len(prompt) :] if generated.startswith(prompt) else generated
+    if template.text is None:
+        rest = rest.replace("### Response:", "")
+    return rest.strip()
+
+
+def split_of(data: str | Path, split: str, which: str, *, seed: int | None = None) -> list[dict[str, str]]:
+    """The records of one split (``train``, ``val`` or ``test``) of a run's data, as it split them."""
+    names = ("train", "val", "test")
+    if which not in names:
+        raise UsageError(f"invalid split: {which!r} (choose from {', '.join(names)})")
+    parts = split_records(load_records(data), parse_split(split), seed=seed)
+    return parts[names.index(which)]
+
+
 def load_records(path: str | Path) -> list[dict[str, str]]:
     """A JSON list or JSONL of instruction records; any bad record is a DataError naming it."""
     p = Path(path)

@@ -472,7 +472,16 @@ class FinetuneTrainer:
             tr = self.loader_accuracy(self.splits.train, shuffle=True, num_batches=self.cfg.eval_iter)
             va = self.loader_accuracy(self.splits.val, shuffle=False, num_batches=self.cfg.eval_iter)
             self.model.train()
-            self._log({"type": "accuracy", "epoch": st.epoch + 1, "step": st.step - 1, "train_acc": tr, "val_acc": va})
+            self._log(
+                {
+                    "type": "accuracy",
+                    "epoch": st.epoch + 1,
+                    "step": st.step - 1,
+                    "tokens_seen": st.seen,  # every metrics record carries it (runs, plot)
+                    "train_acc": tr,
+                    "val_acc": va,
+                }
+            )
         elif self.splits.first_val_prompt is not None:
             text = self.greedy_sample(self.splits.first_val_prompt)
             self._log(
@@ -532,3 +541,45 @@ def model_from_finetune_checkpoint(obj: dict[str, Any], path: Path | str) -> tup
     load_partial(model, obj["model_state_dict"], full=not cfg.lora_rank, source=str(path))
     model.eval()
     return model, cfg, info
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: torch.nn.Module, kind: str, data: Any, *, batch_size: int, device: torch.device | str = "cpu"
+) -> dict[str, Any]:
+    """The book's ``calc_loss_loader`` over every batch of a split in order (its test loader:
+    no shuffle, last batch kept), and for a classifier ``calc_accuracy_loader`` too."""
+    model.eval()
+    batches = batches_of(list(range(len(data))), batch_size, drop_last=False)
+    losses, correct = [], 0
+    for rows in batches:
+        x, y = (t.to(device) for t in data.batch(rows))
+        if kind == "classify":
+            losses.append(cls_.classify_loss(model, x, y).item())
+            correct += cls_.correct_count(model, x, y)
+        else:
+            losses.append(model(x, targets=y).item())
+    result: dict[str, Any] = {"examples": len(data), "batches": len(batches), "loss": sum(losses) / len(losses)}
+    if kind == "classify":
+        result["accuracy"] = correct / len(data)
+    return result
+
+
+def evaluate_checkpoint_split(
+    obj: dict[str, Any], path: Path | str, split: str, *, device: torch.device | str = "cpu"
+) -> dict[str, Any]:
+    """Loss (and a classifier's accuracy) of a finetune checkpoint on one split of its run's data,
+    split again exactly as the run split it."""
+    if split not in ("train", "val", "test"):
+        raise UsageError(f"invalid --split: {split!r} (choose from train, val, test)")
+    model, cfg, info = model_from_finetune_checkpoint(obj, path)
+    splits = prepare_splits(cfg, model.cfg, labels=info.get("labels"))
+    data = getattr(splits, split)
+    if len(data) == 0:
+        raise DataError(f"{cfg.data}: the {split} split ({cfg.split}) holds no examples")
+    model.to(device)
+    return {
+        "kind": cfg.kind,
+        "split": split,
+        **evaluate_split(model, cfg.kind, data, batch_size=cfg.batch_size, device=device),
+    }

@@ -77,6 +77,43 @@ def _load_gptcli(src: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     return cfg, state
 
 
+FINETUNE_KINDS = ("instruct", "classify")  # gptcli.finetune.trainer.KINDS
+
+
+def _finetune_checkpoint(src: Path) -> tuple[Path, dict] | None:
+    """The checkpoint of a gptcli file or run, loaded, when it is a finetune one; else None."""
+    path = ckpt.resolve_checkpoint(src)
+    obj = ckpt.load_checkpoint(path)
+    return (path, obj) if obj.get("kind") in FINETUNE_KINDS else None
+
+
+def merged_finetune(obj: dict, path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
+    """A finetune checkpoint's model with any LoRA adapters folded into its weights: the config,
+    the plain state dict (every tensor, as a full finetune saves it) and the finetune settings."""
+    from gptcli.finetune.lora import merge_lora
+    from gptcli.finetune.trainer import model_from_finetune_checkpoint
+
+    model, cfg, info = model_from_finetune_checkpoint(obj, path)
+    merge_lora(model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return model.cfg, state, {"config": cfg.to_dict(), "info": info}
+
+
+def _write_merged(obj: dict, path: Path, out_path: Path) -> Path:
+    """``--merge-lora``: an instruct run becomes a plain weights checkpoint (``--model``,
+    ``--init``, ``--to hf`` all take it); a classifier stays a classifier (its head has a bias and
+    one output per label), now with every weight in the file and no base to look up."""
+    model_cfg, state, ft = merged_finetune(obj, path)
+    origin = {"kind": obj["kind"], "checkpoint": str(path), "template": ft["info"].get("template")}
+    if obj["kind"] == "instruct":
+        return ckpt.atomic_save(ckpt.weights_checkpoint(model_cfg, state, finetuned_from=origin), out_path)
+    cfg = {**ft["config"], "lora_rank": 0, "trainable": "all"}
+    info = {**ft["info"], "lora": None}
+    return ckpt.atomic_save(
+        ckpt.weights_checkpoint(model_cfg, state, kind="classify", train_config=cfg, finetune=info), out_path
+    )
+
+
 def convert(
     src: str | Path,
     out: str | Path | None = None,
@@ -88,8 +125,10 @@ def convert(
     drop_rate: float = 0.1,
     data: list[str | Path] | None = None,
     on_progress: Progress | None = None,
+    merge_lora: bool = False,
 ) -> Path:
-    """Convert ``src`` and return the path written."""
+    """Convert ``src`` and return the path written. ``merge_lora``: a finetune run's model with
+    its LoRA adapters folded into the weights."""
     src = Path(src)
     if target not in TARGETS:
         raise UsageError(f"invalid --to: {target!r} (choose from {', '.join(TARGETS)})")
@@ -107,6 +146,24 @@ def convert(
     out_path = Path(out) if out is not None else default_output(src, source, target)
     if out_path.exists() and src.exists() and out_path.resolve() == src.resolve():
         raise UsageError(f"invalid --output: {out_path} is the input; choose another path")
+    finetuned = _finetune_checkpoint(src) if source == "gptcli" else None
+    if merge_lora and finetuned is None:
+        raise UsageError(f"invalid --merge-lora: {src} is not a finetune run or checkpoint (gptcli finetune makes one)")
+    if finetuned is not None:
+        path, obj = finetuned
+        if target == "gptcli":
+            if not merge_lora:
+                raise UsageError(f"{src}: is already a gptcli checkpoint (use --merge-lora to fold its adapters in)")
+            if out is None:
+                out_path = (path.parent.parent if path.parent.name == "checkpoints" else path.parent) / "merged.pth"
+            return _write_merged(obj, path, out_path)
+        if obj["kind"] == "classify":
+            raise UsageError(
+                f"{src}: is a classifier (a head of {len(obj['finetune']['labels'])} labels), which Hugging Face's "
+                "GPT-2 language model cannot hold; write a .pth with --merge-lora instead"
+            )
+        model_cfg, state, _ = merged_finetune(obj, path)
+        return export_hf(model_cfg, state, out_path, on_progress=on_progress)
 
     if target == "gptcli":
         if source == "openai":

@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from gptcli import checkpoint as ckpt
@@ -148,3 +149,33 @@ def test_resume_skips_a_truncated_newest_checkpoint_with_a_warning(workdir):
     proc = run_gptcli("resume", "runs/r", "--epochs", "2", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
     assert "skipping" in proc.stderr and newest.name in proc.stderr
+
+
+def _verdict_as_jsonl(workdir: Path) -> Path:
+    """The verdict's paragraphs as JSON Lines records, the text under "body" (not the default)."""
+    import json
+
+    paragraphs = [p for p in (workdir / "the-verdict.txt").read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    path = workdir / "verdict.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "body": p}) + "\n" for i, p in enumerate(paragraphs)))
+    return path
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_with_a_jsonl_input_equals_uninterrupted(workdir):
+    _verdict_as_jsonl(workdir)
+    args = ["train", "verdict.jsonl", "--text-field", "body", "--epochs", "1", *ARGS[4:]]
+    run_gptcli(*args, "--out", "runs/full", cwd=workdir, check=True)
+    proc = start([*args, "--out", "runs/cut"], workdir)
+    assert wait_for_checkpoint(workdir / "runs/cut", proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 143, err
+    # the resumed run reads the records again (through the token cache) with the saved --text-field
+    run_gptcli("resume", "runs/cut", cwd=workdir, check=True)
+    assert_same_run(workdir / "runs/full", workdir / "runs/cut")
+    assert (
+        ckpt.load_checkpoint(rundir.list_step_checkpoints(workdir / "runs/cut")[-1])["train_config"]["text_field"]
+        == "body"
+    )
