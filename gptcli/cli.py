@@ -976,6 +976,20 @@ _FtOut = Annotated[
 ]
 
 
+# Options every finetune command takes (the defaults differ per command, so they stay at the use).
+_FtEpochs = Annotated[int, typer.Option(help="Epochs.")]
+_FtBatch = Annotated[int, typer.Option(help="Examples per step.")]
+_FtLr = Annotated[float, typer.Option(help="AdamW learning rate.")]
+_FtDecay = Annotated[float, typer.Option(help="AdamW weight decay.")]
+_FtEvalFreq = Annotated[int, typer.Option(help="Evaluate every N steps.")]
+_FtEvalIter = Annotated[int, typer.Option(help="Batches per evaluation.")]
+_FtSeed = Annotated[int, typer.Option(help="Random seed.")]
+_FtLoraAlpha = Annotated[float, typer.Option(help="LoRA alpha (the adapters' output scale).")]
+_FtLoraTargets = Annotated[str, typer.Option(help="Layers given adapters: attn,mlp,head or all.")]
+_FtSaveEvery = Annotated[int, typer.Option(help="Also save every N steps (0: at each epoch's end).")]
+_FtDevice = Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")]
+
+
 def _ft_settings(**kw):
     return {k: v for k, v in kw.items() if v is not None}
 
@@ -1015,47 +1029,25 @@ def finetune_instruct(
         Optional[int],
         typer.Option(help="Cut batches to this many tokens [default: the context length].", show_default=False),
     ] = None,
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 2,
-    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 8,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 5e-5,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.1,
-    eval_freq: Annotated[int, typer.Option(help="Evaluate every N steps.")] = 5,
-    eval_iter: Annotated[int, typer.Option(help="Batches per evaluation.")] = 5,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 123,
+    epochs: _FtEpochs = 2,
+    batch_size: _FtBatch = 8,
+    lr: _FtLr = 5e-5,
+    weight_decay: _FtDecay = 0.1,
+    eval_freq: _FtEvalFreq = 5,
+    eval_iter: _FtEvalIter = 5,
+    seed: _FtSeed = 123,
     lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains every weight.")] = 0,
-    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (the adapters' output scale).")] = 16.0,
-    lora_targets: Annotated[str, typer.Option(help="Layers given adapters: attn,mlp,head or all.")] = "all",
-    save_every: Annotated[int, typer.Option(help="Also save every N steps (0: at each epoch's end).")] = 0,
-    device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "auto",
+    lora_alpha: _FtLoraAlpha = 16.0,
+    lora_targets: _FtLoraTargets = "all",
+    save_every: _FtSaveEvery = 0,
+    device: _FtDevice = "auto",
 ) -> None:
     """Finetune a model to follow instructions, as the book's chapter 7."""
+    given = dict(locals())  # every option, by its setting's name
     from gptcli.commands.finetune import finetune_command
 
-    finetune_command(
-        _ft_settings(
-            kind="instruct",
-            data=data,
-            init=init,
-            split=split,
-            split_seed=split_seed,
-            mask_prompt=mask_prompt,
-            max_length=max_length,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            eval_freq=eval_freq,
-            eval_iter=eval_iter,
-            seed=seed,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_targets=lora_targets,
-            save_every=save_every,
-            device=device,
-        ),
-        out=out,
-        template_file=template,
-    )
+    settings = {k: v for k, v in given.items() if k not in ("out", "template")}
+    finetune_command(_ft_settings(kind="instruct", **settings), out=out, template_file=template)
 
 
 @_finetune_app.command(
@@ -1086,48 +1078,25 @@ def finetune_classify(
     trainable: Annotated[
         str, typer.Option(help="last-block (the book: last block, final LayerNorm, head), head or all.")
     ] = "last-block",
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 5,
-    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 8,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 5e-5,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.1,
-    eval_freq: Annotated[int, typer.Option(help="Evaluate every N steps.")] = 50,
-    eval_iter: Annotated[int, typer.Option(help="Batches per evaluation.")] = 5,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 123,
+    epochs: _FtEpochs = 5,
+    batch_size: _FtBatch = 8,
+    lr: _FtLr = 5e-5,
+    weight_decay: _FtDecay = 0.1,
+    eval_freq: _FtEvalFreq = 50,
+    eval_iter: _FtEvalIter = 5,
+    seed: _FtSeed = 123,
     lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains the --trainable weights.")] = 0,
-    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (the adapters' output scale).")] = 16.0,
-    lora_targets: Annotated[str, typer.Option(help="Layers given adapters: attn,mlp,head or all.")] = "all",
-    save_every: Annotated[int, typer.Option(help="Also save every N steps (0: at each epoch's end).")] = 0,
-    device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "auto",
+    lora_alpha: _FtLoraAlpha = 16.0,
+    lora_targets: _FtLoraTargets = "all",
+    save_every: _FtSaveEvery = 0,
+    device: _FtDevice = "auto",
 ) -> None:
     """Finetune a model as a text classifier, as the book's chapter 6."""
+    given = dict(locals())  # every option, by its setting's name
     from gptcli.commands.finetune import finetune_command
 
-    finetune_command(
-        _ft_settings(
-            kind="classify",
-            data=data,
-            init=init,
-            text_field=text_field,
-            label_field=label_field,
-            balance=balance,
-            split=split,
-            max_length=max_length,
-            trainable=trainable,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            eval_freq=eval_freq,
-            eval_iter=eval_iter,
-            seed=seed,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_targets=lora_targets,
-            save_every=save_every,
-            device=device,
-        ),
-        out=out,
-    )
+    settings = {k: v for k, v in given.items() if k not in ("out",)}
+    finetune_command(_ft_settings(kind="classify", **settings), out=out)
 
 
 @_finetune_app.command("resume")

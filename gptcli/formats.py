@@ -21,7 +21,6 @@ give the same token stream whichever format holds them (tests/test_formats.py ch
 from __future__ import annotations
 
 import bz2
-import codecs
 import csv
 import glob
 import gzip
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from gptcli.errors import DataError, UsageError
-from gptcli.textfiles import expand_paths, iter_file_text
+from gptcli.textfiles import decode_stream, expand_paths, iter_file_text
 from gptcli.tokenizer import EOT_TOKEN
 
 FORMATS = ("txt", "jsonl", "json", "csv", "tsv", "parquet")
@@ -197,35 +196,7 @@ def open_binary(inp: Input) -> BinaryIO:
 
 def _decode_stream(f: BinaryIO, name: str, errors: str, block_bytes: int) -> Iterator[str]:
     """``textfiles.iter_file_text``'s checks over a (decompressed) byte stream."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
-    offset = chars = 0
-    seen_text = False
-    while True:
-        raw = f.read(block_bytes)
-        if errors == "strict" and offset < _NUL_CHECK_BYTES:
-            nul = raw.find(b"\x00", 0, _NUL_CHECK_BYTES - offset)
-            if nul >= 0:
-                raise DataError(
-                    f"{name}: looks like a binary file (NUL byte at offset {offset + nul}); "
-                    "pass --encoding-errors replace to read it anyway"
-                )
-        pending = len(decoder.getstate()[0])
-        try:
-            text = decoder.decode(raw, final=not raw)
-        except UnicodeDecodeError as e:
-            raise DataError(
-                f"{name}: not valid UTF-8 at byte offset {offset - pending + e.start}; "
-                "use --encoding-errors replace|ignore to read it anyway"
-            ) from None
-        offset += len(raw)
-        if text:
-            chars += len(text)
-            seen_text = seen_text or bool(text.strip())
-            yield text
-        if not raw:
-            break
-    if not seen_text:
-        raise DataError(f"{name}: file is empty" if chars == 0 else f"{name}: file contains only whitespace")
+    return decode_stream(f, name, errors, block_bytes)
 
 
 def _field(record: Any, field: str, where: str) -> str | None:

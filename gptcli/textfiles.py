@@ -12,6 +12,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from gptcli.errors import DataError
 from gptcli.tokenizer import EOT_TOKEN
@@ -75,12 +76,7 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
 def iter_file_text(
     path: Path, errors: str, block_bytes: int, on_raw: Callable[[bytes], None] | None = None
 ) -> Iterator[str]:
-    """Decoded text of one file, block by block. Undecodable bytes fail by default, naming the
-    file and byte offset; a NUL byte in the first MiB means a binary file; an empty or
-    whitespace-only file is an error."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
-    offset = chars = 0
-    seen_text = False
+    """Decoded text of one file, block by block, with ``decode_stream``'s checks."""
     try:
         f = open(path, "rb")  # closed in the finally below
     except OSError as e:
@@ -88,39 +84,51 @@ def iter_file_text(
             raise DataError(f"{path}: symlink loop (too many levels of symbolic links)") from None
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        while True:
-            try:
-                raw = f.read(block_bytes)
-            except OSError as e:
-                raise DataError(f"{path}: cannot read ({e.strerror})") from None
-            if errors == "strict" and offset < _NUL_CHECK_BYTES:
-                nul = raw.find(b"\x00", 0, _NUL_CHECK_BYTES - offset)
-                if nul >= 0:
-                    raise DataError(
-                        f"{path}: looks like a binary file (NUL byte at offset {offset + nul}); "
-                        "pass --encoding-errors replace to read it anyway"
-                    )
-            if on_raw is not None and raw:
-                on_raw(raw)
-            pending = len(decoder.getstate()[0])
-            try:
-                text = decoder.decode(raw, final=not raw)
-            except UnicodeDecodeError as e:
-                raise DataError(
-                    f"{path}: not valid UTF-8 at byte offset {offset - pending + e.start}; "
-                    "use --encoding-errors replace|ignore to read it anyway"
-                ) from None
-            offset += len(raw)
-            if text:
-                chars += len(text)
-                seen_text = seen_text or bool(text.strip())
-                yield text
-            if not raw:
-                break
+        yield from decode_stream(f, str(path), errors, block_bytes, on_raw=on_raw)
     finally:
         f.close()
+
+
+def decode_stream(
+    f: BinaryIO, name: str, errors: str, block_bytes: int, *, on_raw: Callable[[bytes], None] | None = None
+) -> Iterator[str]:
+    """Decoded text of a byte stream (a file, or a decompressed one), block by block. Undecodable
+    bytes fail by default, naming ``name`` and the byte offset; a NUL byte in the first MiB means
+    a binary file; an empty or whitespace-only stream is an error."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
+    offset = chars = 0
+    seen_text = False
+    while True:
+        try:
+            raw = f.read(block_bytes)
+        except OSError as e:
+            raise DataError(f"{name}: cannot read ({e.strerror})") from None
+        if errors == "strict" and offset < _NUL_CHECK_BYTES:
+            nul = raw.find(b"\x00", 0, _NUL_CHECK_BYTES - offset)
+            if nul >= 0:
+                raise DataError(
+                    f"{name}: looks like a binary file (NUL byte at offset {offset + nul}); "
+                    "pass --encoding-errors replace to read it anyway"
+                )
+        if on_raw is not None and raw:
+            on_raw(raw)
+        pending = len(decoder.getstate()[0])
+        try:
+            text = decoder.decode(raw, final=not raw)
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{name}: not valid UTF-8 at byte offset {offset - pending + e.start}; "
+                "use --encoding-errors replace|ignore to read it anyway"
+            ) from None
+        offset += len(raw)
+        if text:
+            chars += len(text)
+            seen_text = seen_text or bool(text.strip())
+            yield text
+        if not raw:
+            break
     if not seen_text:
-        raise DataError(f"{path}: file is empty" if chars == 0 else f"{path}: file contains only whitespace")
+        raise DataError(f"{name}: file is empty" if chars == 0 else f"{name}: file contains only whitespace")
 
 
 def read_text(path: Path, *, errors: str = "strict") -> str:
