@@ -209,6 +209,9 @@ def interactive_sample(
     The model is loaded once. On a terminal the tokens stream as they are generated; with input
     piped in, each continuation is printed whole, so ``gptcli sample -i < prompts.txt`` works too.
     """
+    # Here -q drops only the banner: answers to /help and /settings must print, whatever an
+    # earlier command in this process set.
+    console.set_quiet(False)
     set_threads(threads)
     settings = SampleConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     loaded = _load(checkpoint, model, device=device, dtype=dtype)
