@@ -8,7 +8,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from gptcli import fsdp
+from gptcli import distributed, fsdp
 from gptcli.config import ModelConfig
 from gptcli.model import GPT
 
@@ -50,7 +50,9 @@ def main(out: str) -> None:
     resumed, _ = fsdp.full_state_dict(again)
     if rank == 0:
         torch.save({"after3": after3, "after5": resumed, "ref5": ref.state_dict()}, out)
-    dist.destroy_process_group()
+    # Leave together: a rank that tears gloo down while its peer still talks to it aborts the peer
+    # ("terminate called without an active exception").
+    distributed.shutdown()
 
 
 if __name__ == "__main__":
