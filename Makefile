@@ -37,10 +37,12 @@ format: install
 	$(BIN)/ruff check --fix gptcli tests benchmarks examples
 
 # The main job on the bundled example: the book's chapter-5 run, then a sample and the plot.
+# Each `make demo` is a new run directory: train never writes into one that holds a run.
+DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 demo: install
-	$(BIN)/gptcli train examples/the-verdict.txt --epochs 10 --out runs/demo
-	$(BIN)/gptcli sample --checkpoint runs/demo --temperature 1.4 --top-k 25 --seed 123
-	$(BIN)/gptcli plot runs/demo -o runs/demo/loss.png
+	$(BIN)/gptcli train examples/the-verdict.txt --epochs 10 --out $(DEMO_RUN)
+	$(BIN)/gptcli sample --checkpoint $(DEMO_RUN) --temperature 1.4 --top-k 25 --seed 123
+	$(BIN)/gptcli plot $(DEMO_RUN) -o $(DEMO_RUN)/loss.png
 
 bench: install
 	$(BIN)/python benchmarks/run_cpu.py
