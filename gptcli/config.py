@@ -169,7 +169,7 @@ def parse_count(value: Any) -> int:
     """An integer count from an int or a string such as "5000", "10k", "50M", "2B" or "1.5M";
     ValueError (saying what is wrong) otherwise."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
+        return _fits_int64(value)
     if not isinstance(value, str):
         raise ValueError("expected a count such as 5000, 50M or 2B")
     m = _COUNT_RE.fullmatch(value.strip())
@@ -184,7 +184,14 @@ def parse_count(value: Any) -> int:
         raise ValueError("expected a count such as 5000, 50M or 2B") from None
     if number != number.to_integral_value():
         raise ValueError("not a whole number")
-    return int(number)
+    return _fits_int64(int(number))
+
+
+def _fits_int64(n: int) -> int:
+    """A count a checkpoint and torch can hold: a 64-bit integer."""
+    if n >= 2**63:
+        raise ValueError("too large (at most 9223372036854775807)")
+    return n
 
 
 def parse_duration(value: Any) -> float:

@@ -231,6 +231,8 @@ def test_yaml_values_are_coerced(tmp_path, data):
         (["--save-every", "x"], "invalid --save-every: 'x'"),
         (["--max-steps", "0"], "invalid --max-steps: 0 (must be an integer >= 1)"),
         (["--patience", "-1"], "invalid --patience: -1"),
+        (["--max-steps", "99999999999999999999999"], "invalid --max-steps: '99999999999999999999999' (too large"),
+        (["--max-tokens", "1e30B"], "invalid --max-tokens: '1e30B'"),
     ],
 )
 def test_bad_values_are_one_error_line(tmp_path, data, args, message):
