@@ -30,6 +30,9 @@ from gptcli.config import (
     flag_fields,
 )
 from gptcli.errors import GptCliError
+from gptcli.finetune.config import LENGTH_FLAGS as FINETUNE_LENGTH_FLAGS
+from gptcli.finetune.config import FinetuneConfig
+from gptcli.finetune.config import flag_fields as finetune_flag_fields
 from gptcli.weights import READERS, SIZES, SOURCES, TARGETS
 
 # Recent typer versions vendor click; take its exception classes from wherever typer's come from.
@@ -249,9 +252,10 @@ def _shown_default(f: dataclasses.Field) -> str | None:
     return str(value)
 
 
-def _config_option(f: dataclasses.Field, hint: Any) -> inspect.Parameter:
+def _config_option(f: dataclasses.Field, hint: Any, panels: dict[str, str] = _PANELS) -> inspect.Parameter:
     """The ``--flag`` of one config field. It defaults to None, "not given", so that the config
-    file's value or the dataclass default applies. Metadata "choices" makes it a choice (a
+    file's value or the dataclass default applies (or to metadata "flag_default" where the command
+    line's default differs from the dataclass's). Metadata "choices" makes it a choice (a
     Literal), "suggest" lists values without enforcing them, "metavar" names its value."""
     kind = f.metadata.get("type") or next(t for t in (typing.get_args(hint) or (hint,)) if t is not type(None))
     if "choices" in f.metadata:
@@ -265,17 +269,23 @@ def _config_option(f: dataclasses.Field, hint: Any) -> inspect.Parameter:
         f"--{name}/--no-{name}" if kind is bool else f"--{name}",
         help=help_text,
         show_default=False,
-        rich_help_panel=_PANELS[f.metadata["panel"]],
+        rich_help_panel=panels[f.metadata["panel"]],
         metavar=_listing(suggest) if suggest else f.metadata.get("metavar", _word(kind)),
         autocompletion=_completer(suggest) if suggest else None,
     )
     return inspect.Parameter(
-        f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[kind], option]
+        f.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=f.metadata.get("flag_default"),
+        annotation=Annotated[Optional[kind], option],
     )
 
 
-def _with_config_flags(*layout: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Add a ``--flag`` for every config field with help metadata to a command taking ``**flags``.
+def _with_config_flags(
+    *layout: str, options: dict[str, tuple[Any, inspect.Parameter]] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add a ``--flag`` for every config field with help metadata to a command taking ``**flags``
+    (``train``'s: ModelConfig's and TrainConfig's; or ``options``, each field's and its option's).
 
     Typer reads a command's parameters through ``inspect.signature`` and ``typing.get_type_hints``,
     so the generated options go into ``__signature__`` and ``__annotations__``. ``layout`` orders
@@ -289,8 +299,8 @@ def _with_config_flags(*layout: str) -> Callable[[Callable[..., Any]], Callable[
             for p in inspect.signature(func, eval_str=True).parameters.values()
             if p.kind is not inspect.Parameter.VAR_KEYWORD
         }
-        generated = {}
-        for cls in _CONFIGS.values():
+        generated = dict(options or {})
+        for cls in _CONFIGS.values() if options is None else ():
             hints = typing.get_type_hints(cls)
             generated.update({f.name: (f, _config_option(f, hints[f.name])) for f in flag_fields(cls)})
         params = []
@@ -328,6 +338,8 @@ def _with_config_flags(*layout: str) -> Callable[[Callable[..., Any]], Callable[
     "<output>",
     "quiet",
     "tensorboard",
+    "wandb",
+    "wandb_project",
 )
 def train(
     *,
@@ -360,6 +372,24 @@ def train(
             rich_help_panel=_OUT,
         ),
     ] = False,
+    wandb: Annotated[
+        bool,
+        typer.Option(
+            "--wandb",
+            help="Also log to Weights & Biases (WANDB_MODE=offline: files in <run>/wandb; needs: pip install wandb).",
+            rich_help_panel=_OUT,
+        ),
+    ] = False,
+    wandb_project: Annotated[
+        Optional[str],
+        typer.Option(
+            "--wandb-project",
+            metavar="NAME",
+            help="W&B project for --wandb [default: $WANDB_PROJECT, else gptcli].",
+            show_default=False,
+            rich_help_panel=_OUT,
+        ),
+    ] = None,
     **flags: Any,
 ) -> None:
     """Train a GPT model on text files (the book's chapter-5 training loop)."""
@@ -383,6 +413,8 @@ def train(
         print_config=print_config,
         quiet=quiet,
         tensorboard=tensorboard,
+        wandb=wandb,
+        wandb_project=wandb_project,
         threads=threads,
     )
 
@@ -418,6 +450,13 @@ def resume(
     ] = None,
     threads: Annotated[Optional[int], _threads_option()] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    wandb: Annotated[
+        bool,
+        typer.Option(
+            "--wandb",
+            help="Start logging to Weights & Biases (a run that logged to W&B continues its W&B run without it).",
+        ),
+    ] = False,
 ) -> None:
     """Continue a run exactly where it stopped: same batches, same dropout, same losses.
 
@@ -434,6 +473,7 @@ def resume(
         patience=patience,
         quiet=quiet,
         threads=threads,
+        wandb=wandb,
     )
 
 
@@ -975,31 +1015,41 @@ _FtOut = Annotated[
     typer.Option("--out", "-o", metavar="DIR", help="Run directory [default: runs/<data>-<time>].", show_default=False),
 ]
 
-
-# Options every finetune command takes (the defaults differ per command, so they stay at the use).
-_FtEpochs = Annotated[int, typer.Option(help="Epochs.")]
-_FtBatch = Annotated[int, typer.Option(help="Examples per step.")]
-_FtLr = Annotated[float, typer.Option(help="AdamW learning rate.")]
-_FtDecay = Annotated[float, typer.Option(help="AdamW weight decay.")]
-_FtEvalFreq = Annotated[int, typer.Option(help="Evaluate every N steps.")]
-_FtEvalIter = Annotated[int, typer.Option(help="Batches per evaluation.")]
-_FtSeed = Annotated[int, typer.Option(help="Random seed.")]
-_FtLoraAlpha = Annotated[float, typer.Option(help="LoRA alpha (the adapters' output scale).")]
-_FtLoraTargets = Annotated[str, typer.Option(help="Layers given adapters: attn,mlp,head or all.")]
-_FtSaveEvery = Annotated[int, typer.Option(help="Also save every N steps (0: at each epoch's end).")]
-_FtDevice = Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")]
+_FT_PANELS = {"data": "Data", "train": "Training (defaults: the book's)", "lora": "LoRA (appendix E)", "output": _OUT}
 
 
-def _ft_settings(**kw):
-    return {k: v for k, v in kw.items() if v is not None}
+def _finetune_options(
+    kind: str | None, *, only: tuple[str, ...] | None = None, default_text: str | None = None
+) -> dict[str, tuple[Any, inspect.Parameter]]:
+    """The flags of ``gptcli finetune KIND`` from FinetuneConfig's field metadata (``only``: just
+    those; ``default_text``: what every one says it defaults to, e.g. resume's "the run's")."""
+    hints = typing.get_type_hints(FinetuneConfig)
+    options = {}
+    for f in finetune_flag_fields(kind):
+        if only is not None and f.name not in only:
+            continue
+        if default_text is not None:  # f is finetune_flag_fields' own copy
+            f.metadata = {**f.metadata, "default_text": default_text}  # type: ignore[misc]
+        options[f.name] = (f, _config_option(f, hints[f.name], _FT_PANELS))
+    return options
+
+
+def _finetune_settings(kind: str, data: str, init: str, flags: dict[str, Any]) -> dict[str, Any]:
+    """FinetuneConfig's keyword arguments: the flags given (None: not given, the book's default)."""
+    return {"kind": kind, "data": data, "init": init, **{k: v for k, v in flags.items() if v is not None}}
 
 
 @_finetune_app.command(
     "instruct",
     epilog="Examples:\n\n  gptcli finetune instruct instruction-data.json --init gpt2-355M\n\n"
-    "  gptcli finetune instruct alpaca.jsonl --init gpt2-124M --lora-rank 16 --lora-alpha 16 --mask-prompt",
+    "  gptcli finetune instruct alpaca.jsonl --init gpt2-124M --lora-rank 16 --lora-alpha 16 --mask-prompt\n\n"
+    "  gptcli finetune instruct alpaca.jsonl --init gpt2-124M --max-steps 2000 --warmup-steps 100 --grad-clip 1",
+)
+@_with_config_flags(
+    "data", "init", "out", "template", "<data>", "<train>", "<lora>", "<output>", options=_finetune_options("instruct")
 )
 def finetune_instruct(
+    *,
     data: Annotated[
         str, typer.Argument(metavar="DATA", help="JSON list or JSONL of {instruction, input, output} records.")
     ],
@@ -1012,42 +1062,12 @@ def finetune_instruct(
             show_default=False,
         ),
     ] = None,
-    split: Annotated[
-        str, typer.Option(help="train,val,test fractions (the book's order: train, test, val).")
-    ] = "0.85,0.05,0.1",
-    split_seed: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Shuffle the records with this seed before splitting [default: keep the file's order, as the book].",
-            show_default=False,
-        ),
-    ] = None,
-    mask_prompt: Annotated[
-        bool, typer.Option("--mask-prompt", help="Ignore the prompt's tokens in the loss (exercise 7.2).")
-    ] = False,
-    max_length: Annotated[
-        Optional[int],
-        typer.Option(help="Cut batches to this many tokens [default: the context length].", show_default=False),
-    ] = None,
-    epochs: _FtEpochs = 2,
-    batch_size: _FtBatch = 8,
-    lr: _FtLr = 5e-5,
-    weight_decay: _FtDecay = 0.1,
-    eval_freq: _FtEvalFreq = 5,
-    eval_iter: _FtEvalIter = 5,
-    seed: _FtSeed = 123,
-    lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains every weight.")] = 0,
-    lora_alpha: _FtLoraAlpha = 16.0,
-    lora_targets: _FtLoraTargets = "all",
-    save_every: _FtSaveEvery = 0,
-    device: _FtDevice = "auto",
+    **flags: Any,
 ) -> None:
     """Finetune a model to follow instructions, as the book's chapter 7."""
-    given = dict(locals())  # every option, by its setting's name
     from gptcli.commands.finetune import finetune_command
 
-    settings = {k: v for k, v in given.items() if k not in ("out", "template")}
-    finetune_command(_ft_settings(kind="instruct", **settings), out=out, template_file=template)
+    finetune_command(_finetune_settings("instruct", data, init, flags), out=out, template_file=template)
 
 
 @_finetune_app.command(
@@ -1055,63 +1075,47 @@ def finetune_instruct(
     epilog="Examples:\n\n  gptcli finetune classify sms.csv --init gpt2-124M --balance\n\n"
     "  gptcli finetune classify reviews.jsonl --init gpt2-124M --text-field review --label-field stars",
 )
+@_with_config_flags(
+    "data", "init", "out", "<data>", "<train>", "<lora>", "<output>", options=_finetune_options("classify")
+)
 def finetune_classify(
+    *,
     data: Annotated[
         str, typer.Argument(metavar="DATA", help="CSV, TSV (.tsv) or JSONL (.jsonl) with a text and a label field.")
     ],
     init: _FtInit,
     out: _FtOut = None,
-    text_field: Annotated[str, typer.Option(help="Name of the text field.")] = "Text",
-    label_field: Annotated[str, typer.Option(help="Name of the label field.")] = "Label",
-    balance: Annotated[
-        bool, typer.Option("--balance", help="Sample every class down to the smallest (create_balanced_dataset).")
-    ] = False,
-    split: Annotated[
-        str, typer.Option(help="train,val,test fractions, after the book's seeded shuffle.")
-    ] = "0.7,0.1,0.2",
-    max_length: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Cut and pad texts to this many tokens [default: the longest training text].", show_default=False
-        ),
-    ] = None,
-    trainable: Annotated[
-        str, typer.Option(help="last-block (the book: last block, final LayerNorm, head), head or all.")
-    ] = "last-block",
-    epochs: _FtEpochs = 5,
-    batch_size: _FtBatch = 8,
-    lr: _FtLr = 5e-5,
-    weight_decay: _FtDecay = 0.1,
-    eval_freq: _FtEvalFreq = 50,
-    eval_iter: _FtEvalIter = 5,
-    seed: _FtSeed = 123,
-    lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains the --trainable weights.")] = 0,
-    lora_alpha: _FtLoraAlpha = 16.0,
-    lora_targets: _FtLoraTargets = "all",
-    save_every: _FtSaveEvery = 0,
-    device: _FtDevice = "auto",
+    **flags: Any,
 ) -> None:
     """Finetune a model as a text classifier, as the book's chapter 6."""
-    given = dict(locals())  # every option, by its setting's name
     from gptcli.commands.finetune import finetune_command
 
-    settings = {k: v for k, v in given.items() if k not in ("out",)}
-    finetune_command(_ft_settings(kind="classify", **settings), out=out)
+    finetune_command(_finetune_settings("classify", data, init, flags), out=out)
 
 
-@_finetune_app.command("resume")
+@_finetune_app.command(
+    "resume",
+    epilog="Examples:\n\n  gptcli finetune resume runs/alpaca\n\n  gptcli finetune resume runs/alpaca --max-steps 4000",
+)
+@_with_config_flags(
+    "target", "<train>", options=_finetune_options(None, only=FINETUNE_LENGTH_FLAGS, default_text="the run's")
+)
 def finetune_resume(
+    *,
     target: Annotated[
         Optional[Path],
         typer.Argument(
             metavar="RUN", help="Run directory or checkpoint [default: the most recent run].", show_default=False
         ),
     ] = None,
+    **flags: Any,
 ) -> None:
-    """Continue a finetuning run exactly where its newest checkpoint stopped."""
+    """Continue a finetuning run exactly where its newest checkpoint stopped.
+
+    A larger --epochs or budget extends a run that has ended as if it had been set from the start."""
     from gptcli.commands.finetune import resume_command
 
-    resume_command(target)
+    resume_command(target, **flags)
 
 
 @app.command(

@@ -134,6 +134,9 @@ def preset_values(name: Any, where: str | None = None) -> dict[str, Any]:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# --decay: which parameters AdamW's weight decay applies to. "all" is the book's (every parameter);
+# "matrices" is nanoGPT's and llm.c's (weights of 2 or more dimensions; not biases, LayerNorms).
+DECAY_CHOICES = ("all", "matrices")
 # Weights' dtypes for sampling and evaluation (``--dtype``; gptcli.device resolves them).
 DTYPES = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -255,6 +258,22 @@ def _unit_value(key: str, unit: str, value: Any) -> Any:
     return int(amount) if kind == "steps" else value.strip()
 
 
+_BUDGETS = {
+    "max_steps": ("Stop after this many optimizer steps (5000, 10k).", "N"),
+    "max_tokens": ("Stop after this many training tokens (50M, 2B).", "N"),
+    "max_time": ("Stop after this much training time, over all resumes (90m, 2h, or seconds).", "DURATION"),
+}
+
+
+def budget_field(name: str, *, help_text: str | None = None) -> Any:
+    """The field of budget ``name`` (max_steps, max_tokens or max_time) in a run's config, train's
+    or finetune's: None for no limit, a count or a duration as the flag spells it (``help_text``:
+    where a kind of run counts differently)."""
+    text, metavar = _BUDGETS[name]
+    metadata = {"help": help_text or text, "type": str, "metavar": metavar, "default_text": "no limit"}
+    return field(default=None, metadata={**metadata, "panel": "train"})
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run. Defaults are the book's chapter-5 run."""
@@ -263,36 +282,9 @@ class TrainConfig:
         default=10,
         metadata={"help": "Epochs to train (with a budget flag, whichever ends first ends the run).", "panel": "train"},
     )
-    max_steps: Annotated[int | None, COUNT] = field(
-        default=None,
-        metadata={
-            "help": "Stop after this many optimizer steps (5000, 10k).",
-            "panel": "train",
-            "type": str,
-            "metavar": "N",
-            "default_text": "no limit",
-        },
-    )
-    max_tokens: Annotated[int | None, COUNT] = field(
-        default=None,
-        metadata={
-            "help": "Stop after this many training tokens (50M, 2B).",
-            "panel": "train",
-            "type": str,
-            "metavar": "N",
-            "default_text": "no limit",
-        },
-    )
-    max_time: Annotated[float | None, DURATION] = field(
-        default=None,
-        metadata={
-            "help": "Stop after this much training time, over all resumes (90m, 2h, or seconds).",
-            "panel": "train",
-            "type": str,
-            "metavar": "DURATION",
-            "default_text": "no limit",
-        },
-    )
+    max_steps: Annotated[int | None, COUNT] = budget_field("max_steps")
+    max_tokens: Annotated[int | None, COUNT] = budget_field("max_tokens")
+    max_time: Annotated[float | None, DURATION] = budget_field("max_time")
     patience: int = field(
         default=0,
         metadata={
@@ -304,6 +296,19 @@ class TrainConfig:
     )
     lr: float = field(default=4e-4, metadata={"help": "AdamW learning rate.", "panel": "train"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay.", "panel": "train"})
+    decay: str = field(
+        default="all",
+        metadata={
+            "help": "Parameters the weight decay applies to: all (the book's) or matrices (nanoGPT's: "
+            "not biases or LayerNorms).",
+            "panel": "train",
+            "choices": DECAY_CHOICES,
+        },
+    )
+    adam_beta2: float = field(
+        default=0.999,
+        metadata={"help": "AdamW's second-moment decay (the book's 0.999; nanoGPT's 0.95).", "panel": "train"},
+    )
     batch_size: int = field(default=2, metadata={"help": "Windows per batch.", "panel": "train"})
     seed: int = field(default=123, metadata={"help": "Random seed.", "panel": "train"})
     eval_freq: Annotated[int | str, INTERVAL] = field(
@@ -464,6 +469,8 @@ class TrainConfig:
         _check(self.stride is None or self.stride >= 1, "stride", f"{self.stride!r} (must be >= 1)")
         _check(self.lr > 0, "lr", f"{self.lr!r} (must be > 0)")
         _check(self.weight_decay >= 0, "weight_decay", f"{self.weight_decay!r} (must be >= 0)")
+        _check(self.decay in DECAY_CHOICES, "decay", f"{self.decay!r} (choose from {', '.join(DECAY_CHOICES)})")
+        _check(0.0 <= self.adam_beta2 < 1.0, "adam_beta2", f"{self.adam_beta2!r} (must be in [0, 1))")
         _check(0.0 < self.val_ratio < 1.0, "val_ratio", f"{self.val_ratio!r} (must be in (0, 1))")
         _check(self.min_lr is None or self.min_lr >= 0, "min_lr", f"{self.min_lr!r} (must be >= 0)")
         _check(self.grad_clip >= 0, "grad_clip", f"{self.grad_clip!r} (must be >= 0)")

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptcli import formats, shards, tokencache
+from gptcli import distributed, formats, shards, tokencache
 from gptcli.config import ModelConfig, TrainConfig
-from gptcli.errors import DataError
+from gptcli.errors import DataError, UsageError
 from gptcli.textfiles import read_corpus
 from gptcli.tokenizer import encode
 
@@ -210,6 +210,11 @@ def prepare_data(
     fmt = input_format(cfg.format)
     train_inputs = formats.resolve_inputs(cfg.data, format=fmt)
     val_inputs = formats.resolve_inputs(val_paths, format=fmt) if val_paths else []
+    if any(i.path is None for i in [*train_inputs, *val_inputs]) and distributed.world_size() > 1:
+        raise UsageError(
+            "'-' (standard input) cannot feed a multi-process run: every process would read it; "
+            "save it to a file, or tokenize it once with: gptcli prepare - -o DIR, and train on DIR"
+        )
     if _needs_cache([*train_inputs, *val_inputs]):
         cached = tokencache.cached_corpus_tokens(
             cfg.data,

@@ -35,6 +35,11 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def world_size() -> int:
+    """Processes in this run: torchrun's WORLD_SIZE, or 1 for a process on its own."""
+    return int(os.environ.get("WORLD_SIZE", "1")) if launched_by_torchrun() else 1
+
+
 def init(device_type: str) -> DistInfo:
     """Join the process group if torchrun launched us; pin each rank to its own GPU."""
     if not launched_by_torchrun():

@@ -178,3 +178,19 @@ def read_metrics(path: Path, *, warnings: list[str] | None = None) -> list[dict[
         more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
         warnings.append(f"{path}: skipped malformed line {line} ({why}){more}")
     return records
+
+
+def eval_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The scalars of one eval record under the tags TensorBoard and W&B show them with."""
+    scalars = {
+        "loss/train": record.get("train_loss"),
+        "loss/val": record.get("val_loss"),
+        "lr": record.get("lr"),
+        "tokens_seen": record.get("tokens_seen"),
+        "tokens_per_sec": record.get("tokens_per_sec"),
+        "mfu": record.get("mfu"),  # only on GPUs with a known peak
+    }
+    val = record.get("val_loss")
+    if isinstance(val, (int, float)) and math.isfinite(val) and val < 700:
+        scalars["perplexity/val"] = math.exp(val)
+    return {k: float(v) for k, v in scalars.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

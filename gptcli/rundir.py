@@ -10,6 +10,8 @@ A training run lives in one directory::
         best.pth           a hard link to the one with the lowest validation loss
         .tmp-*             a save in progress (removed at the start of the next run)
       .lock                the writer lock: who is training this run (see ``RunLock``)
+      wandb-run.json       with ``--wandb``: the W&B run's id and project, so a resume continues it
+      wandb/               wandb's own files (offline runs to upload with ``wandb sync``)
 
 Everything here is plain file-system work (no torch), so ``gptcli runs`` stays instant, and
 ``train`` and ``resume`` take the lock before torch is even imported.
@@ -44,6 +46,7 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_NAME = "best.pth"
 TMP_PREFIX = ".tmp-"
 LOCK_FILE = ".lock"
+WANDB_RUN_FILE = "wandb-run.json"
 RUNS_ROOT = Path("runs")
 _STEP_RE = re.compile(r"^step-(\d+)\.pth$")
 
@@ -70,6 +73,11 @@ def config_path(run_dir: Path) -> Path:
 
 def metrics_path(run_dir: Path) -> Path:
     return Path(run_dir) / METRICS_FILE
+
+
+def wandb_run_path(run_dir: Path) -> Path:
+    """Where ``--wandb`` keeps the run's W&B id and project (see ``gptcli.wandb_log``)."""
+    return Path(run_dir) / WANDB_RUN_FILE
 
 
 def _step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -425,9 +433,10 @@ def _reason(e: OSError) -> str:
 # Writing the run's small files
 
 
-def write_config(run_dir: Path, text: str) -> None:
-    """Write config.yaml whole or not at all: a full disk leaves the old file as it was."""
-    path = config_path(run_dir)
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a run's small text file whole or not at all: a temporary file beside it, fsynced, then
+    renamed over it. On an OSError (a full disk) the temporary file is removed, the old file is as
+    it was, and the error is raised for the caller to name the file."""
     tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -435,11 +444,20 @@ def write_config(run_dir: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except OSError:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+        raise
+
+
+def write_config(run_dir: Path, text: str) -> None:
+    """Write config.yaml whole or not at all: a full disk leaves the old file as it was."""
+    path = config_path(run_dir)
+    try:
+        write_text_atomic(path, text)
+    except OSError as e:
         kept = "the old one is unchanged" if path.exists() else "nothing was written"
         raise SaveError(f"{path}: could not write the run's config ({os_error_reason(e)}); {kept}") from None
 

@@ -10,13 +10,13 @@ whenever it is installed, which costs seconds and floods stderr with TensorFlow'
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 from gptcli.callbacks import Callbacks
 from gptcli.errors import UsageError
+from gptcli.metrics import eval_scalars
 
 LOG_DIR = "tensorboard"
 # gptcli is installed from a clone or a wheel, not from an index, so the hint names the package
@@ -72,19 +72,8 @@ class TensorBoardWriter(Callbacks):
 
     def on_eval(self, record: dict[str, Any]) -> None:
         step = int(record["step"])
-        scalars = {
-            "loss/train": record.get("train_loss"),
-            "loss/val": record.get("val_loss"),
-            "lr": record.get("lr"),
-            "tokens_seen": record.get("tokens_seen"),
-            "tokens_per_sec": record.get("tokens_per_sec"),
-        }
-        val = record.get("val_loss")
-        if isinstance(val, (int, float)) and math.isfinite(val) and val < 700:
-            scalars["perplexity/val"] = math.exp(val)
-        for tag, value in scalars.items():
-            if isinstance(value, (int, float)):
-                self.add_scalar(tag, float(value), step)
+        for tag, value in eval_scalars(record).items():
+            self.add_scalar(tag, value, step)
         self._file.flush()
 
     def on_sample(self, record: dict[str, Any]) -> None:

@@ -101,3 +101,56 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path, k):
     wa, wb = a.model.state_dict(), b.model.state_dict()
     assert max((wa[n] - wb[n]).abs().max().item() for n in wa) < 1e-5
     close(evals(tmp_path / "accum"), evals(tmp_path / "big"))
+
+
+@pytest.mark.slow
+def test_the_fineweb_recipe_runs_tiny_under_torchrun_on_prepared_shards(workdir):
+    """examples/configs/gpt2-124M-fineweb.yaml as the README runs it (torchrun, shards from
+    `gptcli prepare`), with a tiny model and --max-steps 3 on two gloo processes."""
+    from .conftest import ROOT
+
+    run_gptcli(
+        "prepare",
+        "the-verdict.txt",
+        "-o",
+        "shards",
+        "--shard-size",
+        "2K",
+        "--val-tokens",
+        "600",
+        cwd=workdir,
+        check=True,
+    )
+    config = ROOT / "examples" / "configs" / "gpt2-124M-fineweb.yaml"
+    tiny = [*MODEL, "--batch-size", "2", "--eval-iter", "1", "--no-compile", "--device", "cpu"]
+    proc = torchrun(
+        "train", "shards", "--config", str(config), *tiny, "--max-steps", "3", "--out", "runs/fw", cwd=workdir
+    )
+    assert "stopped: --max-steps 3 at step 3" in proc.stderr, proc.stderr[-3000:]
+    last = ckpt.load_checkpoint(rundir.list_step_checkpoints(workdir / "runs/fw")[-1])
+    assert last["progress"]["step"] == 3 and last["world_size"] == 2
+    saved = last["train_config"]
+    # the recipe's settings reached the run: only the model and the batch were made tiny
+    assert saved["max_tokens"] == 10_000_000_000 and saved["grad_accum"] == 2 and saved["precision"] == "bf16"
+    assert (saved["lr"], saved["min_lr"], saved["warmup_steps"]) == (6e-4, 6e-5, 700)
+    assert (saved["weight_decay"], saved["grad_clip"], saved["decay"], saved["adam_beta2"]) == (
+        0.1,
+        1.0,
+        "matrices",
+        0.95,
+    )
+    assert last["model_config"]["tie_weights"] is True and last["model_config"]["qkv_bias"] is True
+    groups = last["optimizer_state_dict"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0] and all(g["betas"] == (0.9, 0.95) for g in groups)
+    # 3 steps of the 700-step linear warm-up: the logged lr rises as lr * (step + 1) / 700
+    lrs = [r["lr"] for r in read_metrics(workdir / "runs/fw" / "metrics.jsonl") if r["type"] == "eval"]
+    assert lrs and all(abs(lr - 6e-4 * (s + 1) / 700) < 1e-12 for s, lr in zip([0, 2], lrs)), lrs
+
+
+def test_standard_input_is_refused_under_torchrun_with_one_clear_error(workdir):
+    proc = torchrun("train", "-", *MODEL, "--out", "runs/stdin", cwd=workdir, check=False)
+    assert proc.returncode != 0
+    errors = {line for line in proc.stderr.splitlines() if line.startswith("error:")}
+    assert len(errors) == 1 and "'-' (standard input) cannot feed a multi-process run" in errors.pop(), proc.stderr
+    # torchrun reports the failed workers with a traceback of its own; none comes from gptcli
+    assert "/gptcli/" not in "".join(line for line in proc.stderr.splitlines() if line.lstrip().startswith("File "))

@@ -88,7 +88,11 @@ def test_runs_and_plot_read_finetune_runs_without_warnings(runs):
 
 
 def test_wrong_uses_are_one_line(runs, tmp_path):
-    assert "gptcli finetune resume" in cli("resume", runs / "ins", expect=2)
+    # `gptcli resume` goes on with a finetune run as `gptcli finetune resume` does: this one is done.
+    assert "already finished its 1 epoch(s); extend it with: gptcli finetune resume" in cli(
+        "resume", runs / "ins", expect=2
+    )
+    assert "not a finetuning checkpoint" in cli("finetune", "resume", runs / "base.pth", expect=2)
     assert "a classifier: use gptcli classify" in cli("sample", "-c", runs / "cls", expect=2)
     assert "not an instruction-finetuned model" in cli(
         "sample", "-c", runs / "base.pth", "--instruction", "Hi", expect=2

@@ -46,6 +46,8 @@ SKIP = {
     "gptcli resume book.pth --epochs 12": "needs the book checkpoint converted on the line before",
     "torchrun --standalone --nproc_per_node=8 -m gptcli train data/ --preset gpt2-124M --batch-size 16 --precision bf16": "needs 8 GPUs",
     "torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$MASTER_ADDR:29500      -m gptcli train data/ --preset gpt2-124M --batch-size 16 --grad-accum 4 --precision bf16": "needs two machines with GPUs",
+    "gptcli prepare 'fineweb-10BT/*.parquet' -o data/fineweb10B --val-tokens 100M": "needs the FineWeb download (tests/test_formats.py and tests/test_shards.py prepare Parquet and shards they write)",
+    "torchrun --standalone --nproc_per_node=8 -m gptcli train      --config examples/configs/gpt2-124M-fineweb.yaml --out runs/gpt2-124M-fineweb": "needs 8 GPUs and the prepared corpus; tests/test_distributed.py runs this config tiny under torchrun with 2 gloo processes",
     "torchrun --nproc_per_node=2 -m gptcli train examples/the-verdict.txt --epochs 1": "the full model on 2 CPU ranks; tests/test_distributed.py runs the same with gloo at tiny settings",
 }
 # One epoch of a dozen steps: 46 windows of 12 tokens, 100 tokens apart, 4 per batch.

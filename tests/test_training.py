@@ -240,3 +240,19 @@ def test_activation_checkpointing_and_fused_loss_train_the_same_function(tmp_pat
     assert len(plain_losses) >= 5 and len(losses) == len(plain_losses)
     assert np.allclose(losses, plain_losses, rtol=0, atol=1e-5), (losses, plain_losses)
     assert all(torch.allclose(w[k], plain_w[k], rtol=0, atol=1e-5) for k in plain_w)
+
+
+def test_decay_matrices_and_beta2_are_nanogpts_optimizer_and_the_default_is_the_books():
+    from gptcli.model import GPT
+    from gptcli.training import make_optimizer
+
+    model = GPT(ModelConfig(**TINY_MODEL))
+    book = make_optimizer(model, TrainConfig(), torch.device("cpu"))
+    assert len(book.param_groups) == 1 and book.param_groups[0]["betas"] == (0.9, 0.999)
+    assert book.param_groups[0]["weight_decay"] == 0.1
+    nano = make_optimizer(model, TrainConfig(decay="matrices", adam_beta2=0.95), torch.device("cpu"))
+    decayed, plain = nano.param_groups
+    assert all(p.dim() >= 2 for p in decayed["params"]) and decayed["weight_decay"] == 0.1
+    assert plain["params"] and all(p.dim() < 2 for p in plain["params"]) and plain["weight_decay"] == 0.0
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    assert all(g["betas"] == (0.9, 0.95) for g in nano.param_groups)

@@ -239,11 +239,16 @@ def test_config_errors_name_the_key(tmp_path, text, needle):
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], res.output
 
 
-@pytest.mark.parametrize("name", ["verdict", "tiny", "gpt2-124M-continue"])
+@pytest.mark.parametrize("name", ["verdict", "tiny", "gpt2-124M-continue", "gpt2-124M-fineweb"])
 def test_example_configs_load(name, monkeypatch, _isolated_home):
     monkeypatch.chdir(VERDICT.parents[1])  # the configs' data paths are relative to the repository root
     save_fake_gpt2(_isolated_home)  # --init gpt2-124M may read the downloaded weights' architecture
     cfg = print_config("--config", f"examples/configs/{name}.yaml")
+    if name == "gpt2-124M-fineweb":  # the shards `gptcli prepare` writes, which are not in the repository
+        assert cfg["train"]["data"] == ["data/fineweb10B"]
+        batch_tokens = cfg["train"]["batch_size"] * cfg["train"]["grad_accum"] * 8 * cfg["model"]["context_length"]
+        assert batch_tokens == 2**19 and cfg["train"]["max_tokens"] == 10**10 and cfg["model"]["tie_weights"]
+        return
     assert cfg["train"]["data"] == [str(VERDICT)]
     if name == "verdict":  # the book's run is gptcli's defaults, written out
         assert cfg == {**print_config(), "train": {**print_config()["train"], "data": [str(VERDICT)]}}

@@ -11,7 +11,8 @@ from typing import Any
 from gptcli import console, rundir
 from gptcli.commands.train import StopFlag
 from gptcli.errors import CheckpointError, UsageError
-from gptcli.paths import display_path
+from gptcli.finetune.config import KINDS, LENGTH_FLAGS
+from gptcli.paths import display_path, shell_path
 
 
 def _report(record: dict[str, Any]) -> None:
@@ -35,6 +36,8 @@ def _report(record: dict[str, Any]) -> None:
         console.info(record["text"].replace("\n", " "))
     elif t == "save":
         console.info(f"saved {display_path(Path(record['path']))}")
+    elif t in ("stopped", "info"):
+        console.info(record["text"])
 
 
 def _write_config(run_dir: Path, cfg) -> None:
@@ -87,20 +90,76 @@ def finetune_command(
         lock.release(failed=failed)
 
 
-def resume_command(target: Path | None) -> dict[str, Any]:
-    """Continue a finetuning run from its newest checkpoint, exactly."""
+def resume_command(
+    target: Path | None,
+    *,
+    epochs: int | None = None,
+    max_steps: int | str | None = None,
+    max_tokens: int | str | None = None,
+    max_time: float | str | None = None,
+) -> dict[str, Any]:
+    """Continue a finetuning run from its newest checkpoint, exactly. ``epochs`` and the budgets
+    given replace the run's own: with larger ones a run that has ended goes on as if they had been
+    set from the start."""
     from gptcli import checkpoint as ckpt
-    from gptcli.finetune.trainer import KINDS, FinetuneConfig, FinetuneTrainer
 
-    path = ckpt.resolve_checkpoint(target, warn=console.warn)
-    obj = ckpt.load_checkpoint(path)
-    if obj.get("kind") not in KINDS:
-        raise UsageError(f"{path}: not a finetuning checkpoint (kind {obj.get('kind')!r}); use: gptcli resume {path}")
-    run_dir = rundir.run_dir_of(path) or path.parent
-    lock = rundir.lock_run_dir(run_dir)
+    # Locked before its checkpoint is chosen, so a second resume is refused at once (as train's).
+    run_dir = rundir.resume_target_run(target)
+    lock = rundir.lock_run_dir(run_dir) if run_dir is not None else None
     try:
-        cfg = FinetuneConfig.from_dict(obj["train_config"])
+        path = ckpt.resolve_checkpoint(target, warn=console.warn)
+        obj = ckpt.load_checkpoint(path)
+        if obj.get("kind") not in KINDS:
+            raise UsageError(
+                f"{display_path(path)}: not a finetuning checkpoint (kind {obj.get('kind')!r}); use: "
+                f"gptcli resume {shell_path(path)}"
+            )
+        if lock is None:  # a checkpoint outside a run's checkpoints/: the run goes on beside it
+            run_dir = path.parent
+            lock = rundir.lock_run_dir(run_dir)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    length = dict(zip(LENGTH_FLAGS, (epochs, max_steps, max_tokens, max_time), strict=True))
+    return continue_run(path, obj, run_dir=run_dir, lock=lock, length=length)
+
+
+def continue_run(
+    path: Path, obj: dict[str, Any], *, run_dir: Path, lock: rundir.RunLock, length: dict[str, Any]
+) -> dict[str, Any]:
+    """Go on with the finetuning run whose checkpoint ``obj`` (at ``path``) is loaded and whose
+    directory ``lock`` holds (released here); ``length``: the epochs and budgets given, None for
+    the run's own. ``gptcli resume`` comes here too when it is given a finetuning run."""
+    from gptcli.finetune.config import FinetuneConfig
+    from gptcli.finetune.trainer import FinetuneTrainer
+    from gptcli.training import budget_reached
+
+    try:
+        given = {k: v for k, v in length.items() if v is not None}
+        cfg = FinetuneConfig.from_dict({**obj["train_config"], **given})
+        progress = obj.get("progress", {})
+        done, run = int(progress.get("epoch", 0)), shell_path(run_dir)
+        if "epochs" in given and cfg.epochs < done:
+            raise UsageError(f"invalid --epochs: {cfg.epochs} (the run has already completed {done} epochs)")
+        if done >= cfg.epochs:
+            raise UsageError(
+                f"{display_path(run_dir)}: the run already finished its {cfg.epochs} epoch(s); extend it with: "
+                f"gptcli finetune resume {run} --epochs N (N > {cfg.epochs})"
+            )
+        reached = budget_reached(
+            cfg,
+            step=int(progress.get("step", 0)),
+            tokens_seen=int(progress.get("tokens_seen", 0)),
+            seconds=float(progress.get("train_seconds", 0.0)),
+        )
+        if reached is not None:
+            raise UsageError(
+                f"{display_path(run_dir)}: the run already reached {reached} (step {progress.get('step', 0)}); "
+                f"extend it with: gptcli finetune resume {run} {reached.split()[0]} N (a larger N)"
+            )
         trainer = FinetuneTrainer(cfg, run_dir, on_event=_report, resume_from=obj)
+        _write_config(run_dir, cfg)  # the settings it goes on with, new budgets included
         return _fit(trainer, cfg)
     finally:
         lock.release()

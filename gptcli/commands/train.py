@@ -1,5 +1,5 @@
 """``gptcli train`` and ``gptcli resume``: settings resolved from defaults, a config file and
-flags; the run set up with its callbacks (progress, TensorBoard) and signal handling; the
+flags; the run set up with its callbacks (progress, TensorBoard, W&B) and signal handling; the
 trainer driven to the end or to a clean stop.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 # torch loads inside the functions (checkpoint, device, distributed, training): a run directory is
 # claimed and locked before that, so that a second writer is refused at once.
-from gptcli import console, rundir, weights
+from gptcli import console, rundir, wandb_log, weights
 from gptcli.callbacks import Callbacks, Fanout
 from gptcli.config import (
     ModelConfig,
@@ -26,6 +26,8 @@ from gptcli.config import (
     preset_values,
 )
 from gptcli.errors import CheckpointError, UsageError
+from gptcli.finetune.config import KINDS as FINETUNE_KINDS
+from gptcli.finetune.config import FinetuneConfig
 from gptcli.paths import display_path, shell_path
 from gptcli.tensorboard import LOG_DIR, TensorBoardWriter, check_available
 
@@ -150,6 +152,8 @@ def train_command(
     print_config: bool = False,
     quiet: bool = False,
     tensorboard: bool = False,
+    wandb: bool = False,
+    wandb_project: str | None = None,
     threads: int | None = None,
 ) -> Path:
     console.set_quiet(quiet)
@@ -165,11 +169,24 @@ def train_command(
         return Path()
     if tensorboard:
         check_available()
+    if wandb_project is not None and not wandb:
+        raise UsageError("--wandb-project is the W&B project for --wandb: pass --wandb too")
+    if wandb:
+        wandb_log.check_available()
     if not train_cfg.data:
         raise UsageError("no training text given: pass one or more files or directories (or 'data' in --config)")
     run_dir = Path(out) if out else rundir.default_run_dir(train_cfg.data)
     lock = rundir.claim_new_run_dir(run_dir)  # a new or empty directory only, locked for the run
-    return run_training(model_cfg, train_cfg, run_dir, lock=lock, init_state=init_state, tensorboard=tensorboard)
+    return run_training(
+        model_cfg,
+        train_cfg,
+        run_dir,
+        lock=lock,
+        init_state=init_state,
+        tensorboard=tensorboard,
+        wandb=wandb,
+        wandb_project=wandb_project,
+    )
 
 
 def _set_threads(threads: int | None) -> None:
@@ -197,7 +214,11 @@ def _run_progress(run: Path, length: dict[str, Any] | None = None) -> tuple[int,
         except (CheckpointError, KeyError, TypeError, ValueError):
             continue
         try:
-            ended = _ended_early(TrainConfig.from_dict({**saved, **(length or {})}), progress)
+            if obj.get("kind") in FINETUNE_KINDS:
+                cfg: Any = FinetuneConfig.from_dict({**saved, **(length or {})})
+            else:
+                cfg = TrainConfig.from_dict({**saved, **(length or {})})
+            ended = _ended_early(cfg, progress)
         except (UsageError, TypeError, ValueError):  # resume itself reports a bad stored setting
             ended = None
         return (*done, ended)
@@ -208,7 +229,7 @@ def _run_progress(run: Path, length: dict[str, Any] | None = None) -> tuple[int,
 LENGTH_FLAGS = ("epochs", "max_steps", "max_tokens", "max_time", "patience")
 
 
-def _ended_early(cfg: TrainConfig, progress: dict[str, Any]) -> str | None:
+def _ended_early(cfg: TrainConfig | FinetuneConfig, progress: dict[str, Any]) -> str | None:
     """The budget flag (``--max-steps 12``) or ``--patience K`` that the run has already reached."""
     from gptcli.training import budget_reached
 
@@ -218,8 +239,9 @@ def _ended_early(cfg: TrainConfig, progress: dict[str, Any]) -> str | None:
         tokens_seen=int(progress.get("tokens_seen", 0)),
         seconds=float(progress.get("train_seconds", 0.0)),
     )
-    if reason is None and cfg.patience and int(progress.get("evals_since_best", 0)) >= cfg.patience:
-        reason = f"--patience {cfg.patience}"
+    patience = getattr(cfg, "patience", 0)  # a finetuning run has none
+    if reason is None and patience and int(progress.get("evals_since_best", 0)) >= patience:
+        reason = f"--patience {patience}"
     return reason
 
 
@@ -258,10 +280,14 @@ def resume_command(
     patience: int | None = None,
     quiet: bool = False,
     threads: int | None = None,
+    wandb: bool = False,
 ) -> Path:
     """Continue a run; ``epochs``, the budgets and ``patience`` given replace the run's own (to
-    extend it: with a larger budget it continues exactly as if it had been set from the start)."""
+    extend it: with a larger budget it continues exactly as if it had been set from the start).
+    ``wandb`` starts W&B logging; a run that logged to W&B before continues its W&B run anyway."""
     console.set_quiet(quiet)
+    if wandb:
+        wandb_log.check_available()
     _set_threads(threads)
     length = {
         k: v
@@ -276,6 +302,8 @@ def resume_command(
     lock = rundir.lock_run_dir(run_dir) if run_dir is not None else None
     try:
         path, obj, model_cfg, train_cfg = _resume_from(target, length)
+        if train_cfg is None:  # a finetuning run: its own loop goes on (gptcli finetune resume)
+            return _resume_finetune(path, obj, run_dir=run_dir, lock=lock, length=length, wandb=wandb)
         if run_dir is None:  # a checkpoint outside any run directory starts a new one
             run_dir = rundir.default_run_dir(train_cfg.data)
             lock = rundir.claim_new_run_dir(run_dir)
@@ -285,21 +313,20 @@ def resume_command(
         if lock is not None:
             lock.release()
         raise
-    return run_training(model_cfg, train_cfg, run_dir, lock=lock, restore_from=obj)
+    return run_training(model_cfg, train_cfg, run_dir, lock=lock, restore_from=obj, wandb=wandb)
 
 
-def _resume_from(target: Path, length: dict[str, Any]) -> tuple[Path, dict[str, Any], ModelConfig, TrainConfig]:
-    """The checkpoint ``resume`` continues from, loaded, and the settings it continues with."""
+def _resume_from(
+    target: Path, length: dict[str, Any]
+) -> tuple[Path, dict[str, Any], ModelConfig | None, TrainConfig | None]:
+    """The checkpoint ``resume`` continues from, loaded, and the settings it continues with (None
+    for a finetuning checkpoint, whose settings ``gptcli.commands.finetune`` reads)."""
     from gptcli.checkpoint import check_state_fits, load_checkpoint, read_model_config, resolve_checkpoint
 
     path = resolve_checkpoint(target, warn=console.warn)
     obj = load_checkpoint(path)
-    if obj.get("kind") in ("instruct", "classify"):  # gptcli.finetune.trainer.KINDS
-        run = rundir.run_dir_of(path) or path
-        raise UsageError(
-            f"{display_path(path)}: is a finetuning ({obj['kind']}) checkpoint; continue it with: "
-            f"gptcli finetune resume {shell_path(run)}"
-        )
+    if obj.get("kind") in FINETUNE_KINDS:
+        return path, obj, None, None
     if obj.get("kind") != "training" or "optimizer_state_dict" not in obj or "train_config" not in obj:
         raise CheckpointError(
             f"{display_path(path)}: holds weights only (no optimizer state or progress); start a run from it "
@@ -334,6 +361,30 @@ def _resume_from(target: Path, length: dict[str, Any]) -> tuple[Path, dict[str, 
     return path, obj, model_cfg, train_cfg
 
 
+def _resume_finetune(
+    path: Path,
+    obj: dict[str, Any],
+    *,
+    run_dir: Path | None,
+    lock: rundir.RunLock | None,
+    length: dict[str, Any],
+    wandb: bool,
+) -> Path:
+    """``gptcli resume`` on a finetuning run: what ``gptcli finetune resume`` does, with the epochs
+    and budgets given."""
+    from gptcli.commands.finetune import continue_run
+
+    if "patience" in length:
+        raise UsageError("invalid --patience: a finetuning run has no early stopping")
+    if wandb:
+        raise UsageError("invalid --wandb: a finetuning run does not log to W&B")
+    if run_dir is None or lock is None:  # a checkpoint outside a run's checkpoints/: the run goes on beside it
+        run_dir = path.parent
+        lock = rundir.lock_run_dir(run_dir)
+    continue_run(path, obj, run_dir=run_dir, lock=lock, length=length)
+    return run_dir
+
+
 def _report_config_file(
     run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, *, checkpoint: Path, given: tuple[str, ...] = ()
 ) -> None:
@@ -365,6 +416,8 @@ def run_training(
     init_state=None,
     restore_from: dict[str, Any] | None = None,
     tensorboard: bool = False,
+    wandb: bool = False,
+    wandb_project: str | None = None,
 ) -> Path:
     """Train (or continue) one run with the terminal's progress display and signal handling.
 
@@ -387,6 +440,9 @@ def run_training(
             run_dir,
             tensorboard=tensorboard and main,
             restore_from=restore_from,
+            wandb=wandb and main,
+            wandb_project=wandb_project,
+            config={"model": model_cfg.to_dict(), "train": train_cfg.to_dict()},
         )
         stop = StopFlag().install()
         try:
@@ -421,22 +477,66 @@ def _aborted(run_dir: Path) -> str:
 
 
 def _train_callbacks(
-    progress: console.TrainProgress, run_dir: Path, *, tensorboard: bool, restore_from: dict[str, Any] | None
+    progress: console.TrainProgress,
+    run_dir: Path,
+    *,
+    tensorboard: bool,
+    restore_from: dict[str, Any] | None,
+    wandb: bool = False,
+    wandb_project: str | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Callbacks:
-    """The progress display, and a TensorBoard writer for ``--tensorboard`` or for a resumed run
-    that wrote TensorBoard events before (the run directory remembers it; resume takes no flag)."""
+    """The progress display, a TensorBoard writer for ``--tensorboard``, and a W&B logger for
+    ``--wandb``; each also for a resumed run that logged to it before (the run directory
+    remembers it: ``<run>/tensorboard/``, ``<run>/wandb-run.json``)."""
     from gptcli import distributed
 
     if not distributed.is_main_process():  # under torchrun, rank 0 reports for all; the others only warn
         return progress
-    if not (tensorboard or (Path(run_dir) / LOG_DIR).is_dir()):
-        return progress
-    purge = int(restore_from.get("progress", {}).get("step", 0)) if restore_from is not None else None
+    receivers: list[Callbacks] = [progress]
     try:
-        writer = TensorBoardWriter(run_dir, purge_step=purge)
+        if tensorboard or (Path(run_dir) / LOG_DIR).is_dir():
+            purge = int(restore_from.get("progress", {}).get("step", 0)) if restore_from is not None else None
+            try:
+                receivers.append(TensorBoardWriter(run_dir, purge_step=purge))
+            except UsageError:
+                if tensorboard:
+                    raise
+                console.warn(f"{run_dir}/{LOG_DIR} exists but tensorboard is not installed; not logging to it")
+        if wandb or rundir.wandb_run_path(run_dir).exists():
+            logger = _wandb_logger(run_dir, explicit=wandb, project=wandb_project, config=config or {})
+            if logger is not None:
+                receivers.append(logger)
+    except BaseException:
+        for r in receivers[1:]:
+            r.close()
+        raise
+    return Fanout(*receivers) if len(receivers) > 1 else progress
+
+
+def _wandb_logger(
+    run_dir: Path, *, explicit: bool, project: str | None, config: dict[str, Any]
+) -> wandb_log.WandbLogger | None:
+    """The W&B logger of a run, said on stderr; None (with a warning) for a resumed run that
+    logged to W&B before when wandb is no longer installed."""
+    try:
+        wandb_log.check_available()
     except UsageError:
-        if tensorboard:
+        if explicit:
             raise
-        console.warn(f"{run_dir}/{LOG_DIR} exists but tensorboard is not installed; not logging to it")
-        return progress
-    return Fanout(progress, writer)
+        console.warn(
+            f"{display_path(rundir.wandb_run_path(run_dir))} exists but wandb is not installed; not logging to W&B"
+        )
+        return None
+    logger = wandb_log.WandbLogger(run_dir, config=config, project=project, warn=console.warn)
+    if logger.mode == "disabled":
+        console.info("W&B logging is off (WANDB_MODE=disabled)")
+    elif logger.offline:
+        local = Path(run_dir) / wandb_log.LOG_DIR
+        console.info(
+            f"W&B run {logger.run_id} logged offline to {display_path(local)}; upload with: "
+            f"wandb sync {shell_path(local)}/offline-run-*"
+        )
+    else:
+        console.info(f"W&B run {logger.project}/{logger.run_id}" + (f": {logger.url}" if logger.url else ""))
+    return logger

@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from gptcli.errors import DataError, UsageError
+from gptcli.finetune.config import TRAINABLE
 from gptcli.model import GPT
 from gptcli.tokenizer import EOT_ID, encode
-
-TRAINABLE = ("last-block", "all", "head")
 
 
 def read_table(path: str | Path, *, text_field: str, label_field: str) -> tuple[list[str], list[str]]:

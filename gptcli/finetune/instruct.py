@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from gptcli.errors import DataError, UsageError
+from gptcli.finetune.config import parse_split
 from gptcli.tokenizer import EOT_ID, encode
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index, the book's choice
@@ -148,17 +149,6 @@ def load_records(path: str | Path) -> list[dict[str, str]]:
     if not records:
         raise DataError(f"{p}: no records")
     return records
-
-
-def parse_split(text: str, *, flag: str = "--split") -> tuple[float, float, float]:
-    """``train,val,test`` fractions, each in [0, 1], summing to at most 1."""
-    try:
-        parts = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3 or any(not 0 <= x <= 1 for x in parts) or sum(parts) > 1 + 1e-9 or parts[0] <= 0:
-        raise UsageError(f"invalid {flag}: {text!r} (three fractions train,val,test like 0.85,0.05,0.1)")
-    return parts  # type: ignore[return-value]
 
 
 def split_records(

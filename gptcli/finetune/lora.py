@@ -16,9 +16,8 @@ import torch
 import torch.nn as nn
 
 from gptcli.errors import UsageError
+from gptcli.finetune.config import LORA_TARGETS as TARGETS
 from gptcli.model import GPT
-
-TARGETS = ("attn", "mlp", "head")
 
 
 class LinearWithLoRA(nn.Module):
@@ -43,16 +42,6 @@ class LinearWithLoRA(nn.Module):
         lin = self.linear
         lin.weight += delta.to(lin.weight.dtype)
         return lin
-
-
-def parse_targets(text: str | None) -> tuple[str, ...]:
-    if text is None or text == "all":
-        return TARGETS
-    parts = tuple(t.strip() for t in text.split(",") if t.strip())
-    bad = [t for t in parts if t not in TARGETS]
-    if bad or not parts:
-        raise UsageError(f"invalid --lora-targets: {text!r} (a comma-separated list of {', '.join(TARGETS)}, or all)")
-    return parts
 
 
 def apply_lora(model: GPT, *, rank: int, alpha: float, targets: tuple[str, ...] = TARGETS) -> None:

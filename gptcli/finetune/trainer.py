@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,74 +29,12 @@ from gptcli.device import autocast_for, resolve_device
 from gptcli.errors import CheckpointError, DataError, UsageError
 from gptcli.finetune import classify as cls_
 from gptcli.finetune import instruct as ins
-from gptcli.finetune.lora import apply_lora, base_name, parse_targets
+from gptcli.finetune.config import KINDS, FinetuneConfig, parse_split, parse_targets
+from gptcli.finetune.lora import apply_lora, base_name
 from gptcli.metrics import MetricsWriter
 from gptcli.model import GPT
 from gptcli.tokenizer import decode, encode
-from gptcli.training import lr_at
-
-KINDS = ("instruct", "classify")
-
-
-@dataclass
-class FinetuneConfig:
-    """Every setting of a finetuning run; stored in its checkpoints, so ``resume`` needs none."""
-
-    kind: str
-    data: str
-    init: str
-    epochs: int | None = None  # the book's: 2 (instruct), 5 (classify)
-    batch_size: int = 8
-    lr: float = 5e-5
-    weight_decay: float = 0.1
-    eval_freq: int | None = None  # the book's: 5 (instruct), 50 (classify)
-    eval_iter: int = 5
-    seed: int = 123
-    split: str | None = None  # the book's: 0.85,0.05,0.1 (instruct), 0.7,0.1,0.2 (classify)
-    split_seed: int | None = None  # instruct: shuffle before splitting (the book does not)
-    max_length: int | None = None
-    drop_rate: float = 0.0  # the book finetunes without dropout
-    mask_prompt: bool = False
-    template: str | None = None  # the template's text; None = the book's format_input
-    text_field: str = "Text"
-    label_field: str = "Label"
-    balance: bool = False
-    trainable: str = "last-block"
-    lora_rank: int = 0
-    lora_alpha: float = 16.0
-    lora_targets: str = "all"
-    device: str = "cpu"
-    precision: str = "fp32"
-    save_every: int = 0
-    keep_last: int = 3
-    sample_tokens: int = 50
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise UsageError(f"invalid kind: {self.kind!r} (choose from {', '.join(KINDS)})")
-        book = {"instruct": (2, 5, "0.85,0.05,0.1"), "classify": (5, 50, "0.7,0.1,0.2")}[self.kind]
-        self.epochs = book[0] if self.epochs is None else self.epochs
-        self.eval_freq = book[1] if self.eval_freq is None else self.eval_freq
-        self.split = book[2] if self.split is None else self.split
-        for name in ("epochs", "batch_size", "eval_freq", "eval_iter"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"invalid --{name.replace('_', '-')}: {getattr(self, name)} (must be at least 1)")
-        if self.max_length is not None and self.max_length < 1:
-            raise UsageError(f"invalid --max-length: {self.max_length} (must be at least 1)")
-        if self.lora_rank < 0:
-            raise UsageError(f"invalid --lora-rank: {self.lora_rank} (must be at least 1)")
-        ins.parse_split(self.split)
-        parse_targets(self.lora_targets)
-        if self.kind == "classify" and self.trainable not in cls_.TRAINABLE:
-            raise UsageError(f"invalid --trainable: {self.trainable!r} (choose from {', '.join(cls_.TRAINABLE)})")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+from gptcli.training import budget_reached, lr_at, planned_steps, stopped_message
 
 
 @dataclass
@@ -105,6 +44,9 @@ class Progress:
     batches_done: int = 0  # in the current epoch
     epoch_seed: int | None = None
     seen: int = 0  # tokens (instruct) or examples (classify), as the book counts them
+    tokens_seen: int = 0  # the training batches' tokens, padding included (what --max-tokens counts)
+    train_seconds: float = 0.0  # over all resumes (what --max-time counts)
+    planned_steps: int = 0  # the length the LR schedule decays over
     metrics_lines: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -139,7 +81,7 @@ class Splits:
 
 
 def prepare_splits(cfg: FinetuneConfig, model_cfg: ModelConfig, *, labels: list[str] | None = None) -> Splits:
-    fractions = ins.parse_split(cfg.split)
+    fractions = parse_split(cfg.split)
     if cfg.kind == "instruct":
         template = ins.Template() if cfg.template is None else ins.Template.from_text(cfg.template)
         records = ins.load_records(cfg.data)
@@ -268,6 +210,8 @@ class FinetuneTrainer:
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.progress = Progress()
         self.metrics: MetricsWriter | None = None
+        self._clock: tuple[float, float] | None = None  # (monotonic time, train_seconds) when fit began
+        self.stop_reason: str | None = None  # the budget flag that ended the run, if one did
         if resume_from is not None:
             self.restore(resume_from)
 
@@ -303,6 +247,7 @@ class FinetuneTrainer:
     def save(self) -> Path:
         path = rundir.step_checkpoint_path(self.run_dir, self.progress.step)
         self.progress.metrics_lines = self.metrics.lines if self.metrics else 0
+        self.progress.train_seconds = self._elapsed()
         ckpt.atomic_save(self.checkpoint_dict(), path)
         rundir.rotate(self.run_dir, self.cfg.keep_last, protect={path.resolve()})
         self.on_event({"type": "save", "path": str(path)})
@@ -314,6 +259,8 @@ class FinetuneTrainer:
         for group in self.optimizer.param_groups:
             group["fused"] = self.device.type in ("cpu", "cuda")
         self.progress = Progress.from_dict(obj.get("progress", {}))
+        if "tokens_seen" not in obj.get("progress", {}) and self.cfg.kind == "instruct":
+            self.progress.tokens_seen = self.progress.seen  # a checkpoint from before --max-tokens
         if "rng" in obj:
             ckpt.restore_rng(obj["rng"])
 
@@ -377,11 +324,60 @@ class FinetuneTrainer:
             self.metrics.write(record)
         self.on_event(record)
 
+    # -- the run's length: epochs, budgets, the LR schedule ---------------------------------------
+
+    def steps_per_epoch(self) -> int:
+        return len(self.splits.train) // self.cfg.batch_size
+
+    def tokens_per_step(self) -> int:
+        """The most tokens (``x.numel()``) a training batch can hold: exact for classify, whose
+        texts all pad to one length; for instruct, whose batches pad to their longest record, a
+        bound, so a token budget's planned length (the LR schedule's) ends no later than it does."""
+        data = self.splits.train
+        if self.cfg.kind == "classify":
+            width = data.max_length
+        else:
+            width = min(
+                max((len(ids) for ids in data.ids), default=1), data.max_length or self.model_cfg.context_length
+            )
+        return self.cfg.batch_size * max(1, width)
+
+    def planned_steps(self) -> int:
+        return planned_steps(self.cfg, self.steps_per_epoch(), self.tokens_per_step())
+
+    def _plan(self) -> None:
+        """The planned length; a resume whose budget changed it says how the LR schedule changes."""
+        st, cfg = self.progress, self.cfg
+        new = self.planned_steps()
+        if st.planned_steps and st.planned_steps != new and (cfg.warmup_steps or cfg.min_lr is not None) and st.step:
+            self.on_event(
+                {
+                    "type": "info",
+                    "text": f"LR schedule: the cosine decay now ends at step {new} (was step {st.planned_steps}), "
+                    f"from step {st.step} on",
+                }
+            )
+        st.planned_steps = new
+
+    def _elapsed(self) -> float:
+        """Training time so far, over all resumes."""
+        if self._clock is None:
+            return self.progress.train_seconds
+        return self._clock[1] + time.monotonic() - self._clock[0]
+
+    def _budget(self, *, at_start: bool = False) -> str | None:
+        st = self.progress
+        seconds = st.train_seconds if at_start else self._elapsed()
+        return budget_reached(self.cfg, step=st.step, tokens_seen=st.tokens_seen, seconds=seconds)
+
     # -- the loop ---------------------------------------------------------------------------------
 
     def fit(self) -> Progress:
+        """The book's loop, for ``epochs`` or until a budget (``--max-steps``, ``--max-tokens``,
+        ``--max-time``) ends it, whichever comes first: a budget ends it after the step that reaches
+        it, evaluated and saved (``stop_reason`` names it)."""
         cfg, st = self.cfg, self.progress
-        steps_per_epoch = len(self.splits.train) // cfg.batch_size
+        steps_per_epoch = self.steps_per_epoch()
         if steps_per_epoch < 1:
             raise DataError(
                 f"{cfg.data}: {len(self.splits.train)} training examples, fewer than one batch of {cfg.batch_size}"
@@ -402,7 +398,10 @@ class FinetuneTrainer:
             }
         )
         self.model.train()
-        while st.epoch < cfg.epochs:
+        self._plan()
+        self._clock = (time.monotonic(), st.train_seconds)
+        self.stop_reason = self._budget(at_start=True)
+        while st.epoch < cfg.epochs and self.stop_reason is None:
             if st.epoch_seed is None:
                 st.epoch_seed = loader_iter_seed(shuffle=True)
                 st.batches_done = 0
@@ -411,38 +410,45 @@ class FinetuneTrainer:
                 self._step(batches[st.batches_done])
                 st.batches_done += 1
                 st.step += 1
-                if (st.step - 1) % cfg.eval_freq == 0:
-                    tr, va = self.evaluate()
-                    h = {
-                        "epoch": st.epoch + 1,
-                        "step": st.step - 1,
-                        "tokens_seen": st.seen,
-                        "train_loss": tr,
-                        "val_loss": va,
-                    }
-                    st.history.append(h)
-                    self._log(
-                        {
-                            "type": "eval",
-                            **h,
-                            "lr": self.optimizer.param_groups[0]["lr"],
-                            "steps_per_epoch": steps_per_epoch,
-                        }
-                    )
+                evaluated = (st.step - 1) % cfg.eval_freq == 0
+                if evaluated:
+                    self._evaluate_and_log(steps_per_epoch)
+                self.stop_reason = self._budget()
+                if self.stop_reason is not None:
+                    if not evaluated:  # off the --eval-freq schedule: must not shift the RNG streams
+                        rng = ckpt.capture_rng()
+                        self._evaluate_and_log(steps_per_epoch)
+                        ckpt.restore_rng(rng)
+                    if st.batches_done < len(batches):  # an epoch's end saves below
+                        self.save()
+                    break
                 stop = self.should_stop()
                 if stop or (cfg.save_every and st.step % cfg.save_every == 0 and st.batches_done < len(batches)):
                     path = self.save()
                     if stop:
                         return self._interrupted(path, stop)
+            if st.batches_done < len(batches):  # a budget ended the run inside the epoch
+                break
             self._end_epoch()
             st.epoch += 1
             st.epoch_seed = None
             st.batches_done = 0
             path = self.save()
             stop = self.should_stop()
-            if stop and st.epoch < cfg.epochs:
+            if stop and st.epoch < cfg.epochs and self.stop_reason is None:
                 return self._interrupted(path, stop)
+        if self.stop_reason is not None:
+            text = stopped_message(self.stop_reason, step=st.step, tokens_seen=st.tokens_seen, seconds=self._elapsed())
+            self.on_event({"type": "stopped", "reason": self.stop_reason, "step": st.step, "text": text})
         return st
+
+    def _evaluate_and_log(self, steps_per_epoch: int) -> None:
+        """The book's periodic evaluation: losses on both splits, in the history and the log."""
+        st = self.progress
+        tr, va = self.evaluate()
+        h = {"epoch": st.epoch + 1, "step": st.step - 1, "tokens_seen": st.seen, "train_loss": tr, "val_loss": va}
+        st.history.append(h)
+        self._log({"type": "eval", **h, "lr": self.optimizer.param_groups[0]["lr"], "steps_per_epoch": steps_per_epoch})
 
     def _interrupted(self, path: Path, signum: int):
         from gptcli.training import Interrupted
@@ -454,7 +460,8 @@ class FinetuneTrainer:
 
     def _step(self, rows: list[int]) -> None:
         cfg, st = self.cfg, self.progress
-        lr = lr_at(st.step, lr=cfg.lr, warmup_steps=0, total_steps=1, min_lr=None)
+        # Constant (the book's) unless --warmup-steps or --min-lr asks for warm-up and cosine decay.
+        lr = lr_at(st.step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=st.planned_steps, min_lr=cfg.min_lr)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.optimizer.zero_grad()
@@ -463,8 +470,11 @@ class FinetuneTrainer:
         if not torch.isfinite(loss):
             raise DataError(f"non-finite loss at step {st.step}; nothing saved for it")
         loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         st.seen += x.numel() if cfg.kind == "instruct" else x.shape[0]
+        st.tokens_seen += x.numel()
 
     def _end_epoch(self) -> None:
         st = self.progress

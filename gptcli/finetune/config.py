@@ -1,0 +1,288 @@
+"""The settings of a finetuning run (``FinetuneConfig``), and the ``gptcli finetune`` flags made
+from them. Torch-free, so that ``gptcli finetune ... --help`` stays fast.
+
+Every field with "help" metadata is a flag, as ``gptcli.config.flag_fields`` describes for
+``train``, plus what differs between ``instruct`` and ``classify``: "help" and "default_text" may
+be a mapping from kind to text (the book's defaults differ per chapter), "kinds" limits a flag to
+some kinds, and "flag_default" is the value the command line takes where the dataclass's own
+default (for Python callers and tests: the CPU) differs. Values go through ``gptcli.config``'s
+validation layer: ``--max-steps 10k``, ``--max-tokens 2M`` and ``--max-time 90m`` are read as
+``train`` reads them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from gptcli.config import (
+    COUNT,
+    DEVICE_CHOICES,
+    DEVICE_NAMES,
+    DURATION,
+    ConfigValueError,
+    _coerce_fields,
+    budget_field,
+    is_device_name,
+)
+from gptcli.errors import UsageError
+
+KINDS = ("instruct", "classify")
+TRAINABLE = ("last-block", "all", "head")  # classify: which weights train (the book's: last-block)
+LORA_TARGETS = ("attn", "mlp", "head")
+PRECISIONS = ("fp32", "bf16")  # fp16 would need a gradient scaler, which the book's loop has not
+# The flags that change a run's length when it is resumed.
+LENGTH_FLAGS = ("epochs", "max_steps", "max_tokens", "max_time")
+
+
+@dataclass
+class FinetuneConfig:
+    """Every setting of a finetuning run; stored in its checkpoints, so ``resume`` needs none.
+    Defaults are the book's (chapter 7 for instruct, chapter 6 for classify)."""
+
+    kind: str
+    data: str
+    init: str
+    # -- data ------------------------------------------------------------------------------------
+    split: str | None = field(
+        default=None,
+        metadata={
+            "help": {
+                "instruct": "train,val,test fractions (the book's order: train, test, val).",
+                "classify": "train,val,test fractions, after the book's seeded shuffle.",
+            },
+            "panel": "data",
+            "default_text": {"instruct": "0.85,0.05,0.1", "classify": "0.7,0.1,0.2"},
+        },
+    )
+    split_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "Shuffle the records with this seed before splitting.",
+            "panel": "data",
+            "kinds": ("instruct",),
+            "default_text": "keep the file's order, as the book",
+        },
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": {
+                "instruct": "Cut batches to this many tokens.",
+                "classify": "Cut and pad texts to this many tokens.",
+            },
+            "panel": "data",
+            "default_text": {"instruct": "the context length", "classify": "the longest training text"},
+        },
+    )
+    mask_prompt: bool = field(
+        default=False,
+        metadata={
+            "help": "Ignore the prompt's tokens in the loss (exercise 7.2).",
+            "panel": "data",
+            "kinds": ("instruct",),
+        },
+    )
+    template: str | None = None  # the template's text (--template FILE); None = the book's format_input
+    text_field: str = field(
+        default="Text", metadata={"help": "Name of the text field.", "panel": "data", "kinds": ("classify",)}
+    )
+    label_field: str = field(
+        default="Label", metadata={"help": "Name of the label field.", "panel": "data", "kinds": ("classify",)}
+    )
+    balance: bool = field(
+        default=False,
+        metadata={
+            "help": "Sample every class down to the smallest (create_balanced_dataset).",
+            "panel": "data",
+            "kinds": ("classify",),
+        },
+    )
+    # -- training --------------------------------------------------------------------------------
+    trainable: str = field(
+        default="last-block",
+        metadata={
+            "help": "Weights that train: last-block (the book's: last block, final LayerNorm, head), head or all.",
+            "panel": "train",
+            "kinds": ("classify",),
+            "suggest": TRAINABLE,
+        },
+    )
+    epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "Epochs (with a budget flag, whichever ends first ends the run).",
+            "panel": "train",
+            "default_text": {"instruct": "2", "classify": "5"},
+        },
+    )
+    max_steps: Annotated[int | None, COUNT] = budget_field("max_steps")
+    max_tokens: Annotated[int | None, COUNT] = budget_field(
+        "max_tokens", help_text="Stop after this many training tokens, padding included (50M, 2B)."
+    )
+    max_time: Annotated[float | None, DURATION] = budget_field("max_time")
+    batch_size: int = field(default=8, metadata={"help": "Examples per step.", "panel": "train"})
+    lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate.", "panel": "train"})
+    warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Linear warm-up steps, then cosine decay to --min-lr over the planned length.",
+            "panel": "train",
+            "default_text": "0, constant LR as the book",
+        },
+    )
+    min_lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "Floor of the cosine decay.",
+            "panel": "train",
+            "default_text": "lr/10 when a schedule is on",
+        },
+    )
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay.", "panel": "train"})
+    grad_clip: float = field(
+        default=0.0,
+        metadata={"help": "Clip the gradient norm to this.", "panel": "train", "default_text": "0, off as the book"},
+    )
+    eval_freq: int | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate every N steps.",
+            "panel": "train",
+            "default_text": {"instruct": "5", "classify": "50"},
+        },
+    )
+    eval_iter: int = field(default=5, metadata={"help": "Batches per evaluation.", "panel": "train"})
+    seed: int = field(default=123, metadata={"help": "Random seed.", "panel": "train"})
+    drop_rate: float = 0.0  # the book finetunes without dropout
+    precision: str = field(
+        default="fp32",
+        metadata={"help": "fp32 (the book's), or bf16 autocast.", "panel": "train", "choices": PRECISIONS},
+    )
+    device: str = field(
+        default="cpu",
+        metadata={
+            "help": "Where to train: auto picks a GPU if there is one; cuda:N picks one of several.",
+            "panel": "train",
+            "suggest": DEVICE_NAMES,
+            "flag_default": "auto",
+            "default_text": "auto",
+        },
+    )
+    # -- LoRA ------------------------------------------------------------------------------------
+    lora_rank: int = field(
+        default=0,
+        metadata={
+            "help": {
+                "instruct": "LoRA rank; 0 trains every weight.",
+                "classify": "LoRA rank; 0 trains the --trainable weights.",
+            },
+            "panel": "lora",
+        },
+    )
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "LoRA alpha (the adapters' output scale).", "panel": "lora"}
+    )
+    lora_targets: str = field(
+        default="all", metadata={"help": "Layers given adapters: attn,mlp,head or all.", "panel": "lora"}
+    )
+    # -- output ----------------------------------------------------------------------------------
+    save_every: int = field(
+        default=0,
+        metadata={"help": "Also save every N steps (0: at each epoch's end).", "panel": "output"},
+    )
+    keep_last: int = field(
+        default=3, metadata={"help": "Step checkpoints to keep (the oldest are deleted).", "panel": "output"}
+    )
+    sample_tokens: int = 50
+
+    def __post_init__(self) -> None:
+        try:
+            _coerce_fields(self)  # counts ("10k"), durations ("90m"), numbers; every value's type
+        except ConfigValueError as e:
+            raise ConfigValueError(e.key, e.detail, from_flag=True) from None
+        if self.kind not in KINDS:
+            raise UsageError(f"invalid kind: {self.kind!r} (choose from {', '.join(KINDS)})")
+        book = {"instruct": (2, 5, "0.85,0.05,0.1"), "classify": (5, 50, "0.7,0.1,0.2")}[self.kind]
+        self.epochs = book[0] if self.epochs is None else self.epochs
+        self.eval_freq = book[1] if self.eval_freq is None else self.eval_freq
+        self.split = book[2] if self.split is None else self.split
+        for name in ("epochs", "batch_size", "eval_freq", "eval_iter", "keep_last", "max_steps", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"invalid {_flag(name)}: {value} (must be at least 1)")
+        for name in ("save_every", "warmup_steps", "lora_rank"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"invalid {_flag(name)}: {getattr(self, name)} (must be at least 0)")
+        if self.max_length is not None and self.max_length < 1:
+            raise UsageError(f"invalid --max-length: {self.max_length} (must be at least 1)")
+        if self.max_time is not None and self.max_time <= 0:
+            raise UsageError(f"invalid --max-time: {self.max_time:g} (must be more than 0 seconds)")
+        for name in ("lr", "weight_decay", "grad_clip", "min_lr"):
+            value = getattr(self, name)
+            if value is not None and (value < 0 or (name == "lr" and value == 0)):
+                raise UsageError(f"invalid {_flag(name)}: {value:g} (must be {'> 0' if name == 'lr' else '>= 0'})")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"invalid --precision: {self.precision!r} (choose from {', '.join(PRECISIONS)})")
+        if not is_device_name(self.device):
+            raise UsageError(f"invalid --device: {self.device!r} (choose from {DEVICE_CHOICES})")
+        parse_split(self.split)
+        parse_targets(self.lora_targets)
+        if self.kind == "classify" and self.trainable not in TRAINABLE:
+            raise UsageError(f"invalid --trainable: {self.trainable!r} (choose from {', '.join(TRAINABLE)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def parse_split(text: str, *, flag: str = "--split") -> tuple[float, float, float]:
+    """``train,val,test`` fractions, each in [0, 1], summing to at most 1."""
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or any(not 0 <= x <= 1 for x in parts) or sum(parts) > 1 + 1e-9 or parts[0] <= 0:
+        raise UsageError(f"invalid {flag}: {text!r} (three fractions train,val,test like 0.85,0.05,0.1)")
+    return parts  # type: ignore[return-value]
+
+
+def parse_targets(text: str | None) -> tuple[str, ...]:
+    """``--lora-targets``: a comma-separated list of attn, mlp, head, or all."""
+    if text is None or text == "all":
+        return LORA_TARGETS
+    parts = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [t for t in parts if t not in LORA_TARGETS]
+    if bad or not parts:
+        raise UsageError(
+            f"invalid --lora-targets: {text!r} (a comma-separated list of {', '.join(LORA_TARGETS)}, or all)"
+        )
+    return parts
+
+
+def flag_fields(kind: str | None = None) -> list[dataclasses.Field]:
+    """The fields that are flags of ``gptcli finetune KIND``, in field order, each a copy whose
+    metadata reads as KIND shows it (help and shown default resolved). ``kind`` None: the flags
+    every kind has, with per-kind texts left as they are."""
+    out = []
+    for f in dataclasses.fields(FinetuneConfig):
+        md = dict(f.metadata)
+        if "help" not in md or (kind is None and "kinds" in md) or kind not in md.get("kinds", (kind,)):
+            continue
+        if kind is not None:
+            md.update({k: md[k][kind] for k in ("help", "default_text") if isinstance(md.get(k), dict)})
+        resolved = copy.copy(f)
+        resolved.metadata = types.MappingProxyType(md)
+        out.append(resolved)
+    return out
