@@ -22,11 +22,14 @@ $(BIN)/gptcli: pyproject.toml
 	$(BIN)/pip install -q tqdm
 	touch $(BIN)/gptcli
 
+# Two pytest workers: every test runs torch on one thread (tests/conftest.py), so two workers keep
+# both cores busy; TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 lint: install
 	$(BIN)/ruff check gptcli tests benchmarks examples

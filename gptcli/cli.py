@@ -1016,6 +1016,24 @@ _FtOut = Annotated[
 ]
 
 _FT_PANELS = {"data": "Data", "train": "Training (defaults: the book's)", "lora": "LoRA (appendix E)", "output": _OUT}
+_FtThreads = Annotated[Optional[int], _threads_option(rich_help_panel=_FT_PANELS["train"])]
+_FtQuiet = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="No progress output on stderr (the final accuracies or test loss still print).",
+        rich_help_panel=_OUT,
+    ),
+]
+_FtTensorBoard = Annotated[
+    bool,
+    typer.Option(
+        "--tensorboard",
+        help="Also write TensorBoard events to <run>/tensorboard (needs: pip install tensorboard).",
+        rich_help_panel=_OUT,
+    ),
+]
 
 
 def _finetune_options(
@@ -1046,7 +1064,18 @@ def _finetune_settings(kind: str, data: str, init: str, flags: dict[str, Any]) -
     "  gptcli finetune instruct alpaca.jsonl --init gpt2-124M --max-steps 2000 --warmup-steps 100 --grad-clip 1",
 )
 @_with_config_flags(
-    "data", "init", "out", "template", "<data>", "<train>", "<lora>", "<output>", options=_finetune_options("instruct")
+    "data",
+    "init",
+    "out",
+    "template",
+    "<data>",
+    "<train>",
+    "threads",
+    "<lora>",
+    "<output>",
+    "quiet",
+    "tensorboard",
+    options=_finetune_options("instruct"),
 )
 def finetune_instruct(
     *,
@@ -1062,12 +1091,22 @@ def finetune_instruct(
             show_default=False,
         ),
     ] = None,
+    threads: _FtThreads = None,
+    quiet: _FtQuiet = False,
+    tensorboard: _FtTensorBoard = False,
     **flags: Any,
 ) -> None:
     """Finetune a model to follow instructions, as the book's chapter 7."""
     from gptcli.commands.finetune import finetune_command
 
-    finetune_command(_finetune_settings("instruct", data, init, flags), out=out, template_file=template)
+    finetune_command(
+        _finetune_settings("instruct", data, init, flags),
+        out=out,
+        template_file=template,
+        quiet=quiet,
+        threads=threads,
+        tensorboard=tensorboard,
+    )
 
 
 @_finetune_app.command(
@@ -1076,7 +1115,17 @@ def finetune_instruct(
     "  gptcli finetune classify reviews.jsonl --init gpt2-124M --text-field review --label-field stars",
 )
 @_with_config_flags(
-    "data", "init", "out", "<data>", "<train>", "<lora>", "<output>", options=_finetune_options("classify")
+    "data",
+    "init",
+    "out",
+    "<data>",
+    "<train>",
+    "threads",
+    "<lora>",
+    "<output>",
+    "quiet",
+    "tensorboard",
+    options=_finetune_options("classify"),
 )
 def finetune_classify(
     *,
@@ -1085,12 +1134,21 @@ def finetune_classify(
     ],
     init: _FtInit,
     out: _FtOut = None,
+    threads: _FtThreads = None,
+    quiet: _FtQuiet = False,
+    tensorboard: _FtTensorBoard = False,
     **flags: Any,
 ) -> None:
     """Finetune a model as a text classifier, as the book's chapter 6."""
     from gptcli.commands.finetune import finetune_command
 
-    finetune_command(_finetune_settings("classify", data, init, flags), out=out)
+    finetune_command(
+        _finetune_settings("classify", data, init, flags),
+        out=out,
+        quiet=quiet,
+        threads=threads,
+        tensorboard=tensorboard,
+    )
 
 
 @_finetune_app.command(
@@ -1098,7 +1156,11 @@ def finetune_classify(
     epilog="Examples:\n\n  gptcli finetune resume runs/alpaca\n\n  gptcli finetune resume runs/alpaca --max-steps 4000",
 )
 @_with_config_flags(
-    "target", "<train>", options=_finetune_options(None, only=FINETUNE_LENGTH_FLAGS, default_text="the run's")
+    "target",
+    "<train>",
+    "threads",
+    "quiet",
+    options=_finetune_options(None, only=FINETUNE_LENGTH_FLAGS, default_text="the run's"),
 )
 def finetune_resume(
     *,
@@ -1108,6 +1170,8 @@ def finetune_resume(
             metavar="RUN", help="Run directory or checkpoint [default: the most recent run].", show_default=False
         ),
     ] = None,
+    threads: _FtThreads = None,
+    quiet: _FtQuiet = False,
     **flags: Any,
 ) -> None:
     """Continue a finetuning run exactly where its newest checkpoint stopped.
@@ -1115,7 +1179,7 @@ def finetune_resume(
     A larger --epochs or budget extends a run that has ended as if it had been set from the start."""
     from gptcli.commands.finetune import resume_command
 
-    resume_command(target, **flags)
+    resume_command(target, quiet=quiet, threads=threads, **flags)
 
 
 @app.command(

@@ -432,6 +432,14 @@ class TrainConfig:
             "panel": "train",
         },
     )
+    fsdp: bool = field(
+        default=False,
+        metadata={
+            "help": "Under torchrun, shard the parameters, gradients and AdamW state across the processes "
+            "(FSDP2) instead of copying them to each (DDP); checkpoints stay one ordinary .pth.",
+            "panel": "train",
+        },
+    )
     init: str | None = field(
         default=None,
         metadata={

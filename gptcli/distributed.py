@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from gptcli.errors import UsageError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -27,6 +29,15 @@ class DistInfo:
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def require_torchrun(flag: str) -> None:
+    """Refuse ``flag`` (a setting that splits work across processes) in a process on its own."""
+    if not launched_by_torchrun():
+        raise UsageError(
+            f"invalid {flag}: it shards the run across processes that torchrun starts; launch with: "
+            f"torchrun --nproc_per_node=N -m gptcli train ... {flag}"
+        )
 
 
 def is_main_process() -> bool:

@@ -18,12 +18,18 @@ from gptcli.model import GPT
 
 
 def shard(model: GPT, *, reshard_after_forward: bool = True) -> GPT:
-    """Shard ``model`` in place across the default process group; returns it (now also an FSDPModule)."""
+    """Shard ``model`` in place across the default process group; returns it (now also an FSDPModule).
+
+    The device mesh is of the model's device type (FSDP's default would pick CUDA whenever a GPU
+    is visible, even for a gloo run on CPU)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    mesh = init_device_mesh(next(model.parameters()).device.type, (dist.get_world_size(),))
     for block in model.h:
-        fully_shard(block, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, reshard_after_forward=reshard_after_forward)
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
     return model
 
 
@@ -53,3 +59,34 @@ def load_full_state_dict(
     set_model_state_dict(model, model_sd, options=opts)
     if optimizer is not None and optim_sd is not None:
         set_optimizer_state_dict(model, optimizer, optim_sd, options=opts)
+
+
+# ``full_state_dict`` keys the optimizer state by parameter name ("h.0.attn.c_attn.weight"), torch's
+# own ``Optimizer.state_dict`` by position (0, 1, ... over the param groups in order). A gptcli
+# checkpoint holds the latter, whatever wrote it, so these two convert between them.
+
+
+def optimizer_state_by_position(named: dict) -> dict:
+    """A name-keyed optimizer state dict (from ``full_state_dict``) in ``Optimizer.state_dict``'s
+    layout, which a plain AdamW of the same parameters loads."""
+    position: dict[str, int] = {}
+    groups = []
+    for group in named["param_groups"]:
+        ids = [position.setdefault(name, len(position)) for name in group["params"]]
+        groups.append({**group, "params": ids})
+    return {"state": {position[name]: s for name, s in named["state"].items()}, "param_groups": groups}
+
+
+def optimizer_state_by_name(model: torch.nn.Module, optimizer: torch.optim.Optimizer, positional: dict) -> dict:
+    """``Optimizer.state_dict``'s layout (saved by any gptcli run) keyed by the names of
+    ``optimizer``'s parameters in ``model``, as ``load_full_state_dict`` takes it."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    sizes = [len(g["params"]) for g in positional["param_groups"]]
+    if sizes != [len(g["params"]) for g in optimizer.param_groups]:  # as Optimizer.load_state_dict says it
+        raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+    groups, start = [], 0
+    for group in positional["param_groups"]:
+        groups.append({**group, "params": order[start : start + len(group["params"])]})
+        start += len(group["params"])
+    return {"state": {order[i]: s for i, s in positional["state"].items()}, "param_groups": groups}

@@ -7,7 +7,7 @@ training loop. Never prints: a note for the user comes back in ``LoadedModel.not
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,15 +111,20 @@ def long_prompt_warning(n_tokens: int, context_length: int) -> str | None:
 
 def generate_with(
     net: GPT,
-    idx: torch.Tensor,
+    idx: torch.Tensor | Sequence[Sequence[int]],
     scfg: SampleConfig,
     *,
     use_cache: bool = True,
     stop_at_eos: bool = True,
     on_token: Callable[[torch.Tensor], None] | None = None,
 ) -> list[list[int]]:
-    """``generate`` with a SampleConfig's settings: the new ids of each row of ``idx`` (B, T).
+    """``generate`` with a SampleConfig's settings: the new ids of each row of ``idx``, a (B, T)
+    tensor or a list of token-id lists of any lengths (one left-padded batch, see ``generate``).
     A row stops at <|endoftext|> unless ``stop_at_eos`` is off (the book's epoch sample runs on)."""
+    if not isinstance(idx, torch.Tensor) and len({len(row) for row in idx}) == 1:
+        # Rows of one length need no padding: as a (B, T) tensor they take exactly the path a
+        # single prompt always took, so its greedy and seeded tokens stay the book's.
+        idx = torch.tensor([list(row) for row in idx], device=next(net.parameters()).device)
     return generate(
         net,
         idx,

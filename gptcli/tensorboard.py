@@ -115,6 +115,10 @@ class TensorBoardWriter(Callbacks):
     def _add_event(self, event: Any) -> None:
         self._records.write(event.SerializeToString())
 
+    def flush(self) -> None:
+        """Hand the events written so far to the OS, so TensorBoard sees them now."""
+        self._file.flush()
+
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()

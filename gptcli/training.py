@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from gptcli import checkpoint as ckpt
-from gptcli import distributed, fused_loss, rundir
+from gptcli import distributed, fsdp, fused_loss, rundir
 from gptcli.callbacks import Callbacks
 from gptcli.config import ModelConfig, TrainConfig, dump_yaml_config, parse_interval
 from gptcli.data import TokenWindows, batches_of, loader_iter_seed, permutation, prepare_data
@@ -291,11 +291,19 @@ class Trainer:
         if init_state_dict is not None:
             ckpt.load_weights(self.model, init_state_dict, source=f"--init {cfg.init}")
         self.model.to(self.device)
+        # --fsdp shards the model across the torchrun processes (the optimizer is then built over
+        # the shards). `gptcli train --fsdp` without torchrun is refused before this; an --fsdp run
+        # resumed by a process on its own trains unsharded: its checkpoints are ordinary ones.
+        self.fsdp = cfg.fsdp and self.dist.enabled
+        if self.fsdp:
+            fsdp.shard(self.model)
+        elif cfg.fsdp:
+            self.cb.info("--fsdp: not launched by torchrun, so this process trains the whole model unsharded")
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
         use_compile = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
         net: torch.nn.Module = torch.compile(self.model) if use_compile else self.model
-        if self.dist.enabled:
+        if self.dist.enabled and not self.fsdp:
             net = torch.nn.parallel.DistributedDataParallel(
                 net, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None
             )
@@ -313,12 +321,23 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
 
-    def checkpoint_dict(self) -> dict[str, Any]:
+    def _full_state(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The whole model's and optimizer's state dicts, in the ordinary layout. Under --fsdp
+        this gathers the shards onto rank 0's CPU: collective (every rank must call it), and
+        None on the other ranks."""
+        if not self.fsdp:
+            return self.model.state_dict(), self.optimizer.state_dict()
+        model_sd, optim_sd = fsdp.full_state_dict(self.model, self.optimizer)
+        return (model_sd, fsdp.optimizer_state_by_position(optim_sd)) if self.dist.is_main else None
+
+    def checkpoint_dict(self, state: tuple[dict[str, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The training checkpoint; ``state``: what ``_full_state`` returned (gathered already)."""
+        model_sd, optim_sd = state or self._full_state()
         return ckpt.training_checkpoint(
             self.model_cfg,
             self.cfg.to_dict(),
-            self.model.state_dict(),
-            optimizer_state=self.optimizer.state_dict(),
+            model_sd,
+            optimizer_state=optim_sd,
             scaler_state=self.scaler.state_dict(),
             progress=self.state.to_dict(),
             rng=ckpt.capture_rng(),
@@ -331,10 +350,11 @@ class Trainer:
         self.state.nonfinite_steps = self.guard.count
         self.state.train_seconds = self._elapsed()
         path = rundir.step_checkpoint_path(self.run_dir, self.state.step)
+        state = self._full_state() if self.fsdp else None  # every rank takes part in gathering the shards
         if self.dist.is_main:
             self.state.metrics_lines = self.metrics.lines if self.metrics else 0
             try:
-                ckpt.atomic_save(self.checkpoint_dict(), path)
+                ckpt.atomic_save(self.checkpoint_dict(state), path)
             except SaveError as e:
                 raise self._write_failed(e) from e.__cause__
             self._update_best(path)
@@ -383,10 +403,20 @@ class Trainer:
                 "the training text differs from the one this checkpoint was trained on; "
                 "exact resumption needs the same data (start a new run with --init instead)"
             )
-        ckpt.load_weights(self.model, obj["model_state_dict"], source="checkpoint")
-        if obj.get("optimizer_state_dict"):
-            flags = {k: self.optimizer.param_groups[0].get(k) for k in ("fused", "foreach")}
-            self.optimizer.load_state_dict(obj["optimizer_state_dict"])
+        optim_sd = obj.get("optimizer_state_dict") or None
+        flags = {k: self.optimizer.param_groups[0].get(k) for k in ("fused", "foreach")}
+        if self.fsdp:
+            # An ordinary checkpoint, saved at any world size, with or without --fsdp: each rank
+            # keeps its shards of it (of copies: the load replaces the dicts' values by shards).
+            ckpt.check_state_fits(self.model_cfg, obj["model_state_dict"], "checkpoint")
+            if optim_sd is not None:
+                optim_sd = fsdp.optimizer_state_by_name(self.model, self.optimizer, optim_sd)
+            fsdp.load_full_state_dict(self.model, dict(obj["model_state_dict"]), self.optimizer, optim_sd)
+        else:
+            ckpt.load_weights(self.model, obj["model_state_dict"], source="checkpoint")
+            if optim_sd is not None:
+                self.optimizer.load_state_dict(optim_sd)
+        if optim_sd is not None:
             # A state saved by another AdamW (the book's default, non-fused one) carries its own
             # implementation flags; keep ours, which the update rule does not depend on.
             for group in self.optimizer.param_groups:
@@ -414,12 +444,16 @@ class Trainer:
             share = -(-len(b) // world)
             mine = b[rank * share : (rank + 1) * share]
             acc = torch.zeros(2, device=self.device)  # (sum of window losses, windows)
-            for i in range(0, len(mine), bs):
-                x, y = windows.batch(mine[i : i + bs])
+            # Under --fsdp each forward pass gathers the shards from every rank, so a rank whose
+            # share of a short last batch has run out keeps step with passes it does not count.
+            for i in range(0, share if self.fsdp else len(mine), bs):
+                counted = i < len(mine)
+                x, y = windows.batch(mine[i : i + bs] if counted else b[:1])
                 with autocast_for(self.device, self.cfg.precision):
                     loss = batch_loss(self.model, x.to(self.device), y.to(self.device)).float()
-                acc[0] += loss * x.shape[0]
-                acc[1] += x.shape[0]
+                if counted:
+                    acc[0] += loss * x.shape[0]
+                    acc[1] += x.shape[0]
             if self.dist.enabled:
                 torch.distributed.all_reduce(acc)
             total += acc[0] / acc[1]
@@ -443,8 +477,17 @@ class Trainer:
         """The book's ``generate_and_print_sample``: 50 greedy tokens from the start context."""
         self.model.eval()
         idx = torch.tensor([encode(self.cfg.start_context)], device=self.device)
+        # Under --fsdp every rank generates alike (each forward pass gathers the shards); on CUDA
+        # without the KV cache, whose CUDA graph cannot capture those collectives.
+        use_cache = not (self.fsdp and self.device.type == "cuda")
         with autocast_for(self.device, self.cfg.precision):
-            new = generate_with(self.model, idx, SampleConfig(max_new_tokens=self.cfg.sample_tokens), stop_at_eos=False)
+            new = generate_with(
+                self.model,
+                idx,
+                SampleConfig(max_new_tokens=self.cfg.sample_tokens),
+                stop_at_eos=False,
+                use_cache=use_cache,
+            )
         self.model.train()
         return decode(idx[0].tolist() + new[0])
 
@@ -524,8 +567,12 @@ class Trainer:
             x, y = self.data.train.batch(ids)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             last = i == len(micro) - 1
-            # Gradients are all-reduced once per step, on the last micro-batch.
-            sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.train_model.no_sync()
+            # Gradients are all-reduced (reduce-scattered under --fsdp) once per step, on the last micro-batch.
+            sync = contextlib.nullcontext()
+            if self.fsdp:
+                self.model.set_requires_gradient_sync(last)
+            elif not last and self.dist.enabled:
+                sync = self.train_model.no_sync()
             with sync:
                 with autocast_for(self.device, cfg.precision):
                     loss = batch_loss(self.train_model, x, y)
@@ -706,7 +753,9 @@ class Trainer:
         d, st = self.data, self.state
         return {
             "params": self.model.num_params(),
-            "device": str(self.device) + (f" x {self.dist.world_size} ranks" if self.dist.enabled else ""),
+            "device": str(self.device)
+            + (f" x {self.dist.world_size} ranks" if self.dist.enabled else "")
+            + (" (FSDP)" if self.fsdp else ""),
             "train_tokens": d.train_tokens,
             "val_tokens": d.val_tokens,
             "train_windows": len(d.train),

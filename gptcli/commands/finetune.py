@@ -13,6 +13,7 @@ from gptcli.commands.train import StopFlag
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.finetune.config import KINDS, LENGTH_FLAGS
 from gptcli.paths import display_path, shell_path
+from gptcli.tensorboard import LOG_DIR, TensorBoardWriter, check_available
 
 
 def _report(record: dict[str, Any]) -> None:
@@ -40,13 +41,82 @@ def _report(record: dict[str, Any]) -> None:
         console.info(record["text"])
 
 
+class _Board(TensorBoardWriter):
+    """``--tensorboard`` for a finetuning run: its eval records as train's (losses, lr), each
+    epoch's accuracies (classify) as ``accuracy/train`` and ``accuracy/val``, its samples as text."""
+
+    def on_accuracy(self, record: dict[str, Any]) -> None:
+        for split in ("train", "val"):
+            self.add_scalar(f"accuracy/{split}", float(record[f"{split}_acc"]), int(record["step"]))
+        self.flush()
+
+
+def _board(run_dir: Path, *, tensorboard: bool, resume_from: dict[str, Any] | None) -> _Board | None:
+    """The TensorBoard writer of a run: for ``--tensorboard``, and for a resumed run that wrote
+    events before (``<run>/tensorboard/``), whose events from the checkpoint's step on are purged."""
+    if not (tensorboard or (Path(run_dir) / LOG_DIR).is_dir()):
+        return None
+    purge = int(resume_from.get("progress", {}).get("step", 0)) if resume_from is not None else None
+    try:
+        return _Board(run_dir, purge_step=purge)
+    except UsageError:
+        if tensorboard:
+            raise
+        console.warn(f"{run_dir}/{LOG_DIR} exists but tensorboard is not installed; not logging to it")
+        return None
+
+
+def _reporter(board: _Board | None):
+    """The trainer's ``on_event``: the console, and TensorBoard when on."""
+    if board is None:
+        return _report
+    feeds = {"eval": board.on_eval, "accuracy": board.on_accuracy, "sample": board.on_sample}
+
+    def on_event(record: dict[str, Any]) -> None:
+        _report(record)
+        feed = feeds.get(record["type"])
+        if feed is not None:
+            feed(record)
+
+    return on_event
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        from gptcli.device import set_threads
+
+        set_threads(threads)
+
+
 def _write_config(run_dir: Path, cfg) -> None:
     import yaml
 
     rundir.write_config(run_dir, yaml.safe_dump({"finetune": cfg.to_dict()}, sort_keys=False))
 
 
-def _fit(trainer, cfg) -> dict[str, Any]:
+def _run(cfg, run_dir: Path, *, resume_from: dict[str, Any] | None = None, tensorboard: bool = False) -> dict[str, Any]:
+    """Build the trainer, write the run's config.yaml and train to the end or a clean stop, then
+    the book's final numbers. Under torchrun every rank comes here and rank 0 alone reports and
+    writes; the ranks leave the process group together, however the run ends."""
+    from gptcli import distributed
+    from gptcli.finetune.trainer import FinetuneTrainer
+
+    main = distributed.is_main_process()
+    if not main:
+        console.set_quiet(True)
+    board = _board(run_dir, tensorboard=tensorboard, resume_from=resume_from) if main else None
+    try:
+        trainer = FinetuneTrainer(cfg, run_dir, on_event=_reporter(board), resume_from=resume_from)
+        if main:
+            _write_config(run_dir, cfg)  # a resume's: the settings it goes on with, new budgets included
+        return _fit(trainer, cfg, main=main)
+    finally:
+        if board is not None:
+            board.close()
+        distributed.shutdown()
+
+
+def _fit(trainer, cfg, *, main: bool = True) -> dict[str, Any]:
     stop = StopFlag().install()
     trainer.should_stop = stop
     try:
@@ -59,31 +129,40 @@ def _fit(trainer, cfg) -> dict[str, Any]:
     if cfg.kind == "classify":
         acc = trainer.final_accuracy()
         result.update({f"{k}_accuracy": v for k, v in acc.items()})
-        console.print_result(" | ".join(f"{k.capitalize()} accuracy: {v * 100:.2f}%" for k, v in acc.items()))
+        text = " | ".join(f"{k.capitalize()} accuracy: {v * 100:.2f}%" for k, v in acc.items())
     else:
-        test = trainer.loader_loss(trainer.splits.test, shuffle=False, num_batches=None)
-        result["test_loss"] = test
-        console.print_result(f"test loss {test:.4f}")
+        result["test_loss"] = trainer.loader_loss(trainer.splits.test, shuffle=False, num_batches=None)
+        text = f"test loss {result['test_loss']:.4f}"
+    if main:
+        console.print_result(text)
     return result
 
 
 def finetune_command(
-    cfg_kwargs: dict[str, Any], *, out: Path | None, template_file: Path | None = None
+    cfg_kwargs: dict[str, Any],
+    *,
+    out: Path | None,
+    template_file: Path | None = None,
+    quiet: bool = False,
+    threads: int | None = None,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
     """Start a finetuning run in a new run directory."""
+    from gptcli.finetune.config import FinetuneConfig
     from gptcli.finetune.instruct import Template
-    from gptcli.finetune.trainer import FinetuneConfig, FinetuneTrainer
 
+    console.set_quiet(quiet)
     if template_file is not None:
         cfg_kwargs["template"] = Template.from_file(template_file).text
     cfg = FinetuneConfig(**cfg_kwargs)
+    if tensorboard:
+        check_available()
+    _set_threads(threads)
     run_dir = out or rundir.default_run_dir([cfg.data])
     lock = rundir.claim_new_run_dir(run_dir)
     failed = True
     try:
-        trainer = FinetuneTrainer(cfg, run_dir, on_event=_report)
-        _write_config(run_dir, cfg)
-        result = _fit(trainer, cfg)
+        result = _run(cfg, run_dir, tensorboard=tensorboard)
         failed = False
         return result
     finally:
@@ -97,11 +176,16 @@ def resume_command(
     max_steps: int | str | None = None,
     max_tokens: int | str | None = None,
     max_time: float | str | None = None,
+    quiet: bool = False,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Continue a finetuning run from its newest checkpoint, exactly. ``epochs`` and the budgets
     given replace the run's own: with larger ones a run that has ended goes on as if they had been
     set from the start."""
     from gptcli import checkpoint as ckpt
+
+    console.set_quiet(quiet)
+    _set_threads(threads)
 
     # Locked before its checkpoint is chosen, so a second resume is refused at once (as train's).
     run_dir = rundir.resume_target_run(target)
@@ -132,7 +216,6 @@ def continue_run(
     directory ``lock`` holds (released here); ``length``: the epochs and budgets given, None for
     the run's own. ``gptcli resume`` comes here too when it is given a finetuning run."""
     from gptcli.finetune.config import FinetuneConfig
-    from gptcli.finetune.trainer import FinetuneTrainer
     from gptcli.training import budget_reached
 
     try:
@@ -158,9 +241,7 @@ def continue_run(
                 f"{display_path(run_dir)}: the run already reached {reached} (step {progress.get('step', 0)}); "
                 f"extend it with: gptcli finetune resume {run} {reached.split()[0]} N (a larger N)"
             )
-        trainer = FinetuneTrainer(cfg, run_dir, on_event=_report, resume_from=obj)
-        _write_config(run_dir, cfg)  # the settings it goes on with, new budgets included
-        return _fit(trainer, cfg)
+        return _run(cfg, run_dir, resume_from=obj)
     finally:
         lock.release()
 

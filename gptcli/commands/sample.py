@@ -92,7 +92,7 @@ def sample_command(
             "samples of each prompt; a --temperature above 0 makes them differ"
         )
     loaded = _load(checkpoint, model, device=device, dtype=dtype)
-    net, dev = loaded.net, loaded.device
+    net = loaded.net
     encoded = []
     for p in prompts:
         ids = _encode_prompt(p, net.cfg.context_length)
@@ -101,23 +101,19 @@ def sample_command(
         encoded.append(ids)
     if scfg.seed is not None:  # the global RNG, as the book's generate uses, so a seed gives its samples
         torch.manual_seed(scfg.seed)
+    # Every sample of every prompt is one row of one batch, prompt by prompt: rows of different
+    # lengths are left-padded (generate falls back to one batch per length only when a padded row
+    # would not fit in the context with its new tokens).
     rows = [(i, ids) for i, ids in enumerate(encoded) for _ in range(scfg.num_samples)]
     streaming = (sys.stdout.isatty() if stream is None else stream) and len(rows) == 1 and not json_out
-    outputs: dict[int, list[str]] = {}
-    # Prompts of equal length form one batch; different lengths run as separate batches.
-    by_len: dict[int, list[tuple[int, list[int]]]] = {}
-    for i, ids in rows:
-        by_len.setdefault(len(ids), []).append((i, ids))
-    for _, group in sorted(by_len.items()):
-        idx = torch.tensor([ids for _, ids in group], device=dev)
-        on_token = None
-        if streaming:
-            console.print_result(prompts[group[0][0]], end="")
-            on_token, _ = _token_printer(echo=True)
-        new = generate_with(net, idx, scfg, use_cache=use_cache, on_token=on_token)
-        for (i, ids), toks in zip(group, new):
-            outputs.setdefault(i, []).append(decode(ids + toks))
-    grouped = [outputs.get(i, []) for i in range(len(prompts))]
+    on_token = None
+    if streaming:
+        console.print_result(prompts[0], end="")
+        on_token, _ = _token_printer(echo=True)
+    new = generate_with(net, [ids for _, ids in rows], scfg, use_cache=use_cache, on_token=on_token)
+    grouped: list[list[str]] = [[] for _ in prompts]
+    for (i, ids), toks in zip(rows, new):
+        grouped[i].append(decode(ids + toks))
     texts = [t for group in grouped for t in group]
     if json_out:
         samples = [{"prompt": p, "samples": group} for p, group in zip(prompts, grouped)]

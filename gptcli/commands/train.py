@@ -175,6 +175,10 @@ def train_command(
         wandb_log.check_available()
     if not train_cfg.data:
         raise UsageError("no training text given: pass one or more files or directories (or 'data' in --config)")
+    if train_cfg.fsdp:  # resume of an --fsdp run may go on in one process; a new one needs torchrun
+        from gptcli.distributed import require_torchrun
+
+        require_torchrun("--fsdp")
     run_dir = Path(out) if out else rundir.default_run_dir(train_cfg.data)
     lock = rundir.claim_new_run_dir(run_dir)  # a new or empty directory only, locked for the run
     return run_training(

@@ -7,12 +7,20 @@ book's does, so a seeded run logs the book's losses. A checkpoint holds the trai
 of them, or with LoRA only the adapters and the new head, plus a hash of the base file), AdamW's
 state, the progress inside the epoch and every RNG state: a run killed at any save and resumed
 ends with the same weights, bit for bit on CPU.
+
+Under ``torchrun`` (gloo on CPU, NCCL on CUDA) ``--batch-size`` stays the global batch: every rank
+draws the same batches from the identically seeded RNG and takes its own contiguous slice of each
+batch's rows, padded as the whole batch is padded. Each rank's loss is the sum over its slice
+divided by the whole batch's count (examples for classify, non-ignored target tokens for
+instruct), so the gradients DDP averages, and the losses and accuracies logged, are the ones a
+single process computes. Only rank 0 writes the run directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from gptcli import checkpoint as ckpt
-from gptcli import rundir
+from gptcli import distributed, rundir
 from gptcli.config import ModelConfig
 from gptcli.data import batches_of, loader_iter_seed, permutation
 from gptcli.device import autocast_for, resolve_device
@@ -34,7 +43,7 @@ from gptcli.finetune.lora import apply_lora, base_name
 from gptcli.metrics import MetricsWriter
 from gptcli.model import GPT
 from gptcli.tokenizer import decode, encode
-from gptcli.training import budget_reached, lr_at, planned_steps, stopped_message
+from gptcli.training import budget_reached, format_duration, lr_at, planned_steps, stopped_message
 
 
 @dataclass
@@ -194,6 +203,16 @@ class FinetuneTrainer:
         self.on_event = on_event or (lambda r: None)
         self.should_stop = should_stop or (lambda: None)
         self.device = resolve_device(cfg.device)
+        self.dist = distributed.init(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if not self.dist.is_main:  # rank 0 reports for all
+            self.on_event = lambda r: None
+        if cfg.batch_size < self.dist.world_size:
+            raise UsageError(
+                f"invalid --batch-size: {cfg.batch_size} is fewer than the {self.dist.world_size} processes "
+                "torchrun started (it is the global batch, split between them)"
+            )
         extra = (resume_from or {}).get("finetune", {})
         self.base_path, base = load_base(extra.get("base", {}).get("path", cfg.init))
         self.base_sha = file_sha256(self.base_path)
@@ -214,6 +233,13 @@ class FinetuneTrainer:
         self.stop_reason: str | None = None  # the budget flag that ended the run, if one did
         if resume_from is not None:
             self.restore(resume_from)
+        # What the training steps run: under torchrun, DDP (over the trainable parameters only)
+        # averages the gradients; evaluation uses the plain model.
+        self.train_model: torch.nn.Module = self.model
+        if self.dist.enabled:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None
+            )
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -240,17 +266,20 @@ class FinetuneTrainer:
             optimizer_state=self.optimizer.state_dict(),
             progress=self.progress.to_dict(),
             rng=ckpt.capture_rng(),
+            world_size=self.dist.world_size,
             kind=self.cfg.kind,
             finetune=self.finetune_info(),
         )
 
     def save(self) -> Path:
         path = rundir.step_checkpoint_path(self.run_dir, self.progress.step)
-        self.progress.metrics_lines = self.metrics.lines if self.metrics else 0
         self.progress.train_seconds = self._elapsed()
-        ckpt.atomic_save(self.checkpoint_dict(), path)
-        rundir.rotate(self.run_dir, self.cfg.keep_last, protect={path.resolve()})
-        self.on_event({"type": "save", "path": str(path)})
+        if self.dist.is_main:
+            self.progress.metrics_lines = self.metrics.lines if self.metrics else 0
+            ckpt.atomic_save(self.checkpoint_dict(), path)
+            rundir.rotate(self.run_dir, self.cfg.keep_last, protect={path.resolve()})
+            self.on_event({"type": "save", "path": str(path)})
+        distributed.barrier()
         return path
 
     def restore(self, obj: dict[str, Any]) -> None:
@@ -273,6 +302,47 @@ class FinetuneTrainer:
                 return cls_.classify_loss(self.model, x, y)
             return self.model(x, targets=y)
 
+    # -- one rank's share of a batch (under torchrun) --------------------------------------------
+
+    def _mine(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous slice of a global batch's rows (all of them on one process)."""
+        n, r, w = t.shape[0], self.dist.rank, self.dist.world_size
+        return t[n * r // w : n * (r + 1) // w]
+
+    def _count(self, y: torch.Tensor) -> int:
+        """What the book's loss averages over: examples (classify) or non-ignored targets (instruct)."""
+        return y.shape[0] if self.cfg.kind == "classify" else int((y != ins.IGNORE_INDEX).sum())
+
+    def _loss_sum(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The sum of the losses the book's loss averages (0 for a slice whose targets are all
+        ignored), so that ranks' sums add up to the whole batch's."""
+        x, y = x.to(self.device), y.to(self.device)
+        with autocast_for(self.device, self.cfg.precision):
+            if self.cfg.kind == "classify":
+                return F.cross_entropy(cls_.last_token_logits(model, x), y, reduction="sum").float()
+            logits = model(x)  # (B, T, vocab)
+            return F.cross_entropy(
+                logits.flatten(0, 1), y.flatten(), ignore_index=ins.IGNORE_INDEX, reduction="sum"
+            ).float()
+
+    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.dist.enabled:
+            torch.distributed.all_reduce(t)
+        return t
+
+    @torch.no_grad()
+    def _batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One batch's mean loss: on one process the book's ``calc_loss_batch``; under torchrun
+        each rank's sum over its slice, added up and divided by the whole batch's count."""
+        if not self.dist.enabled:
+            return self.loss(x, y).item()
+        count = self._count(y)  # the same on every rank: each holds the whole batch
+        if count == 0:
+            return float("nan")  # as the book's mean over no targets
+        xs, ys = self._mine(x), self._mine(y)
+        part = self._loss_sum(self.model, xs, ys) if len(xs) else torch.zeros((), device=self.device)
+        return self._all_reduce(part.reshape(1)).item() / count
+
     @torch.no_grad()
     def loader_loss(self, data: Any, *, shuffle: bool, num_batches: int | None) -> float:
         """The book's ``calc_loss_loader`` over a fresh loader (train: shuffled, drop_last)."""
@@ -283,7 +353,7 @@ class FinetuneTrainer:
         order = permutation(len(data), seed) if shuffle else list(range(len(data)))
         batches = batches_of(order, self.cfg.batch_size, drop_last=shuffle)
         k = n_batches if num_batches is None else min(num_batches, n_batches)
-        return sum(self.loss(*data.batch(b)).item() for b in batches[:k]) / k
+        return sum(self._batch_loss(*data.batch(b)) for b in batches[:k]) / k
 
     @torch.no_grad()
     def loader_accuracy(self, data: Any, *, shuffle: bool, num_batches: int | None) -> float:
@@ -295,9 +365,12 @@ class FinetuneTrainer:
         k = len(batches) if num_batches is None else min(num_batches, len(batches))
         correct = total = 0
         for b in batches[:k]:
-            x, y = data.batch(b)
-            correct += cls_.correct_count(self.model, x.to(self.device), y.to(self.device))
+            x, y = (self._mine(t) for t in data.batch(b))  # under torchrun, this rank's rows
+            if len(x):
+                correct += cls_.correct_count(self.model, x.to(self.device), y.to(self.device))
             total += len(b)
+        if self.dist.enabled:
+            correct = int(self._all_reduce(torch.tensor([correct], device=self.device)).item())
         return correct / total if total else float("nan")
 
     def evaluate(self) -> tuple[float, float]:
@@ -368,7 +441,18 @@ class FinetuneTrainer:
     def _budget(self, *, at_start: bool = False) -> str | None:
         st = self.progress
         seconds = st.train_seconds if at_start else self._elapsed()
-        return budget_reached(self.cfg, step=st.step, tokens_seen=st.tokens_seen, seconds=seconds)
+        reason = budget_reached(self.cfg, step=st.step, tokens_seen=st.tokens_seen, seconds=seconds)
+        if self.dist.enabled and self.cfg.max_time is not None:  # clocks differ between ranks: agree
+            if distributed.all_reduce_max_int(int(reason is not None), self.device) and reason is None:
+                reason = f"--max-time {format_duration(self.cfg.max_time)}"
+        return reason
+
+    def _stop_requested(self) -> int | None:
+        """The signal that asks the run to stop, if any rank got one: every rank stops at the same step."""
+        signum = self.should_stop() or 0
+        if self.dist.enabled:
+            signum = distributed.all_reduce_max_int(signum, self.device)
+        return signum or None
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -382,10 +466,11 @@ class FinetuneTrainer:
             raise DataError(
                 f"{cfg.data}: {len(self.splits.train)} training examples, fewer than one batch of {cfg.batch_size}"
             )
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics = MetricsWriter(rundir.metrics_path(self.run_dir))
-        if self.metrics.lines != st.metrics_lines:
-            self.metrics.truncate(st.metrics_lines)
+        if self.dist.is_main:  # under torchrun, rank 0 writes for all
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.metrics = MetricsWriter(rundir.metrics_path(self.run_dir))
+            if self.metrics.lines != st.metrics_lines:
+                self.metrics.truncate(st.metrics_lines)
         self.on_event(
             {
                 "type": "start",
@@ -422,7 +507,7 @@ class FinetuneTrainer:
                     if st.batches_done < len(batches):  # an epoch's end saves below
                         self.save()
                     break
-                stop = self.should_stop()
+                stop = self._stop_requested()
                 if stop or (cfg.save_every and st.step % cfg.save_every == 0 and st.batches_done < len(batches)):
                     path = self.save()
                     if stop:
@@ -434,7 +519,7 @@ class FinetuneTrainer:
             st.epoch_seed = None
             st.batches_done = 0
             path = self.save()
-            stop = self.should_stop()
+            stop = self._stop_requested()
             if stop and st.epoch < cfg.epochs and self.stop_reason is None:
                 return self._interrupted(path, stop)
         if self.stop_reason is not None:
@@ -465,16 +550,30 @@ class FinetuneTrainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.optimizer.zero_grad()
-        x, y = self.splits.train.batch(rows)
-        loss = self.loss(x, y)
-        if not torch.isfinite(loss):
-            raise DataError(f"non-finite loss at step {st.step}; nothing saved for it")
-        loss.backward()
+        x, y = self.splits.train.batch(rows)  # the whole (global) batch, padded as one process pads it
+        if self.dist.enabled:
+            self._shared_backward(x, y)
+        else:
+            loss = self.loss(x, y)
+            if not torch.isfinite(loss):
+                raise DataError(f"non-finite loss at step {st.step}; nothing saved for it")
+            loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         st.seen += x.numel() if cfg.kind == "instruct" else x.shape[0]
         st.tokens_seen += x.numel()
+
+    def _shared_backward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """This rank's part of a step under torchrun: its rows' loss sum over the whole batch's
+        count, times the world size, as DDP averages the ranks' gradients, which are then those
+        of the whole batch's mean loss. Every rank raises together on a non-finite loss."""
+        count, world = self._count(y), self.dist.world_size
+        part = self._loss_sum(self.train_model, self._mine(x), self._mine(y))
+        (part * (world / max(count, 1))).backward()
+        total = self._all_reduce(part.detach().reshape(1).clone()).item()
+        if count == 0 or not math.isfinite(total):
+            raise DataError(f"non-finite loss at step {self.progress.step}; nothing saved for it")
 
     def _end_epoch(self) -> None:
         st = self.progress
@@ -492,7 +591,7 @@ class FinetuneTrainer:
                     "val_acc": va,
                 }
             )
-        elif self.splits.first_val_prompt is not None:
+        elif self.splits.first_val_prompt is not None and self.dist.is_main:
             text = self.greedy_sample(self.splits.first_val_prompt)
             self._log(
                 {"type": "sample", "epoch": st.epoch + 1, "step": st.step - 1, "tokens_seen": st.seen, "text": text}
