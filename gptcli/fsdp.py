@@ -84,7 +84,9 @@ def optimizer_state_by_name(model: torch.nn.Module, optimizer: torch.optim.Optim
     order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
     sizes = [len(g["params"]) for g in positional["param_groups"]]
     if sizes != [len(g["params"]) for g in optimizer.param_groups]:  # as Optimizer.load_state_dict says it
-        raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+        raise ValueError(
+            "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+        )
     groups, start = [], 0
     for group in positional["param_groups"]:
         groups.append({**group, "params": order[start : start + len(group["params"])]})

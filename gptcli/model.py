@@ -179,9 +179,17 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """The book's initialisation: PyTorch's defaults for nn.Embedding (N(0, 1)) and nn.Linear
-        (U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias), drawn in the book's module order
-        and sizes, so ``torch.manual_seed(123)`` gives the book's ``GPTModel`` weights exactly."""
+        """The book's initialisation for the book's (untied) model; GPT-2's for a tied one.
+
+        Untied: PyTorch's defaults for nn.Embedding (N(0, 1)) and nn.Linear (U(-1/sqrt(fan_in),
+        1/sqrt(fan_in)) for weight and bias), drawn in the book's module order and sizes, so
+        ``torch.manual_seed(123)`` gives the book's ``GPTModel`` weights exactly. Tied (GPT-2's own
+        architecture, every preset): the book's N(0, 1) embedding would also be the output layer,
+        and a 124M model would start at a loss near 470 instead of ln(50257) = 10.8, so it is
+        initialised as transformers' ``GPT2LMHeadModel`` and nanoGPT do it (``_gpt2_init``)."""
+        if self.cfg.tie_weights:
+            self._gpt2_init()
+            return
         cfg, V, C = self.cfg, self.cfg.vocab_size, self.cfg.emb_dim
 
         def linear(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -204,9 +212,32 @@ class GPT(nn.Module):
             for ln in (block.ln_1, block.ln_2):
                 ln.reset_parameters()
         self.ln_f.reset_parameters()
-        if not cfg.tie_weights:
-            self.lm_head.weight.zero_()
-            linear(self.lm_head.weight[:V], None)
+        self.lm_head.weight.zero_()
+        linear(self.lm_head.weight[:V], None)
+
+    @torch.no_grad()
+    def _gpt2_init(self, std: float = 0.02) -> None:
+        """transformers' ``GPT2PreTrainedModel._init_weights`` (initializer_range 0.02): every
+        weight N(0, 0.02), the two residual projections of each block N(0, 0.02 / sqrt(2 n_layers)),
+        biases zero, LayerNorms one and zero; the vocabulary's padding rows stay zero."""
+        cfg, V = self.cfg, self.cfg.vocab_size
+        self.wte.weight.zero_()
+        self.wte.weight[:V].normal_(0.0, std)
+        self.wpe.weight.normal_(0.0, std)
+        residual = std / math.sqrt(2 * cfg.n_layers)
+        for block in self.h:
+            for lin, s in (
+                (block.attn.c_attn, std),
+                (block.attn.c_proj, residual),
+                (block.mlp.c_fc, std),
+                (block.mlp.c_proj, residual),
+            ):
+                lin.weight.normal_(0.0, s)
+                if lin.bias is not None:
+                    lin.bias.zero_()
+            for ln in (block.ln_1, block.ln_2):
+                ln.reset_parameters()
+        self.ln_f.reset_parameters()
 
     def forward(
         self, idx: torch.Tensor, cache: KVCache | StaticKVCache | None = None, *, targets: torch.Tensor | None = None

@@ -692,7 +692,10 @@ class Trainer:
         """Refuse to start when the disk cannot take one checkpoint, before any epoch's work is at
         risk (the size is known from the model and optimizer); warn when it cannot take all the
         checkpoints the run keeps."""
-        size = ckpt.estimate_training_checkpoint(self.model, self.optimizer)
+        if self.fsdp:  # shards have no storage of the whole tensor to measure: weights + 2 moments
+            size = ckpt.with_margin(3 * sum(p.numel() * p.element_size() for p in self.model.parameters()))
+        else:
+            size = ckpt.estimate_training_checkpoint(self.model, self.optimizer)
         where = self.run_dir
         while not where.exists() and where != where.parent:
             where = where.parent

@@ -113,8 +113,12 @@ def test_sample_runs_prompts_of_different_lengths_and_samples_as_one_batch(ctx32
     alone = [sample.sample_command(checkpoint=ctx32_checkpoint, prompts=[p], max_new_tokens=12)[0] for p in PROMPTS]
     calls, shapes = [], []
     real_generate, real_forward = inference.generate, GPT.forward
-    monkeypatch.setattr(inference, "generate", lambda net, idx, **k: (calls.append(idx), real_generate(net, idx, **k))[1])
-    monkeypatch.setattr(GPT, "forward", lambda self, idx, *a, **k: (shapes.append(idx.shape), real_forward(self, idx, *a, **k))[1])
+    monkeypatch.setattr(
+        inference, "generate", lambda net, idx, **k: (calls.append(idx), real_generate(net, idx, **k))[1]
+    )
+    monkeypatch.setattr(
+        GPT, "forward", lambda self, idx, *a, **k: (shapes.append(idx.shape), real_forward(self, idx, *a, **k))[1]
+    )
     capsys.readouterr()
     texts = sample.sample_command(checkpoint=ctx32_checkpoint, prompts=PROMPTS, num_samples=2, max_new_tokens=12)
     assert len(calls) == 1  # one generate call for 3 prompt lengths x 2 samples

@@ -121,3 +121,37 @@ def test_presets_are_openais_shapes():
         True,
     )
     assert ModelConfig.from_preset("gpt2-124M").num_params() == 124_439_808
+
+
+def test_a_tied_model_is_initialised_as_transformers_gpt2_and_starts_near_ln_vocab():
+    """A tied model's output layer is its embedding: the book's N(0, 1) embedding would start a
+    124M model near a loss of 470. Tied models draw transformers' GPT-2 init instead."""
+    import math
+
+    import transformers
+
+    from gptcli.config import ModelConfig
+    from gptcli.model import GPT
+
+    cfg = ModelConfig(
+        context_length=32, emb_dim=96, n_heads=4, n_layers=6, drop_rate=0.0, qkv_bias=True, tie_weights=True
+    )
+    torch.manual_seed(0)
+    ours = GPT(cfg)
+    hf_cfg = transformers.GPT2Config(n_positions=32, n_embd=96, n_layer=6, n_head=4, vocab_size=cfg.vocab_size)
+    theirs = transformers.GPT2LMHeadModel(hf_cfg)
+    pairs = {
+        "wte": (ours.wte.weight[: cfg.vocab_size], theirs.transformer.wte.weight),
+        "wpe": (ours.wpe.weight, theirs.transformer.wpe.weight),
+        "c_attn": (ours.h[0].attn.c_attn.weight, theirs.transformer.h[0].attn.c_attn.weight),
+        "attn.c_proj": (ours.h[0].attn.c_proj.weight, theirs.transformer.h[0].attn.c_proj.weight),
+        "mlp.c_proj": (ours.h[0].mlp.c_proj.weight, theirs.transformer.h[0].mlp.c_proj.weight),
+    }
+    for name, (a, b) in pairs.items():
+        assert abs(a.std().item() - b.std().item()) < 0.1 * b.std().item(), name
+        assert abs(a.mean().item()) < 2e-3, name
+    assert abs(ours.h[0].attn.c_proj.weight.std().item() - 0.02 / math.sqrt(12)) < 5e-4
+    assert all(float(m.bias.abs().max()) == 0.0 for m in (ours.h[0].attn.c_attn, ours.h[0].mlp.c_fc))
+    assert ours.lm_head.weight is ours.wte.weight and float(ours.wte.weight[cfg.vocab_size :].abs().max()) == 0.0
+    x = torch.randint(0, cfg.vocab_size, (4, 33))
+    assert abs(ours(x[:, :-1], targets=x[:, 1:]).item() - math.log(cfg.vocab_size)) < 0.1
