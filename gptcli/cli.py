@@ -252,14 +252,21 @@ def _shown_default(f: dataclasses.Field) -> str | None:
     return str(value)
 
 
-def _config_option(f: dataclasses.Field, hint: Any, panels: dict[str, str] = _PANELS) -> inspect.Parameter:
+def _config_option(
+    f: dataclasses.Field, hint: Any, panels: dict[str, str] = _PANELS, *, numbers_as_typed: bool = False
+) -> inspect.Parameter:
     """The ``--flag`` of one config field. It defaults to None, "not given", so that the config
     file's value or the dataclass default applies (or to metadata "flag_default" where the command
     line's default differs from the dataclass's). Metadata "choices" makes it a choice (a
-    Literal), "suggest" lists values without enforcing them, "metavar" names its value."""
+    Literal), "suggest" lists values without enforcing them, "metavar" names its value.
+    ``numbers_as_typed``: a float flag hands its text to the config's validation layer (which reads
+    numbers from text), so that an error echoes ``--lr -1`` as typed, not as -1.0."""
     kind = f.metadata.get("type") or next(t for t in (typing.get_args(hint) or (hint,)) if t is not type(None))
     if "choices" in f.metadata:
         kind = Literal[tuple(f.metadata["choices"])]
+    word = f.metadata.get("metavar", _word(kind))
+    if numbers_as_typed and kind is float:
+        kind = str
     help_text, shown = f.metadata["help"], _shown_default(f)
     if shown is not None:
         help_text = f"{help_text.removesuffix('.')} [default: {shown}]."
@@ -270,7 +277,7 @@ def _config_option(f: dataclasses.Field, hint: Any, panels: dict[str, str] = _PA
         help=help_text,
         show_default=False,
         rich_help_panel=panels[f.metadata["panel"]],
-        metavar=_listing(suggest) if suggest else f.metadata.get("metavar", _word(kind)),
+        metavar=_listing(suggest) if suggest else word,
         autocompletion=_completer(suggest) if suggest else None,
     )
     return inspect.Parameter(
@@ -302,7 +309,9 @@ def _with_config_flags(
         generated = dict(options or {})
         for cls in _CONFIGS.values() if options is None else ():
             hints = typing.get_type_hints(cls)
-            generated.update({f.name: (f, _config_option(f, hints[f.name])) for f in flag_fields(cls)})
+            generated.update(
+                {f.name: (f, _config_option(f, hints[f.name], numbers_as_typed=True)) for f in flag_fields(cls)}
+            )
         params = []
         for item in layout:
             if item.startswith("<"):
@@ -345,7 +354,13 @@ def train(
     *,
     paths: Annotated[
         Optional[list[Path]],
-        typer.Argument(metavar="FILE", help="Text files, or directories of .txt files.", show_default=False),
+        typer.Argument(
+            metavar="FILE",
+            help="Files (.txt .md .jsonl .json .csv .tsv .parquet, optionally .gz .bz2 .xz .zst), quoted globs "
+            "('data/*.jsonl.gz'), directories of .txt files (of --format's files with --format), directories of "
+            "token shards from gptcli prepare, or - for standard input (compressed or not).",
+            show_default=False,
+        ),
     ] = None,
     config: Annotated[
         Optional[Path],
@@ -500,9 +515,13 @@ def eval_(
         typer.Option("--format", help="Format of every input; auto detects each from its name."),
     ] = "auto",
     text_field: Annotated[
-        str,
-        typer.Option(metavar="NAME", help="The field (JSON) or column (CSV, TSV, Parquet) that holds the text."),
-    ] = "text",
+        Optional[str],
+        typer.Option(
+            metavar="NAME",
+            help="The field (JSON) or column (CSV, TSV, Parquet) that holds the text [default: text].",
+            show_default=False,
+        ),
+    ] = None,
     batch_size: Annotated[
         int,
         typer.Option(
@@ -681,6 +700,10 @@ def sample(
             )
         if input_ is not None and instruction is None:
             raise typer.BadParameter("needs --instruction", param_hint="--input")
+        if output is not None and output.is_dir():  # found before the model loads and answers
+            from gptcli.errors import UsageError
+
+            raise UsageError(f"{output}: is a directory; give a file name (e.g. -o {output / 'responses.json'})")
         instruct_command(
             checkpoint=checkpoint,
             instruction=instruction,
@@ -837,7 +860,8 @@ def convert(
             "--output",
             "-o",
             metavar="PATH",
-            help="Output .pth (--to gptcli) or folder (--to hf) [default: beside SRC].",
+            help="Output .pth (--to gptcli) or folder (--to hf) [default: beside SRC; with --merge-lora, "
+            "<run>/merged.pth].",
             show_default=False,
         ),
     ] = None,
@@ -876,7 +900,7 @@ def convert(
         typer.Option(
             "--merge-lora",
             help="A finetune run: fold its LoRA adapters into the weights and write a file that needs no base "
-            "(with --to hf, always merged) [default: <run>/merged.pth].",
+            "(with --to hf, always merged).",
         ),
     ] = False,
 ) -> None:
@@ -951,16 +975,17 @@ def prepare(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Directory to write the shards to.")],
     format: Annotated[
+        Literal[INPUT_FORMATS],
+        typer.Option(help="Format of every input; auto detects each from its name."),
+    ] = "auto",
+    text_field: Annotated[
         Optional[str],
         typer.Option(
-            metavar="<txt|jsonl|json|csv|tsv|parquet>",
-            help="Read every input as this format [default: from each file name].",
+            metavar="NAME",
+            help="The JSON field or CSV/TSV/Parquet column holding the text [default: text].",
             show_default=False,
         ),
     ] = None,
-    text_field: Annotated[
-        str, typer.Option(metavar="NAME", help="The JSON field or CSV/Parquet column holding the text.")
-    ] = "text",
     shard_size: Annotated[str, typer.Option(metavar="N", help="Tokens per shard (100M, 2B accepted).")] = "100M",
     val_ratio: Annotated[
         float, typer.Option(metavar="R", help="Fraction of the tokens, at the end, written as val shards.")
@@ -1008,7 +1033,10 @@ _finetune_app = typer.Typer(
 )
 
 _FtInit = Annotated[
-    str, typer.Option("--init", metavar="MODEL", help="Pretrained model: a gptcli checkpoint or gpt2-124M etc.")
+    str,
+    typer.Option(
+        "--init", metavar="MODEL", help="Pretrained model: a gptcli checkpoint, run directory or gpt2-124M etc."
+    ),
 ]
 _FtOut = Annotated[
     Optional[Path],
@@ -1130,7 +1158,10 @@ def finetune_instruct(
 def finetune_classify(
     *,
     data: Annotated[
-        str, typer.Argument(metavar="DATA", help="CSV, TSV (.tsv) or JSONL (.jsonl) with a text and a label field.")
+        str,
+        typer.Argument(
+            metavar="DATA", help="CSV, TSV (.tsv), or JSON (.json list or .jsonl lines) with a text and a label field."
+        ),
     ],
     init: _FtInit,
     out: _FtOut = None,
@@ -1197,7 +1228,7 @@ def classify(
             "--checkpoint",
             "-c",
             metavar="RUN",
-            help="A classify run or checkpoint [default: the most recent run].",
+            help="A classify run or checkpoint [default: the most recent classify run].",
             show_default=False,
         ),
     ] = None,

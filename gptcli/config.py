@@ -81,13 +81,13 @@ class ModelConfig:
         _coerce_fields(self)
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
             value = getattr(self, name)
-            _check(value >= 1, name, f"{value!r} (must be an integer >= 1)")
+            _check(value >= 1, name, f"{_typed(self, name)} (must be an integer >= 1)")
         _check(
             self.emb_dim % self.n_heads == 0,
             "emb_dim",
             f"{self.emb_dim} is not divisible by n_heads (--n-heads) {self.n_heads}",
         )
-        _check(0.0 <= self.drop_rate < 1.0, "drop_rate", f"{self.drop_rate} (must be in [0, 1))")
+        _check(0.0 <= self.drop_rate < 1.0, "drop_rate", f"{_typed(self, 'drop_rate')} (must be in [0, 1))")
 
     @property
     def head_dim(self) -> int:
@@ -243,6 +243,16 @@ def parse_interval(value: Any) -> tuple[str, float]:
         raise ValueError("expected N steps, N tokens (50M) or a duration (30m)") from None
 
 
+def describe_interval(value: Any) -> str:
+    """An ``--eval-freq``/``--save-every`` value in words, saying the unit it was read in:
+    "1,000 tokens" for 1k, "1,000 steps" for 1000, "30m of wall time" for 30m."""
+    unit, amount = parse_interval(value)
+    if unit == "seconds":
+        return f"{str(value).strip()} of wall time"
+    n = int(amount)
+    return f"{n:,} {unit[:-1] if n == 1 else unit}"
+
+
 def _unit_value(key: str, unit: str, value: Any) -> Any:
     """The coerced value of a COUNT, DURATION or INTERVAL field (None handled by the caller):
     a count is an int, a duration seconds (a float), an interval an int for steps or the string
@@ -314,8 +324,8 @@ class TrainConfig:
     eval_freq: Annotated[int | str, INTERVAL] = field(
         default=5,
         metadata={
-            "help": "Evaluate every N steps, every N tokens (50M) or every DURATION (30m: wall time, which a "
-            "resumed run cannot repeat exactly).",
+            "help": "How often to evaluate: a plain number is steps (1000); a number with a suffix (1k, 50M) is "
+            "tokens; 30m/2h is wall time (which a resumed run cannot repeat exactly).",
             "panel": "train",
             "type": str,
             "metavar": "INTERVAL",
@@ -361,8 +371,8 @@ class TrainConfig:
     save_every: Annotated[int | str, INTERVAL] = field(
         default=0,
         metadata={
-            "help": "Also save every N steps, every N tokens (50M) or every DURATION (30m: wall time, so a "
-            "resumed run saves at other steps).",
+            "help": "Also save this often: a plain number is steps (1000); a number with a suffix (1k, 50M) is "
+            "tokens; 30m/2h is wall time (so a resumed run saves at other steps).",
             "panel": "output",
             "type": str,
             "metavar": "INTERVAL",
@@ -374,15 +384,16 @@ class TrainConfig:
     warmup_steps: int = field(
         default=0,
         metadata={
-            "help": "Linear warm-up steps, then cosine decay.",
+            "help": "Linear warm-up steps, then cosine decay to --min-lr. With neither flag the LR is constant; "
+            "--min-lr alone also turns the cosine decay on (without warm-up).",
             "panel": "train",
-            "default_text": "0, constant LR",
+            "default_text": "0, no warm-up",
         },
     )
     min_lr: float | None = field(
         default=None,
         metadata={
-            "help": "Floor of the cosine decay.",
+            "help": "Floor of the cosine decay; giving it turns the decay on even without --warmup-steps.",
             "panel": "train",
             "default_text": "lr/10 when a schedule is on",
         },
@@ -443,7 +454,8 @@ class TrainConfig:
     init: str | None = field(
         default=None,
         metadata={
-            "help": "Start from these weights: a checkpoint, or gpt2-124M etc. once downloaded.",
+            "help": "Start from these weights: a checkpoint, a run directory (its newest checkpoint, as -c takes it), "
+            "or gpt2-124M etc. once downloaded.",
             "panel": "train",
             "metavar": "CHECKPOINT",
         },
@@ -464,24 +476,26 @@ class TrainConfig:
             ("skip_nonfinite", 0),
         ):
             value = getattr(self, name)
-            _check(value >= low, name, f"{value!r} (must be an integer >= {low})")
+            _check(value >= low, name, f"{_typed(self, name)} (must be an integer >= {low})")
         for name in ("max_steps", "max_tokens"):
             value = getattr(self, name)
-            _check(value is None or value >= 1, name, f"{value!r} (must be an integer >= 1)")
-        _check(self.max_time is None or self.max_time > 0, "max_time", f"{self.max_time!r} (must be > 0 seconds)")
+            _check(value is None or value >= 1, name, f"{_typed(self, name)} (must be an integer >= 1)")
+        _check(
+            self.max_time is None or self.max_time > 0, "max_time", f"{_typed(self, 'max_time')} (must be > 0 seconds)"
+        )
         unit, every = parse_interval(self.eval_freq)
         _check(every > 0, "eval_freq", f"{_show(self.eval_freq)} (must be >= 1)")
         unit, every = parse_interval(self.save_every)
         _check(every > 0 or unit == "steps", "save_every", f"{_show(self.save_every)} (must be > 0, or 0 for off)")
         _check(SEED_MIN <= self.seed <= SEED_MAX, "seed", f"{self.seed} (must be from {SEED_MIN} to {SEED_MAX})")
-        _check(self.stride is None or self.stride >= 1, "stride", f"{self.stride!r} (must be >= 1)")
-        _check(self.lr > 0, "lr", f"{self.lr!r} (must be > 0)")
-        _check(self.weight_decay >= 0, "weight_decay", f"{self.weight_decay!r} (must be >= 0)")
+        _check(self.stride is None or self.stride >= 1, "stride", f"{_typed(self, 'stride')} (must be >= 1)")
+        _check(self.lr > 0, "lr", f"{_typed(self, 'lr')} (must be > 0)")
+        _check(self.weight_decay >= 0, "weight_decay", f"{_typed(self, 'weight_decay')} (must be >= 0)")
         _check(self.decay in DECAY_CHOICES, "decay", f"{self.decay!r} (choose from {', '.join(DECAY_CHOICES)})")
-        _check(0.0 <= self.adam_beta2 < 1.0, "adam_beta2", f"{self.adam_beta2!r} (must be in [0, 1))")
-        _check(0.0 < self.val_ratio < 1.0, "val_ratio", f"{self.val_ratio!r} (must be in (0, 1))")
-        _check(self.min_lr is None or self.min_lr >= 0, "min_lr", f"{self.min_lr!r} (must be >= 0)")
-        _check(self.grad_clip >= 0, "grad_clip", f"{self.grad_clip!r} (must be >= 0)")
+        _check(0.0 <= self.adam_beta2 < 1.0, "adam_beta2", f"{_typed(self, 'adam_beta2')} (must be in [0, 1))")
+        _check(0.0 < self.val_ratio < 1.0, "val_ratio", f"{_typed(self, 'val_ratio')} (must be in (0, 1))")
+        _check(self.min_lr is None or self.min_lr >= 0, "min_lr", f"{_typed(self, 'min_lr')} (must be >= 0)")
+        _check(self.grad_clip >= 0, "grad_clip", f"{_typed(self, 'grad_clip')} (must be >= 0)")
         _check(is_device_name(self.device), "device", f"{self.device!r} (choose from {DEVICE_CHOICES})")
         _check(self.precision in PRECISIONS, "precision", f"{self.precision!r} (choose from {', '.join(PRECISIONS)})")
         _check(
@@ -566,8 +580,9 @@ def _number(key: str, value: Any) -> float:
         raise ConfigValueError(key, f"{_show(value)} (expected a number)") from None
     except OverflowError:
         raise ConfigValueError(key, f"{_show(value)} (too large)") from None
+    shown = value.strip() if isinstance(value, str) and len(value.strip()) <= 80 else _show(value)  # a number as typed
     if not math.isfinite(number):
-        raise ConfigValueError(key, f"{_show(value)} (expected a finite number)")
+        raise ConfigValueError(key, f"{shown} (expected a finite number)")
     return number
 
 
@@ -616,10 +631,27 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _coerce_fields(obj: Any) -> None:
-    """Coerce every field of a config dataclass in place (called first in ``__post_init__``)."""
+    """Coerce every field of a config dataclass in place (called first in ``__post_init__``). A
+    value whose type the coercion changed ("0" -> 0.0, -1 -> -1.0) is kept as given, so that a
+    range error echoes what the user typed (``_typed``)."""
     types = _field_types(type(obj))
+    given = {}
     for f in dataclasses.fields(obj):
-        setattr(obj, f.name, _coerce(f.name, types[f.name], getattr(obj, f.name)))
+        raw = getattr(obj, f.name)
+        value = _coerce(f.name, types[f.name], raw)
+        if type(raw) is not type(value) and isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
+            given[f.name] = raw
+        setattr(obj, f.name, value)
+    obj._given = given  # not a field: asdict, eq and replace never see it
+
+
+def _typed(obj: Any, name: str) -> str:
+    """Field ``name``'s value for a message, as it was given: ``0`` for ``--max-time 0`` (not its
+    0.0 seconds), ``-1`` for ``--lr -1``."""
+    raw = getattr(obj, "_given", {}).get(name)
+    if isinstance(raw, str):
+        return raw.strip() if len(raw.strip()) <= 80 else raw.strip()[:77] + "..."
+    return repr(raw if raw is not None else getattr(obj, name))
 
 
 def _check_keys(cls: type, data: Any, where: str | None) -> None:

@@ -129,8 +129,8 @@ class TrainProgress(Callbacks):
         self.epochs_total = info_.get("epochs") or info_["total_steps"] // max(1, info_["steps_per_epoch"])
         lines = [
             f"model: {info_['params']:,} parameters on {info_['device']}",
-            f"data: {info_['train_tokens']:,} training tokens ({info_['train_windows']} windows), "
-            f"{info_['val_tokens']:,} validation tokens ({info_['val_windows']} windows)",
+            f"data: {info_['train_tokens']:,} training tokens ({info_['train_windows']:,} windows), "
+            f"{info_['val_tokens']:,} validation tokens ({info_['val_windows']:,} windows)",
             f"run: {display_path(info_['run_dir'])} ({info_['steps_per_epoch']} steps per epoch, {info_['total_steps']} in all)"
             + (" [resumed]" if info_["resumed"] else ""),
         ]

@@ -35,10 +35,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from gptcli.errors import DataError, UsageError
+from gptcli.paths import display_path
 from gptcli.textfiles import decode_stream, expand_paths, iter_file_text
 from gptcli.tokenizer import EOT_TOKEN
 
 FORMATS = ("txt", "jsonl", "json", "csv", "tsv", "parquet")
+RECORD_FORMATS = ("jsonl", "json", "csv", "tsv", "parquet")  # the formats --text-field applies to
 _EXTENSIONS = {
     ".txt": "txt",
     ".md": "txt",
@@ -49,6 +51,10 @@ _EXTENSIONS = {
     ".parquet": "parquet",
 }
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz", ".zst": "zstd"}
+# How each compressed stream starts (bzip2: "BZh", the block size, then a block's or the end's magic).
+_MAGIC = {"gzip": (b"\x1f\x8b",), "xz": (b"\xfd7zXZ\x00",), "zstd": (b"\x28\xb5\x2f\xfd",)}
+_SNIFF_BYTES = 16
+_BZIP2_MAGICS = (b"1AY&SY", b"\x17\x72\x45\x38\x50\x90")
 _GLOB_CHARS = set("*?[")
 _BLOCK = 4 * 2**20
 _NUL_CHECK_BYTES = 1 << 20
@@ -94,6 +100,62 @@ def check_format(fmt: str | None) -> str | None:
     return f
 
 
+def sniff_compression(head: bytes) -> str | None:
+    """The compression whose magic bytes ``head`` starts with (gzip, bzip2, xz, zstd), or None:
+    standard input has no name to tell it by."""
+    for name, magics in _MAGIC.items():
+        if head.startswith(magics):
+            return name
+    if len(head) >= 10 and head[:3] == b"BZh" and head[3:4] in b"123456789" and head[4:10] in _BZIP2_MAGICS:
+        return "bzip2"
+    return None
+
+
+def check_text_field(inputs: Sequence[Input], text_field: str, *, flag: str = "--text-field") -> None:
+    """A ``--text-field`` given explicitly must be used by some input: one of JSON, CSV, TSV or
+    Parquet. With only plain text it would be ignored, so it is refused, since it usually means the
+    records' format was not recognised (``data.ndjson`` reads as text without ``--format jsonl``)."""
+    if any(i.format in RECORD_FORMATS for i in inputs):
+        return
+    first = (display_path(inputs[0].path) if inputs[0].path is not None else "<stdin>") if inputs else "every input"
+    more = f" (and {len(inputs) - 1} more)" if len(inputs) > 1 else ""
+    raise UsageError(
+        f"invalid {flag} {text_field!r}: no input holds records (JSON, CSV, TSV or Parquet); {first}{more} is "
+        "read as plain text. If it holds records, say their format with --format jsonl (or json, csv, tsv, parquet)"
+    )
+
+
+def _other_formats_hint(directory: Path) -> str:
+    """For a directory without .txt files: which supported files it holds instead, and how to
+    read them (``--format``, or a quoted glob), or "" when it holds none."""
+    try:
+        files = sorted(q for q in directory.rglob("*") if q.is_file())
+    except OSError:
+        return ""
+    found: dict[str, tuple[str, Path]] = {}  # format -> (suffixes, first file) of each format found
+    for q in files:
+        fmt, compression = detect(q)
+        exts = [x.lower() for x in q.suffixes[-2 if compression else -1 :]]
+        suffixes = "".join(exts)
+        if fmt != "txt" or (exts and exts[0] in (".txt", ".md")):  # .md, .txt.gz: text, but not *.txt
+            found.setdefault(fmt if fmt != "txt" else suffixes, (suffixes, q))
+    if not found:
+        return ""
+    suffix, first = next(iter(found.values()))
+    where = display_path(directory)
+    pattern = f"'{where}/{'**/' if first.parent != directory else ''}*{suffix}'"
+    formats = [f for f in found if f in FORMATS]
+    held = " and ".join(x for x, _ in found.values())
+    if not formats:
+        return f"it holds {held} files: give a quoted glob such as {pattern}"
+    read = (
+        f"read them with --format {formats[0]}"
+        if len(found) == 1
+        else f"read one format with --format {' or '.join(formats)}"
+    )
+    return f"it holds {held} files: {read}, or give a quoted glob such as {pattern}"
+
+
 def resolve_inputs(paths: Sequence[str | Path], *, format: str | None = None) -> list[Input]:
     """Every input file in order: globs expanded (sorted), directories expanded to their ``*.txt``
     files (or, with ``format``, to the files of that format), ``-`` as stdin."""
@@ -119,7 +181,13 @@ def resolve_inputs(paths: Sequence[str | Path], *, format: str | None = None) ->
             if not files:
                 raise DataError(f"{p}: directory contains no {fmt} files")
         else:
-            files = expand_paths([p])  # the same checks and messages as the .txt path
+            try:
+                files = expand_paths([p])  # the same checks and messages as the .txt path
+            except DataError:
+                hint = _other_formats_hint(p) if p.is_dir() else ""
+                if hint:
+                    raise DataError(f"{display_path(p)}: directory contains no .txt files; {hint}") from None
+                raise
         for f in files:
             detected, compression = detect(f)
             out.append(Input(f, fmt or detected, compression))
@@ -159,11 +227,35 @@ class _Checked(io.RawIOBase):
             super().close()
 
 
+class _Prefixed(io.RawIOBase):
+    """``head`` (bytes already read from ``rest``), then the rest of ``rest``."""
+
+    def __init__(self, head: bytes, rest: BinaryIO):
+        self._head, self._rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n], self._head = self._head[:n], self._head[n:]
+            return n
+        data = self._rest.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
 def open_binary(inp: Input) -> BinaryIO:
     """The decompressed bytes of ``inp`` as a buffered stream (close it when done)."""
     name = str(inp)
+    compression = inp.compression
     if inp.path is None:
         raw: BinaryIO = sys.stdin.buffer
+        if compression is None:  # compressed data piped in: told by its first bytes, decompressed
+            head = raw.read(_SNIFF_BYTES)
+            compression = sniff_compression(head)
+            raw = io.BufferedReader(_Prefixed(head, raw), buffer_size=_BLOCK)
     else:
         try:
             raw = open(inp.path, "rb")
@@ -171,13 +263,13 @@ def open_binary(inp: Input) -> BinaryIO:
             raise DataError(f"{inp.path}: cannot read ({e.strerror})") from None
     what = "it"
     try:
-        if inp.compression == "gzip":
+        if compression == "gzip":
             raw, what = gzip.GzipFile(fileobj=raw, mode="rb"), "gzip data"
-        elif inp.compression == "bzip2":
+        elif compression == "bzip2":
             raw, what = bz2.BZ2File(raw, mode="rb"), "bzip2 data"
-        elif inp.compression == "xz":
+        elif compression == "xz":
             raw, what = lzma.LZMAFile(raw, mode="rb"), "xz data"
-        elif inp.compression == "zstd":
+        elif compression == "zstd":
             try:
                 import zstandard
             except ImportError:

@@ -19,7 +19,7 @@ from gptcli.device import DTYPES, resolve_device, resolve_dtype
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.generation import SampleConfig, generate
 from gptcli.model import GPT
-from gptcli.paths import display_path
+from gptcli.paths import display_path, shell_path
 from gptcli.tokenizer import EOT_ID
 
 
@@ -32,6 +32,48 @@ class LoadedModel:
     finetune: dict | None = None  # an instruct finetune's settings (template, LoRA, base), else None
 
 
+TEXT_KINDS: tuple[str | None, ...] = ("training", "instruct", None)  # runs whose model continues text
+_A_KIND = {"classify": "a classifier", "instruct": "an instruct finetune", "training": "a pretraining run"}
+_WANTED = {  # kinds asked for -> (what the note calls such a run, how to make one)
+    TEXT_KINDS: ("run that generates text", "train one with: gptcli train FILE.txt"),
+    ("instruct",): ("instruct finetune", "make one with: gptcli finetune instruct DATA --init MODEL"),
+    ("classify",): ("classifier", "make one with: gptcli finetune classify DATA --init MODEL"),
+}
+
+
+def find_latest_run(
+    kinds: tuple[str | None, ...] = TEXT_KINDS, *, root: Path = rundir.RUNS_ROOT
+) -> tuple[Path | None, str, str]:
+    """The most recent run under ``root`` that is one of ``kinds`` (``rundir.run_kind``), so that
+    ``sample`` with no ``-c`` never picks a classifier; why it was picked ("the most recent run",
+    or which newer run it passed over); and where there is none, None, why and the fix."""
+    want, make = _WANTED.get(kinds, ("run", "give one with -c RUN"))
+    newest = rundir.find_latest_run(root)
+    if newest is None:
+        return None, f"no run under {root}/", make
+    run = rundir.find_latest_run_of_kind(kinds, root)
+    newest_kind = rundir.run_kind(newest)
+    a_kind = _A_KIND.get(newest_kind, "a run of another kind")
+    if run is None:
+        fix = f"give one with -c RUN, or {make}"
+        if newest_kind == "classify":
+            fix += f"; to label texts with the classifier: gptcli classify -c {shell_path(newest)} TEXT"
+        return None, f"no {want} under {root}/ (the most recent run, {display_path(newest)}, is {a_kind})", fix
+    if run == newest:
+        return run, "the most recent run", ""
+    return run, f"the most recent {want}; the newer {display_path(newest)} is {a_kind}", ""
+
+
+def latest_checkpoint(kinds: tuple[str | None, ...], *, warn: Callable[[str], None] | None = None) -> tuple[Path, str]:
+    """The newest checkpoint of the most recent run of one of ``kinds`` and the note that names
+    it for the user; a CheckpointError saying why there is none, and the fix, otherwise."""
+    run, reason, fix = find_latest_run(kinds)
+    if run is None:
+        raise CheckpointError(f"{reason}; {fix}")
+    path = resolve_checkpoint(run, warn=warn)
+    return path, f"using {display_path(path)} ({reason})"
+
+
 def load_model_for_inference(
     checkpoint: Path | None,
     model: str | None,
@@ -40,29 +82,32 @@ def load_model_for_inference(
     dtype: str = "fp32",
     fallback_gpt2: bool = False,
     warn: Callable[[str], None] | None = None,
+    kinds: tuple[str | None, ...] = TEXT_KINDS,
 ) -> LoadedModel:
-    """The model of ``--checkpoint`` (a file or run directory, default the latest run) or of
-    ``--model`` (a converted file or a downloaded GPT-2 name). With ``fallback_gpt2`` and no run
-    under runs/, the downloaded GPT-2 124M is used. When neither was given, ``note`` names what
-    was loaded instead."""
+    """The model of ``--checkpoint`` (a file or run directory, default the latest run of one of
+    ``kinds``: one that generates text unless told otherwise) or of ``--model`` (a converted file
+    or a downloaded GPT-2 name). With ``fallback_gpt2`` and no such run under runs/, the downloaded
+    GPT-2 124M is used. When neither was given, ``note`` names what was loaded instead."""
     if checkpoint is not None and model is not None:
         raise UsageError("give either --checkpoint or --model, not both")
     note = None
     if model is not None:
         path = weights.resolve_model(model)
-    elif checkpoint is None and fallback_gpt2 and rundir.find_latest_run() is None:
-        fallback = weights.downloaded_default()
-        if fallback is None:
-            raise CheckpointError(
-                f"nothing to load: no training run under {rundir.RUNS_ROOT}/ and no downloaded GPT-2; "
-                "train a model with: gptcli train FILE.txt, or download GPT-2 with: gptcli download --size 124M"
-            )
-        note = f"no run under {rundir.RUNS_ROOT}/; using the downloaded GPT-2 124M ({fallback})"
-        path = fallback
-    else:
+    elif checkpoint is not None:
         path = resolve_checkpoint(checkpoint, warn=warn)
-        if checkpoint is None:
-            note = f"using {display_path(path)} (the most recent run)"
+    else:
+        run, reason, fix = find_latest_run(kinds)
+        if run is not None or not (fallback_gpt2 and "training" in kinds):
+            path, note = latest_checkpoint(kinds, warn=warn)
+        else:
+            fallback = weights.downloaded_default()
+            if fallback is None:
+                raise CheckpointError(
+                    f"nothing to load: {reason} and no downloaded GPT-2 (download it with: gptcli download "
+                    f"--size 124M); {fix}"
+                )
+            note = f"{reason}; using the downloaded GPT-2 124M ({fallback})"
+            path = fallback
     if dtype not in DTYPES:
         raise UsageError(f"invalid --dtype: {dtype!r} (choose from {', '.join(DTYPES)})")
     obj = load_checkpoint(path)

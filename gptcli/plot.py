@@ -4,6 +4,7 @@ tokens seen on top), several runs overlaid, or drawn with characters for a termi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from gptcli.errors import UsageError
 from gptcli.metrics import read_metrics
@@ -24,6 +25,8 @@ def metrics_path(target: str | Path) -> Path:
 def check_output(output: str | Path) -> Path:
     """The image path, if its extension is one matplotlib writes here; else a UsageError."""
     out = Path(output)
+    if out.is_dir():  # "runs/x.png/" would otherwise fail only after every run is read
+        raise UsageError(f"{out}: is a directory; give a file name (e.g. -o {out / 'loss.png'})")
     if out.suffix.lower() not in FORMATS:
         raise UsageError(f"invalid -o/--output: {out} (the extension must be one of {', '.join(FORMATS)})")
     return out
@@ -35,9 +38,9 @@ def default_plot_path(target: str | Path) -> Path:
     return metrics_path(target).parent / "loss.png"
 
 
-def eval_series(path: Path, *, warnings: list[str] | None = None) -> dict[str, list[float]]:
-    """Epoch, tokens and both losses at each evaluation; malformed lines are skipped, with a
-    message appended to ``warnings``."""
+def eval_series(path: Path, *, warnings: list[str] | None = None) -> dict[str, Any]:
+    """Epoch, tokens and both losses at each evaluation, and what the tokens axis counts
+    ("seen_label"); malformed lines are skipped, with a message appended to ``warnings``."""
     try:
         records = read_metrics(path, warnings=warnings)
     except OSError as e:
@@ -56,7 +59,11 @@ def eval_series(path: Path, *, warnings: list[str] | None = None) -> dict[str, l
         n = r.get("steps_per_epoch")
         return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else fallback
 
+    # Classify runs logged their examples as tokens_seen until their records carried both counts
+    # (examples_seen beside the true tokens_seen); an accuracy record marks a classify run.
+    legacy = any(r["type"] == "accuracy" for r in records) and not any("examples_seen" in r for r in evals)
     return {
+        "seen_label": "Examples seen" if legacy else "Tokens seen",
         "epoch": [(r["step"] + 1) / per_epoch(r) for r in evals],
         "tokens": [r["tokens_seen"] for r in evals],
         "train": [r["train_loss"] for r in evals],
@@ -110,7 +117,7 @@ def plot_runs(
     ax2 = ax1.twiny()
     first = series[0]
     ax2.plot(first["tokens"], first["train"], alpha=0)
-    ax2.set_xlabel("Tokens seen" + (f" ({labels[0]})" if multi else ""))
+    ax2.set_xlabel(first["seen_label"] + (f" ({labels[0]})" if multi else ""))
     if not multi:  # several runs are named in the legend
         ax2.set_title(labels[0])
     fig.tight_layout()

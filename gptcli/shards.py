@@ -28,7 +28,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from gptcli.errors import DataError
+from gptcli.errors import DataError, UsageError
 
 LLMC_MAGIC = 20240520
 LLMC_VERSION = 1
@@ -305,9 +305,17 @@ def prepare(
                 on_progress=on_progress,
             )
         all_ids = _memmap(Path(tmp), 0, n)
+        if val_tokens is not None and val_tokens >= n:
+            raise UsageError(
+                f"invalid --val-tokens: {val_tokens:,} (the input has {n:,} tokens in all; give fewer than that, "
+                "so that some are left for training)"
+            )
         n_val = min(n, val_tokens if val_tokens is not None else int(round(val_ratio * n)))
         if n - n_val < 1:
-            raise DataError(f"{inputs[0]}: {n} tokens leave none for training after {n_val} validation tokens")
+            raise DataError(
+                f"{inputs[0]}: the input has only {n:,} token(s), all of them taken by --val-ratio {val_ratio:g}; "
+                "lower --val-ratio or give more text"
+            )
         train = write_shards(all_ids[: n - n_val], out_dir, split="train", shard_size=shard_size)
         val = write_shards(all_ids[n - n_val :], out_dir, split="val", shard_size=shard_size)
         del all_ids

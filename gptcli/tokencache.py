@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from gptcli.errors import DataError
-from gptcli.formats import Input, detect, iter_text, resolve_inputs
+from gptcli.formats import Input, detect, iter_text, resolve_inputs, sniff_compression
 from gptcli.paths import gptcli_home
 from gptcli.textfiles import expand_paths, iter_file_text
 from gptcli.tokenizer import EOT_TOKEN, get_tokenizer
@@ -231,7 +231,9 @@ def _spooled_stdin(inputs: list[Input], spool_dir: Path) -> Iterator[list[Input]
     try:
         with os.fdopen(fd, "wb") as f:
             shutil.copyfileobj(sys.stdin.buffer, f, _COPY_BYTES)
-        spooled = [Input(Path(tmp), i.format, i.compression) if i.path is None else i for i in inputs]
+        with open(tmp, "rb") as f:  # compressed data piped in (no name to tell it by): decompressed
+            sniffed = sniff_compression(f.read(64))
+        spooled = [Input(Path(tmp), i.format, i.compression or sniffed) if i.path is None else i for i in inputs]
         try:
             yield spooled
         except DataError as e:

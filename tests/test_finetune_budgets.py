@@ -96,7 +96,11 @@ def test_max_tokens_counts_the_batches_tokens_and_max_time_ends_the_run(root):
     out = cli(*KINDS["classify"], *COMMON, "--max-length", "8", "--max-tokens", "70", "-o", "runs/tok")
     assert "stopped: --max-tokens 70 at step 3 (96 tokens" in out
     _, progress, _ = last(root / "runs/tok")
-    assert progress["step"] == 3 and progress["tokens_seen"] == 96 and progress["seen"] == 12  # examples, as the book
+    assert progress["step"] == 3 and progress["tokens_seen"] == 96 and progress["examples_seen"] == 12
+    # every metrics record carries the same true token count; classify's also the book's examples
+    records = read_metrics(root / "runs/tok/metrics.jsonl")
+    assert records and all(r["tokens_seen"] == 32 * (r["step"] + 1) for r in records)
+    assert all(r["examples_seen"] == 4 * (r["step"] + 1) for r in records)
     out = cli(*KINDS["instruct"], *COMMON, "--max-time", "0.001", "-o", "runs/time")
     assert "stopped: --max-time 0.001s at step 1" in out
     _, progress, _ = last(root / "runs/time")

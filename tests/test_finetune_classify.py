@@ -119,11 +119,15 @@ def _ours(tmp_path, path, **kw):
 
 
 def test_losses_and_accuracy_equal_train_classifier_simple(tmp_path, capsys):
-    book, (tl, vl, ta, va, _), path = _book_run(tmp_path, epochs=3)
+    book, (tl, vl, ta, va, examples_seen), path = _book_run(tmp_path, epochs=3)
     trainer, events = _ours(tmp_path, path, epochs=3)
     evals = [e for e in events if e["type"] == "eval"]
     accs = [e for e in events if e["type"] == "accuracy"]
     assert len(evals) == len(tl) == 9 and len(accs) == len(ta) == 3
+    # The book's count is examples_seen; tokens_seen counts the padded batches' tokens, as train's.
+    assert accs[-1]["examples_seen"] == examples_seen == trainer.progress.examples_seen
+    width = trainer.splits.train.max_length
+    assert all(e["tokens_seen"] == e["examples_seen"] * width for e in evals + accs)
     for e, t, v in zip(evals, tl, vl, strict=True):
         assert e["train_loss"] == pytest.approx(t, abs=1e-4) and e["val_loss"] == pytest.approx(v, abs=1e-4)
     for e, t, v in zip(accs, ta, va, strict=True):

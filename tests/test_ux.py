@@ -1047,7 +1047,11 @@ def test_resume_refusals_say_epochs_n_with_grammar_and_quoted_paths(run, tmp_pat
     assert "runs/one epoch: the run already finished its 1 epoch; extend it with: " in res.output
     assert "gptcli resume 'runs/one epoch' --epochs N (N > 1)" in res.output
     res = invoke("resume", "runs/one epoch", "--epochs", "0", expect=2)
-    assert "already completed 1 epoch)" in res.output
+    assert "invalid --epochs: 0 (must be an integer >= 1)" in res.output  # the range, not the run's epochs
+    obj["train_config"]["epochs"] = obj["progress"]["epoch"] = 2
+    torch.save(obj, p)
+    res = invoke("resume", "runs/one epoch", "--epochs", "1", expect=2)
+    assert "already completed 2 epochs)" in res.output
     res = invoke("train", "x.txt", "--out", "runs/one epoch", expect=2)
     assert "gptcli resume 'runs/one epoch'" in res.output
 

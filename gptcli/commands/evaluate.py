@@ -94,7 +94,7 @@ def eval_command(
     threads: int | None = None,
     task: str = "loss",
     format: str = "auto",
-    text_field: str = "text",
+    text_field: str | None = None,
     split: str | None = None,
 ) -> dict[str, Any]:
     console.set_quiet(quiet)
@@ -117,9 +117,14 @@ def eval_command(
         raise UsageError(f"invalid --stride: {stride} (must be at least 1)")
     if format not in INPUT_FORMATS:
         raise UsageError(f"invalid --format: {format!r} (choose from {', '.join(INPUT_FORMATS)})")
-    if not text_field:
-        raise UsageError("invalid --text-field: '' (must not be empty)")
-    tokens = corpus_tokens(paths, errors=encoding_errors, format=format, text_field=text_field)
+    if text_field is not None:  # given: some input must hold records (formats.check_text_field)
+        from gptcli.data import input_format
+        from gptcli.formats import check_text_field, resolve_inputs
+
+        if not text_field:
+            raise UsageError("invalid --text-field: '' (must not be empty)")
+        check_text_field(resolve_inputs(paths, format=input_format(format)), text_field)
+    tokens = corpus_tokens(paths, errors=encoding_errors, format=format, text_field=text_field or "text")
     if len(tokens) < 2:
         raise UsageError(f"{paths[0]}: needs at least 2 tokens to evaluate, has {len(tokens)}")
     loaded = load_model_for_inference(checkpoint, model, device=device, warn=console.warn)

@@ -126,10 +126,13 @@ def _fit(trainer, cfg, *, main: bool = True) -> dict[str, Any]:
     result: dict[str, Any] = {"run_dir": str(trainer.run_dir), "step": trainer.progress.step}
     if trainer.progress.history:
         result.update({k: trainer.progress.history[-1][k] for k in ("train_loss", "val_loss")})
+    no_test = f" (no test split: --split {cfg.split})" if len(trainer.splits.test) == 0 else ""
     if cfg.kind == "classify":
         acc = trainer.final_accuracy()
         result.update({f"{k}_accuracy": v for k, v in acc.items()})
-        text = " | ".join(f"{k.capitalize()} accuracy: {v * 100:.2f}%" for k, v in acc.items())
+        text = " | ".join(f"{k.capitalize()} accuracy: {v * 100:.2f}%" for k, v in acc.items()) + no_test
+    elif no_test:
+        text = no_test.strip(" ()")
     else:
         result["test_loss"] = trainer.loader_loss(trainer.splits.test, shuffle=False, num_batches=None)
         text = f"test loss {result['test_loss']:.4f}"
@@ -252,16 +255,22 @@ def classify_command(
     """Label each text with a classify run's model: the label and its probability."""
     from gptcli import checkpoint as ckpt
     from gptcli.finetune.classify import classify_texts
+    from gptcli.finetune.files import read_file
     from gptcli.finetune.trainer import model_from_finetune_checkpoint
+    from gptcli.inference import latest_checkpoint
 
     if file is not None:
-        try:
-            texts = texts + [t for t in file.read_text(encoding="utf-8").splitlines() if t.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"invalid --file: {file}: cannot read it ({e.__class__.__name__})") from None
+        lines = [t for t in read_file(file, error=UsageError, prefix="invalid --file: ").splitlines() if t.strip()]
+        if not lines:
+            raise UsageError(f"invalid --file: {file}: has no texts to classify (every line is blank)")
+        texts = texts + lines
     if not texts:
         raise UsageError("nothing to classify: give TEXT arguments or --file")
-    path = ckpt.resolve_checkpoint(checkpoint, warn=console.warn)
+    if checkpoint is None:  # the newest classifier, not merely the newest run
+        path, note = latest_checkpoint(("classify",), warn=console.warn)
+        console.info(note)
+    else:
+        path = ckpt.resolve_checkpoint(checkpoint, warn=console.warn)
     obj = ckpt.load_checkpoint(path)
     if obj.get("kind") != "classify":
         raise CheckpointError(

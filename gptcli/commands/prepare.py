@@ -33,7 +33,7 @@ def prepare_command(
     *,
     out: Path,
     format: str | None = None,
-    text_field: str = "text",
+    text_field: str | None = None,
     shard_size: str | int = "100M",
     val_ratio: float = 0.1,
     val_tokens: str | int | None = None,
@@ -54,13 +54,20 @@ def prepare_command(
     if not 0.0 <= val_ratio < 1.0:
         raise UsageError(f"invalid --val-ratio: {val_ratio} (must be at least 0 and below 1)")
     n_val = None if val_tokens is None else parse_count(val_tokens, "--val-tokens")
+    format = None if format in (None, "auto") else format  # auto: each input's format from its name
+    if text_field is not None:  # given: some input must hold records (formats.check_text_field)
+        from gptcli.formats import check_text_field, resolve_inputs
+
+        if not text_field:
+            raise UsageError("invalid --text-field: '' (must not be empty)")
+        check_text_field(resolve_inputs(inputs, format=format), text_field)
     with console.step_progress("tokenizing", None) as prog:
         task = prog.add_task("tokenize", total=None)
         result = prepare(
             inputs,
             Path(out),
             format=format,
-            text_field=text_field,
+            text_field=text_field or "text",
             errors=encoding_errors,
             shard_size=size,
             val_ratio=val_ratio,

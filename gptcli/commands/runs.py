@@ -15,7 +15,7 @@ import yaml
 from gptcli import console, rundir, weights
 from gptcli.errors import UsageError
 from gptcli.metrics import read_metrics
-from gptcli.paths import display_path
+from gptcli.paths import display_path, shell_path
 from gptcli.plot import check_output, default_plot_path, plot_runs, terminal_plot
 
 
@@ -55,6 +55,7 @@ def info_command(target: str | None, *, json_out: bool = False) -> dict[str, Any
         "best_val_loss": progress.get("best_val", _best_val(history)) if history else None,
         "unsaved_evals": _unsaved_evals(run_dir) if run_dir else None,
         "finetune": _finetune_info(obj),
+        "stopped_by": _stopped_by(obj),
     }
     if json_out:
         console.print_result(json.dumps(result, indent=2, default=str))
@@ -72,7 +73,21 @@ def info_command(target: str | None, *, json_out: bool = False) -> dict[str, Any
         lines.append(
             (
                 "progress",
-                f"epoch {result['epoch']}{epochs} done, step {result['step']:,}, {result['tokens_seen'] or 0:,} tokens seen",
+                f"epoch {result['epoch']}{epochs} done, step {result['step']:,}, {result['tokens_seen'] or 0:,} tokens seen"
+                + (
+                    f" ({progress['examples_seen']:,} examples)"
+                    if result["kind"] == "classify" and "examples_seen" in progress
+                    else ""
+                ),
+            )
+        )
+    if result["stopped_by"]:
+        flag = result["stopped_by"].split()[0]
+        lines.append(
+            (
+                "status",
+                f"done: stopped by {result['stopped_by']} (to go on: gptcli resume {shell_path(run_dir or path)} "
+                f"{flag} N, a larger N)",
             )
         )
     last = result["last_eval"]
@@ -94,9 +109,28 @@ def info_command(target: str | None, *, json_out: bool = False) -> dict[str, Any
         )
     width = max(len(k) for k, _ in lines) + 2
     out = [f"{k + ':':<{width}}{v}" for k, v in lines]
+    if result["finetune"] is not None:  # only the settings that apply to this kind of run
+        from gptcli.finetune.config import applicable_settings
+
+        train_cfg = applicable_settings(train_cfg, merged=result["finetune"]["merged"])
     sections = {"model": result["model_config"], **({"train": train_cfg} if train_cfg else {})}
     console.print_result("\n".join(out) + "\n" + yaml.safe_dump(sections, sort_keys=False), end="")
     return result
+
+
+def _stopped_by(obj: dict[str, Any]) -> str | None:
+    """The budget or --patience that ended a checkpoint's run before its epochs did, if any."""
+    from gptcli.commands.train import stopped_by
+
+    progress, cfg = obj.get("progress"), obj.get("train_config")
+    if not isinstance(progress, dict) or not isinstance(cfg, dict):
+        return None
+    try:
+        if int(progress.get("epoch", 0)) >= int(cfg.get("epochs", 0)):
+            return None  # its epochs are done
+    except (TypeError, ValueError):
+        return None
+    return stopped_by(obj)
 
 
 def _best_val(history: list[dict[str, Any]]) -> float | None:
@@ -110,6 +144,8 @@ def _finetune_info(obj: dict[str, Any]) -> dict[str, Any] | None:
         return None
     ft = obj["finetune"]
     out = {k: ft.get(k) for k in ("base", "lora")}
+    # ``convert --merge-lora`` of a classifier: every weight, adapters folded in, no optimizer state
+    out["merged"] = "optimizer_state_dict" not in obj
     if obj["kind"] == "classify":
         out.update(labels=ft.get("labels"), max_length=ft.get("max_length"))
     else:
@@ -130,6 +166,9 @@ def _finetune_lines(ft: dict[str, Any] | None) -> list[tuple[str, str]]:
             ("template", "the book's format_input (Alpaca)" if ft["template"] is None else repr(ft["template"]))
         )
     lora = ft.get("lora")
+    if ft.get("merged"):
+        lines.append(("weights", "merged (any LoRA adapters folded in): every weight is in the file, no base needed"))
+        return lines
     lines.append(
         (
             "lora",
@@ -151,6 +190,8 @@ def runs_command(root: Path | None = None, *, json_out: bool = False) -> list[di
     root = Path(root) if root is not None else rundir.RUNS_ROOT
     warnings: list[str] = []
     runs = [rundir.run_summary(p, warnings=warnings) for p in rundir.list_runs(root)]
+    for r in runs:
+        r["stopped_by"] = _run_stopped_by(Path(r["run"])) if (r["epochs_done"] or 0) < (r["epochs"] or 0) else None
     for w in warnings:  # an unreadable or malformed file: its run still shows, with '-' fields
         console.warn(w)
     if json_out:
@@ -184,8 +225,13 @@ def runs_command(root: Path | None = None, *, json_out: bool = False) -> list[di
     if unsaved:  # metrics lines after a run's last checkpoint: shown only when some run has them
         header = (*header, "UNSAVED")
         rows = [(*row, _evals(r.get("unsaved_evals")) or "-") for row, r in zip(rows, runs, strict=True)]
+    if any(r["stopped_by"] for r in runs):  # a run a budget ended before its epochs: shown as done
+        header = (*header, "STOPPED")
+        rows = [
+            (*row, f"done ({r['stopped_by']})" if r["stopped_by"] else "-") for row, r in zip(rows, runs, strict=True)
+        ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    left = {0, 7, 8}
+    left = {0, 7, 8, 9}
     for row in [header, *rows]:
         cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         console.print_result("  ".join(cells).rstrip())
@@ -195,6 +241,23 @@ def runs_command(root: Path | None = None, *, json_out: bool = False) -> list[di
             "the other columns are the checkpoint's, and resume starts from it"
         )
     return runs
+
+
+def _run_stopped_by(run: Path) -> str | None:
+    """The budget or --patience that ended a run before its epochs did. Only a run whose
+    config.yaml sets one has its newest checkpoint opened (memory-mapped, no tensor read), so the
+    listing stays instant for the others."""
+    try:
+        settings = yaml.safe_load(rundir.config_path(run).read_text(encoding="utf-8")) or {}
+        train = settings.get("train") or settings.get("finetune") or {}
+        if not any(train.get(k) for k in ("max_steps", "max_tokens", "max_time", "patience")):
+            return None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):  # run_summary warns of it
+        return None
+    from gptcli.commands.train import _run_progress
+
+    progress = _run_progress(run)
+    return progress[2] if progress is not None and progress[0] < progress[1] else None
 
 
 def _evals(n: int | None) -> str:

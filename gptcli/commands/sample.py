@@ -16,13 +16,15 @@ from gptcli import console
 from gptcli.device import set_threads
 from gptcli.errors import UsageError
 from gptcli.generation import SampleConfig
-from gptcli.inference import LoadedModel, generate_with, load_model_for_inference, long_prompt_warning
+from gptcli.inference import TEXT_KINDS, LoadedModel, generate_with, load_model_for_inference, long_prompt_warning
 from gptcli.tokenizer import EOT_ID, decode, encode
 
 
-def _load(checkpoint: Path | None, model: str | None, *, device: str, dtype: str) -> LoadedModel:
+def _load(
+    checkpoint: Path | None, model: str | None, *, device: str, dtype: str, kinds: tuple[str | None, ...] = TEXT_KINDS
+) -> LoadedModel:
     loaded = load_model_for_inference(
-        checkpoint, model, device=device, dtype=dtype, fallback_gpt2=True, warn=console.warn
+        checkpoint, model, device=device, dtype=dtype, fallback_gpt2=True, warn=console.warn, kinds=kinds
     )
     if loaded.note:
         console.info(loaded.note)
@@ -304,6 +306,7 @@ def instruct_command(
     <|endoftext|> by default, as the book's chapter 7); or answer every record of a split
     (``--responses test -o FILE``) and write the book's ``instruction-data-with-response.json``:
     each record plus its ``model_response``."""
+    from gptcli.finetune.config import no_split_error
     from gptcli.finetune.instruct import Template, response_text, split_of
 
     console.set_quiet(quiet)
@@ -321,7 +324,7 @@ def instruct_command(
         top_p=top_p,
         seed=seed,
     )
-    loaded = _load(checkpoint, None, device=device, dtype=dtype)
+    loaded = _load(checkpoint, None, device=device, dtype=dtype, kinds=("instruct",))  # no -c: the newest instruct run
     if loaded.finetune is None:
         what = "--instruction" if instruction is not None else "--responses"
         raise UsageError(
@@ -334,7 +337,7 @@ def instruct_command(
     else:
         records = split_of(cfg["data"], cfg["split"], responses, seed=cfg.get("split_seed"))
         if not records:
-            raise UsageError(f"invalid --responses: the {responses} split of {cfg['data']} is empty")
+            raise no_split_error("--responses", responses, data=cfg["data"], split=cfg["split"])
     if scfg.seed is not None:
         torch.manual_seed(scfg.seed)
     out = []
@@ -348,7 +351,7 @@ def instruct_command(
             prog.advance(task)
     if responses is not None:
         _write_json(output, out)
-        console.info(f"wrote {len(out)} responses to {output}")
+        console.info(f"wrote {len(out)} response{'s' if len(out) != 1 else ''} to {output}")
     elif json_out:
         console.print_result(json.dumps({"checkpoint": str(loaded.path), **out[0]}))
     else:

@@ -21,8 +21,10 @@ from gptcli.config import (
     build_config,
     check_architecture,
     coerce_values,
+    describe_interval,
     dump_yaml_config,
     load_yaml_config,
+    parse_interval,
     preset_values,
 )
 from gptcli.errors import CheckpointError, UsageError
@@ -100,6 +102,7 @@ def resolve_train_configs(
     train_cfg.data = [_absolute_if_exists(p) for p in train_cfg.data]
     if train_cfg.val_file is not None:
         train_cfg.val_file = _absolute_if_exists(train_cfg.val_file)
+    _check_used(train_cfg, given={**dict.fromkeys(file_cfg["train"], where), **dict.fromkeys(train_given)})
     if train_cfg.init:
         given = {
             **coerce_values(ModelConfig, model_file, where),
@@ -110,6 +113,43 @@ def resolve_train_configs(
         return None, train_cfg, given
     model_cfg = build_config(ModelConfig, *preset_layer, (where, model_file), (None, model_given))
     return model_cfg, train_cfg, {**model_file, **model_given}
+
+
+def _check_used(train_cfg: TrainConfig, *, given: dict[str, str | None]) -> None:
+    """Refuse a data setting given explicitly (``given``: each key and the config file it came
+    from, None for a flag) that the run's data would silently ignore: ``--val-ratio`` beside
+    ``--val-file`` or with token shards (whose val_*.bin are the validation set), ``--text-field``
+    where no input holds records (``gptcli.formats.check_text_field``)."""
+    if not train_cfg.data or not {"val_ratio", "text_field"} & set(given):
+        return
+    from gptcli import formats, shards  # numpy, no torch: the run directory is not locked yet
+
+    def label(key: str) -> str:
+        flag = "--" + key.replace("_", "-")
+        return flag if given[key] is None else f"{key} ({flag}) in {given[key]}"
+
+    sharded = next((p for p in train_cfg.data if shards.is_shard_input(p)), None)
+    if "val_ratio" in given:
+        if sharded is not None:
+            raise UsageError(
+                f"invalid {label('val_ratio')}: {display_path(sharded)} holds token shards, whose val_*.bin shards "
+                "are the validation set; drop it (to split differently: gptcli prepare ... --val-ratio R)"
+            )
+        if train_cfg.val_file is not None:
+            raise UsageError(
+                f"invalid {label('val_ratio')}: --val-file {display_path(train_cfg.val_file)} is the validation "
+                "text; give one of them"
+            )
+    if "text_field" in given:
+        if sharded is not None:
+            raise UsageError(
+                f"invalid {label('text_field')}: {display_path(sharded)} holds token shards, already tokenized "
+                "(--text-field is for gptcli prepare)"
+            )
+        fmt = None if train_cfg.format == "auto" else train_cfg.format
+        paths = [*train_cfg.data, *([train_cfg.val_file] if train_cfg.val_file else [])]
+        inputs = [i for p in paths for i in formats.resolve_inputs([p], format=fmt)]
+        formats.check_text_field(inputs, train_cfg.text_field, flag=label("text_field"))
 
 
 def _absolute_if_exists(path: str) -> str:
@@ -127,7 +167,9 @@ def _init_weights(train_cfg: TrainConfig, given_model: dict[str, Any]):
     architecture flags that disagree with it are an error listing each field."""
     from gptcli.checkpoint import check_state_fits, load_checkpoint, read_model_config
 
-    path = weights.resolve_model(train_cfg.init)
+    path = weights.resolve_model(train_cfg.init, warn=console.warn)
+    if Path(train_cfg.init).is_dir():  # a run directory: the run records the checkpoint it started from
+        train_cfg.init = str(path.resolve())
     obj = load_checkpoint(path)
     saved = read_model_config(obj, path)
     check_state_fits(saved, obj["model_state_dict"], path)  # before the trainer allocates the model
@@ -217,16 +259,23 @@ def _run_progress(run: Path, length: dict[str, Any] | None = None) -> tuple[int,
             done = int(progress["epoch"]), int(saved["epochs"])
         except (CheckpointError, KeyError, TypeError, ValueError):
             continue
-        try:
-            if obj.get("kind") in FINETUNE_KINDS:
-                cfg: Any = FinetuneConfig.from_dict({**saved, **(length or {})})
-            else:
-                cfg = TrainConfig.from_dict({**saved, **(length or {})})
-            ended = _ended_early(cfg, progress)
-        except (UsageError, TypeError, ValueError):  # resume itself reports a bad stored setting
-            ended = None
-        return (*done, ended)
+        return (*done, stopped_by(obj, length))
     return None
+
+
+def stopped_by(obj: dict[str, Any], length: dict[str, Any] | None = None) -> str | None:
+    """The budget or ``--patience`` (``--max-steps 12``) that ended a training or finetuning
+    checkpoint's run before its epochs did (with the ``length`` flags given to resume); None when
+    none has, or the checkpoint holds no run's settings."""
+    try:
+        progress, saved = obj["progress"], obj["train_config"]
+        if obj.get("kind") in FINETUNE_KINDS:
+            cfg: Any = FinetuneConfig.from_dict({**saved, **(length or {})})
+        else:
+            cfg = TrainConfig.from_dict({**saved, **(length or {})})
+        return _ended_early(cfg, progress)
+    except (UsageError, KeyError, TypeError, ValueError, AttributeError):  # resume reports a bad stored setting
+        return None
 
 
 # The flags that change a run's length on resume, as `gptcli resume` spells them.
@@ -290,6 +339,8 @@ def resume_command(
     extend it: with a larger budget it continues exactly as if it had been set from the start).
     ``wandb`` starts W&B logging; a run that logged to W&B before continues its W&B run anyway."""
     console.set_quiet(quiet)
+    if epochs is not None and epochs < 1:  # before any run is looked for; above 1, the run's own epochs decide
+        raise UsageError(f"invalid --epochs: {epochs} (must be an integer >= 1)")
     if wandb:
         wandb_log.check_available()
     _set_threads(threads)
@@ -341,7 +392,7 @@ def _resume_from(
     progress = obj.get("progress", {})
     epochs = length.get("epochs")
     if epochs is not None:
-        if epochs < max(1, progress.get("epoch", 0)):
+        if epochs < progress.get("epoch", 0):
             raise UsageError(
                 f"invalid --epochs: {epochs} (the run has already completed {_epochs(progress.get('epoch'))})"
             )
@@ -448,6 +499,7 @@ def run_training(
             wandb_project=wandb_project,
             config={"model": model_cfg.to_dict(), "train": train_cfg.to_dict()},
         )
+        callbacks = Fanout(callbacks, _IntervalsNote(train_cfg))
         stop = StopFlag().install()
         try:
             trainer = Trainer(
@@ -468,6 +520,19 @@ def run_training(
         lock.release(failed=failed)
     console.info(f"done: {display_path(run_dir)} (sample with: gptcli sample -c {shell_path(run_dir)})")
     return run_dir
+
+
+class _IntervalsNote(Callbacks):
+    """Says, after the run's start lines, the unit each interval was read in: ``--eval-freq 1k``
+    is every 1,000 tokens, ``--eval-freq 1000`` every 1,000 steps."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.text = f"evaluating every {describe_interval(cfg.eval_freq)}"
+        if parse_interval(cfg.save_every)[1]:
+            self.text += f"; saving every {describe_interval(cfg.save_every)} and at the end of each epoch"
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        console.info(self.text)
 
 
 def _aborted(run_dir: Path) -> str:

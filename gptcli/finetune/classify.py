@@ -6,7 +6,6 @@ head, and the loss and accuracy on the last token (``calc_loss_batch``, ``calc_a
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,33 +16,24 @@ import torch.nn.functional as F
 
 from gptcli.errors import DataError, UsageError
 from gptcli.finetune.config import TRAINABLE
+from gptcli.finetune.files import json_records, read_file
 from gptcli.model import GPT
 from gptcli.tokenizer import EOT_ID, encode
 
 
 def read_table(path: str | Path, *, text_field: str, label_field: str) -> tuple[list[str], list[str]]:
-    """Texts and labels (as strings) of a CSV, TSV (``.tsv``) or JSONL (``.jsonl``/``.json``) file."""
+    """Texts and labels (as strings) of a CSV, TSV (``.tsv``) or JSON (``.json``/``.jsonl``: a
+    list of records, as instruct reads, or JSON Lines) file."""
     p = Path(path)
-    try:
-        raw = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{p}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{p}: cannot read it ({e.__class__.__name__})") from None
     rows: list[dict] = []
     if p.suffix.lower() in (".jsonl", ".json"):
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}: line {n} is not JSON ({e.msg})") from None
+        rows = json_records(p)
+        for n, r in enumerate(rows, 1):
             if not isinstance(r, dict):
-                raise DataError(f"{p}: line {n} is not an object")
-            rows.append(r)
+                raise DataError(f"{p}: record {n} is not an object")
         fields = set().union(*(r.keys() for r in rows)) if rows else set()
     else:
+        raw = read_file(p)
         reader = csv.DictReader(raw.splitlines(), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
         fields = set(reader.fieldnames or [])
         rows = list(reader)

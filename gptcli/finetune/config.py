@@ -23,10 +23,12 @@ from gptcli.config import (
     DEVICE_CHOICES,
     DEVICE_NAMES,
     DURATION,
+    INTERVAL,
     ConfigValueError,
     _coerce_fields,
     budget_field,
     is_device_name,
+    parse_interval,
 )
 from gptcli.errors import UsageError
 
@@ -51,11 +53,13 @@ class FinetuneConfig:
         default=None,
         metadata={
             "help": {
-                "instruct": "train,val,test fractions (the book's order: train, test, val).",
-                "classify": "train,val,test fractions, after the book's seeded shuffle.",
+                "instruct": "Three fractions of the records: train,val,test. Train and val must get some; a test "
+                "of 0 means no test split. As the book, train takes the file's first records, test the next.",
+                "classify": "Three fractions of the examples, after the book's seeded shuffle: train,val,test. "
+                "Train and val must get some; a test of 0 means no test split.",
             },
             "panel": "data",
-            "default_text": {"instruct": "0.85,0.05,0.1", "classify": "0.7,0.1,0.2"},
+            "default_text": {"instruct": "0.85,0.05,0.1, the book's", "classify": "0.7,0.1,0.2, the book's"},
         },
     )
     split_seed: int | None = field(
@@ -86,7 +90,9 @@ class FinetuneConfig:
             "kinds": ("instruct",),
         },
     )
-    template: str | None = None  # the template's text (--template FILE); None = the book's format_input
+    # The template's text (--template FILE); None = the book's format_input. "kinds" without "help":
+    # not a generated flag, but a setting only instruct runs have (``applicable_settings``).
+    template: str | None = field(default=None, metadata={"kinds": ("instruct",)})
     text_field: str = field(
         default="Text", metadata={"help": "Name of the text field.", "panel": "data", "kinds": ("classify",)}
     )
@@ -147,12 +153,15 @@ class FinetuneConfig:
         default=0.0,
         metadata={"help": "Clip the gradient norm to this.", "panel": "train", "default_text": "0, off as the book"},
     )
-    eval_freq: int | None = field(
+    eval_freq: Annotated[int | str | None, INTERVAL] = field(
         default=None,
         metadata={
-            "help": "Evaluate every N steps.",
+            "help": "Evaluate every N steps, every N tokens (50M) or every DURATION (30m: wall time, which a "
+            "resumed run cannot repeat exactly).",
             "panel": "train",
-            "default_text": {"instruct": "5", "classify": "50"},
+            "type": str,
+            "metavar": "INTERVAL",
+            "default_text": {"instruct": "5 steps, the book's", "classify": "50 steps, the book's"},
         },
     )
     eval_iter: int = field(default=5, metadata={"help": "Batches per evaluation.", "panel": "train"})
@@ -190,14 +199,21 @@ class FinetuneConfig:
         default="all", metadata={"help": "Layers given adapters: attn,mlp,head or all.", "panel": "lora"}
     )
     # -- output ----------------------------------------------------------------------------------
-    save_every: int = field(
+    save_every: Annotated[int | str, INTERVAL] = field(
         default=0,
-        metadata={"help": "Also save every N steps (0: at each epoch's end).", "panel": "output"},
+        metadata={
+            "help": "Also save every N steps, every N tokens (50M) or every DURATION (30m: wall time, so a "
+            "resumed run saves at other steps).",
+            "panel": "output",
+            "type": str,
+            "metavar": "INTERVAL",
+            "default_text": "0, epoch ends only",
+        },
     )
     keep_last: int = field(
         default=3, metadata={"help": "Step checkpoints to keep (the oldest are deleted).", "panel": "output"}
     )
-    sample_tokens: int = 50
+    sample_tokens: int = field(default=50, metadata={"kinds": ("instruct",)})  # the epoch's sample
 
     def __post_init__(self) -> None:
         try:
@@ -210,13 +226,19 @@ class FinetuneConfig:
         self.epochs = book[0] if self.epochs is None else self.epochs
         self.eval_freq = book[1] if self.eval_freq is None else self.eval_freq
         self.split = book[2] if self.split is None else self.split
-        for name in ("epochs", "batch_size", "eval_freq", "eval_iter", "keep_last", "max_steps", "max_tokens"):
+        for name in ("epochs", "batch_size", "eval_iter", "keep_last", "max_steps", "max_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"invalid {_flag(name)}: {value} (must be at least 1)")
-        for name in ("save_every", "warmup_steps", "lora_rank"):
+        for name in ("warmup_steps", "lora_rank"):
             if getattr(self, name) < 0:
                 raise UsageError(f"invalid {_flag(name)}: {getattr(self, name)} (must be at least 0)")
+        # Intervals as train's: N steps, N tokens or a duration (gptcli.training.Every runs them).
+        if parse_interval(self.eval_freq)[1] <= 0:
+            raise UsageError(f"invalid --eval-freq: {self.eval_freq} (must be at least 1)")
+        unit, every = parse_interval(self.save_every)
+        if every < 0 or (every == 0 and unit != "steps"):
+            raise UsageError(f"invalid --save-every: {self.save_every} (must be > 0, or 0 for off)")
         if self.max_length is not None and self.max_length < 1:
             raise UsageError(f"invalid --max-length: {self.max_length} (must be at least 1)")
         if self.max_time is not None and self.max_time <= 0:
@@ -256,6 +278,44 @@ def parse_split(text: str, *, flag: str = "--split") -> tuple[float, float, floa
     if len(parts) != 3 or any(not 0 <= x <= 1 for x in parts) or sum(parts) > 1 + 1e-9 or parts[0] <= 0:
         raise UsageError(f"invalid {flag}: {text!r} (three fractions train,val,test like 0.85,0.05,0.1)")
     return parts  # type: ignore[return-value]
+
+
+def check_new_split(text: str) -> tuple[float, float, float]:
+    """``parse_split`` for a new run, which also needs validation records: its losses are what
+    the run reports (a NaN otherwise). The test split may be empty; ``eval --split test`` then
+    says the run has none."""
+    parts = parse_split(text)
+    if parts[1] <= 0:
+        raise UsageError(
+            f"invalid --split: {text!r} (the validation fraction is 0, so every validation loss would be NaN; "
+            "give it a share such as 0.85,0.05,0.1)"
+        )
+    return parts
+
+
+def no_split_error(flag: str, which: str, *, data: str, split: str) -> UsageError:
+    """What ``eval --split test`` or ``sample --responses test`` says of a run whose ``--split``
+    left that split empty (a test of 0 is allowed)."""
+    return UsageError(f"invalid {flag} {which}: the run has no {which} split ({data} split {split} left it empty)")
+
+
+def applicable_settings(settings: dict[str, Any], *, merged: bool = False) -> dict[str, Any]:
+    """A finetune run's stored settings (``FinetuneConfig.to_dict()``) less those that do not
+    apply to it, for ``gptcli info``: the other kind's (metadata "kinds"), the LoRA ones without
+    LoRA, and for a merged export (adapters folded into full weights) ``trainable`` too."""
+    kind = settings.get("kind")
+    fields = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
+    out = {}
+    for key, value in settings.items():
+        f = fields.get(key)
+        if f is not None and kind not in f.metadata.get("kinds", (kind,)):
+            continue
+        if key.startswith("lora_") and not settings.get("lora_rank"):
+            continue
+        if merged and key == "trainable":
+            continue
+        out[key] = value
+    return out
 
 
 def parse_targets(text: str | None) -> tuple[str, ...]:

@@ -8,7 +8,6 @@ character for character; a ``--template`` file replaces it with a format string.
 
 from __future__ import annotations
 
-import json
 import random
 import string
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import torch
 
 from gptcli.errors import DataError, UsageError
 from gptcli.finetune.config import parse_split
+from gptcli.finetune.files import json_records, read_file
 from gptcli.tokenizer import EOT_ID, encode
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index, the book's choice
@@ -51,10 +51,7 @@ class Template:
     @classmethod
     def from_file(cls, path: str | Path) -> Template:
         p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"invalid --template: {p}: cannot read it ({e.__class__.__name__})") from None
+        text = read_file(p, error=UsageError, prefix="invalid --template: ")
         return cls.from_text(text, where=f"--template {p}")
 
     @classmethod
@@ -115,26 +112,7 @@ def split_of(data: str | Path, split: str, which: str, *, seed: int | None = Non
 def load_records(path: str | Path) -> list[dict[str, str]]:
     """A JSON list or JSONL of instruction records; any bad record is a DataError naming it."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{p}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{p}: cannot read it ({e.__class__.__name__})") from None
-    stripped = text.lstrip()
-    try:
-        if stripped.startswith("["):
-            raw = json.loads(text)
-        else:
-            raw = []
-            for n, line in enumerate(text.splitlines(), 1):
-                if line.strip():
-                    try:
-                        raw.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{p}: line {n} is not JSON ({e.msg})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    raw = json_records(p)
     records = []
     for i, r in enumerate(raw):
         if not isinstance(r, dict):

@@ -38,12 +38,12 @@ from gptcli.device import autocast_for, resolve_device
 from gptcli.errors import CheckpointError, DataError, UsageError
 from gptcli.finetune import classify as cls_
 from gptcli.finetune import instruct as ins
-from gptcli.finetune.config import KINDS, FinetuneConfig, parse_split, parse_targets
+from gptcli.finetune.config import KINDS, FinetuneConfig, check_new_split, no_split_error, parse_split, parse_targets
 from gptcli.finetune.lora import apply_lora, base_name
 from gptcli.metrics import MetricsWriter
 from gptcli.model import GPT
 from gptcli.tokenizer import decode, encode
-from gptcli.training import budget_reached, format_duration, lr_at, planned_steps, stopped_message
+from gptcli.training import Every, budget_reached, format_duration, lr_at, planned_steps, stopped_message
 
 
 @dataclass
@@ -52,8 +52,8 @@ class Progress:
     step: int = 0  # optimizer steps completed
     batches_done: int = 0  # in the current epoch
     epoch_seed: int | None = None
-    seen: int = 0  # tokens (instruct) or examples (classify), as the book counts them
     tokens_seen: int = 0  # the training batches' tokens, padding included (what --max-tokens counts)
+    examples_seen: int = 0  # the training examples: chapter 6's examples_seen (classify logs it)
     train_seconds: float = 0.0  # over all resumes (what --max-time counts)
     planned_steps: int = 0  # the length the LR schedule decays over
     metrics_lines: int = 0
@@ -63,9 +63,16 @@ class Progress:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Progress:
+    def from_dict(cls, d: dict[str, Any], *, kind: str | None = None) -> Progress:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        progress = cls(**{k: v for k, v in d.items() if k in known})
+        # Checkpoints from before examples_seen kept one count, "seen": the book's, which is
+        # examples for classify and tokens for instruct (before --max-tokens, the only count).
+        if "seen" in d and "examples_seen" not in d and kind == "classify":
+            progress.examples_seen = d["seen"]
+        if "seen" in d and "tokens_seen" not in d and kind == "instruct":
+            progress.tokens_seen = d["seen"]
+        return progress
 
 
 def file_sha256(path: str | Path) -> str:
@@ -118,8 +125,8 @@ def prepare_splits(cfg: FinetuneConfig, model_cfg: ModelConfig, *, labels: list[
         raise DataError(f"{cfg.data}: only one label ({names[0]!r}); classification needs at least two")
     rows = cls_.balance(raw) if cfg.balance else list(range(len(texts)))
     tr, va, te = cls_.random_split(rows, fractions)
-    if not tr:
-        raise DataError(f"{cfg.data}: no training examples after the split {cfg.split}")
+    if not tr:  # the longest training text sets the padding: none is no model (check_split_sizes words it)
+        check_split_sizes(cfg, Splits(tr, va, te, {}))
     build = lambda rs, m: cls_.ClassifyData.build([texts[i] for i in rs], [ids_of[raw[i]] for i in rs], max_length=m)  # noqa: E731
     train = build(tr, cfg.max_length)
     if train.max_length > model_cfg.context_length:
@@ -133,6 +140,19 @@ def prepare_splits(cfg: FinetuneConfig, model_cfg: ModelConfig, *, labels: list[
         build(te, train.max_length),
         {"labels": names, "max_length": train.max_length},
     )
+
+
+def check_split_sizes(cfg: FinetuneConfig, splits: Splits) -> None:
+    """A new run needs training and validation examples: a DataError naming the file, its count
+    and the split when the rounding of ``--split`` leaves either empty (the test split may be)."""
+    n = len(splits.train) + len(splits.val) + len(splits.test)
+    what = "records" if cfg.kind == "instruct" else "examples" + (" after --balance" if cfg.balance else "")
+    for name, part in (("training", splits.train), ("validation", splits.val)):
+        if len(part) == 0:
+            raise DataError(
+                f"{cfg.data}: {n} {what} split {cfg.split} (train,val,test) leave no {name} examples; "
+                "give more data or a larger share with --split"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,6 +233,8 @@ class FinetuneTrainer:
                 f"invalid --batch-size: {cfg.batch_size} is fewer than the {self.dist.world_size} processes "
                 "torchrun started (it is the global batch, split between them)"
             )
+        if resume_from is None:
+            check_new_split(cfg.split)  # before the base model is loaded: a bad flag fails at once
         extra = (resume_from or {}).get("finetune", {})
         self.base_path, base = load_base(extra.get("base", {}).get("path", cfg.init))
         self.base_sha = file_sha256(self.base_path)
@@ -220,6 +242,8 @@ class FinetuneTrainer:
             raise CheckpointError(f"{self.base_path}: the base model changed since this run started (its hash differs)")
         model_cfg = dataclasses.replace(ckpt.read_model_config(base, self.base_path), drop_rate=cfg.drop_rate)
         self.splits = prepare_splits(cfg, model_cfg, labels=extra.get("labels"))
+        if resume_from is None:
+            check_split_sizes(cfg, self.splits)
         n_classes = len(self.splits.extra["labels"]) if cfg.kind == "classify" else None
         self.model, self.model_cfg = build_model(cfg, base, self.base_path, n_classes=n_classes)
         self.base_keys = set(base["model_state_dict"])
@@ -287,9 +311,7 @@ class FinetuneTrainer:
         self.optimizer.load_state_dict(obj["optimizer_state_dict"])
         for group in self.optimizer.param_groups:
             group["fused"] = self.device.type in ("cpu", "cuda")
-        self.progress = Progress.from_dict(obj.get("progress", {}))
-        if "tokens_seen" not in obj.get("progress", {}) and self.cfg.kind == "instruct":
-            self.progress.tokens_seen = self.progress.seen  # a checkpoint from before --max-tokens
+        self.progress = Progress.from_dict(obj.get("progress", {}), kind=self.cfg.kind)
         if "rng" in obj:
             ckpt.restore_rng(obj["rng"])
 
@@ -447,6 +469,14 @@ class FinetuneTrainer:
                 reason = f"--max-time {format_duration(self.cfg.max_time)}"
         return reason
 
+    def _due(self, every: Every, tokens_before: int) -> bool:
+        """Whether an --eval-freq/--save-every interval falls due after this step, the same on
+        every rank (each has its own clock)."""
+        due = every.due(self.progress.step, tokens_before, self.progress.tokens_seen)
+        if self.dist.enabled and every.unit == "seconds":
+            due = bool(distributed.all_reduce_max_int(int(due), self.device))
+        return due
+
     def _stop_requested(self) -> int | None:
         """The signal that asks the run to stop, if any rank got one: every rank stops at the same step."""
         signum = self.should_stop() or 0
@@ -485,6 +515,7 @@ class FinetuneTrainer:
         self.model.train()
         self._plan()
         self._clock = (time.monotonic(), st.train_seconds)
+        eval_every, save_every = Every(cfg.eval_freq, first=True), Every(cfg.save_every, first=False)
         self.stop_reason = self._budget(at_start=True)
         while st.epoch < cfg.epochs and self.stop_reason is None:
             if st.epoch_seed is None:
@@ -492,10 +523,11 @@ class FinetuneTrainer:
                 st.batches_done = 0
             batches = batches_of(permutation(len(self.splits.train), st.epoch_seed), cfg.batch_size, drop_last=True)
             while st.batches_done < len(batches):
+                tokens_before = st.tokens_seen
                 self._step(batches[st.batches_done])
                 st.batches_done += 1
                 st.step += 1
-                evaluated = (st.step - 1) % cfg.eval_freq == 0
+                evaluated = self._due(eval_every, tokens_before)  # N steps: the book's (step - 1) % N == 0
                 if evaluated:
                     self._evaluate_and_log(steps_per_epoch)
                 self.stop_reason = self._budget()
@@ -508,7 +540,7 @@ class FinetuneTrainer:
                         self.save()
                     break
                 stop = self._stop_requested()
-                if stop or (cfg.save_every and st.step % cfg.save_every == 0 and st.batches_done < len(batches)):
+                if (self._due(save_every, tokens_before) and st.batches_done < len(batches)) or stop:
                     path = self.save()
                     if stop:
                         return self._interrupted(path, stop)
@@ -531,9 +563,19 @@ class FinetuneTrainer:
         """The book's periodic evaluation: losses on both splits, in the history and the log."""
         st = self.progress
         tr, va = self.evaluate()
-        h = {"epoch": st.epoch + 1, "step": st.step - 1, "tokens_seen": st.seen, "train_loss": tr, "val_loss": va}
+        h = {"epoch": st.epoch + 1, "step": st.step - 1, **self._seen(), "train_loss": tr, "val_loss": va}
         st.history.append(h)
         self._log({"type": "eval", **h, "lr": self.optimizer.param_groups[0]["lr"], "steps_per_epoch": steps_per_epoch})
+
+    def _seen(self) -> dict[str, int]:
+        """What a metrics record says was trained on so far: the tokens (every kind, as train's
+        records and --max-tokens count them) and, for classify, the examples (chapter 6's
+        ``examples_seen``)."""
+        st = self.progress
+        seen = {"tokens_seen": st.tokens_seen}
+        if self.cfg.kind == "classify":
+            seen["examples_seen"] = st.examples_seen
+        return seen
 
     def _interrupted(self, path: Path, signum: int):
         from gptcli.training import Interrupted
@@ -561,8 +603,8 @@ class FinetuneTrainer:
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
-        st.seen += x.numel() if cfg.kind == "instruct" else x.shape[0]
-        st.tokens_seen += x.numel()
+        st.tokens_seen += x.numel()  # the book's tokens_seen (chapter 7), and what --max-tokens counts
+        st.examples_seen += x.shape[0]
 
     def _shared_backward(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """This rank's part of a step under torchrun: its rows' loss sum over the whole batch's
@@ -586,22 +628,21 @@ class FinetuneTrainer:
                     "type": "accuracy",
                     "epoch": st.epoch + 1,
                     "step": st.step - 1,
-                    "tokens_seen": st.seen,  # every metrics record carries it (runs, plot)
+                    **self._seen(),  # every metrics record carries them (runs, plot)
                     "train_acc": tr,
                     "val_acc": va,
                 }
             )
         elif self.splits.first_val_prompt is not None and self.dist.is_main:
             text = self.greedy_sample(self.splits.first_val_prompt)
-            self._log(
-                {"type": "sample", "epoch": st.epoch + 1, "step": st.step - 1, "tokens_seen": st.seen, "text": text}
-            )
+            self._log({"type": "sample", "epoch": st.epoch + 1, "step": st.step - 1, **self._seen(), "text": text})
 
     def final_accuracy(self) -> dict[str, float]:
-        """The book's accuracies after training: every batch of each split."""
+        """The book's accuracies after training: every batch of each split (a test split of 0 has none)."""
         return {
             name: self.loader_accuracy(getattr(self.splits, name), shuffle=name == "train", num_batches=None)
             for name in ("train", "val", "test")
+            if len(getattr(self.splits, name))
         }
 
 
@@ -685,7 +726,7 @@ def evaluate_checkpoint_split(
     splits = prepare_splits(cfg, model.cfg, labels=info.get("labels"))
     data = getattr(splits, split)
     if len(data) == 0:
-        raise DataError(f"{cfg.data}: the {split} split ({cfg.split}) holds no examples")
+        raise no_split_error("--split", split, data=cfg.data, split=cfg.split)
     model.to(device)
     return {
         "kind": cfg.kind,

@@ -9,6 +9,7 @@ here prints: ``gptcli.commands.weights`` reports.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from gptcli.errors import CheckpointError
@@ -34,10 +35,16 @@ def model_name_to_size(name: str) -> str | None:
     return size if size in SIZES else None
 
 
-def resolve_model(name: str) -> Path:
-    """A converted checkpoint for ``--model``/``--init``: a path, or a GPT-2 size name."""
+def resolve_model(name: str, *, warn: Callable[[str], None] | None = None) -> Path:
+    """A checkpoint file for ``--model``/``--init``: a file; a run directory, whose newest
+    checkpoint that loads is taken exactly as ``-c RUN`` takes it (``warn`` hears of any skipped);
+    or a GPT-2 size name (its converted download)."""
     p = Path(name)
     try:
+        if p.is_dir():
+            from gptcli.checkpoint import resolve_checkpoint  # imports torch: only for a run directory
+
+            return resolve_checkpoint(p, warn=warn)
         if p.exists():
             return p
     except OSError as e:  # a name too long for the file system

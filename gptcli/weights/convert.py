@@ -68,6 +68,12 @@ def default_output(src: Path, source: str, target: str) -> Path:
     return src.with_name(src.stem + "-gptcli.pth")
 
 
+def _check_file_output(out_path: Path) -> None:
+    """A .pth is written to a file name: a directory there is a usage error, found before any work."""
+    if out_path.is_dir():
+        raise UsageError(f"{out_path}: is a directory; give a file name (e.g. -o {out_path / 'model.pth'})")
+
+
 def _load_gptcli(src: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     path = ckpt.resolve_checkpoint(src)
     obj = ckpt.load_checkpoint(path)
@@ -146,6 +152,8 @@ def convert(
     out_path = Path(out) if out is not None else default_output(src, source, target)
     if out_path.exists() and src.exists() and out_path.resolve() == src.resolve():
         raise UsageError(f"invalid --output: {out_path} is the input; choose another path")
+    if target == "gptcli":
+        _check_file_output(out_path)
     finetuned = _finetune_checkpoint(src) if source == "gptcli" else None
     if merge_lora and finetuned is None:
         raise UsageError(f"invalid --merge-lora: {src} is not a finetune run or checkpoint (gptcli finetune makes one)")
@@ -156,6 +164,7 @@ def convert(
                 raise UsageError(f"{src}: is already a gptcli checkpoint (use --merge-lora to fold its adapters in)")
             if out is None:
                 out_path = (path.parent.parent if path.parent.name == "checkpoints" else path.parent) / "merged.pth"
+                _check_file_output(out_path)
             return _write_merged(obj, path, out_path)
         if obj["kind"] == "classify":
             raise UsageError(
