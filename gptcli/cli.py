@@ -329,6 +329,26 @@ def _with_config_flags(
     return decorate
 
 
+_Wandb = Annotated[
+    bool,
+    typer.Option(
+        "--wandb",
+        help="Also log to Weights & Biases (WANDB_MODE=offline: files in <run>/wandb; needs: pip install wandb).",
+        rich_help_panel=_OUT,
+    ),
+]
+_WandbProject = Annotated[
+    Optional[str],
+    typer.Option(
+        "--wandb-project",
+        metavar="NAME",
+        help="W&B project for --wandb [default: $WANDB_PROJECT, else gptcli].",
+        show_default=False,
+        rich_help_panel=_OUT,
+    ),
+]
+
+
 @app.command(
     epilog="Examples:\n\n  gptcli train examples/the-verdict.txt --epochs 10\n\n"
     "  gptcli train data/ --preset gpt2-124M --context-length 512 --precision bf16\n\n"
@@ -387,24 +407,8 @@ def train(
             rich_help_panel=_OUT,
         ),
     ] = False,
-    wandb: Annotated[
-        bool,
-        typer.Option(
-            "--wandb",
-            help="Also log to Weights & Biases (WANDB_MODE=offline: files in <run>/wandb; needs: pip install wandb).",
-            rich_help_panel=_OUT,
-        ),
-    ] = False,
-    wandb_project: Annotated[
-        Optional[str],
-        typer.Option(
-            "--wandb-project",
-            metavar="NAME",
-            help="W&B project for --wandb [default: $WANDB_PROJECT, else gptcli].",
-            show_default=False,
-            rich_help_panel=_OUT,
-        ),
-    ] = None,
+    wandb: _Wandb = False,
+    wandb_project: _WandbProject = None,
     **flags: Any,
 ) -> None:
     """Train a GPT model on text files (the book's chapter-5 training loop)."""
@@ -686,7 +690,9 @@ def sample(
     ] = None,
     output: Annotated[
         Optional[Path],
-        typer.Option("--output", "-o", metavar="FILE", help="The JSON file --responses writes.", show_default=False),
+        typer.Option(
+            "--output", "--out", "-o", metavar="FILE", help="The JSON file --responses writes.", show_default=False
+        ),
     ] = None,
 ) -> None:
     """Generate text with temperature, top-k and top-p sampling, stopping at <|endoftext|>."""
@@ -781,6 +787,7 @@ def plot(
         Optional[Path],
         typer.Option(
             "--output",
+            "--out",
             "-o",
             metavar="FILE",
             help="Image file: .png, .svg or .pdf [default: <run>/loss.png for one run; several runs need it].",
@@ -858,6 +865,7 @@ def convert(
         Optional[Path],
         typer.Option(
             "--output",
+            "--out",
             "-o",
             metavar="PATH",
             help="Output .pth (--to gptcli) or folder (--to hf) [default: beside SRC; with --merge-lora, "
@@ -1103,6 +1111,8 @@ def _finetune_settings(kind: str, data: str, init: str, flags: dict[str, Any]) -
     "<output>",
     "quiet",
     "tensorboard",
+    "wandb",
+    "wandb_project",
     options=_finetune_options("instruct"),
 )
 def finetune_instruct(
@@ -1122,6 +1132,8 @@ def finetune_instruct(
     threads: _FtThreads = None,
     quiet: _FtQuiet = False,
     tensorboard: _FtTensorBoard = False,
+    wandb: _Wandb = False,
+    wandb_project: _WandbProject = None,
     **flags: Any,
 ) -> None:
     """Finetune a model to follow instructions, as the book's chapter 7."""
@@ -1134,6 +1146,8 @@ def finetune_instruct(
         quiet=quiet,
         threads=threads,
         tensorboard=tensorboard,
+        wandb=wandb,
+        wandb_project=wandb_project,
     )
 
 
@@ -1153,6 +1167,8 @@ def finetune_instruct(
     "<output>",
     "quiet",
     "tensorboard",
+    "wandb",
+    "wandb_project",
     options=_finetune_options("classify"),
 )
 def finetune_classify(
@@ -1168,6 +1184,8 @@ def finetune_classify(
     threads: _FtThreads = None,
     quiet: _FtQuiet = False,
     tensorboard: _FtTensorBoard = False,
+    wandb: _Wandb = False,
+    wandb_project: _WandbProject = None,
     **flags: Any,
 ) -> None:
     """Finetune a model as a text classifier, as the book's chapter 6."""
@@ -1179,6 +1197,8 @@ def finetune_classify(
         quiet=quiet,
         threads=threads,
         tensorboard=tensorboard,
+        wandb=wandb,
+        wandb_project=wandb_project,
     )
 
 
@@ -1191,6 +1211,7 @@ def finetune_classify(
     "<train>",
     "threads",
     "quiet",
+    "wandb",
     options=_finetune_options(None, only=FINETUNE_LENGTH_FLAGS, default_text="the run's"),
 )
 def finetune_resume(
@@ -1203,6 +1224,14 @@ def finetune_resume(
     ] = None,
     threads: _FtThreads = None,
     quiet: _FtQuiet = False,
+    wandb: Annotated[
+        bool,
+        typer.Option(
+            "--wandb",
+            help="Start logging to Weights & Biases (a run that logged to W&B continues its W&B run without it).",
+            rich_help_panel=_OUT,
+        ),
+    ] = False,
     **flags: Any,
 ) -> None:
     """Continue a finetuning run exactly where its newest checkpoint stopped.
@@ -1210,7 +1239,7 @@ def finetune_resume(
     A larger --epochs or budget extends a run that has ended as if it had been set from the start."""
     from gptcli.commands.finetune import resume_command
 
-    resume_command(target, quiet=quiet, threads=threads, **flags)
+    resume_command(target, quiet=quiet, threads=threads, wandb=wandb, **flags)
 
 
 @app.command(

@@ -284,6 +284,19 @@ def budget_field(name: str, *, help_text: str | None = None) -> Any:
     return field(default=None, metadata={**metadata, "panel": "train"})
 
 
+def patience_field(default_text: str = "0, off") -> Any:
+    """``--patience K`` in a run's config, train's or finetune's: 0 is off."""
+    return field(
+        default=0,
+        metadata={
+            "help": "Stop after K evaluations without a new best validation loss (best.pth keeps the best).",
+            "panel": "train",
+            "metavar": "K",
+            "default_text": default_text,
+        },
+    )
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run. Defaults are the book's chapter-5 run."""
@@ -295,15 +308,7 @@ class TrainConfig:
     max_steps: Annotated[int | None, COUNT] = budget_field("max_steps")
     max_tokens: Annotated[int | None, COUNT] = budget_field("max_tokens")
     max_time: Annotated[float | None, DURATION] = budget_field("max_time")
-    patience: int = field(
-        default=0,
-        metadata={
-            "help": "Stop after K evaluations without a new best validation loss (best.pth keeps the best).",
-            "panel": "train",
-            "metavar": "K",
-            "default_text": "0, off",
-        },
-    )
+    patience: int = patience_field()
     lr: float = field(default=4e-4, metadata={"help": "AdamW learning rate.", "panel": "train"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay.", "panel": "train"})
     decay: str = field(

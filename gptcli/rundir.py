@@ -67,6 +67,23 @@ def best_checkpoint_path(run_dir: Path) -> Path:
     return checkpoint_dir(run_dir) / BEST_NAME
 
 
+def link_best(run_dir: Path, checkpoint: Path) -> None:
+    """Point best.pth at ``checkpoint`` (a hard link, else a copy), replaced whole or not at all;
+    raises OSError (the old best.pth stays)."""
+    best = best_checkpoint_path(run_dir)
+    tmp = temporary_path(best, os.getpid())
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(checkpoint, tmp)
+        except OSError:
+            shutil.copyfile(checkpoint, tmp)
+        os.replace(tmp, best)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def config_path(run_dir: Path) -> Path:
     return Path(run_dir) / CONFIG_FILE
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -131,6 +130,30 @@ class Every:
             self._last = now
             return True
         return False
+
+
+def update_best(
+    run_dir: Path,
+    path: Path,
+    history: list[dict[str, Any]],
+    best_val: float,
+    best_saved: float,
+    warn: Callable[[str], None],
+) -> float:
+    """Link best.pth to the checkpoint just saved at ``path`` when its latest validation loss is the
+    run's best and lower than the one best.pth holds; returns the loss best.pth now holds. A failed
+    link is a warning: the step checkpoint is saved, only the best.pth shortcut is stale."""
+    if not history or math.isnan(history[-1]["val_loss"]) or history[-1]["val_loss"] > best_val:
+        return best_saved
+    if history[-1]["val_loss"] >= best_saved:
+        return best_saved
+    try:
+        rundir.link_best(run_dir, path)
+    except OSError as e:
+        best = rundir.best_checkpoint_path(run_dir)
+        warn(f"could not update {best} ({os_error_reason(e)}); it still points to an earlier checkpoint")
+        return best_saved
+    return history[-1]["val_loss"]
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -365,25 +388,9 @@ class Trainer:
 
     def _update_best(self, path: Path) -> None:
         """best.pth: a hard link to the checkpoint whose latest validation loss is the lowest."""
-        hist = self.state.history
-        if not hist or math.isnan(hist[-1]["val_loss"]) or hist[-1]["val_loss"] > self.state.best_val:
-            return
-        if hist[-1]["val_loss"] >= self._best_saved:
-            return
-        best = rundir.best_checkpoint_path(self.run_dir)
-        tmp = rundir.temporary_path(best, os.getpid())
-        tmp.unlink(missing_ok=True)
-        try:
-            try:
-                os.link(path, tmp)
-            except OSError:
-                shutil.copyfile(path, tmp)
-            os.replace(tmp, best)
-        except OSError as e:  # the step checkpoint is saved; only the best.pth shortcut is stale
-            tmp.unlink(missing_ok=True)
-            self.cb.warn(f"could not update {best} ({os_error_reason(e)}); it still points to an earlier checkpoint")
-            return
-        self._best_saved = hist[-1]["val_loss"]
+        self._best_saved = update_best(
+            self.run_dir, path, self.state.history, self.state.best_val, self._best_saved, self.cb.warn
+        )
 
     def _write_failed(self, e: SaveError) -> SaveError:
         """A failed write (checkpoint, metrics log), with what the run still has and how to go on."""

@@ -172,6 +172,10 @@ class WandbLogger(Callbacks):
             rows.append([record.get("epoch"), record.get("step"), record.get("text")])
         self._log({"samples": wandb.Table(columns=["epoch", "step", "text"], data=rows)}, int(record["step"]))
 
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        """Other scalars at a training step (a finetuning run's accuracies)."""
+        self._log(values, step)
+
     def _log(self, values: dict[str, Any], step: int) -> None:
         if self._failed or self.run is None or not values:
             return

@@ -897,7 +897,7 @@ def test_every_help_shows_values_as_words_not_python_types():
                 assert re.match(r"[A-Z]+(\.\.\.)?  ", row), (command, row)
         assert re.fullmatch(rf"Usage: \S+ {command} \[OPTIONS\]( \[?[A-Z]+(\.\.\.)?\]?)?", usage), usage
         for flag, row in _help_rows(words).items():
-            rest = row.split(flag, 1)[1]
+            rest = re.sub(r"^(, -[-\w]+)+", "", row.split(flag, 1)[1])  # past aliases (--output, --out)
             if rest.strip() and not rest.startswith(("  ", " /")):  # it takes a value
                 value = rest.split()[0]
                 assert re.fullmatch(r"[A-Z]+|<[\w:.|-]+>", value), (command, flag, value)
@@ -1120,3 +1120,14 @@ def test_tiny_config_samples_are_words_of_the_story(tmp_path, one_thread):
     words = [w for w in generated if re.fullmatch(r"[A-Za-z]+", w.strip(".,;:!?\"'-"))]
     assert len(generated) >= 8 and len(words) >= 0.8 * len(generated), last
     assert sum(w.strip(".,;:!?\"'-") in story for w in words) >= 0.9 * len(words), last
+
+
+def test_file_output_flags_also_answer_to_out_as_the_directory_ones_do(run, tmp_path):
+    """train, prepare and finetune write a directory with -o/--out; plot, convert and sample write a
+    file with -o/--output. Each of the file ones takes --out too, so a user need not remember which."""
+    invoke("plot", str(run), "--out", str(tmp_path / "a.png"))
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    invoke("convert", str(run), "--to", "hf", "--out", str(tmp_path / "hf"))
+    assert (tmp_path / "hf" / "config.json").is_file()
+    for cmd in ("plot", "convert", "sample"):
+        assert "--out" in invoke(cmd, "--help").output

@@ -39,6 +39,8 @@ def _report(record: dict[str, Any]) -> None:
         console.info(f"saved {display_path(Path(record['path']))}")
     elif t in ("stopped", "info"):
         console.info(record["text"])
+    elif t == "warning":
+        console.warn(record["text"])
 
 
 class _Board(TensorBoardWriter):
@@ -66,16 +68,36 @@ def _board(run_dir: Path, *, tensorboard: bool, resume_from: dict[str, Any] | No
         return None
 
 
-def _reporter(board: _Board | None):
-    """The trainer's ``on_event``: the console, and TensorBoard when on."""
-    if board is None:
+def _wandb(run_dir: Path, *, wandb: bool, project: str | None, cfg) -> Any:
+    """The W&B logger of a run (``gptcli.wandb_log``, made and reported as train's): for
+    ``--wandb``, and for a resumed run that logged to W&B before (``<run>/wandb-run.json``)."""
+    if not (wandb or rundir.wandb_run_path(run_dir).exists()):
+        return None
+    from gptcli.commands.train import _wandb_logger
+
+    return _wandb_logger(run_dir, explicit=wandb, project=project, config={"finetune": cfg.to_dict()})
+
+
+def _wandb_accuracy(logger: Any, record: dict[str, Any]) -> None:
+    logger.log_scalars({f"accuracy/{s}": float(record[f"{s}_acc"]) for s in ("train", "val")}, int(record["step"]))
+
+
+def _reporter(board: _Board | None, logger: Any = None):
+    """The trainer's ``on_event``: the console, and TensorBoard and W&B when on."""
+    feeds: dict[str, list] = {"eval": [], "accuracy": [], "sample": []}
+    if board is not None:
+        for t, f in (("eval", board.on_eval), ("accuracy", board.on_accuracy), ("sample", board.on_sample)):
+            feeds[t].append(f)
+    if logger is not None:
+        feeds["eval"].append(logger.on_eval)
+        feeds["accuracy"].append(lambda r: _wandb_accuracy(logger, r))
+        feeds["sample"].append(logger.on_sample)
+    if not any(feeds.values()):
         return _report
-    feeds = {"eval": board.on_eval, "accuracy": board.on_accuracy, "sample": board.on_sample}
 
     def on_event(record: dict[str, Any]) -> None:
         _report(record)
-        feed = feeds.get(record["type"])
-        if feed is not None:
+        for feed in feeds.get(record["type"], ()):
             feed(record)
 
     return on_event
@@ -94,7 +116,15 @@ def _write_config(run_dir: Path, cfg) -> None:
     rundir.write_config(run_dir, yaml.safe_dump({"finetune": cfg.to_dict()}, sort_keys=False))
 
 
-def _run(cfg, run_dir: Path, *, resume_from: dict[str, Any] | None = None, tensorboard: bool = False) -> dict[str, Any]:
+def _run(
+    cfg,
+    run_dir: Path,
+    *,
+    resume_from: dict[str, Any] | None = None,
+    tensorboard: bool = False,
+    wandb: bool = False,
+    wandb_project: str | None = None,
+) -> dict[str, Any]:
     """Build the trainer, write the run's config.yaml and train to the end or a clean stop, then
     the book's final numbers. Under torchrun every rank comes here and rank 0 alone reports and
     writes; the ranks leave the process group together, however the run ends."""
@@ -104,15 +134,19 @@ def _run(cfg, run_dir: Path, *, resume_from: dict[str, Any] | None = None, tenso
     main = distributed.is_main_process()
     if not main:
         console.set_quiet(True)
-    board = _board(run_dir, tensorboard=tensorboard, resume_from=resume_from) if main else None
+    board = logger = None
     try:
-        trainer = FinetuneTrainer(cfg, run_dir, on_event=_reporter(board), resume_from=resume_from)
+        if main:
+            board = _board(run_dir, tensorboard=tensorboard, resume_from=resume_from)
+            logger = _wandb(run_dir, wandb=wandb, project=wandb_project, cfg=cfg)
+        trainer = FinetuneTrainer(cfg, run_dir, on_event=_reporter(board, logger), resume_from=resume_from)
         if main:
             _write_config(run_dir, cfg)  # a resume's: the settings it goes on with, new budgets included
         return _fit(trainer, cfg, main=main)
     finally:
-        if board is not None:
-            board.close()
+        for receiver in (board, logger):
+            if receiver is not None:
+                receiver.close()
         distributed.shutdown()
 
 
@@ -149,6 +183,8 @@ def finetune_command(
     quiet: bool = False,
     threads: int | None = None,
     tensorboard: bool = False,
+    wandb: bool = False,
+    wandb_project: str | None = None,
 ) -> dict[str, Any]:
     """Start a finetuning run in a new run directory."""
     from gptcli.finetune.config import FinetuneConfig
@@ -160,12 +196,18 @@ def finetune_command(
     cfg = FinetuneConfig(**cfg_kwargs)
     if tensorboard:
         check_available()
+    if wandb_project is not None and not wandb:
+        raise UsageError("--wandb-project is the W&B project for --wandb: pass --wandb too")
+    if wandb:
+        from gptcli import wandb_log
+
+        wandb_log.check_available()
     _set_threads(threads)
     run_dir = out or rundir.default_run_dir([cfg.data])
     lock = rundir.claim_new_run_dir(run_dir)
     failed = True
     try:
-        result = _run(cfg, run_dir, tensorboard=tensorboard)
+        result = _run(cfg, run_dir, tensorboard=tensorboard, wandb=wandb, wandb_project=wandb_project)
         failed = False
         return result
     finally:
@@ -179,8 +221,10 @@ def resume_command(
     max_steps: int | str | None = None,
     max_tokens: int | str | None = None,
     max_time: float | str | None = None,
+    patience: int | None = None,
     quiet: bool = False,
     threads: int | None = None,
+    wandb: bool = False,
 ) -> dict[str, Any]:
     """Continue a finetuning run from its newest checkpoint, exactly. ``epochs`` and the budgets
     given replace the run's own: with larger ones a run that has ended goes on as if they had been
@@ -189,6 +233,10 @@ def resume_command(
 
     console.set_quiet(quiet)
     _set_threads(threads)
+    if wandb:
+        from gptcli import wandb_log
+
+        wandb_log.check_available()
 
     # Locked before its checkpoint is chosen, so a second resume is refused at once (as train's).
     run_dir = rundir.resume_target_run(target)
@@ -208,18 +256,24 @@ def resume_command(
         if lock is not None:
             lock.release()
         raise
-    length = dict(zip(LENGTH_FLAGS, (epochs, max_steps, max_tokens, max_time), strict=True))
-    return continue_run(path, obj, run_dir=run_dir, lock=lock, length=length)
+    length = dict(zip(LENGTH_FLAGS, (epochs, max_steps, max_tokens, max_time, patience), strict=True))
+    return continue_run(path, obj, run_dir=run_dir, lock=lock, length=length, wandb=wandb)
 
 
 def continue_run(
-    path: Path, obj: dict[str, Any], *, run_dir: Path, lock: rundir.RunLock, length: dict[str, Any]
+    path: Path,
+    obj: dict[str, Any],
+    *,
+    run_dir: Path,
+    lock: rundir.RunLock,
+    length: dict[str, Any],
+    wandb: bool = False,
 ) -> dict[str, Any]:
     """Go on with the finetuning run whose checkpoint ``obj`` (at ``path``) is loaded and whose
     directory ``lock`` holds (released here); ``length``: the epochs and budgets given, None for
     the run's own. ``gptcli resume`` comes here too when it is given a finetuning run."""
+    from gptcli.commands.train import _ended_early
     from gptcli.finetune.config import FinetuneConfig
-    from gptcli.training import budget_reached
 
     try:
         given = {k: v for k, v in length.items() if v is not None}
@@ -233,18 +287,13 @@ def continue_run(
                 f"{display_path(run_dir)}: the run already finished its {cfg.epochs} epoch(s); extend it with: "
                 f"gptcli finetune resume {run} --epochs N (N > {cfg.epochs})"
             )
-        reached = budget_reached(
-            cfg,
-            step=int(progress.get("step", 0)),
-            tokens_seen=int(progress.get("tokens_seen", 0)),
-            seconds=float(progress.get("train_seconds", 0.0)),
-        )
+        reached = _ended_early(cfg, progress)  # a budget, or --patience (as train's resume)
         if reached is not None:
             raise UsageError(
                 f"{display_path(run_dir)}: the run already reached {reached} (step {progress.get('step', 0)}); "
                 f"extend it with: gptcli finetune resume {run} {reached.split()[0]} N (a larger N)"
             )
-        return _run(cfg, run_dir, resume_from=obj)
+        return _run(cfg, run_dir, resume_from=obj, wandb=wandb)
     finally:
         lock.release()
 

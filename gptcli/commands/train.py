@@ -429,14 +429,10 @@ def _resume_finetune(
     and budgets given."""
     from gptcli.commands.finetune import continue_run
 
-    if "patience" in length:
-        raise UsageError("invalid --patience: a finetuning run has no early stopping")
-    if wandb:
-        raise UsageError("invalid --wandb: a finetuning run does not log to W&B")
     if run_dir is None or lock is None:  # a checkpoint outside a run's checkpoints/: the run goes on beside it
         run_dir = path.parent
         lock = rundir.lock_run_dir(run_dir)
-    continue_run(path, obj, run_dir=run_dir, lock=lock, length=length)
+    continue_run(path, obj, run_dir=run_dir, lock=lock, length=length, wandb=wandb)
     return run_dir
 
 

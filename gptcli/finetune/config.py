@@ -29,6 +29,7 @@ from gptcli.config import (
     budget_field,
     is_device_name,
     parse_interval,
+    patience_field,
 )
 from gptcli.errors import UsageError
 
@@ -37,7 +38,7 @@ TRAINABLE = ("last-block", "all", "head")  # classify: which weights train (the 
 LORA_TARGETS = ("attn", "mlp", "head")
 PRECISIONS = ("fp32", "bf16")  # fp16 would need a gradient scaler, which the book's loop has not
 # The flags that change a run's length when it is resumed.
-LENGTH_FLAGS = ("epochs", "max_steps", "max_tokens", "max_time")
+LENGTH_FLAGS = ("epochs", "max_steps", "max_tokens", "max_time", "patience")
 
 
 @dataclass
@@ -130,6 +131,7 @@ class FinetuneConfig:
         "max_tokens", help_text="Stop after this many training tokens, padding included (50M, 2B)."
     )
     max_time: Annotated[float | None, DURATION] = budget_field("max_time")
+    patience: int = patience_field("0, off as the book")
     batch_size: int = field(default=8, metadata={"help": "Examples per step.", "panel": "train"})
     lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate.", "panel": "train"})
     warmup_steps: int = field(
@@ -230,7 +232,7 @@ class FinetuneConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"invalid {_flag(name)}: {value} (must be at least 1)")
-        for name in ("warmup_steps", "lora_rank"):
+        for name in ("warmup_steps", "lora_rank", "patience"):
             if getattr(self, name) < 0:
                 raise UsageError(f"invalid {_flag(name)}: {getattr(self, name)} (must be at least 0)")
         # Intervals as train's: N steps, N tokens or a duration (gptcli.training.Every runs them).

@@ -43,7 +43,7 @@ from gptcli.finetune.lora import apply_lora, base_name
 from gptcli.metrics import MetricsWriter
 from gptcli.model import GPT
 from gptcli.tokenizer import decode, encode
-from gptcli.training import Every, budget_reached, format_duration, lr_at, planned_steps, stopped_message
+from gptcli.training import Every, budget_reached, format_duration, lr_at, planned_steps, stopped_message, update_best
 
 
 @dataclass
@@ -57,6 +57,8 @@ class Progress:
     train_seconds: float = 0.0  # over all resumes (what --max-time counts)
     planned_steps: int = 0  # the length the LR schedule decays over
     metrics_lines: int = 0
+    best_val: float = float("inf")  # the lowest validation loss so far (best.pth holds its weights)
+    evals_since_best: int = 0  # evaluations without a new best validation loss (for --patience)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -255,6 +257,7 @@ class FinetuneTrainer:
         self.metrics: MetricsWriter | None = None
         self._clock: tuple[float, float] | None = None  # (monotonic time, train_seconds) when fit began
         self.stop_reason: str | None = None  # the budget flag that ended the run, if one did
+        self._best_saved = float("inf")  # the validation loss of the checkpoint best.pth links to
         if resume_from is not None:
             self.restore(resume_from)
         # What the training steps run: under torchrun, DDP (over the trainable parameters only)
@@ -301,10 +304,22 @@ class FinetuneTrainer:
         if self.dist.is_main:
             self.progress.metrics_lines = self.metrics.lines if self.metrics else 0
             ckpt.atomic_save(self.checkpoint_dict(), path)
+            self._update_best(path)
             rundir.rotate(self.run_dir, self.cfg.keep_last, protect={path.resolve()})
             self.on_event({"type": "save", "path": str(path)})
         distributed.barrier()
         return path
+
+    def _update_best(self, path: Path) -> None:
+        """best.pth, as train's: a link to the checkpoint whose latest validation loss is the lowest."""
+        self._best_saved = update_best(
+            self.run_dir,
+            path,
+            self.progress.history,
+            self.progress.best_val,
+            self._best_saved,
+            lambda text: self.on_event({"type": "warning", "text": text}),
+        )
 
     def restore(self, obj: dict[str, Any]) -> None:
         load_partial(self.model, obj["model_state_dict"], full=not self.cfg.lora_rank, source="checkpoint")
@@ -312,6 +327,7 @@ class FinetuneTrainer:
         for group in self.optimizer.param_groups:
             group["fused"] = self.device.type in ("cpu", "cuda")
         self.progress = Progress.from_dict(obj.get("progress", {}), kind=self.cfg.kind)
+        self._best_saved = self.progress.best_val
         if "rng" in obj:
             ckpt.restore_rng(obj["rng"])
 
@@ -460,10 +476,15 @@ class FinetuneTrainer:
             return self.progress.train_seconds
         return self._clock[1] + time.monotonic() - self._clock[0]
 
-    def _budget(self, *, at_start: bool = False) -> str | None:
+    def _budget(self, *, at_start: bool = False, evaluated: bool = True) -> str | None:
+        """Why the run stops now (a budget or --patience, as train's ``_stop_check``); None to go on."""
         st = self.progress
         seconds = st.train_seconds if at_start else self._elapsed()
         reason = budget_reached(self.cfg, step=st.step, tokens_seen=st.tokens_seen, seconds=seconds)
+        if reason is None and self.cfg.patience and st.evals_since_best >= self.cfg.patience and evaluated:
+            reason = (
+                f"--patience {self.cfg.patience} ({st.evals_since_best} evaluations without a new best validation loss)"
+            )
         if self.dist.enabled and self.cfg.max_time is not None:  # clocks differ between ranks: agree
             if distributed.all_reduce_max_int(int(reason is not None), self.device) and reason is None:
                 reason = f"--max-time {format_duration(self.cfg.max_time)}"
@@ -530,17 +551,20 @@ class FinetuneTrainer:
                 evaluated = self._due(eval_every, tokens_before)  # N steps: the book's (step - 1) % N == 0
                 if evaluated:
                     self._evaluate_and_log(steps_per_epoch)
-                self.stop_reason = self._budget()
+                self.stop_reason = self._budget(evaluated=evaluated)
                 if self.stop_reason is not None:
                     if not evaluated:  # off the --eval-freq schedule: must not shift the RNG streams
                         rng = ckpt.capture_rng()
-                        self._evaluate_and_log(steps_per_epoch)
+                        self._evaluate_and_log(steps_per_epoch, scheduled=False)
                         ckpt.restore_rng(rng)
                     if st.batches_done < len(batches):  # an epoch's end saves below
                         self.save()
                     break
                 stop = self._stop_requested()
-                if (self._due(save_every, tokens_before) and st.batches_done < len(batches)) or stop:
+                # With --patience, each new best is saved, so best.pth holds the best weights when it stops.
+                best = cfg.patience > 0 and evaluated and st.evals_since_best == 0
+                due = self._due(save_every, tokens_before) or best
+                if (due and st.batches_done < len(batches)) or stop:
                     path = self.save()
                     if stop:
                         return self._interrupted(path, stop)
@@ -559,12 +583,17 @@ class FinetuneTrainer:
             self.on_event({"type": "stopped", "reason": self.stop_reason, "step": st.step, "text": text})
         return st
 
-    def _evaluate_and_log(self, steps_per_epoch: int) -> None:
+    def _evaluate_and_log(self, steps_per_epoch: int, *, scheduled: bool = True) -> None:
         """The book's periodic evaluation: losses on both splits, in the history and the log."""
         st = self.progress
         tr, va = self.evaluate()
         h = {"epoch": st.epoch + 1, "step": st.step - 1, **self._seen(), "train_loss": tr, "val_loss": va}
         st.history.append(h)
+        if scheduled:  # --patience counts the evaluations of the --eval-freq schedule only, as train's
+            improved = not math.isnan(va) and va < st.best_val
+            st.evals_since_best = 0 if improved else st.evals_since_best + 1
+        if not math.isnan(va):
+            st.best_val = min(st.best_val, va)
         self._log({"type": "eval", **h, "lr": self.optimizer.param_groups[0]["lr"], "steps_per_epoch": steps_per_epoch})
 
     def _seen(self) -> dict[str, int]:
