@@ -698,6 +698,19 @@ def sample(
     """Generate text with temperature, top-k and top-p sampling, stopping at <|endoftext|>."""
     from gptcli.commands.sample import instruct_command, interactive_sample, sample_command
 
+    # what every way of sampling takes (--instruction/--responses, -i, prompts)
+    common = dict(
+        checkpoint=checkpoint,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        use_cache=not no_cache,
+        quiet=quiet,
+        threads=threads,
+    )
     if instruction is not None or responses is not None or input_ is not None or output is not None:
         if interactive or prompt or model or num_samples != 1:
             raise typer.BadParameter(
@@ -711,22 +724,13 @@ def sample(
 
             raise UsageError(f"{output}: is a directory; give a file name (e.g. -o {output / 'responses.json'})")
         instruct_command(
-            checkpoint=checkpoint,
             instruction=instruction,
             input_text=input_ or "",
             responses=responses,
             output=output,
             max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            device=device,
-            dtype=dtype,
-            use_cache=not no_cache,
             json_out=json_out,
-            quiet=quiet,
-            threads=threads,
+            **common,
         )
         return
     max_new_tokens = 50 if max_new_tokens is None else max_new_tokens
@@ -735,39 +739,16 @@ def sample(
             raise typer.BadParameter(
                 "cannot be combined with --prompt, --json or --num-samples", param_hint="--interactive"
             )
-        interactive_sample(
-            checkpoint=checkpoint,
-            model=model,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            device=device,
-            dtype=dtype,
-            use_cache=not no_cache,
-            stream=stream,
-            quiet=quiet,
-            threads=threads,
-        )
+        interactive_sample(model=model, max_new_tokens=max_new_tokens, stream=stream, **common)
         return
     sample_command(
-        checkpoint=checkpoint,
         model=model,
         prompts=prompt or ["Every effort moves you"],
         max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
         num_samples=num_samples,
-        device=device,
-        dtype=dtype,
-        use_cache=not no_cache,
         json_out=json_out,
         stream=stream,
-        quiet=quiet,
-        threads=threads,
+        **common,
     )
 
 
