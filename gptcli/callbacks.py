@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gptcli.training import TrainState
+    from gptcli.engine.progress import Progress as TrainState
 
 
 class Callbacks:
@@ -22,6 +22,7 @@ class Callbacks:
     def on_step(self, state: TrainState, info: dict[str, Any]) -> None: ...
     def on_eval(self, record: dict[str, Any]) -> None: ...
     def on_sample(self, record: dict[str, Any]) -> None: ...
+    def on_record(self, record: dict[str, Any]) -> None: ...  # another epoch-end record: accuracies
     def on_save(self, path: Path, reason: str) -> None: ...
     def warn(self, message: str) -> None: ...
     def info(self, message: str) -> None: ...  # why the run stopped early; how a resume changed it
@@ -48,6 +49,9 @@ class Fanout(Callbacks):
 
     def on_sample(self, record: dict[str, Any]) -> None:
         self._all("on_sample", record)
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        self._all("on_record", record)
 
     def on_save(self, path: Path, reason: str) -> None:
         self._all("on_save", path, reason)

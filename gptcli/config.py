@@ -469,40 +469,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _coerce_fields(self)
-        for name, low in (
-            ("epochs", 1),
-            ("batch_size", 1),
-            ("eval_iter", 1),
-            ("keep_last", 1),
-            ("grad_accum", 1),
-            ("sample_tokens", 0),
-            ("warmup_steps", 0),
-            ("patience", 0),
-            ("skip_nonfinite", 0),
-        ):
-            value = getattr(self, name)
-            _check(value >= low, name, f"{_typed(self, name)} (must be an integer >= {low})")
-        for name in ("max_steps", "max_tokens"):
-            value = getattr(self, name)
-            _check(value is None or value >= 1, name, f"{_typed(self, name)} (must be an integer >= 1)")
-        _check(
-            self.max_time is None or self.max_time > 0, "max_time", f"{_typed(self, 'max_time')} (must be > 0 seconds)"
-        )
-        unit, every = parse_interval(self.eval_freq)
-        _check(every > 0, "eval_freq", f"{_show(self.eval_freq)} (must be >= 1)")
-        unit, every = parse_interval(self.save_every)
-        _check(every > 0 or unit == "steps", "save_every", f"{_show(self.save_every)} (must be > 0, or 0 for off)")
-        _check(SEED_MIN <= self.seed <= SEED_MAX, "seed", f"{self.seed} (must be from {SEED_MIN} to {SEED_MAX})")
+        check_run_settings(self)
         _check(self.stride is None or self.stride >= 1, "stride", f"{_typed(self, 'stride')} (must be >= 1)")
-        _check(self.lr > 0, "lr", f"{_typed(self, 'lr')} (must be > 0)")
-        _check(self.weight_decay >= 0, "weight_decay", f"{_typed(self, 'weight_decay')} (must be >= 0)")
-        _check(self.decay in DECAY_CHOICES, "decay", f"{self.decay!r} (choose from {', '.join(DECAY_CHOICES)})")
-        _check(0.0 <= self.adam_beta2 < 1.0, "adam_beta2", f"{_typed(self, 'adam_beta2')} (must be in [0, 1))")
         _check(0.0 < self.val_ratio < 1.0, "val_ratio", f"{_typed(self, 'val_ratio')} (must be in (0, 1))")
-        _check(self.min_lr is None or self.min_lr >= 0, "min_lr", f"{_typed(self, 'min_lr')} (must be >= 0)")
-        _check(self.grad_clip >= 0, "grad_clip", f"{_typed(self, 'grad_clip')} (must be >= 0)")
-        _check(is_device_name(self.device), "device", f"{self.device!r} (choose from {DEVICE_CHOICES})")
-        _check(self.precision in PRECISIONS, "precision", f"{self.precision!r} (choose from {', '.join(PRECISIONS)})")
         _check(
             self.encoding_errors in ENCODING_ERRORS,
             "encoding_errors",
@@ -517,6 +486,57 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_run_settings(cfg: Any) -> None:
+    """The ranges of the settings every kind of run shares (optimizer, schedule, budgets,
+    evaluation, checkpoints, precision and device), checked once with one wording for
+    ``TrainConfig`` and ``FinetuneConfig``; a ConfigValueError names the field."""
+    for name, low in (
+        ("epochs", 1),
+        ("batch_size", 1),
+        ("eval_iter", 1),
+        ("keep_last", 1),
+        ("grad_accum", 1),
+        ("sample_tokens", 0),
+        ("warmup_steps", 0),
+        ("patience", 0),
+        ("skip_nonfinite", 0),
+    ):
+        value = getattr(cfg, name)
+        _check(value >= low, name, f"{_typed(cfg, name)} (must be an integer >= {low})")
+    for name in ("max_steps", "max_tokens"):
+        value = getattr(cfg, name)
+        _check(value is None or value >= 1, name, f"{_typed(cfg, name)} (must be an integer >= 1)")
+    _check(cfg.max_time is None or cfg.max_time > 0, "max_time", f"{_typed(cfg, 'max_time')} (must be > 0 seconds)")
+    unit, every = parse_interval(cfg.eval_freq)
+    _check(every > 0, "eval_freq", f"{_show(cfg.eval_freq)} (must be >= 1)")
+    unit, every = parse_interval(cfg.save_every)
+    _check(every > 0 or unit == "steps", "save_every", f"{_show(cfg.save_every)} (must be > 0, or 0 for off)")
+    _check(SEED_MIN <= cfg.seed <= SEED_MAX, "seed", f"{cfg.seed} (must be from {SEED_MIN} to {SEED_MAX})")
+    _check(cfg.lr > 0, "lr", f"{_typed(cfg, 'lr')} (must be > 0)")
+    _check(cfg.weight_decay >= 0, "weight_decay", f"{_typed(cfg, 'weight_decay')} (must be >= 0)")
+    _check(cfg.decay in DECAY_CHOICES, "decay", f"{cfg.decay!r} (choose from {', '.join(DECAY_CHOICES)})")
+    _check(0.0 <= cfg.adam_beta2 < 1.0, "adam_beta2", f"{_typed(cfg, 'adam_beta2')} (must be in [0, 1))")
+    _check(cfg.min_lr is None or cfg.min_lr >= 0, "min_lr", f"{_typed(cfg, 'min_lr')} (must be >= 0)")
+    _check(cfg.grad_clip >= 0, "grad_clip", f"{_typed(cfg, 'grad_clip')} (must be >= 0)")
+    _check(is_device_name(cfg.device), "device", f"{cfg.device!r} (choose from {DEVICE_CHOICES})")
+    _check(cfg.precision in PRECISIONS, "precision", f"{cfg.precision!r} (choose from {', '.join(PRECISIONS)})")
+
+
+def shared_field(name: str, **changes: Any) -> Any:
+    """A copy of ``TrainConfig``'s declaration of setting ``name`` (its flag's help, choices and
+    units) for another kind of run's config, with ``changes`` to its default or metadata: a
+    setting every kind has is declared once."""
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    metadata = {**f.metadata, **changes.pop("metadata", {})}
+    default = changes.pop("default", f.default)
+    if changes:
+        raise TypeError(f"unknown changes {sorted(changes)}")
+    return field(default=default, metadata=metadata)
+
+
+FLAG_CLASSES: list[type] = []  # config classes whose fields are flags: errors name a key's flag too
 
 
 def flag_fields(cls: type) -> list[dataclasses.Field]:
@@ -537,9 +557,8 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-@functools.cache
 def _flag_keys() -> frozenset[str]:
-    return frozenset(f.name for cls in (ModelConfig, TrainConfig) for f in flag_fields(cls))
+    return frozenset(f.name for cls in (ModelConfig, TrainConfig, *FLAG_CLASSES) for f in flag_fields(cls))
 
 
 def _is_flag(key: str) -> bool:

@@ -86,3 +86,12 @@ def all_reduce_max_int(value: int, device: torch.device) -> int:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def all_reduce_sum_int(value: int, device: torch.device) -> int:
+    """The sum of ``value`` over every rank (collective: every rank must call it)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t)
+    return int(t.item())

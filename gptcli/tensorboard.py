@@ -80,6 +80,13 @@ class TensorBoardWriter(Callbacks):
         self.add_text("sample", f"epoch {record['epoch']}: {record['text']}", int(record["step"]))
         self._file.flush()
 
+    def on_record(self, record: dict[str, Any]) -> None:
+        """A finetuning run's accuracies (classify) as ``accuracy/train`` and ``accuracy/val``."""
+        if record.get("type") == "accuracy":
+            for split in ("train", "val"):
+                self.add_scalar(f"accuracy/{split}", float(record[f"{split}_acc"]), int(record["step"]))
+            self.flush()
+
     # -- writing ------------------------------------------------------------------------------------
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:

@@ -172,6 +172,11 @@ class WandbLogger(Callbacks):
             rows.append([record.get("epoch"), record.get("step"), record.get("text")])
         self._log({"samples": wandb.Table(columns=["epoch", "step", "text"], data=rows)}, int(record["step"]))
 
+    def on_record(self, record: dict[str, Any]) -> None:
+        """A finetuning run's accuracies (classify)."""
+        if record.get("type") == "accuracy":
+            self._log({f"accuracy/{s}": float(record[f"{s}_acc"]) for s in ("train", "val")}, int(record["step"]))
+
     def log_scalars(self, values: dict[str, float], step: int) -> None:
         """Other scalars at a training step (a finetuning run's accuracies)."""
         self._log(values, step)

@@ -153,7 +153,7 @@ def test_keep_last_rotation(tmp_path):
 
 
 def test_nonfinite_loss_stops_before_the_optimizer_step(tmp_path, monkeypatch):
-    import gptcli.training as tr
+    import gptcli.tasks.lm as tr
 
     calls = {"n": 0}
     real = tr.batch_loss

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gptcli import console, rundir
+from gptcli.callbacks import Callbacks, Fanout
 from gptcli.commands.train import StopFlag
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.finetune.config import KINDS, LENGTH_FLAGS
@@ -16,51 +17,51 @@ from gptcli.paths import display_path, shell_path
 from gptcli.tensorboard import LOG_DIR, TensorBoardWriter, check_available
 
 
-def _report(record: dict[str, Any]) -> None:
-    t = record["type"]
-    if t == "start":
-        what = "resumed" if record["resumed"] else "finetuning"
+class FinetuneReport(Callbacks):
+    """A finetuning run on the terminal, as the book's chapters print it: one line per
+    evaluation, the accuracies or the sample after each epoch, and what was saved."""
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        what = "resumed" if info["resumed"] else "finetuning"
         console.info(
-            f"{what}: {record['train']} train / {record['val']} val / {record['test']} test examples, "
-            f"{record['steps_per_epoch']} steps per epoch, {record['trainable']:,} trainable parameters"
+            f"{what}: {info['train']} train / {info['val']} val / {info['test']} test examples, "
+            f"{info['steps_per_epoch']} steps per epoch, {info['trainable']:,} trainable parameters"
         )
-    elif t == "eval":
+
+    def on_eval(self, record: dict[str, Any]) -> None:
         console.info(
             f"Ep {record['epoch']} (Step {record['step']:06d}): "
             f"Train loss {record['train_loss']:.3f}, Val loss {record['val_loss']:.3f}"
         )
-    elif t == "accuracy":
-        console.info(
-            f"Training accuracy: {record['train_acc'] * 100:.2f}% | Validation accuracy: {record['val_acc'] * 100:.2f}%"
-        )
-    elif t == "sample":
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        if record["type"] == "accuracy":
+            console.info(
+                f"Training accuracy: {record['train_acc'] * 100:.2f}% | "
+                f"Validation accuracy: {record['val_acc'] * 100:.2f}%"
+            )
+
+    def on_sample(self, record: dict[str, Any]) -> None:
         console.info(record["text"].replace("\n", " "))
-    elif t == "save":
-        console.info(f"saved {display_path(Path(record['path']))}")
-    elif t in ("stopped", "info"):
-        console.info(record["text"])
-    elif t == "warning":
-        console.warn(record["text"])
+
+    def on_save(self, path: Path, reason: str) -> None:
+        console.info(f"saved {display_path(path)}")
+
+    def info(self, message: str) -> None:
+        console.info(message)
+
+    def warn(self, message: str) -> None:
+        console.warn(message)
 
 
-class _Board(TensorBoardWriter):
-    """``--tensorboard`` for a finetuning run: its eval records as train's (losses, lr), each
-    epoch's accuracies (classify) as ``accuracy/train`` and ``accuracy/val``, its samples as text."""
-
-    def on_accuracy(self, record: dict[str, Any]) -> None:
-        for split in ("train", "val"):
-            self.add_scalar(f"accuracy/{split}", float(record[f"{split}_acc"]), int(record["step"]))
-        self.flush()
-
-
-def _board(run_dir: Path, *, tensorboard: bool, resume_from: dict[str, Any] | None) -> _Board | None:
+def _board(run_dir: Path, *, tensorboard: bool, resume_from: dict[str, Any] | None) -> TensorBoardWriter | None:
     """The TensorBoard writer of a run: for ``--tensorboard``, and for a resumed run that wrote
     events before (``<run>/tensorboard/``), whose events from the checkpoint's step on are purged."""
     if not (tensorboard or (Path(run_dir) / LOG_DIR).is_dir()):
         return None
     purge = int(resume_from.get("progress", {}).get("step", 0)) if resume_from is not None else None
     try:
-        return _Board(run_dir, purge_step=purge)
+        return TensorBoardWriter(run_dir, purge_step=purge)
     except UsageError:
         if tensorboard:
             raise
@@ -78,42 +79,11 @@ def _wandb(run_dir: Path, *, wandb: bool, project: str | None, cfg) -> Any:
     return _wandb_logger(run_dir, explicit=wandb, project=project, config={"finetune": cfg.to_dict()})
 
 
-def _wandb_accuracy(logger: Any, record: dict[str, Any]) -> None:
-    logger.log_scalars({f"accuracy/{s}": float(record[f"{s}_acc"]) for s in ("train", "val")}, int(record["step"]))
-
-
-def _reporter(board: _Board | None, logger: Any = None):
-    """The trainer's ``on_event``: the console, and TensorBoard and W&B when on."""
-    feeds: dict[str, list] = {"eval": [], "accuracy": [], "sample": []}
-    if board is not None:
-        for t, f in (("eval", board.on_eval), ("accuracy", board.on_accuracy), ("sample", board.on_sample)):
-            feeds[t].append(f)
-    if logger is not None:
-        feeds["eval"].append(logger.on_eval)
-        feeds["accuracy"].append(lambda r: _wandb_accuracy(logger, r))
-        feeds["sample"].append(logger.on_sample)
-    if not any(feeds.values()):
-        return _report
-
-    def on_event(record: dict[str, Any]) -> None:
-        _report(record)
-        for feed in feeds.get(record["type"], ()):
-            feed(record)
-
-    return on_event
-
-
 def _set_threads(threads: int | None) -> None:
     if threads is not None:
         from gptcli.device import set_threads
 
         set_threads(threads)
-
-
-def _write_config(run_dir: Path, cfg) -> None:
-    import yaml
-
-    rundir.write_config(run_dir, yaml.safe_dump({"finetune": cfg.to_dict()}, sort_keys=False))
 
 
 def _run(
@@ -139,9 +109,8 @@ def _run(
         if main:
             board = _board(run_dir, tensorboard=tensorboard, resume_from=resume_from)
             logger = _wandb(run_dir, wandb=wandb, project=wandb_project, cfg=cfg)
-        trainer = FinetuneTrainer(cfg, run_dir, on_event=_reporter(board, logger), resume_from=resume_from)
-        if main:
-            _write_config(run_dir, cfg)  # a resume's: the settings it goes on with, new budgets included
+        receivers = [r for r in (FinetuneReport() if main else None, board, logger) if r is not None]
+        trainer = FinetuneTrainer(cfg, run_dir, callbacks=Fanout(*receivers), resume_from=resume_from)
         return _fit(trainer, cfg, main=main)
     finally:
         for receiver in (board, logger):

@@ -20,23 +20,22 @@ from typing import Annotated, Any
 
 from gptcli.config import (
     COUNT,
-    DEVICE_CHOICES,
     DEVICE_NAMES,
     DURATION,
+    FLAG_CLASSES,
     INTERVAL,
     ConfigValueError,
     _coerce_fields,
     budget_field,
-    is_device_name,
-    parse_interval,
+    check_run_settings,
     patience_field,
+    shared_field,
 )
 from gptcli.errors import UsageError
 
 KINDS = ("instruct", "classify")
 TRAINABLE = ("last-block", "all", "head")  # classify: which weights train (the book's: last-block)
 LORA_TARGETS = ("attn", "mlp", "head")
-PRECISIONS = ("fp32", "bf16")  # fp16 would need a gradient scaler, which the book's loop has not
 # The flags that change a run's length when it is resumed.
 LENGTH_FLAGS = ("epochs", "max_steps", "max_tokens", "max_time", "patience")
 
@@ -151,6 +150,9 @@ class FinetuneConfig:
         },
     )
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay.", "panel": "train"})
+    decay: str = shared_field("decay")
+    adam_beta2: float = shared_field("adam_beta2")
+    grad_accum: int = shared_field("grad_accum")
     grad_clip: float = field(
         default=0.0,
         metadata={"help": "Clip the gradient norm to this.", "panel": "train", "default_text": "0, off as the book"},
@@ -169,10 +171,12 @@ class FinetuneConfig:
     eval_iter: int = field(default=5, metadata={"help": "Batches per evaluation.", "panel": "train"})
     seed: int = field(default=123, metadata={"help": "Random seed.", "panel": "train"})
     drop_rate: float = 0.0  # the book finetunes without dropout
-    precision: str = field(
-        default="fp32",
-        metadata={"help": "fp32 (the book's), or bf16 autocast.", "panel": "train", "choices": PRECISIONS},
-    )
+    precision: str = shared_field("precision", metadata={"help": "fp32 (the book's), or bf16 or fp16 (CUDA only) autocast."})
+    skip_nonfinite: int = shared_field("skip_nonfinite")
+    compile: bool | None = shared_field("compile", default=False, metadata={"default_text": "off"})
+    activation_checkpointing: bool = shared_field("activation_checkpointing")
+    fused_loss: bool = shared_field("fused_loss")
+    fsdp: bool = shared_field("fsdp")
     device: str = field(
         default="cpu",
         metadata={
@@ -218,41 +222,22 @@ class FinetuneConfig:
     sample_tokens: int = field(default=50, metadata={"kinds": ("instruct",)})  # the epoch's sample
 
     def __post_init__(self) -> None:
-        try:
-            _coerce_fields(self)  # counts ("10k"), durations ("90m"), numbers; every value's type
-        except ConfigValueError as e:
-            raise ConfigValueError(e.key, e.detail, from_flag=True) from None
         if self.kind not in KINDS:
             raise UsageError(f"invalid kind: {self.kind!r} (choose from {', '.join(KINDS)})")
         book = {"instruct": (2, 5, "0.85,0.05,0.1"), "classify": (5, 50, "0.7,0.1,0.2")}[self.kind]
         self.epochs = book[0] if self.epochs is None else self.epochs
         self.eval_freq = book[1] if self.eval_freq is None else self.eval_freq
         self.split = book[2] if self.split is None else self.split
-        for name in ("epochs", "batch_size", "eval_iter", "keep_last", "max_steps", "max_tokens"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UsageError(f"invalid {_flag(name)}: {value} (must be at least 1)")
-        for name in ("warmup_steps", "lora_rank", "patience"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"invalid {_flag(name)}: {getattr(self, name)} (must be at least 0)")
-        # Intervals as train's: N steps, N tokens or a duration (gptcli.training.Every runs them).
-        if parse_interval(self.eval_freq)[1] <= 0:
-            raise UsageError(f"invalid --eval-freq: {self.eval_freq} (must be at least 1)")
-        unit, every = parse_interval(self.save_every)
-        if every < 0 or (every == 0 and unit != "steps"):
-            raise UsageError(f"invalid --save-every: {self.save_every} (must be > 0, or 0 for off)")
-        if self.max_length is not None and self.max_length < 1:
-            raise UsageError(f"invalid --max-length: {self.max_length} (must be at least 1)")
-        if self.max_time is not None and self.max_time <= 0:
-            raise UsageError(f"invalid --max-time: {self.max_time:g} (must be more than 0 seconds)")
-        for name in ("lr", "weight_decay", "grad_clip", "min_lr"):
-            value = getattr(self, name)
-            if value is not None and (value < 0 or (name == "lr" and value == 0)):
-                raise UsageError(f"invalid {_flag(name)}: {value:g} (must be {'> 0' if name == 'lr' else '>= 0'})")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"invalid --precision: {self.precision!r} (choose from {', '.join(PRECISIONS)})")
-        if not is_device_name(self.device):
-            raise UsageError(f"invalid --device: {self.device!r} (choose from {DEVICE_CHOICES})")
+        try:
+            _coerce_fields(self)  # counts ("10k"), durations ("90m"), numbers; every value's type
+            check_run_settings(self)  # the ranges every kind of run shares, in train's words
+            for name in ("max_length", "lora_rank"):
+                low = 1 if name == "max_length" else 0
+                value = getattr(self, name)
+                if value is not None and value < low:
+                    raise ConfigValueError(name, f"{value} (must be an integer >= {low})")
+        except ConfigValueError as e:
+            raise ConfigValueError(e.key, e.detail, from_flag=True) from None
         parse_split(self.split)
         parse_targets(self.lora_targets)
         if self.kind == "classify" and self.trainable not in TRAINABLE:
@@ -265,10 +250,6 @@ class FinetuneConfig:
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def parse_split(text: str, *, flag: str = "--split") -> tuple[float, float, float]:
@@ -348,3 +329,6 @@ def flag_fields(kind: str | None = None) -> list[dataclasses.Field]:
         resolved.metadata = types.MappingProxyType(md)
         out.append(resolved)
     return out
+
+
+FLAG_CLASSES.append(FinetuneConfig)

@@ -117,9 +117,9 @@ def _no_model_built(monkeypatch):
         raise AssertionError("a model was built for a config that does not fit its weights")
 
     monkeypatch.setattr(ckpt, "GPT", refuse)
-    import gptcli.training
+    import gptcli.tasks.lm
 
-    monkeypatch.setattr(gptcli.training, "GPT", refuse)
+    monkeypatch.setattr(gptcli.tasks.lm, "GPT", refuse)
 
 
 @pytest.mark.parametrize("case", list(INFLATED))

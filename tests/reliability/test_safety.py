@@ -105,7 +105,7 @@ def test_nonfinite_loss_exits_nonzero_naming_the_step_and_writes_no_nan_checkpoi
 
 
 def test_skip_nonfinite_tolerates_n_steps(tmp_path, monkeypatch):
-    import gptcli.training as tr
+    import gptcli.tasks.lm as tr
 
     calls = {"n": 0}
     real = tr.batch_loss
