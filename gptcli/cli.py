@@ -1022,9 +1022,21 @@ _finetune_app = typer.Typer(
 )
 
 _FtInit = Annotated[
-    str,
+    Optional[str],
     typer.Option(
-        "--init", metavar="MODEL", help="Pretrained model: a gptcli checkpoint, run directory or gpt2-124M etc."
+        "--init",
+        metavar="MODEL",
+        help="Pretrained model: a gptcli checkpoint, run directory or gpt2-124M etc. (required here or in --config)",
+        show_default=False,
+    ),
+]
+_FtConfig = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--config",
+        metavar="FILE",
+        help="YAML settings with a 'finetune' section (a run's config.yaml works); flags override it.",
+        show_default=False,
     ),
 ]
 _FtOut = Annotated[
@@ -1071,7 +1083,8 @@ def _finetune_options(
 
 def _finetune_settings(kind: str, data: str, init: str, flags: dict[str, Any]) -> dict[str, Any]:
     """FinetuneConfig's keyword arguments: the flags given (None: not given, the book's default)."""
-    return {"kind": kind, "data": data, "init": init, **{k: v for k, v in flags.items() if v is not None}}
+    given = {"data": data, "init": init, **flags}
+    return {"kind": kind, **{k: v for k, v in given.items() if v is not None}}
 
 
 @_finetune_app.command(
@@ -1083,6 +1096,7 @@ def _finetune_settings(kind: str, data: str, init: str, flags: dict[str, Any]) -
 @_with_config_flags(
     "data",
     "init",
+    "config_file",
     "out",
     "template",
     "<data>",
@@ -1099,9 +1113,15 @@ def _finetune_settings(kind: str, data: str, init: str, flags: dict[str, Any]) -
 def finetune_instruct(
     *,
     data: Annotated[
-        str, typer.Argument(metavar="DATA", help="JSON list or JSONL of {instruction, input, output} records.")
-    ],
-    init: _FtInit,
+        Optional[str],
+        typer.Argument(
+            metavar="DATA",
+            help="JSON list or JSONL of {instruction, input, output} records (or 'data' in --config).",
+            show_default=False,
+        ),
+    ] = None,
+    init: _FtInit = None,
+    config_file: _FtConfig = None,
     out: _FtOut = None,
     template: Annotated[
         Optional[Path],
@@ -1122,6 +1142,7 @@ def finetune_instruct(
 
     finetune_command(
         _finetune_settings("instruct", data, init, flags),
+        config_file=config_file,
         out=out,
         template_file=template,
         quiet=quiet,
@@ -1140,6 +1161,7 @@ def finetune_instruct(
 @_with_config_flags(
     "data",
     "init",
+    "config_file",
     "out",
     "<data>",
     "<train>",
@@ -1155,12 +1177,16 @@ def finetune_instruct(
 def finetune_classify(
     *,
     data: Annotated[
-        str,
+        Optional[str],
         typer.Argument(
-            metavar="DATA", help="CSV, TSV (.tsv), or JSON (.json list or .jsonl lines) with a text and a label field."
+            metavar="DATA",
+            help="CSV, TSV (.tsv), or JSON (.json list or .jsonl lines) with a text and a label field "
+            "(or 'data' in --config).",
+            show_default=False,
         ),
-    ],
-    init: _FtInit,
+    ] = None,
+    init: _FtInit = None,
+    config_file: _FtConfig = None,
     out: _FtOut = None,
     threads: _FtThreads = None,
     quiet: _FtQuiet = False,
@@ -1174,6 +1200,7 @@ def finetune_classify(
 
     finetune_command(
         _finetune_settings("classify", data, init, flags),
+        config_file=config_file,
         out=out,
         quiet=quiet,
         threads=threads,

@@ -720,8 +720,12 @@ def _strict_build(cls: type, data: dict[str, Any], where: str) -> Any:
     return build_config(cls, (where, data))
 
 
+SECTIONS = ("model", "train", "finetune")  # a run config file's: pretraining's two, or finetuning's one
+
+
 def load_yaml_config(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Read a run config file: a mapping with optional `model` and `train` sections.
+    """Read a run config file: a mapping with optional `model` and `train` sections (a
+    pretraining run's) or a `finetune` section (a finetuning run's).
 
     Unknown sections are errors here; the keys and values of each section are checked by
     ``build_config``, which names this file in its errors.
@@ -749,13 +753,15 @@ def load_yaml_config(path: str | Path) -> dict[str, dict[str, Any]]:
         data = {}
     if not isinstance(data, dict):
         raise UsageError(f"{p}: expected a mapping with 'model' and 'train' sections")
-    unknown = [k for k in data if k not in ("model", "train")]
+    unknown = [k for k in data if k not in SECTIONS]
     if unknown:
-        raise UsageError(f"{p}: unknown key {_show(unknown[0])} (known keys: model, train)")
-    for section in ("model", "train"):
+        raise UsageError(f"{p}: unknown key {_show(unknown[0])} (known keys: model, train, finetune)")
+    for section in SECTIONS:
         if data.get(section) is not None and not isinstance(data[section], dict):
             raise UsageError(f"{p}: '{section}' must be a mapping, got {_show(data[section])}")
-    return {"model": dict(data.get("model") or {}), "train": dict(data.get("train") or {})}
+    if data.get("finetune") and (data.get("model") or data.get("train")):
+        raise UsageError(f"{p}: a 'finetune' section goes alone (model and train are a pretraining run's)")
+    return {section: dict(data.get(section) or {}) for section in SECTIONS}
 
 
 def dump_yaml_config(model: ModelConfig, train: TrainConfig) -> str:

@@ -144,9 +144,39 @@ def _fit(trainer, cfg, *, main: bool = True) -> dict[str, Any]:
     return result
 
 
+def finetune_settings(cfg_kwargs: dict[str, Any], config_file: Path | None = None):
+    """The run's FinetuneConfig: the book's defaults, then ``--config``'s 'finetune' section,
+    then the flags given, through the same validation layer as train's (an error names the file
+    a bad value came from)."""
+    from gptcli.config import build_config, load_yaml_config
+    from gptcli.finetune.config import FinetuneConfig
+
+    kind = cfg_kwargs["kind"]
+    file_values: dict[str, Any] = {}
+    where = str(config_file) if config_file is not None else None
+    if config_file is not None:
+        sections = load_yaml_config(config_file)
+        if sections["model"] or sections["train"]:
+            raise UsageError(
+                f"{config_file}: holds 'model'/'train' settings, a pretraining run's; gptcli finetune {kind} takes a "
+                "'finetune' section (as a finetune run's config.yaml has)"
+            )
+        file_values = dict(sections["finetune"])
+        if file_values.get("kind", kind) != kind:
+            raise UsageError(
+                f"{config_file}: holds a {file_values['kind']} run's settings; use: gptcli finetune {file_values['kind']}"
+            )
+    for key in ("data", "init"):
+        if key not in cfg_kwargs and key not in file_values:
+            flag = "DATA" if key == "data" else "--init MODEL"
+            raise UsageError(f"missing {flag}: give it on the command line or as '{key}' in --config")
+    return build_config(FinetuneConfig, (where, file_values), (None, cfg_kwargs))
+
+
 def finetune_command(
     cfg_kwargs: dict[str, Any],
     *,
+    config_file: Path | None = None,
     out: Path | None,
     template_file: Path | None = None,
     quiet: bool = False,
@@ -156,13 +186,12 @@ def finetune_command(
     wandb_project: str | None = None,
 ) -> dict[str, Any]:
     """Start a finetuning run in a new run directory."""
-    from gptcli.finetune.config import FinetuneConfig
     from gptcli.finetune.instruct import Template
 
     console.set_quiet(quiet)
     if template_file is not None:
         cfg_kwargs["template"] = Template.from_file(template_file).text
-    cfg = FinetuneConfig(**cfg_kwargs)
+    cfg = finetune_settings(cfg_kwargs, config_file)
     if tensorboard:
         check_available()
     if wandb_project is not None and not wandb:

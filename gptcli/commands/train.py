@@ -86,7 +86,13 @@ def resolve_train_configs(
     architecture comes from the initial weights, so the model is not built here (None): the model
     settings given are returned, checked and coerced, for comparison with the checkpoint's.
     """
-    file_cfg = load_yaml_config(config_file) if config_file else {"model": {}, "train": {}}
+    file_cfg = load_yaml_config(config_file) if config_file else {"model": {}, "train": {}, "finetune": {}}
+    if file_cfg["finetune"]:
+        kind = file_cfg["finetune"].get("kind", "KIND")
+        raise UsageError(
+            f"{config_file}: holds a 'finetune' section, a finetuning run's settings; use: gptcli finetune {kind} "
+            f"--config {shell_path(config_file)}"
+        )
     where = str(config_file) if config_file else None
     model_file = dict(file_cfg["model"])
     file_preset = model_file.pop("preset", None)

@@ -586,7 +586,10 @@ class Engine:
         except OSError:
             return  # _open_run_dir reports an unreadable metrics.jsonl
         after = records[st.metrics_lines : st.metrics_lines + len(self.task.epoch_end_types)]
-        ok = [isinstance(r, dict) and r.get("type") in self.task.epoch_end_types and r.get("epoch") == st.epoch for r in after]
+        ok = [
+            isinstance(r, dict) and r.get("type") in self.task.epoch_end_types and r.get("epoch") == st.epoch
+            for r in after
+        ]
         if after and len(after) == len(self.task.epoch_end_types) and all(ok):
             st.metrics_lines += len(after)
             st.sample_pending = False
@@ -671,4 +674,3 @@ class Engine:
         self.cb.warn(
             f"{self.metrics.path} was missing: rebuilt {len(records)} records from the checkpoint's history ({lost})"
         )
-

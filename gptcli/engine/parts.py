@@ -55,7 +55,6 @@ def make_optimizer(model: torch.nn.Module, cfg: Any, device: torch.device) -> to
     return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, fused=fused)
 
 
-
 class Interrupted(TrainingError):
     """Raised after a clean stop on SIGINT/SIGTERM; the exit code is 128 + the signal."""
 

@@ -100,5 +100,3 @@ class Every:
             self._last = now
             return True
         return False
-
-

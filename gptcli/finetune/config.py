@@ -171,7 +171,9 @@ class FinetuneConfig:
     eval_iter: int = field(default=5, metadata={"help": "Batches per evaluation.", "panel": "train"})
     seed: int = field(default=123, metadata={"help": "Random seed.", "panel": "train"})
     drop_rate: float = 0.0  # the book finetunes without dropout
-    precision: str = shared_field("precision", metadata={"help": "fp32 (the book's), or bf16 or fp16 (CUDA only) autocast."})
+    precision: str = shared_field(
+        "precision", metadata={"help": "fp32 (the book's), or bf16 or fp16 (CUDA only) autocast."}
+    )
     skip_nonfinite: int = shared_field("skip_nonfinite")
     compile: bool | None = shared_field("compile", default=False, metadata={"default_text": "off"})
     activation_checkpointing: bool = shared_field("activation_checkpointing")

@@ -46,7 +46,9 @@ class Task:
         for start in range(0, n, size):
             xs, ys = x[start : start + size], y[start : start + size]
             m = xs.shape[0]
-            parts.append((xs[m * rank // world : m * (rank + 1) // world], ys[m * rank // world : m * (rank + 1) // world]))
+            parts.append(
+                (xs[m * rank // world : m * (rank + 1) // world], ys[m * rank // world : m * (rank + 1) // world])
+            )
         return parts
 
     def loss_mean(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -91,4 +93,3 @@ class Task:
 
     def check_resume(self, engine: Any, obj: dict[str, Any]) -> None:
         """Refuse a checkpoint that cannot continue exactly here (changed data or base)."""
-

@@ -197,8 +197,6 @@ def model_from_finetune_checkpoint(obj: dict[str, Any], path: Path | str) -> tup
     return model, cfg, info
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # The tasks
 
@@ -323,7 +321,14 @@ class ClassifyTask(FinetuneTask):
         va = accuracy(engine, self.splits.val, shuffle=False, num_batches=n)
         engine.model.train()
         return [
-            {"type": "accuracy", "epoch": st.epoch, "step": st.step - 1, **self.seen(st), "train_acc": tr, "val_acc": va}
+            {
+                "type": "accuracy",
+                "epoch": st.epoch,
+                "step": st.step - 1,
+                **self.seen(st),
+                "train_acc": tr,
+                "val_acc": va,
+            }
         ]
 
     def info(self) -> dict[str, Any]:

@@ -95,7 +95,6 @@ class LMTask(Task):
             )
 
 
-
 def batch_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The book's ``calc_loss_batch``: mean next-token cross-entropy (computed inside the model,
     over its padded logits, so no sliced copy of the (B, T, vocab) logits is made)."""
