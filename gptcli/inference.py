@@ -1,5 +1,5 @@
-"""Using a trained model: loading it from a checkpoint or a GPT-2 download, preparing it for
-``--device``/``--dtype``, and generating with a ``SampleConfig``.
+"""Using a trained model: loading it from a checkpoint or a GPT-2 download and preparing it for
+``--device``/``--dtype`` (generating with a ``SampleConfig`` is ``generation.generate_with``).
 
 Shared by ``sample``, ``sample -i``, ``eval`` and the benchmarks; none of them imports the
 training loop. Never prints: a note for the user comes back in ``LoadedModel.note``.
@@ -7,7 +7,7 @@ training loop. Never prints: a note for the user comes back in ``LoadedModel.not
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +17,12 @@ from gptcli import rundir, weights
 from gptcli.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from gptcli.device import DTYPES, resolve_device, resolve_dtype
 from gptcli.errors import CheckpointError, UsageError
-from gptcli.generation import SampleConfig, generate
+
+# generate_with moved down to generation.py; training.py still imports it from here until the
+# engine rewrite changes that import (then this re-export, and the cycle it closes, can go).
+from gptcli.generation import generate_with as generate_with
 from gptcli.model import GPT
 from gptcli.paths import display_path, shell_path
-from gptcli.tokenizer import EOT_ID
 
 
 @dataclass
@@ -151,33 +153,4 @@ def long_prompt_warning(n_tokens: int, context_length: int) -> str | None:
         return None
     return (
         f"prompt of {n_tokens} tokens is longer than the context ({context_length}); keeping its last {context_length}"
-    )
-
-
-def generate_with(
-    net: GPT,
-    idx: torch.Tensor | Sequence[Sequence[int]],
-    scfg: SampleConfig,
-    *,
-    use_cache: bool = True,
-    stop_at_eos: bool = True,
-    on_token: Callable[[torch.Tensor], None] | None = None,
-) -> list[list[int]]:
-    """``generate`` with a SampleConfig's settings: the new ids of each row of ``idx``, a (B, T)
-    tensor or a list of token-id lists of any lengths (one left-padded batch, see ``generate``).
-    A row stops at <|endoftext|> unless ``stop_at_eos`` is off (the book's epoch sample runs on)."""
-    if not isinstance(idx, torch.Tensor) and len({len(row) for row in idx}) == 1:
-        # Rows of one length need no padding: as a (B, T) tensor they take exactly the path a
-        # single prompt always took, so its greedy and seeded tokens stay the book's.
-        idx = torch.tensor([list(row) for row in idx], device=next(net.parameters()).device)
-    return generate(
-        net,
-        idx,
-        max_new_tokens=scfg.max_new_tokens,
-        temperature=scfg.temperature,
-        top_k=scfg.top_k,
-        top_p=scfg.top_p,
-        eos_id=EOT_ID if stop_at_eos else None,
-        use_cache=use_cache,
-        on_token=on_token,
     )
