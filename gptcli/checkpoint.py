@@ -21,7 +21,7 @@ import torch
 from gptcli import rundir
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError, SaveError, UsageError, os_error_reason
-from gptcli.model import GPT
+from gptcli.model import GPT, gptcli_shapes
 
 FORMAT = "gptcli-checkpoint"
 VERSION = 1
@@ -398,8 +398,6 @@ def check_state_fits(cfg: ModelConfig, state: Any, path: Path | str = "checkpoin
     """Check the state dict's tensor names and shapes against what ``cfg`` builds, from shapes
     alone, so that a config inflated beyond its file fails here rather than allocating gigabytes.
     """
-    from gptcli.weights.common import gptcli_shapes  # lazy: weights.common imports this module
-
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: model_state_dict is not a mapping ({type(state).__name__})")
     # A block holds at least 11 tensors: a config with more layers than the file has tensors is

@@ -174,6 +174,35 @@ def generate(
     return new
 
 
+def generate_with(
+    net: GPT,
+    idx: torch.Tensor | Sequence[Sequence[int]],
+    scfg: SampleConfig,
+    *,
+    use_cache: bool = True,
+    stop_at_eos: bool = True,
+    on_token: Callable[[torch.Tensor], None] | None = None,
+) -> list[list[int]]:
+    """``generate`` with a SampleConfig's settings: the new ids of each row of ``idx``, a (B, T)
+    tensor or a list of token-id lists of any lengths (one left-padded batch, see ``generate``).
+    A row stops at <|endoftext|> unless ``stop_at_eos`` is off (the book's epoch sample runs on)."""
+    if not isinstance(idx, torch.Tensor) and len({len(row) for row in idx}) == 1:
+        # Rows of one length need no padding: as a (B, T) tensor they take exactly the path a
+        # single prompt always took, so its greedy and seeded tokens stay the book's.
+        idx = torch.tensor([list(row) for row in idx], device=next(net.parameters()).device)
+    return generate(
+        net,
+        idx,
+        max_new_tokens=scfg.max_new_tokens,
+        temperature=scfg.temperature,
+        top_k=scfg.top_k,
+        top_p=scfg.top_p,
+        eos_id=EOT_ID if stop_at_eos else None,
+        use_cache=use_cache,
+        on_token=on_token,
+    )
+
+
 def _static_decoder(
     model: GPT, cache: StaticKVCache, batch_size: int, first_slot: int, *, capture: bool
 ) -> Callable[[torch.Tensor, int], torch.Tensor]:
@@ -270,32 +299,3 @@ def _generate_static(
     if eos_id is not None:
         new = [row[: row.index(eos_id)] if eos_id in row else row for row in new]
     return new
-
-
-def generate_with(
-    net: GPT,
-    idx: torch.Tensor | Sequence[Sequence[int]],
-    scfg: SampleConfig,
-    *,
-    use_cache: bool = True,
-    stop_at_eos: bool = True,
-    on_token: Callable[[torch.Tensor], None] | None = None,
-) -> list[list[int]]:
-    """``generate`` with a SampleConfig's settings: the new ids of each row of ``idx``, a (B, T)
-    tensor or a list of token-id lists of any lengths (one left-padded batch, see ``generate``).
-    A row stops at <|endoftext|> unless ``stop_at_eos`` is off (the book's epoch sample runs on)."""
-    if not isinstance(idx, torch.Tensor) and len({len(row) for row in idx}) == 1:
-        # Rows of one length need no padding: as a (B, T) tensor they take exactly the path a
-        # single prompt always took, so its greedy and seeded tokens stay the book's.
-        idx = torch.tensor([list(row) for row in idx], device=next(net.parameters()).device)
-    return generate(
-        net,
-        idx,
-        max_new_tokens=scfg.max_new_tokens,
-        temperature=scfg.temperature,
-        top_k=scfg.top_k,
-        top_p=scfg.top_p,
-        eos_id=EOT_ID if stop_at_eos else None,
-        use_cache=use_cache,
-        on_token=on_token,
-    )

@@ -1,5 +1,5 @@
-"""Using a trained model: loading it from a checkpoint or a GPT-2 download, preparing it for
-``--device``/``--dtype``, and generating with a ``SampleConfig``.
+"""Using a trained model: loading it from a checkpoint or a GPT-2 download and preparing it for
+``--device``/``--dtype`` (generating with a ``SampleConfig`` is ``generation.generate_with``).
 
 Shared by ``sample``, ``sample -i``, ``eval`` and the benchmarks; none of them imports the
 training loop. Never prints: a note for the user comes back in ``LoadedModel.note``.
@@ -17,7 +17,6 @@ from gptcli import rundir, weights
 from gptcli.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from gptcli.device import DTYPES, resolve_device, resolve_dtype
 from gptcli.errors import CheckpointError, UsageError
-from gptcli.generation import SampleConfig, generate, generate_with  # noqa: F401 (generate_with: re-exported)
 from gptcli.model import GPT
 from gptcli.paths import display_path, shell_path
 

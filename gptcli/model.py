@@ -280,3 +280,39 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         n -= pad * self.cfg.emb_dim * (1 if self.cfg.tie_weights else 2)
         return n
+
+
+def gptcli_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of ``GPT(cfg).state_dict()`` and its shape, in parameter order, without
+    building the model (tests check this against the model itself). It lives here, beside the
+    model, so that ``checkpoint`` and the weight maps in ``weights/`` both read it from below."""
+    C, Vp = cfg.emb_dim, cfg.padded_vocab_size
+    shapes: dict[str, tuple[int, ...]] = {"wte.weight": (Vp, C), "wpe.weight": (cfg.context_length, C)}
+    for i in range(cfg.n_layers):
+        p = f"h.{i}."
+        shapes[p + "ln_1.weight"] = (C,)
+        shapes[p + "ln_1.bias"] = (C,)
+        shapes[p + "attn.c_attn.weight"] = (3 * C, C)
+        if cfg.qkv_bias:
+            shapes[p + "attn.c_attn.bias"] = (3 * C,)
+        shapes[p + "attn.c_proj.weight"] = (C, C)
+        shapes[p + "attn.c_proj.bias"] = (C,)
+        shapes[p + "ln_2.weight"] = (C,)
+        shapes[p + "ln_2.bias"] = (C,)
+        shapes[p + "mlp.c_fc.weight"] = (4 * C, C)
+        shapes[p + "mlp.c_fc.bias"] = (4 * C,)
+        shapes[p + "mlp.c_proj.weight"] = (C, 4 * C)
+        shapes[p + "mlp.c_proj.bias"] = (C,)
+    shapes["ln_f.weight"] = (C,)
+    shapes["ln_f.bias"] = (C,)
+    shapes["lm_head.weight"] = (Vp, C)
+    return shapes
+
+
+def gptcli_param_names(cfg: ModelConfig) -> list[str]:
+    """``GPT(cfg).named_parameters()`` order: the order of AdamW's state. A tied head is the
+    embedding's parameter, so it has no entry of its own."""
+    names = list(gptcli_shapes(cfg))
+    if cfg.tie_weights:
+        names.remove("lm_head.weight")
+    return names

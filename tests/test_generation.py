@@ -105,16 +105,16 @@ def ctx32_checkpoint(tmp_path):
 
 
 def test_sample_runs_prompts_of_different_lengths_and_samples_as_one_batch(ctx32_checkpoint, monkeypatch, capsys):
-    from gptcli import inference
+    from gptcli import generation
     from gptcli.commands import sample
     from gptcli.tokenizer import encode
 
     assert len({len(encode(p)) for p in PROMPTS}) == 3
     alone = [sample.sample_command(checkpoint=ctx32_checkpoint, prompts=[p], max_new_tokens=12)[0] for p in PROMPTS]
     calls, shapes = [], []
-    real_generate, real_forward = inference.generate, GPT.forward
+    real_generate, real_forward = generation.generate, GPT.forward
     monkeypatch.setattr(
-        inference, "generate", lambda net, idx, **k: (calls.append(idx), real_generate(net, idx, **k))[1]
+        generation, "generate", lambda net, idx, **k: (calls.append(idx), real_generate(net, idx, **k))[1]
     )
     monkeypatch.setattr(
         GPT, "forward", lambda self, idx, *a, **k: (shapes.append(idx.shape), real_forward(self, idx, *a, **k))[1]

@@ -648,7 +648,7 @@ def test_interactive_sampling_keeps_the_model_loaded(run, monkeypatch, capsys):
 
 
 def test_interactive_ctrl_c_stops_one_generation(run, monkeypatch, capsys):
-    from gptcli import inference
+    from gptcli import generation
     from gptcli.commands import sample
 
     calls = []
@@ -659,8 +659,8 @@ def test_interactive_ctrl_c_stops_one_generation(run, monkeypatch, capsys):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    real = inference.generate
-    monkeypatch.setattr(inference, "generate", interrupted)
+    real = generation.generate
+    monkeypatch.setattr(generation, "generate", interrupted)
     lines = iter(["first", "second"])
 
     def read(_prompt):

@@ -107,6 +107,19 @@ def test_dropped_connection_resumes_where_it_stopped(server, root, tmp_path, fau
     assert len(rec.of("retry")) == 1 and not rec.of("restart")
 
 
+def test_a_complete_partial_file_is_kept_when_the_server_refuses_its_range(server, root, tmp_path):
+    """A ``.part`` file that already holds the whole file: the server answers the Range request
+    with 416 and the full size, and the file is kept as it is."""
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / ("vocab.bpe" + dl.PART_SUFFIX)).write_bytes((root / "gpt2" / "124M" / "vocab.bpe").read_bytes())
+    out, rec = _download(server, dest)
+    _same_files(root, out)
+    _no_temporaries(out)
+    assert [r[2] for r in server.gets("vocab.bpe")] == [416]
+    assert not rec.of("restart") and not rec.of("retry")
+
+
 def test_503_twice_then_200(server, root, tmp_path):
     server.faults["hparams.json"] = ["503", "503"]
     out, rec = _download(server, tmp_path / "d")

@@ -11,9 +11,8 @@ import torch
 from gptcli.checkpoint import load_checkpoint, model_from_checkpoint
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError
-from gptcli.model import GPT
+from gptcli.model import GPT, gptcli_param_names, gptcli_shapes
 from gptcli.weights import gpt2_dir
-from gptcli.weights.common import gptcli_param_names, gptcli_shapes
 from gptcli.weights.openai import convert_openai, data_size, load_openai
 
 from .conftest import run_gptcli

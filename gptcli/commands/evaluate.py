@@ -13,9 +13,25 @@ from gptcli.data import corpus_tokens
 from gptcli.device import set_threads
 from gptcli.errors import UsageError
 from gptcli.evaluation import evaluate_tokens
-from gptcli.inference import load_model_for_inference
+from gptcli.inference import LoadedModel, load_model_for_inference
 
 TASKS = ("loss", "hellaswag")
+
+
+def _load(checkpoint: Path | None, model: str | None, device: str) -> LoadedModel:
+    loaded = load_model_for_inference(checkpoint, model, device=device, warn=console.warn)
+    if loaded.note:  # which run was picked, when none was named
+        console.info(loaded.note)
+    return loaded
+
+
+def _print_result(result: dict[str, Any], head: list[str], row: list[str], *, json_out: bool) -> dict[str, Any]:
+    """One JSON object on stdout with ``--json``, else a one-row table; returns ``result``."""
+    if json_out:
+        console.print_result(json.dumps(result))
+    else:
+        console.print_table(head, [row], left={0, 1})
+    return result
 
 
 def hellaswag_command(
@@ -25,9 +41,7 @@ def hellaswag_command(
     from gptcli import hellaswag
 
     examples = [ex for p in paths for ex in hellaswag.read_examples(p)]
-    loaded = load_model_for_inference(checkpoint, model, device=device, warn=console.warn)
-    if loaded.note:
-        console.info(loaded.note)
+    loaded = _load(checkpoint, model, device)
     with console.step_progress("hellaswag", None) as prog:
         task = prog.add_task("hellaswag", total=len(examples))
         res = hellaswag.evaluate(
@@ -45,15 +59,9 @@ def hellaswag_command(
         "acc_norm": res.acc_norm,
         "acc_norm_by": hellaswag.NORMALISATION,
     }
-    if json_out:
-        console.print_result(json.dumps(result))
-    else:
-        console.print_table(
-            ["checkpoint", "task", "examples", "acc", "acc_norm"],
-            [[str(loaded.path), "hellaswag", f"{res.examples:,}", f"{res.acc:.4f}", f"{res.acc_norm:.4f}"]],
-            left={0, 1},
-        )
-    return result
+    head = ["checkpoint", "task", "examples", "acc", "acc_norm"]
+    row = [str(loaded.path), "hellaswag", f"{res.examples:,}", f"{res.acc:.4f}", f"{res.acc_norm:.4f}"]
+    return _print_result(result, head, row, json_out=json_out)
 
 
 def finetune_split_command(checkpoint: Path | None, split: str, *, device: str, json_out: bool) -> dict[str, Any]:
@@ -70,14 +78,10 @@ def finetune_split_command(checkpoint: Path | None, split: str, *, device: str, 
             f"invalid --split: {path} is not a finetune run (kind {obj.get('kind')!r}); evaluate it on text files"
         )
     res = {"checkpoint": str(path), **evaluate_checkpoint_split(obj, path, split, device=resolve_device(device))}
-    if json_out:
-        console.print_result(json.dumps(res))
-    else:
-        head = ["checkpoint", "split", "examples", "loss"] + (["accuracy"] if "accuracy" in res else [])
-        row = [str(path), split, f"{res['examples']:,}", f"{res['loss']:.4f}"]
-        row += [f"{res['accuracy'] * 100:.2f}%"] if "accuracy" in res else []
-        console.print_table(head, [row], left={0, 1})
-    return res
+    head = ["checkpoint", "split", "examples", "loss"] + (["accuracy"] if "accuracy" in res else [])
+    row = [str(path), split, f"{res['examples']:,}", f"{res['loss']:.4f}"]
+    row += [f"{res['accuracy'] * 100:.2f}%"] if "accuracy" in res else []
+    return _print_result(res, head, row, json_out=json_out)
 
 
 def eval_command(
@@ -127,9 +131,7 @@ def eval_command(
     tokens = corpus_tokens(paths, errors=encoding_errors, format=format, text_field=text_field or "text")
     if len(tokens) < 2:
         raise UsageError(f"{paths[0]}: needs at least 2 tokens to evaluate, has {len(tokens)}")
-    loaded = load_model_for_inference(checkpoint, model, device=device, warn=console.warn)
-    if loaded.note:  # which run was picked, when none was named
-        console.info(loaded.note)
+    loaded = _load(checkpoint, model, device)
     T = loaded.net.cfg.context_length
     if stride is not None and stride > T:
         raise UsageError(f"invalid --stride: {stride} (at most the model's context length, {T})")
@@ -160,12 +162,6 @@ def eval_command(
         "loss": res.loss,
         "perplexity": res.perplexity,
     }
-    if json_out:
-        console.print_result(json.dumps(result))
-    else:
-        console.print_table(
-            ["checkpoint", "method", "tokens", "loss", "perplexity"],
-            [[str(loaded.path), res.method, f"{res.tokens:,}", f"{res.loss:.4f}", f"{res.perplexity:.2f}"]],
-            left={0, 1},
-        )
-    return result
+    head = ["checkpoint", "method", "tokens", "loss", "perplexity"]
+    row = [str(loaded.path), res.method, f"{res.tokens:,}", f"{res.loss:.4f}", f"{res.perplexity:.2f}"]
+    return _print_result(result, head, row, json_out=json_out)

@@ -10,7 +10,7 @@ from typing import Any
 
 from gptcli import console, rundir
 from gptcli.callbacks import Callbacks, Fanout
-from gptcli.commands.train import StopFlag
+from gptcli.commands.common import StopFlag
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.finetune.config import KINDS, LENGTH_FLAGS
 from gptcli.paths import display_path, shell_path
@@ -74,7 +74,7 @@ def _wandb(run_dir: Path, *, wandb: bool, project: str | None, cfg) -> Any:
     ``--wandb``, and for a resumed run that logged to W&B before (``<run>/wandb-run.json``)."""
     if not (wandb or rundir.wandb_run_path(run_dir).exists()):
         return None
-    from gptcli.commands.train import _wandb_logger
+    from gptcli.commands.common import _wandb_logger
 
     return _wandb_logger(run_dir, explicit=wandb, project=project, config={"finetune": cfg.to_dict()})
 
@@ -270,7 +270,7 @@ def continue_run(
     """Go on with the finetuning run whose checkpoint ``obj`` (at ``path``) is loaded and whose
     directory ``lock`` holds (released here); ``length``: the epochs and budgets given, None for
     the run's own. ``gptcli resume`` comes here too when it is given a finetuning run."""
-    from gptcli.commands.train import _ended_early
+    from gptcli.commands.common import _ended_early
     from gptcli.finetune.config import FinetuneConfig
 
     try:

@@ -15,8 +15,8 @@ import torch
 from gptcli import console
 from gptcli.device import set_threads
 from gptcli.errors import UsageError
-from gptcli.generation import SampleConfig
-from gptcli.inference import TEXT_KINDS, LoadedModel, generate_with, load_model_for_inference, long_prompt_warning
+from gptcli.generation import SampleConfig, generate_with
+from gptcli.inference import TEXT_KINDS, LoadedModel, load_model_for_inference, long_prompt_warning
 from gptcli.tokenizer import EOT_ID, decode, encode
 
 

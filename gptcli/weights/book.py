@@ -19,11 +19,10 @@ import torch
 from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig, TrainConfig
 from gptcli.errors import CheckpointError, DataError, UsageError
+from gptcli.model import gptcli_param_names, gptcli_shapes
 from gptcli.weights.common import (
     Progress,
     check_tensors,
-    gptcli_param_names,
-    gptcli_shapes,
     pad_rows,
     save_checkpoint,
 )

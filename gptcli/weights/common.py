@@ -1,5 +1,6 @@
-"""What every converter shares: the gptcli tensors a config expects, shape checks that name each
-tensor, padding the vocabulary, and the final check-and-save of a converted checkpoint."""
+"""What every converter shares: shape checks that name each tensor, padding the vocabulary, and
+the final check-and-save of a converted checkpoint. The gptcli tensors a config expects
+(``gptcli_shapes``) live beside the model, in ``gptcli.model``."""
 
 from __future__ import annotations
 
@@ -10,46 +11,11 @@ from typing import Any
 import torch
 
 from gptcli import checkpoint as ckpt
-from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError
+from gptcli.model import gptcli_shapes
 
 # (done, total) after each tensor: drives the CLI's progress bar.
 Progress = Callable[[int, int], None]
-
-
-def gptcli_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor of ``GPT(cfg).state_dict()`` and its shape, in parameter order, without
-    building the model (tests check this against the model itself)."""
-    C, Vp = cfg.emb_dim, cfg.padded_vocab_size
-    shapes: dict[str, tuple[int, ...]] = {"wte.weight": (Vp, C), "wpe.weight": (cfg.context_length, C)}
-    for i in range(cfg.n_layers):
-        p = f"h.{i}."
-        shapes[p + "ln_1.weight"] = (C,)
-        shapes[p + "ln_1.bias"] = (C,)
-        shapes[p + "attn.c_attn.weight"] = (3 * C, C)
-        if cfg.qkv_bias:
-            shapes[p + "attn.c_attn.bias"] = (3 * C,)
-        shapes[p + "attn.c_proj.weight"] = (C, C)
-        shapes[p + "attn.c_proj.bias"] = (C,)
-        shapes[p + "ln_2.weight"] = (C,)
-        shapes[p + "ln_2.bias"] = (C,)
-        shapes[p + "mlp.c_fc.weight"] = (4 * C, C)
-        shapes[p + "mlp.c_fc.bias"] = (4 * C,)
-        shapes[p + "mlp.c_proj.weight"] = (C, 4 * C)
-        shapes[p + "mlp.c_proj.bias"] = (C,)
-    shapes["ln_f.weight"] = (C,)
-    shapes["ln_f.bias"] = (C,)
-    shapes["lm_head.weight"] = (Vp, C)
-    return shapes
-
-
-def gptcli_param_names(cfg: ModelConfig) -> list[str]:
-    """``GPT(cfg).named_parameters()`` order: the order of AdamW's state. A tied head is the
-    embedding's parameter, so it has no entry of its own."""
-    names = list(gptcli_shapes(cfg))
-    if cfg.tie_weights:
-        names.remove("lm_head.weight")
-    return names
 
 
 def check_tensors(

@@ -14,10 +14,11 @@ import torch
 from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError, UsageError
+from gptcli.model import gptcli_shapes
 from gptcli.rundir import is_run_dir
 from gptcli.weights import CONVERTED_NAME, SOURCES, TARGETS, model_name_to_size, resolve_model
 from gptcli.weights.book import book_to_gptcli, convert_book, infer_config, load_book_file
-from gptcli.weights.common import Progress, check_tensors, gptcli_shapes
+from gptcli.weights.common import Progress, check_tensors
 from gptcli.weights.hf import convert_hf, export_hf
 from gptcli.weights.openai import convert_openai, load_openai
 

@@ -356,31 +356,9 @@ class _Fetcher:
         size known in advance, or chunked encoding's final chunk), or raises _Transient / _Fatal
         / _Deadline."""
         have = self.part.stat().st_size if self.part.exists() else 0
-        headers = {"User-Agent": "gptcli", "Accept-Encoding": "identity"}
-        if have:
-            headers["Range"] = f"bytes={have}-"
-        # A socket silent for the stall time has stalled, and none may outlast the deadline.
-        timeout = max(0.05, min(self.policy.timeout, self.policy.stall, self.until - time.monotonic()))
-        try:
-            resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-        except urllib.error.HTTPError as e:
-            with e:
-                if e.code == 416 and have:
-                    m = re.search(r"/(\d+)\s*$", e.headers.get("Content-Range") or "")
-                    total = int(m.group(1)) if m else None
-                    if total == have:
-                        self._check_total(url, total)
-                        return have  # the partial file was already complete
-                    self.part.unlink(missing_ok=True)
-                    self.cb.on_restart(self.name, f"server refused to resume at byte {have:,}")
-                    raise _Transient(f"HTTP 416 resuming at byte {have:,}") from None
-                status = f"HTTP {e.code} {e.reason}".strip()
-                if e.code in RETRY_STATUSES or 500 <= e.code < 600:
-                    raise _Transient(status, _retry_after(e.headers)) from None
-                raise _Fatal(f"{url}: {status}") from None
-        except (OSError, http.client.HTTPException) as e:  # URLError is an OSError
-            raise _Transient(_describe(e), unreachable=_is_unreachable(e)) from None
-
+        resp = self._request(url, have)
+        if resp is None:
+            return have, True  # the partial file was already complete, at the size the server gave
         with resp:
             status = resp.status
             length = resp.headers.get("Content-Length")
@@ -402,48 +380,7 @@ class _Fetcher:
                 total = self.expected
             self._check_total(url, total)
             self.cb.on_file_start(self.name, total, offset)
-            first = True
-            try:
-                f = open(self.part, mode)  # noqa: SIM115 - closed in the finally below
-            except OSError as e:
-                raise DownloadError(f"{self.part}: cannot write ({e.strerror or e})") from None
-            # read1 returns what has arrived, so a server that drips bytes is seen to stall rather
-            # than keeping one read(CHUNK) waiting forever.
-            read = getattr(resp, "read1", resp.read)
-            window_start, window_bytes = time.monotonic(), 0
-            try:
-                while True:
-                    try:
-                        chunk = read(CHUNK)
-                    except (OSError, http.client.HTTPException) as e:
-                        raise _Transient(f"{_describe(e)} after {offset:,} bytes") from None
-                    if not chunk:
-                        break
-                    if first and offset == 0 and _looks_like_markup(resp.headers.get("Content-Type", ""), chunk):
-                        raise _Fatal(f"{url}: server sent an HTML/XML page (HTTP {status}), not the file")
-                    first = False
-                    try:
-                        f.write(chunk)
-                    except OSError as e:  # a full disk is not worth retrying
-                        raise DownloadError(f"{self.part}: cannot write ({e.strerror or e})") from None
-                    offset += len(chunk)
-                    self.cb.on_bytes(self.name, len(chunk))
-                    now, window_bytes = time.monotonic(), window_bytes + len(chunk)
-                    if now > self.until:
-                        raise _Deadline
-                    if now - window_start >= self.policy.stall:
-                        if window_bytes < self.policy.stall_bytes:
-                            raise _Transient(
-                                f"stalled: {window_bytes:,} bytes in {now - window_start:.0f}s, after {offset:,} bytes"
-                            )
-                        window_start, window_bytes = now, 0
-            finally:
-                try:
-                    f.flush()
-                    os.fsync(f.fileno())
-                except OSError:
-                    pass
-                f.close()
+            offset = self._receive(url, resp, offset, mode)
             if total is not None and offset < total:
                 raise _Transient(f"connection closed after {offset:,} of {total:,} bytes")
             if total is not None and offset > total:
@@ -452,6 +389,80 @@ class _Fetcher:
             # A body without Content-Length ends when the connection closes, cut short or not;
             # chunked encoding ends with a final empty chunk (http.client raises without one).
             return offset, total is not None or bool(getattr(resp, "chunked", False))
+
+    def _request(self, url: str, have: int) -> http.client.HTTPResponse | None:
+        """The response to a GET of ``url`` for the bytes after the ``have`` already kept, or None
+        when the server says those are the whole file."""
+        headers = {"User-Agent": "gptcli", "Accept-Encoding": "identity"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        # A socket silent for the stall time has stalled, and none may outlast the deadline.
+        timeout = max(0.05, min(self.policy.timeout, self.policy.stall, self.until - time.monotonic()))
+        try:
+            return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        except urllib.error.HTTPError as e:
+            with e:
+                if e.code == 416 and have:
+                    m = re.search(r"/(\d+)\s*$", e.headers.get("Content-Range") or "")
+                    total = int(m.group(1)) if m else None
+                    if total == have:
+                        self._check_total(url, total)
+                        return None
+                    self.part.unlink(missing_ok=True)
+                    self.cb.on_restart(self.name, f"server refused to resume at byte {have:,}")
+                    raise _Transient(f"HTTP 416 resuming at byte {have:,}") from None
+                status = f"HTTP {e.code} {e.reason}".strip()
+                if e.code in RETRY_STATUSES or 500 <= e.code < 600:
+                    raise _Transient(status, _retry_after(e.headers)) from None
+                raise _Fatal(f"{url}: {status}") from None
+        except (OSError, http.client.HTTPException) as e:  # URLError is an OSError
+            raise _Transient(_describe(e), unreachable=_is_unreachable(e)) from None
+
+    def _receive(self, url: str, resp: http.client.HTTPResponse, offset: int, mode: str) -> int:
+        """Copy the body into the ``.part`` file (opened with ``mode``, holding ``offset`` bytes),
+        watching for markup, stalls and the deadline; returns the file's size after it."""
+        try:
+            f = open(self.part, mode)  # noqa: SIM115 - closed in the finally below
+        except OSError as e:
+            raise DownloadError(f"{self.part}: cannot write ({e.strerror or e})") from None
+        # read1 returns what has arrived, so a server that drips bytes is seen to stall rather
+        # than keeping one read(CHUNK) waiting forever.
+        read = getattr(resp, "read1", resp.read)
+        first = True
+        window_start, window_bytes = time.monotonic(), 0
+        try:
+            while True:
+                try:
+                    chunk = read(CHUNK)
+                except (OSError, http.client.HTTPException) as e:
+                    raise _Transient(f"{_describe(e)} after {offset:,} bytes") from None
+                if not chunk:
+                    return offset
+                if first and offset == 0 and _looks_like_markup(resp.headers.get("Content-Type", ""), chunk):
+                    raise _Fatal(f"{url}: server sent an HTML/XML page (HTTP {resp.status}), not the file")
+                first = False
+                try:
+                    f.write(chunk)
+                except OSError as e:  # a full disk is not worth retrying
+                    raise DownloadError(f"{self.part}: cannot write ({e.strerror or e})") from None
+                offset += len(chunk)
+                self.cb.on_bytes(self.name, len(chunk))
+                now, window_bytes = time.monotonic(), window_bytes + len(chunk)
+                if now > self.until:
+                    raise _Deadline
+                if now - window_start >= self.policy.stall:
+                    if window_bytes < self.policy.stall_bytes:
+                        raise _Transient(
+                            f"stalled: {window_bytes:,} bytes in {now - window_start:.0f}s, after {offset:,} bytes"
+                        )
+                    window_start, window_bytes = now, 0
+        finally:
+            try:
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                pass
+            f.close()
 
     def fetch(self, url: str) -> None:
         failures = unreachable = 0

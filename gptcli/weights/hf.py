@@ -23,8 +23,9 @@ from safetensors.torch import save_file
 from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError, UsageError
+from gptcli.model import gptcli_shapes
 from gptcli.tokenizer import EOT_TOKEN
-from gptcli.weights.common import Progress, check_tensors, gptcli_shapes, pad_rows, save_checkpoint
+from gptcli.weights.common import Progress, check_tensors, pad_rows, save_checkpoint
 
 CONFIG = "config.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"

@@ -17,8 +17,9 @@ import torch
 from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError, UsageError
+from gptcli.model import gptcli_shapes
 from gptcli.weights import HPARAMS
-from gptcli.weights.common import Progress, check_tensors, gptcli_shapes, pad_rows, save_checkpoint
+from gptcli.weights.common import Progress, check_tensors, pad_rows, save_checkpoint
 from gptcli.weights.tf_checkpoint import open_checkpoint
 
 # Sane bounds for every hparam, far above GPT-2 1558M (48 layers, 1600 wide, 1024 context), so that

@@ -1,0 +1,90 @@
+"""What the commands that run training share: the signal flag the loop polls, the budget a
+run has already reached, and the W&B logger as the terminal reports it."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+from gptcli import console, rundir, wandb_log
+from gptcli.errors import UsageError
+from gptcli.paths import display_path, shell_path
+
+# ---------------------------------------------------------------------------------------------
+# Signals: the handler only sets a flag; the loop saves at the next step boundary.
+
+
+class StopFlag:
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __call__(self) -> int | None:
+        return self.signum
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            # A second Ctrl-C: abort now. A save in progress removes its temporary file and the
+            # CLI exits 130; every checkpoint already under its final name is complete.
+            raise KeyboardInterrupt
+        first, self.signum = self.signum is None, signum
+        if not first:
+            return
+        if signum == signal.SIGINT:
+            console.warn("Ctrl-C: saving a checkpoint at the end of this step (Ctrl-C again to abort)")
+        else:  # sent by a scheduler or kill, not typed: no Ctrl-C to offer
+            console.warn(f"{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping")
+
+    def install(self) -> StopFlag:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _ended_early(cfg: Any, progress: dict[str, Any]) -> str | None:
+    """The budget flag (``--max-steps 12``) or ``--patience K`` that the run has already reached."""
+    from gptcli.engine.schedule import budget_reached
+
+    reason = budget_reached(
+        cfg,
+        step=int(progress.get("step", 0)),
+        tokens_seen=int(progress.get("tokens_seen", 0)),
+        seconds=float(progress.get("train_seconds", 0.0)),
+    )
+    patience = getattr(cfg, "patience", 0)  # a finetuning run has none
+    if reason is None and patience and int(progress.get("evals_since_best", 0)) >= patience:
+        reason = f"--patience {patience}"
+    return reason
+
+
+def _wandb_logger(
+    run_dir: Path, *, explicit: bool, project: str | None, config: dict[str, Any]
+) -> wandb_log.WandbLogger | None:
+    """The W&B logger of a run, said on stderr; None (with a warning) for a resumed run that
+    logged to W&B before when wandb is no longer installed."""
+    try:
+        wandb_log.check_available()
+    except UsageError:
+        if explicit:
+            raise
+        console.warn(
+            f"{display_path(rundir.wandb_run_path(run_dir))} exists but wandb is not installed; not logging to W&B"
+        )
+        return None
+    logger = wandb_log.WandbLogger(run_dir, config=config, project=project, warn=console.warn)
+    if logger.mode == "disabled":
+        console.info("W&B logging is off (WANDB_MODE=disabled)")
+    elif logger.offline:
+        local = Path(run_dir) / wandb_log.LOG_DIR
+        console.info(
+            f"W&B run {logger.run_id} logged offline to {display_path(local)}; upload with: "
+            f"wandb sync {shell_path(local)}/offline-run-*"
+        )
+    else:
+        console.info(f"W&B run {logger.project}/{logger.run_id}" + (f": {logger.url}" if logger.url else ""))
+    return logger
