@@ -105,14 +105,10 @@ def atomic_save(obj: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     check_free_space(path.parent, with_margin(checkpoint_nbytes(obj)), f"the checkpoint {path.name}")
     out = None
-
-    def write(f) -> None:
-        nonlocal out
-        out = _WriteRecorder(f)
-        torch.save(obj, out)
-
     try:
-        fsutil.atomic_write(path, write)  # removes its temporary file on any failure
+        with fsutil.atomic_path(path) as tmp, open(tmp, "wb") as f:  # the temporary file goes on any failure
+            out = _WriteRecorder(f)
+            torch.save(obj, out)
     except BaseException as e:
         cause = _real_cause(e, out.error if out is not None else None)
         if isinstance(cause, KeyboardInterrupt):

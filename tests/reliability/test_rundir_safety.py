@@ -27,7 +27,7 @@ import yaml
 from typer.testing import CliRunner
 
 from gptcli import checkpoint as ckpt
-from gptcli import console, fsutil, rundir
+from gptcli import console, rundir
 from gptcli.cli import app
 from gptcli.commands.train import StopFlag, resume_command, train_command
 from gptcli.errors import RunDirError, SaveError, TrainingError, UsageError
@@ -416,7 +416,7 @@ def test_a_failed_save_names_the_os_error_not_torchs_text(tmp_path, monkeypatch)
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(fsutil, "open", lambda p, m="r", *a, **k: Full(builtins.open(p, m, *a, **k)), raising=False)
+    monkeypatch.setattr(ckpt, "open", lambda p, m="r", *a, **k: Full(builtins.open(p, m, *a, **k)), raising=False)
     with pytest.raises(SaveError) as e:
         ckpt.atomic_save({"w": torch.zeros(1000)}, tmp_path / "c.pth")
     assert "No space left on device" in str(e.value) and "unexpected pos" not in str(e.value)
