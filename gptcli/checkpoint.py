@@ -8,7 +8,6 @@ code. It keeps the book's ``model_state_dict`` and ``optimizer_state_dict`` keys
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import zipfile
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptcli import rundir
+from gptcli import fsutil, rundir
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError, SaveError, UsageError, os_error_reason
 from gptcli.model import GPT, gptcli_shapes
@@ -94,19 +93,6 @@ def read_model_config(obj: dict[str, Any], path: str | Path = "checkpoint") -> M
 # Saving
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_save(obj: dict[str, Any], path: str | Path) -> Path:
     """Write ``obj`` to a temporary file beside ``path``, fsync it, then rename it into place.
 
@@ -118,20 +104,12 @@ def atomic_save(obj: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     check_free_space(path.parent, with_margin(checkpoint_nbytes(obj)), f"the checkpoint {path.name}")
-    tmp = rundir.temporary_path(path, os.getpid())
     out = None
     try:
-        with open(tmp, "wb") as f:
+        with fsutil.atomic_path(path) as tmp, open(tmp, "wb") as f:  # the temporary file goes on any failure
             out = _WriteRecorder(f)
             torch.save(obj, out)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         cause = _real_cause(e, out.error if out is not None else None)
         if isinstance(cause, KeyboardInterrupt):
             raise KeyboardInterrupt from None  # a second Ctrl-C: the CLI exits 130, "interrupted"
@@ -139,7 +117,6 @@ def atomic_save(obj: dict[str, Any], path: str | Path) -> Path:
             raise
         kept = "; the file already there is unchanged" if path.exists() else ""
         raise SaveError(f"{path}: could not save checkpoint ({_save_failure(cause)}){kept}") from e
-    _fsync_dir(path.parent)
     return path
 
 

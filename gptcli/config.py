@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from gptcli.errors import CheckpointError, UsageError
+from gptcli.units import describe_interval as describe_interval
+from gptcli.units import parse_count, parse_duration, parse_interval
 
 # OpenAI's released GPT-2 shapes. Context 1024, biased qkv projections and a tied output head,
 # exactly as the checkpoints were trained, so converted weights load without reshaping.
@@ -159,98 +161,8 @@ def is_device_name(name: str) -> bool:
 # spell them. Field types say which: Annotated[int | None, COUNT] and so on (see _coerce).
 
 COUNT, DURATION, INTERVAL = "count", "duration", "interval"
-# A multiplier: k/K thousand, M million, B/G billion, T trillion. A lower-case m is minutes, never
-# millions, so "30m" cannot mean two things.
-_MULTIPLIERS = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_NUMBER = r"(?:\d[\d_]*(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
-_COUNT_RE = re.compile(rf"({_NUMBER})\s*([kKMBGT]?)")
-_DURATION_PART = re.compile(rf"({_NUMBER})\s*([smhd])")
-
-
-def parse_count(value: Any) -> int:
-    """An integer count from an int or a string such as "5000", "10k", "50M", "2B" or "1.5M";
-    ValueError (saying what is wrong) otherwise."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return _fits_int64(value)
-    if not isinstance(value, str):
-        raise ValueError("expected a count such as 5000, 50M or 2B")
-    m = _COUNT_RE.fullmatch(value.strip())
-    if m is None:
-        hint = " (m is minutes; M is millions)" if value.strip().endswith("m") else ""
-        raise ValueError(f"expected a count such as 5000, 50M or 2B{hint}")
-    from decimal import Decimal, InvalidOperation
-
-    try:
-        number = Decimal(m.group(1).replace("_", "")) * _MULTIPLIERS[m.group(2)]
-    except InvalidOperation:
-        raise ValueError("expected a count such as 5000, 50M or 2B") from None
-    if number != number.to_integral_value():
-        raise ValueError("not a whole number")
-    return _fits_int64(int(number))
-
-
-def _fits_int64(n: int) -> int:
-    """A count a checkpoint and torch can hold: a 64-bit integer."""
-    if n >= 2**63:
-        raise ValueError("too large (at most 9223372036854775807)")
-    return n
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number (seconds) or a string such as "90", "90s", "30m", "2h", "1h30m" or
-    "1.5d"; ValueError otherwise."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        try:
-            seconds = float(text.replace("_", "")) if re.fullmatch(_NUMBER, text) else math.nan
-        except ValueError:
-            seconds = math.nan
-        if math.isnan(seconds):
-            parts = _DURATION_PART.findall(text)
-            if not parts or "".join(n + u for n, u in parts) != text:
-                raise ValueError("expected a duration such as 90m, 2h, 1h30m or seconds")
-            seconds = sum(float(n.replace("_", "")) * _SECONDS[u] for n, u in parts)
-    else:
-        raise ValueError("expected a duration such as 90m, 2h, 1h30m or seconds")
-    if not math.isfinite(seconds):
-        raise ValueError("expected a finite duration")
-    return seconds
-
-
-def parse_interval(value: Any) -> tuple[str, float]:
-    """("steps", N), ("tokens", N) or ("seconds", S) from an ``--eval-freq``/``--save-every`` value:
-    a plain integer is steps ("100 steps" too), a count with a multiplier or "tok"/"tokens" is
-    tokens ("50M", "200k tokens"), a duration with a unit is time ("30m", "1h")."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return "steps", value
-    if not isinstance(value, str):
-        raise ValueError("expected N steps, N tokens (50M) or a duration (30m)")
-    text = value.strip()
-    word = re.fullmatch(r"(.*?)\s*(steps?|tok|tokens?)", text)
-    if word is not None:
-        count = parse_count(word.group(1))
-        return ("steps" if word.group(2).startswith("step") else "tokens"), count
-    if re.fullmatch(r"\d[\d_]*", text):
-        return "steps", int(text.replace("_", ""))
-    if text and text[-1] in _SECONDS:
-        return "seconds", parse_duration(text)
-    try:
-        return "tokens", parse_count(text)
-    except ValueError:
-        raise ValueError("expected N steps, N tokens (50M) or a duration (30m)") from None
-
-
-def describe_interval(value: Any) -> str:
-    """An ``--eval-freq``/``--save-every`` value in words, saying the unit it was read in:
-    "1,000 tokens" for 1k, "1,000 steps" for 1000, "30m of wall time" for 30m."""
-    unit, amount = parse_interval(value)
-    if unit == "seconds":
-        return f"{str(value).strip()} of wall time"
-    n = int(amount)
-    return f"{n:,} {unit[:-1] if n == 1 else unit}"
+# The grammar itself is gptcli.units' (prepare's flags use it too); config re-exports its parsers
+# for the modules and tests that import them from here.
 
 
 def _unit_value(key: str, unit: str, value: Any) -> Any:

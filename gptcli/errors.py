@@ -46,7 +46,8 @@ class TrainingError(GptCliError):
 
 
 class RunDirError(GptCliError):
-    """A run directory that cannot be written: another process writes it, or it is read-only."""
+    """A run directory (or prepare's output directory) that cannot be written: another process
+    writes it, or it is read-only."""
 
     exit_code = 1
 

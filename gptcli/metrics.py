@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gptcli import fsutil
 from gptcli.config import ModelConfig
 from gptcli.errors import SaveError, os_error_reason
 
@@ -90,19 +91,9 @@ class MetricsWriter:
         """Keep only the first ``n_lines`` records: those a resumed checkpoint already accounts for.
         The file is replaced whole or not at all."""
         records = read_metrics(self.path)[:n_lines] if self.path.exists() else []
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                for r in records:
-                    f.write(json.dumps(r, allow_nan=True) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            fsutil.atomic_write(self.path, "".join(json.dumps(r, allow_nan=True) + "\n" for r in records))
         except OSError as e:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
             raise SaveError(
                 f"{self.path}: could not rewrite the metrics log ({os_error_reason(e)}); it is unchanged"
             ) from None

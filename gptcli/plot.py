@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gptcli import fsutil
 from gptcli.errors import UsageError
 from gptcli.metrics import read_metrics
 from gptcli.rundir import METRICS_FILE
@@ -122,7 +123,8 @@ def plot_runs(
         ax2.set_title(labels[0])
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150, bbox_inches="tight")
+    # Through a file object, so the format comes from the final name, not the temporary one.
+    fsutil.atomic_write(out, lambda f: fig.savefig(f, format=out.suffix[1:].lower(), dpi=150, bbox_inches="tight"))
     plt.close(fig)
     return out
 

@@ -19,7 +19,6 @@ Everything here is plain file-system work (no torch), so ``gptcli runs`` stays i
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
@@ -31,20 +30,16 @@ from typing import Any
 
 import yaml
 
+from gptcli import fsutil
 from gptcli.errors import RunDirError, SaveError, UsageError, os_error_reason
 from gptcli.metrics import read_metrics
 from gptcli.paths import display_path, shell_path
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no flock, so runs are not locked there
-    fcntl = None
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 BEST_NAME = "best.pth"
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = fsutil.TMP_PREFIX  # a save in progress: fsutil.temporary_path names it
 LOCK_FILE = ".lock"
 WANDB_RUN_FILE = "wandb-run.json"
 RUNS_ROOT = Path("runs")
@@ -70,18 +65,11 @@ def best_checkpoint_path(run_dir: Path) -> Path:
 def link_best(run_dir: Path, checkpoint: Path) -> None:
     """Point best.pth at ``checkpoint`` (a hard link, else a copy), replaced whole or not at all;
     raises OSError (the old best.pth stays)."""
-    best = best_checkpoint_path(run_dir)
-    tmp = temporary_path(best, os.getpid())
-    tmp.unlink(missing_ok=True)
-    try:
+    with fsutil.atomic_path(best_checkpoint_path(run_dir)) as tmp:
         try:
             os.link(checkpoint, tmp)
         except OSError:
             shutil.copyfile(checkpoint, tmp)
-        os.replace(tmp, best)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def config_path(run_dir: Path) -> Path:
@@ -212,11 +200,6 @@ def rotate(run_dir: Path, keep_last: int, *, protect: set[Path] = frozenset()) -
     return doomed
 
 
-def temporary_path(final: Path, pid: int) -> Path:
-    """Where a save to ``final`` is written before it is renamed into place."""
-    return final.with_name(f"{TMP_PREFIX}{pid}-{final.name}")
-
-
 def remove_stale_temporaries(directory: Path) -> list[Path]:
     """Delete temporary files that an interrupted save left behind."""
     removed = []
@@ -252,7 +235,7 @@ def _has_checkpoints(run_dir: Path) -> bool:
 
 
 class RunLock:
-    """The exclusive writer lock of a run directory: an OS lock (``flock``) on ``<run>/.lock``,
+    """The exclusive writer lock of a run directory: an OS lock (``fsutil.FileLock``) on ``<run>/.lock``,
     held for the whole run by the one ``train`` or ``resume`` that writes it.
 
     The file names its holder (PID, host, start time) so that a refused writer can say who holds
@@ -261,9 +244,11 @@ class RunLock:
     take it and never wait for it.
     """
 
-    def __init__(self, run_dir: Path, fd: int | None, *, new_run: bool = False, created: Path | None = None):
+    def __init__(
+        self, run_dir: Path, lock: fsutil.FileLock | None, *, new_run: bool = False, created: Path | None = None
+    ):
         self.run_dir = Path(run_dir)
-        self._fd = fd
+        self._lock = lock
         self._new_run = new_run  # claimed empty by this process for a new run
         self._created = created  # the top-most directory this process created for it, absolute
 
@@ -276,13 +261,11 @@ class RunLock:
         except OSError:
             pass  # what cannot be removed stays: the run's own error is the one to report
         finally:
-            if self._fd is not None:
-                fd, self._fd = self._fd, None
-                try:
-                    os.ftruncate(fd, 0)  # name no holder once released
-                except OSError:
-                    pass
-                os.close(fd)  # closing the descriptor releases the flock
+            if self._lock is not None:
+                lock, self._lock = self._lock, None
+                if lock.held:
+                    lock.write_note("")  # name no holder once released
+                lock.release()
 
     def _discard(self) -> None:
         """Remove everything in the run directory: it was empty (but for the lock file) when this
@@ -410,61 +393,31 @@ def _occupied(path: Path) -> str | None:
 
 
 def _acquire(run_dir: Path, *, new_run: bool = False, created: Path | None = None) -> RunLock:
-    lock_path = run_dir / LOCK_FILE
+    lock = fsutil.FileLock(run_dir / LOCK_FILE)
     deadline = time.monotonic() + 1.0
     while True:
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            if lock.acquire(blocking=False):
+                break
         except OSError as e:
             raise RunDirError(
                 f"{display_path(run_dir)}: cannot write to the run directory ({_reason(e)}); training needs "
                 "to write its checkpoints there"
             ) from None
-        if fcntl is None:
-            return RunLock(run_dir, fd, new_run=new_run, created=created)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                # A file system without locks (some network mounts): run unlocked, not not at all.
-                return RunLock(run_dir, fd, new_run=new_run, created=created)
-            holder = _read_holder(fd)
-            os.close(fd)
-            if not holder and time.monotonic() < deadline:
-                time.sleep(0.05)  # the holder has locked the file but not yet written its name
-                continue
-            raise RunDirError(
-                f"{display_path(run_dir)} is being written by another gptcli ({holder or 'holder unknown'}); a run takes "
-                "one writer at a time: wait for it to finish or stop it (sample, eval, info and plot can "
-                "read the run meanwhile)"
-            ) from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
-        except OSError:
-            same = False
-        if not same:  # removed by a new run that gave up after we opened it: lock the new file
-            os.close(fd)
-            if time.monotonic() < deadline:
-                continue
-            raise RunDirError(f"{run_dir}: the run directory was removed while starting; try again")
-        _write_holder(fd)
-        return RunLock(run_dir, fd, new_run=new_run, created=created)
-
-
-def _write_holder(fd: int) -> None:
-    text = f"pid {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, text.encode(), 0)
-    except OSError:
-        pass  # a full disk: the lock holds all the same, only its holder goes unnamed
-
-
-def _read_holder(fd: int) -> str:
-    try:
-        return os.pread(fd, 400, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
+        holder = lock.read_note()
+        if not holder and time.monotonic() < deadline:
+            time.sleep(0.05)  # the holder has locked the file but not yet written its name
+            continue
+        raise RunDirError(
+            f"{display_path(run_dir)} is being written by another gptcli ({holder or 'holder unknown'}); a run takes "
+            "one writer at a time: wait for it to finish or stop it (sample, eval, info and plot can "
+            "read the run meanwhile)"
+        ) from None
+    if lock.enforced:  # a file system without locks: run unlocked, not not at all
+        lock.write_note(
+            f"pid {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+        )
+    return RunLock(run_dir, lock, new_run=new_run, created=created)
 
 
 def _reason(e: OSError) -> str:
@@ -479,19 +432,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write a run's small text file whole or not at all: a temporary file beside it, fsynced, then
     renamed over it. On an OSError (a full disk) the temporary file is removed, the old file is as
     it was, and the error is raised for the caller to name the file."""
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise
+    fsutil.atomic_write(path, text)
 
 
 def write_config(run_dir: Path, text: str) -> None:

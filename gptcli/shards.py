@@ -28,7 +28,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from gptcli.errors import DataError, UsageError
+from gptcli import fsutil
+from gptcli.errors import DataError, RunDirError, UsageError, os_error_reason
 
 LLMC_MAGIC = 20240520
 LLMC_VERSION = 1
@@ -36,6 +37,7 @@ HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 VOCAB_SIZE = 50257
 NANOGPT_NAMES = ("train.bin", "val.bin")
+LOCK_NAME = ".prepare.lock"  # held by the prepare writing a directory (removed as it finishes)
 _ID_CHECK = 1 << 20  # ids checked per file: a cheap guard against a file of another tokenizer
 
 
@@ -197,18 +199,13 @@ def write_shard(path: Path, ids: np.ndarray | Iterable[np.ndarray]) -> int:
         raise ValueError(f"{count} tokens do not fit an llm.c header (at most 2**31 - 1)")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = LLMC_MAGIC, LLMC_VERSION, count
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # open(), not mkstemp: the umask's mode
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header.tobytes())
-            for p in pieces:
-                f.write(np.asarray(p, dtype="<u2").tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    def write(f) -> None:
+        f.write(header.tobytes())
+        for p in pieces:
+            f.write(np.asarray(p, dtype="<u2").tobytes())
+
+    fsutil.atomic_write(path, write)
     return count
 
 
@@ -263,6 +260,21 @@ def tokenize_stream(
     return count
 
 
+def _lock_out_dir(out_dir: Path) -> fsutil.FileLock:
+    """Claim ``out_dir`` for one ``prepare``: two writing the same shards would interleave them.
+    The lock file goes when the lock does, so the directory holds only the shards afterwards."""
+    lock = fsutil.FileLock(out_dir / LOCK_NAME, remove_on_release=True)
+    try:
+        got = lock.acquire(blocking=False)
+    except OSError as e:
+        raise DataError(f"{out_dir}: cannot write here ({os_error_reason(e)})") from None
+    if not got:
+        raise RunDirError(
+            f"{out_dir}: another gptcli prepare is writing shards here; wait for it to finish or choose another -o"
+        )
+    return lock
+
+
 def prepare(
     inputs: Sequence[str | Path],
     out_dir: Path,
@@ -294,9 +306,13 @@ def prepare(
         raise DataError(f"{out_dir}: already holds .bin shards; choose another -o or remove them first")
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tokens-", suffix=".tmp")
+    lock = tmp = None
     ok = False
     try:
+        lock = _lock_out_dir(out_dir)
+        if any(out_dir.glob("*.bin")):  # written by a prepare that finished while this one started
+            raise DataError(f"{out_dir}: already holds .bin shards; choose another -o or remove them first")
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tokens-", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             n = tokenize_stream(
                 iter_text(sources, text_field=text_field, errors=errors),
@@ -321,7 +337,10 @@ def prepare(
         del all_ids
         ok = True
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if lock is not None:
+            lock.release()
         if not ok and created and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a failed run leaves no empty directory behind
     return {

@@ -3,14 +3,14 @@
 Events go to ``<run>/tensorboard/``; view them with ``tensorboard --logdir runs``. Needs the
 ``tensorboard`` package: ``pip install tensorboard`` (or, in a clone, ``pip install -e '.[tensorboard]'``).
 
-The events are framed with the ``tensorboard`` package's record writer and protocol buffers, not
-through ``torch.utils.tensorboard`` or the package's EventFileWriter: both load all of TensorFlow
-whenever it is installed, which costs seconds and floods stderr with TensorFlow's start-up logs.
+The events go through ``torch.utils.tensorboard.SummaryWriter``, the public writer API (the
+``tensorboard`` package's own writer underneath), so the file format is the package's concern,
+not ours. Its one cost: where TensorFlow is installed too, the writer imports it (through
+``tf.io.gfile``) when it opens the event file, which takes seconds.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +25,16 @@ INSTALL_HINT = "pip install tensorboard"
 
 
 def check_available() -> None:
-    """Raise a one-line UsageError unless the tensorboard package can be imported."""
+    """Raise a one-line UsageError unless the tensorboard package can be imported. Checked before
+    torch loads, so a run with ``--tensorboard`` fails at once without it."""
     try:
-        import tensorboard.compat.proto.event_pb2  # noqa: F401
-        import tensorboard.summary.writer.record_writer  # noqa: F401
+        import tensorboard  # noqa: F401
     except ImportError:
-        raise UsageError(
-            f"--tensorboard needs the tensorboard package, which is not installed; run: {INSTALL_HINT}"
-        ) from None
+        raise _missing() from None
+
+
+def _missing() -> UsageError:
+    return UsageError(f"--tensorboard needs the tensorboard package, which is not installed; run: {INSTALL_HINT}")
 
 
 class TensorBoardWriter(Callbacks):
@@ -46,27 +48,15 @@ class TensorBoardWriter(Callbacks):
 
     def __init__(self, run_dir: str | Path, *, purge_step: int | None = None):
         check_available()
-        import socket
-        import time
-
-        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
-        from tensorboard.summary.writer.record_writer import RecordWriter
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # torch checks the package's version as it imports it
+            raise _missing() from None
 
         self.log_dir = Path(run_dir) / LOG_DIR
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        # The file name TensorBoard looks for. The package's EventFileWriter is not used: it makes
-        # the directory through tf.io.gfile, which loads all of TensorFlow when that is installed.
-        self.path = (
-            self.log_dir / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.gptcli"
-        )
-        self._file = open(self.path, "ab")  # noqa: SIM115  (closed in close())
-        self._records = RecordWriter(self._file)
-        self._add_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
-        if purge_step is not None:
-            self._add_event(
-                Event(wall_time=time.time(), step=purge_step, session_log=SessionLog(status=SessionLog.START))
-            )
-        self._file.flush()
+        # Flushed after every record (flush()), so the writer's own timer never holds one back.
+        self._writer = SummaryWriter(str(self.log_dir), purge_step=purge_step)
 
     # -- the training loop's callbacks (see gptcli.callbacks) ----------------------------------
 
@@ -74,11 +64,11 @@ class TensorBoardWriter(Callbacks):
         step = int(record["step"])
         for tag, value in eval_scalars(record).items():
             self.add_scalar(tag, value, step)
-        self._file.flush()
+        self.flush()
 
     def on_sample(self, record: dict[str, Any]) -> None:
         self.add_text("sample", f"epoch {record['epoch']}: {record['text']}", int(record["step"]))
-        self._file.flush()
+        self.flush()
 
     def on_record(self, record: dict[str, Any]) -> None:
         """A finetuning run's accuracies (classify) as ``accuracy/train`` and ``accuracy/val``."""
@@ -90,42 +80,20 @@ class TensorBoardWriter(Callbacks):
     # -- writing ------------------------------------------------------------------------------------
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        self._add(Summary(value=[Summary.Value(tag=tag, simple_value=value)]), step)
+        self._writer.add_scalar(tag, float(value), step)
 
     def add_text(self, tag: str, text: str, step: int) -> None:
-        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-        from tensorboard.compat.proto.tensor_pb2 import TensorProto
-        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
-        from tensorboard.plugins.text.plugin_data_pb2 import TextPluginData
+        from torch.utils.tensorboard.summary import text as text_summary
 
-        meta = SummaryMetadata(
-            plugin_data=SummaryMetadata.PluginData(
-                plugin_name="text", content=TextPluginData(version=0).SerializeToString()
-            )
-        )
-        tensor = TensorProto(
-            dtype="DT_STRING",
-            string_val=[text.encode("utf-8")],
-            tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]),
-        )
-        self._add(Summary(value=[Summary.Value(tag=tag, metadata=meta, tensor=tensor)]), step)
-
-    def _add(self, summary: Any, step: int) -> None:
-        import time
-
-        from tensorboard.compat.proto.event_pb2 import Event
-
-        self._add_event(Event(wall_time=time.time(), step=step, summary=summary))
-
-    def _add_event(self, event: Any) -> None:
-        self._records.write(event.SerializeToString())
+        # SummaryWriter.add_text files the text under "<tag>/text_summary"; written through the
+        # file writer with the tag as given, a run's samples stay under "sample", as before.
+        summary = text_summary(tag, text)
+        summary.value[0].tag = tag
+        self._writer.file_writer.add_summary(summary, step)
 
     def flush(self) -> None:
         """Hand the events written so far to the OS, so TensorBoard sees them now."""
-        self._file.flush()
+        self._writer.flush()
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        self._writer.close()

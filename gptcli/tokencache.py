@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gptcli import fsutil
 from gptcli.errors import DataError
 from gptcli.formats import Input, detect, iter_text, resolve_inputs, sniff_compression
 from gptcli.paths import gptcli_home
@@ -297,17 +298,6 @@ def _read_meta(bin_path: Path, meta_path: Path) -> dict | None:
     return None
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cached_corpus_tokens(
     paths: Sequence[str | Path],
     *,
@@ -397,7 +387,7 @@ def _cached(
 
     cache.mkdir(parents=True, exist_ok=True)
     # Every rank of a distributed run prepares its data: one builds, the others wait and reuse.
-    with _exclusive(cache / f"{key}.lock"):
+    with fsutil.FileLock(cache / f"{key}.lock"):  # one build of an entry at a time
         meta = _read_meta(bin_path, meta_path)
         if meta is not None:
             return CachedTokens(_open(bin_path, meta), meta["n_train"], meta["fingerprint"], bin_path, built=False)
@@ -419,25 +409,8 @@ def _cached(
             "sources": [str(p) for p in train_files],
             "val_sources": [str(p) for p in val_files],
         }
-        _atomic_write_text(meta_path, json.dumps(meta, indent=1))  # last: marks the entry complete
+        fsutil.atomic_write(meta_path, json.dumps(meta, indent=1))  # last: marks the entry complete
     return CachedTokens(_open(bin_path, meta), n_train, fingerprint, bin_path, built=True)
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` (advisory; POSIX only: elsewhere builds may race,
-    which the atomic writes keep correct, only wasteful)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    with open(lock_path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _chain_sides(train_files, val_files, errors, block_bytes, text_field="text") -> Iterator[tuple[int, str]]:
@@ -479,9 +452,9 @@ def _build(
 
     head: tuple[int, str] | None = None
     counts = [0, 0]
-    fd, tmp = tempfile.mkstemp(dir=bin_path.parent, prefix=bin_path.name + ".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f, ThreadPoolExecutor(num_threads) as pool:
+
+    def write(f) -> None:
+        with ThreadPoolExecutor(num_threads) as pool:
             in_flight: deque = deque()
 
             def write_oldest() -> None:
@@ -503,12 +476,8 @@ def _build(
                         on_progress(min(done_bytes, total_bytes), total_bytes)
                 while in_flight:
                     write_oldest()
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, bin_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    fsutil.atomic_write(bin_path, write)
     if on_progress is not None:
         on_progress(total_bytes, total_bytes)
     return counts[0], counts[0] + counts[1], fingerprint.hexdigest()

@@ -4,28 +4,13 @@ so many training runs (gptcli's, llm.c's) read the ids as memory maps instead of
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from gptcli import console
 from gptcli.config import ENCODING_ERRORS
 from gptcli.errors import UsageError
-
-_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
-
-
-def parse_count(value: str | int, flag: str) -> int:
-    """``100M`` -> 100_000_000 (K, M, B/G, T; decimal); plain integers as they are."""
-    if isinstance(value, int):
-        return value
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMBGT]?)\s*", str(value), flags=re.IGNORECASE)
-    if not m:
-        raise UsageError(f"invalid {flag}: {value!r} (a count like 5000, 100M or 2B)")
-    n = float(m.group(1)) * _SUFFIXES[m.group(2).upper()]
-    if n != int(n):
-        raise UsageError(f"invalid {flag}: {value!r} (not a whole number of tokens)")
-    return int(n)
+from gptcli.units import count_flag
 
 
 def prepare_command(
@@ -48,12 +33,12 @@ def prepare_command(
     console.set_quiet(quiet)
     if encoding_errors not in ENCODING_ERRORS:
         raise UsageError(f"invalid --encoding-errors: {encoding_errors!r} (choose from {', '.join(ENCODING_ERRORS)})")
-    size = parse_count(shard_size, "--shard-size")
+    size = count_flag(shard_size, "--shard-size")
     if size < 1:
         raise UsageError(f"invalid --shard-size: {shard_size!r} (must be at least 1)")
     if not 0.0 <= val_ratio < 1.0:
         raise UsageError(f"invalid --val-ratio: {val_ratio} (must be at least 0 and below 1)")
-    n_val = None if val_tokens is None else parse_count(val_tokens, "--val-tokens")
+    n_val = None if val_tokens is None else count_flag(val_tokens, "--val-tokens")
     format = None if format in (None, "auto") else format  # auto: each input's format from its name
     if text_field is not None:  # given: some input must hold records (formats.check_text_field)
         from gptcli.formats import check_text_field, resolve_inputs

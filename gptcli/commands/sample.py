@@ -362,15 +362,10 @@ def instruct_command(
 def _write_json(path: Path, obj: Any) -> None:
     """The book's ``json.dump(test_data, file, indent=4)``, written to a temporary file and renamed
     into place, so a failure never leaves half a file."""
-    import os
-
+    from gptcli import fsutil
     from gptcli.errors import SaveError, os_error_reason
 
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
-        tmp.write_text(json.dumps(obj, indent=4), encoding="utf-8")
-        os.replace(tmp, path)
+        fsutil.atomic_write(path, json.dumps(obj, indent=4))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise SaveError(f"{path}: could not write the responses ({os_error_reason(e)})") from None

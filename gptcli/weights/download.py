@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptcli import fsutil
 from gptcli.errors import CheckpointError, DownloadError, UsageError
 from gptcli.weights import HPARAMS, SIZES, gpt2_dir
 from gptcli.weights.openai import config_from_hparams, data_size, read_hparams
@@ -191,83 +192,25 @@ def expected_size(size: str, name: str, url: str, directory: Path | None = None)
 
 
 class _DirLock:
-    """An exclusive lock on ``directory/.download.lock`` (flock; msvcrt on Windows).
+    """An exclusive lock on ``directory/.download.lock`` (``fsutil.FileLock``), waited for.
 
     The holder deletes the lock file before releasing it, so no download, finished or
-    interrupted, leaves it behind. A waiter that then wins the lock on the deleted file sees that
-    the path no longer names it, and locks the path afresh.
+    interrupted, leaves it behind (Windows cannot delete an open file, so there it stays).
     """
 
     def __init__(self, directory: Path, on_wait):
-        self.path = directory / LOCK_NAME
+        self.lock = fsutil.FileLock(directory / LOCK_NAME, remove_on_release=True)
         self.on_wait = on_wait
-        self.f = None
-
-    def _open(self):
-        try:
-            return open(self.path, "a+b")  # noqa: SIM115 - closed in __exit__
-        except OSError as e:
-            raise DownloadError(f"{self.path.parent}: cannot write here ({e.strerror or e})") from None
 
     def __enter__(self) -> _DirLock:
         try:
-            import fcntl
-        except ImportError:  # Windows: the file cannot be deleted while open, so it stays
-            import msvcrt
-
-            self.f = self._open()
-            while True:
-                try:
-                    msvcrt.locking(self.f.fileno(), msvcrt.LK_NBLCK, 1)
-                    return self
-                except OSError:
-                    self.on_wait(self.path)
-                    time.sleep(0.5)
-        waited = False
-        while True:
-            f = self._open()
-            try:
-                try:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    if not waited:
-                        self.on_wait(self.path)
-                        waited = True
-                    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-                try:
-                    current = os.stat(self.path)
-                except FileNotFoundError:
-                    current = None
-            except BaseException:  # Ctrl-C while waiting: the file is the holder's, left alone
-                f.close()
-                raise
-            mine = os.fstat(f.fileno())
-            if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
-                self.f = f
-                return self
-            f.close()  # the holder deleted it as it finished: lock the new one
+            self.lock.acquire(on_wait=self.on_wait)
+        except OSError as e:
+            raise DownloadError(f"{self.lock.path.parent}: cannot write here ({e.strerror or e})") from None
+        return self
 
     def __exit__(self, *exc) -> None:
-        try:
-            import fcntl
-        except ImportError:
-            import msvcrt
-
-            try:
-                self.f.seek(0)
-                msvcrt.locking(self.f.fileno(), msvcrt.LK_UNLCK, 1)
-            finally:
-                self.f.close()
-            return
-        try:
-            self.path.unlink(missing_ok=True)  # while still holding it: see the class docstring
-        except OSError:
-            pass
-        finally:
-            try:
-                fcntl.flock(self.f.fileno(), fcntl.LOCK_UN)
-            finally:
-                self.f.close()
+        self.lock.release()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,9 +488,10 @@ def fetch_file(
                 continue
             raise DownloadError("; ".join(errors) + (f" ({OFFLINE_HINT})" if offline else "")) from None
         try:
-            os.replace(part, dest)
+            os.replace(part, dest)  # the .part file, fsynced, keeps its name across runs to resume
         except OSError as e:
             raise DownloadError(f"{dest}: cannot write ({e.strerror or e})") from None
+        fsutil.fsync_dir(dest.parent)
         return dest
     raise DownloadError("; ".join(errors) or f"{dest.name}: no URL to download from")
 

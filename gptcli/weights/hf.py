@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from gptcli import checkpoint as ckpt
+from gptcli import fsutil
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.model import gptcli_shapes
@@ -261,24 +262,20 @@ def export_hf(
     tensors = hf_state_dict(cfg, state)
     if on_progress is not None:
         on_progress(len(tensors), len(tensors))
-    tmp = out_dir / ".tmp-model.safetensors"
-    try:
+    with fsutil.atomic_path(out_dir / "model.safetensors") as tmp:
         # safetensors writes through a private temporary file (mode 0600); created here first, the
         # file's mode is the one every new file gets (0666 less the umask), restored afterwards.
-        tmp.unlink(missing_ok=True)  # a left-over of an interrupted export keeps its own mode
         tmp.touch()
         mode = stat.S_IMODE(tmp.stat().st_mode)
         save_file(tensors, str(tmp), metadata={"format": "pt"})
         os.chmod(tmp, mode)
-        tmp.replace(out_dir / "model.safetensors")
-    finally:
-        tmp.unlink(missing_ok=True)
-    (out_dir / CONFIG).write_text(json.dumps(hf_config(cfg), indent=2) + "\n", encoding="utf-8")
+    fsutil.atomic_write(out_dir / CONFIG, json.dumps(hf_config(cfg), indent=2) + "\n")
     # GPT-2's tokenizer files under Hugging Face's names: encoder.json is vocab.json and
     # vocab.bpe is merges.txt.
     assets = resources.files("gptcli.assets")
     for src_name, dst_name in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
         with resources.as_file(assets / src_name) as src_path:
-            shutil.copyfile(src_path, out_dir / dst_name)
-    (out_dir / TOKENIZER_CONFIG).write_text(json.dumps(hf_tokenizer_config(cfg), indent=2) + "\n", encoding="utf-8")
+            with fsutil.atomic_path(out_dir / dst_name) as tmp:
+                shutil.copyfile(src_path, tmp)
+    fsutil.atomic_write(out_dir / TOKENIZER_CONFIG, json.dumps(hf_tokenizer_config(cfg), indent=2) + "\n")
     return out_dir
