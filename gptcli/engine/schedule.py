@@ -6,7 +6,7 @@ import math
 import time
 from typing import Protocol
 
-from gptcli.config import parse_interval
+from gptcli.units import parse_interval
 
 
 def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr: float | None) -> float:
