@@ -351,6 +351,44 @@ class _Fetcher:
             raise _Fatal(f"{url}: server announced {self.announced:,} bytes, then {total:,} (wrong Content-Length)")
         self.announced = total
 
+    def _refused(self, url: str, e: urllib.error.HTTPError, have: int) -> tuple[int, bool]:
+        """An HTTP error answer: a partial file that was already complete (416 with its size), or
+        _Transient / _Fatal."""
+        if e.code == 416 and have:
+            m = re.search(r"/(\d+)\s*$", e.headers.get("Content-Range") or "")
+            total = int(m.group(1)) if m else None
+            if total == have:
+                self._check_total(url, total)
+                return have, True  # the partial file was already complete, as the server's size says
+            self.part.unlink(missing_ok=True)
+            self.cb.on_restart(self.name, f"server refused to resume at byte {have:,}")
+            raise _Transient(f"HTTP 416 resuming at byte {have:,}") from None
+        status = f"HTTP {e.code} {e.reason}".strip()
+        if e.code in RETRY_STATUSES or 500 <= e.code < 600:
+            raise _Transient(status, _retry_after(e.headers)) from None
+        raise _Fatal(f"{url}: {status}") from None
+
+    def _start(self, url: str, resp: http.client.HTTPResponse, have: int) -> tuple[int | None, int, str]:
+        """The complete size (None: unknown), the byte the body starts at, and the mode to open the
+        partial file in, from a 200 or 206 answer to a request for the bytes after ``have``."""
+        length = resp.headers.get("Content-Length")
+        length = int(length) if length and length.isdigit() else None
+        if resp.status == 206 and have:
+            m = _CONTENT_RANGE.match(resp.headers.get("Content-Range") or "")
+            if not m or int(m.group(1)) != have:
+                self.part.unlink(missing_ok=True)
+                raise _Transient(f"server resumed at the wrong place ({resp.headers.get('Content-Range')!r})")
+            total = int(m.group(3)) if m.group(3) != "*" else (have + length if length is not None else None)
+            offset, mode = have, "ab"
+        elif resp.status == 200:
+            if have:  # the server ignored Range and sends the whole file: start over
+                self.cb.on_restart(self.name, "server does not support resuming; starting over")
+            total, offset, mode = length, 0, "wb"
+        else:
+            raise _Fatal(f"{url}: unexpected HTTP {resp.status}")
+        # no size from the server: the one the file must have, if known
+        return (self.expected if total is None else total), offset, mode
+
     def transfer(self, url: str) -> tuple[int, bool]:
         """One request; returns the complete size and whether the transfer's end was checked (a
         size known in advance, or chunked encoding's final chunk), or raises _Transient / _Fatal
@@ -365,41 +403,13 @@ class _Fetcher:
             resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
         except urllib.error.HTTPError as e:
             with e:
-                if e.code == 416 and have:
-                    m = re.search(r"/(\d+)\s*$", e.headers.get("Content-Range") or "")
-                    total = int(m.group(1)) if m else None
-                    if total == have:
-                        self._check_total(url, total)
-                        return have  # the partial file was already complete
-                    self.part.unlink(missing_ok=True)
-                    self.cb.on_restart(self.name, f"server refused to resume at byte {have:,}")
-                    raise _Transient(f"HTTP 416 resuming at byte {have:,}") from None
-                status = f"HTTP {e.code} {e.reason}".strip()
-                if e.code in RETRY_STATUSES or 500 <= e.code < 600:
-                    raise _Transient(status, _retry_after(e.headers)) from None
-                raise _Fatal(f"{url}: {status}") from None
+                return self._refused(url, e, have)
         except (OSError, http.client.HTTPException) as e:  # URLError is an OSError
             raise _Transient(_describe(e), unreachable=_is_unreachable(e)) from None
 
         with resp:
             status = resp.status
-            length = resp.headers.get("Content-Length")
-            length = int(length) if length and length.isdigit() else None
-            if status == 206 and have:
-                m = _CONTENT_RANGE.match(resp.headers.get("Content-Range") or "")
-                if not m or int(m.group(1)) != have:
-                    self.part.unlink(missing_ok=True)
-                    raise _Transient(f"server resumed at the wrong place ({resp.headers.get('Content-Range')!r})")
-                total = int(m.group(3)) if m.group(3) != "*" else (have + length if length is not None else None)
-                offset, mode = have, "ab"
-            elif status == 200:
-                if have:  # the server ignored Range and sends the whole file: start over
-                    self.cb.on_restart(self.name, "server does not support resuming; starting over")
-                total, offset, mode = length, 0, "wb"
-            else:
-                raise _Fatal(f"{url}: unexpected HTTP {status}")
-            if total is None:  # no size from the server: the one the file must have, if known
-                total = self.expected
+            total, offset, mode = self._start(url, resp, have)
             self._check_total(url, total)
             self.cb.on_file_start(self.name, total, offset)
             first = True
