@@ -26,6 +26,7 @@ from gptcli.errors import GptCliError
 from gptcli.finetune.config import LENGTH_FLAGS as FINETUNE_LENGTH_FLAGS
 from gptcli.finetune.config import FinetuneConfig
 from gptcli.finetune.config import flag_fields as finetune_flag_fields
+from gptcli.settings import THREADS_HELP
 from gptcli.settings.classify import ClassifySettings
 from gptcli.settings.evaluate import EvalSettings
 from gptcli.settings.prepare import PrepareSettings
@@ -126,7 +127,7 @@ def _threads_option(**kwargs: Any) -> Any:
     return typer.Option(
         min=1,
         metavar="N",
-        help="CPU threads for PyTorch [default: PyTorch's choice, one per core]; 1 is often faster on a busy machine.",
+        help=THREADS_HELP,
         show_default=False,
         **kwargs,
     )

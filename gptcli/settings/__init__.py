@@ -24,8 +24,6 @@ from typing import Any
 from gptcli.config import DEVICE_CHOICES, DEVICE_NAMES, ENCODING_ERRORS, INPUT_FORMATS, is_device_name
 from gptcli.errors import UsageError
 
-__all__ = ["checkpoint_flag", "device_flag", "flag", "invalid", "json_flag", "quiet_flag", "threads_flag"]
-
 
 def flag(
     default: Any = MISSING,
@@ -96,9 +94,10 @@ def quiet_flag(help: str = "No progress output.") -> Any:
     return flag(False, flags=("--quiet", "-q"), help=help)
 
 
-def threads_flag(
-    help: str = "CPU threads for PyTorch [default: PyTorch's choice, one per core]; 1 is often faster on a busy machine.",
-) -> Any:
+THREADS_HELP = "CPU threads for PyTorch [default: PyTorch's choice, one per core]; 1 is often faster on a busy machine."
+
+
+def threads_flag(help: str = THREADS_HELP) -> Any:
     """``--threads N`` (one owner: gptcli.device.set_threads)."""
     return flag(None, help=help, metavar="N", min=1, show_default=False)
 
