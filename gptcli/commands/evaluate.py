@@ -79,6 +79,8 @@ def finetune_split_command(checkpoint: Path | None, split: str, *, device: str, 
 
 
 def eval_command(s: EvalSettings) -> dict[str, Any]:
+    """``gptcli eval``: a finetune run's split (``--split``), HellaSwag (``--task hellaswag``), or
+    the loss and perplexity of the text files, printed as a table or JSON and returned."""
     console.set_quiet(s.quiet)
     set_threads(s.threads)
     if s.split is not None:
