@@ -7,48 +7,13 @@ for a batch of rows, each stopping on its own.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
-from gptcli.config import SEED_MAX, SEED_MIN
-from gptcli.errors import UsageError
 from gptcli.model import GPT, KVCache, StaticKVCache
+from gptcli.settings.sample import MIN_TEMPERATURE, SampleConfig  # noqa: F401  (the settings, torch-free)
 from gptcli.tokenizer import EOT_ID
-
-MIN_TEMPERATURE = 1e-6
-
-
-@dataclass
-class SampleConfig:
-    max_new_tokens: int = 50
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    num_samples: int = 1
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 0:
-            raise UsageError(f"invalid --max-new-tokens: {self.max_new_tokens} (must be >= 0)")
-        # nan or inf would reach softmax: nan probabilities, or -inf / inf = nan after top-k; and
-        # below MIN_TEMPERATURE, float32 logits / temperature overflow to inf, then nan
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise UsageError(f"invalid --temperature: {self.temperature} (must be a finite number >= 0)")
-        if 0 < self.temperature < MIN_TEMPERATURE:
-            raise UsageError(
-                f"invalid --temperature: {self.temperature} (0 is greedy; above 0, at least {MIN_TEMPERATURE:g})"
-            )
-        if self.top_k is not None and self.top_k < 1:
-            raise UsageError(f"invalid --top-k: {self.top_k} (must be >= 1)")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise UsageError(f"invalid --top-p: {self.top_p} (must be in (0, 1])")
-        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
-            raise UsageError(f"invalid --seed: {self.seed} (must be from {SEED_MIN} to {SEED_MAX})")
-        if self.num_samples < 1:
-            raise UsageError(f"invalid --num-samples: {self.num_samples} (must be >= 1)")
 
 
 def sample_next_token(

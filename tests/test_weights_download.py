@@ -312,3 +312,16 @@ def test_a_folder_that_cannot_be_written_is_one_error(server, tmp_path):
     with pytest.raises(DownloadError, match="cannot create the folder"):
         _download(server, tmp_path / "f" / "d")
     assert not server.requests
+
+
+def test_a_complete_part_file_is_finished_when_the_server_answers_416(server, root, tmp_path):
+    # Killed after the last byte was written but before the rename: the Range request for the
+    # bytes after the end gets 416 with the file's size, which says the .part file is complete.
+    dest = tmp_path / "d"
+    dest.mkdir()
+    served = root / "gpt2" / "124M" / "hparams.json"
+    (dest / ("hparams.json" + dl.PART_SUFFIX)).write_bytes(served.read_bytes())
+    out, _ = _download(server, dest)
+    _same_files(root, out)
+    _no_temporaries(out)
+    assert [r[2] for r in server.gets("hparams.json")] == [416]

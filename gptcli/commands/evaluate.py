@@ -8,14 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from gptcli import console
-from gptcli.config import ENCODING_ERRORS, INPUT_FORMATS
 from gptcli.data import corpus_tokens
 from gptcli.device import set_threads
 from gptcli.errors import UsageError
 from gptcli.evaluation import evaluate_tokens
 from gptcli.inference import LoadedModel, load_model_for_inference
-
-TASKS = ("loss", "hellaswag")
+from gptcli.settings.evaluate import EvalSettings
 
 
 def _load(checkpoint: Path | None, model: str | None, device: str) -> LoadedModel:
@@ -84,51 +82,22 @@ def finetune_split_command(checkpoint: Path | None, split: str, *, device: str, 
     return _print_result(res, head, row, json_out=json_out)
 
 
-def eval_command(
-    paths: list[Path],
-    *,
-    checkpoint: Path | None = None,
-    model: str | None = None,
-    batch_size: int = 8,
-    stride: int | None = None,
-    device: str = "auto",
-    json_out: bool = False,
-    encoding_errors: str = "strict",
-    quiet: bool = False,
-    threads: int | None = None,
-    task: str = "loss",
-    format: str = "auto",
-    text_field: str | None = None,
-    split: str | None = None,
-) -> dict[str, Any]:
-    console.set_quiet(quiet)
-    set_threads(threads)
-    if split is not None:
-        if paths or model is not None or task != "loss":
-            raise UsageError("--split evaluates a finetune run's own data: give -c RUN and no FILE, --model or --task")
-        return finetune_split_command(checkpoint, split, device=device, json_out=json_out)
-    if not paths:
-        raise UsageError("no FILE given: pass text files or directories (or --split with a finetune run)")
-    if task not in TASKS:
-        raise UsageError(f"invalid --task: {task!r} (choose from {', '.join(TASKS)})")
-    if task == "hellaswag":
-        if stride is not None:
-            raise UsageError("--stride applies to --task loss only")
-        return hellaswag_command(paths, checkpoint=checkpoint, model=model, device=device, json_out=json_out)
-    if encoding_errors not in ENCODING_ERRORS:
-        raise UsageError(f"invalid --encoding-errors: {encoding_errors!r} (choose from {', '.join(ENCODING_ERRORS)})")
-    if stride is not None and stride < 1:
-        raise UsageError(f"invalid --stride: {stride} (must be at least 1)")
-    if format not in INPUT_FORMATS:
-        raise UsageError(f"invalid --format: {format!r} (choose from {', '.join(INPUT_FORMATS)})")
-    if text_field is not None:  # given: some input must hold records (formats.check_text_field)
+def eval_command(s: EvalSettings) -> dict[str, Any]:
+    """``gptcli eval``: a finetune run's split (``--split``), HellaSwag (``--task hellaswag``), or
+    the loss and perplexity of the text files, printed as a table or JSON and returned."""
+    console.set_quiet(s.quiet)
+    set_threads(s.threads)
+    if s.split is not None:
+        return finetune_split_command(s.checkpoint, s.split, device=s.device, json_out=s.json_out)
+    paths, checkpoint, model, device, stride = s.paths, s.checkpoint, s.model, s.device, s.stride
+    if s.task == "hellaswag":
+        return hellaswag_command(paths, checkpoint=checkpoint, model=model, device=device, json_out=s.json_out)
+    if s.text_field is not None:  # given: some input must hold records (formats.check_text_field)
         from gptcli.data import input_format
         from gptcli.formats import check_text_field, resolve_inputs
 
-        if not text_field:
-            raise UsageError("invalid --text-field: '' (must not be empty)")
-        check_text_field(resolve_inputs(paths, format=input_format(format)), text_field)
-    tokens = corpus_tokens(paths, errors=encoding_errors, format=format, text_field=text_field or "text")
+        check_text_field(resolve_inputs(paths, format=input_format(s.format)), s.text_field)
+    tokens = corpus_tokens(paths, errors=s.encoding_errors, format=s.format, text_field=s.text_field or "text")
     if len(tokens) < 2:
         raise UsageError(f"{paths[0]}: needs at least 2 tokens to evaluate, has {len(tokens)}")
     loaded = _load(checkpoint, model, device)
@@ -145,7 +114,7 @@ def eval_command(
         res = evaluate_tokens(
             loaded.net,
             tokens,
-            batch_size=batch_size,
+            batch_size=s.batch_size,
             stride=stride,
             device=loaded.device,
             on_progress=lambda d, t: prog.update(task, completed=d, total=t),
@@ -156,7 +125,7 @@ def eval_command(
         "method": res.method,
         "context_length": T,
         "stride": res.stride,
-        "batch_size": batch_size,
+        "batch_size": s.batch_size,
         "tokens": res.tokens,
         "windows": res.windows,
         "loss": res.loss,
@@ -164,4 +133,4 @@ def eval_command(
     }
     head = ["checkpoint", "method", "tokens", "loss", "perplexity"]
     row = [str(loaded.path), res.method, f"{res.tokens:,}", f"{res.loss:.4f}", f"{res.perplexity:.2f}"]
-    return _print_result(result, head, row, json_out=json_out)
+    return _print_result(result, head, row, json_out=s.json_out)

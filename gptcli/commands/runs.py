@@ -17,6 +17,7 @@ from gptcli.errors import UsageError
 from gptcli.metrics import read_metrics
 from gptcli.paths import display_path, shell_path
 from gptcli.plot import check_output, default_plot_path, plot_runs, terminal_plot
+from gptcli.settings.runs import InfoSettings
 
 
 def _resolve_info_target(target: str | None) -> Path:
@@ -27,11 +28,11 @@ def _resolve_info_target(target: str | None) -> Path:
     return resolve_checkpoint(Path(target) if target is not None else None, warn=console.warn)
 
 
-def info_command(target: str | None, *, json_out: bool = False) -> dict[str, Any]:
+def info_command(s: InfoSettings) -> dict[str, Any]:
     """A checkpoint's kind, config, parameter count, progress and last losses."""
     from gptcli.checkpoint import load_checkpoint, read_model_config
 
-    path = _resolve_info_target(target)
+    path = _resolve_info_target(s.target)
     obj = load_checkpoint(path)  # memory-mapped: the tensors are not read
     model_cfg = read_model_config(obj, path)
     progress = dict(obj.get("progress") or {})
@@ -57,7 +58,7 @@ def info_command(target: str | None, *, json_out: bool = False) -> dict[str, Any
         "finetune": _finetune_info(obj),
         "stopped_by": _stopped_by(obj),
     }
-    if json_out:
+    if s.json_out:
         console.print_result(json.dumps(result, indent=2, default=str))
         return result
     kind = result["kind"] + (

@@ -15,8 +15,9 @@ import torch
 from gptcli import console
 from gptcli.device import set_threads
 from gptcli.errors import UsageError
-from gptcli.generation import SampleConfig, generate_with
+from gptcli.generation import generate_with
 from gptcli.inference import TEXT_KINDS, LoadedModel, load_model_for_inference, long_prompt_warning
+from gptcli.settings.sample import DEFAULT_PROMPT, SampleConfig, SampleSettings
 from gptcli.tokenizer import EOT_ID, decode, encode
 
 
@@ -54,6 +55,33 @@ def _encode_prompt(prompt: str, context_length: int) -> list[int]:
     if (warning := long_prompt_warning(len(ids), context_length)) is not None:
         console.warn(warning)
     return ids
+
+
+def run_sample(s: SampleSettings) -> Any:
+    """``gptcli sample``: an instruct run's answers (--instruction, --responses), a prompt loop
+    (-i), or continuations of the prompts, as the settings say."""
+    if s.instruct:
+        return instruct_command(s)
+    common = dict(
+        checkpoint=s.checkpoint,
+        model=s.model,
+        max_new_tokens=s.max_new_tokens,
+        temperature=s.temperature,
+        top_k=s.top_k,
+        top_p=s.top_p,
+        seed=s.seed,
+        device=s.device,
+        dtype=s.dtype,
+        use_cache=not s.no_cache,
+        stream=s.stream,
+        quiet=s.quiet,
+        threads=s.threads,
+    )
+    if s.interactive:
+        return interactive_sample(**common)
+    return sample_command(
+        prompts=s.prompt or [DEFAULT_PROMPT], num_samples=s.num_samples, json_out=s.json_out, **common
+    )
 
 
 def sample_command(
@@ -279,28 +307,8 @@ def interactive_sample(
 # ---------------------------------------------------------------------------------------------
 # sample --instruction / --responses: a model from `gptcli finetune instruct`
 
-INSTRUCT_MAX_NEW_TOKENS = 256  # the book's chapter 7 generates each response with 256 tokens
 
-
-def instruct_command(
-    *,
-    checkpoint: Path | None = None,
-    instruction: str | None = None,
-    input_text: str = "",
-    responses: str | None = None,
-    output: Path | None = None,
-    max_new_tokens: int | None = None,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    device: str = "auto",
-    dtype: str = "fp32",
-    use_cache: bool = True,
-    json_out: bool = False,
-    quiet: bool = False,
-    threads: int | None = None,
-) -> list[dict[str, Any]]:
+def instruct_command(s: SampleSettings) -> list[dict[str, Any]]:
     """Answer an instruction (``--instruction``, ``--input``) with an instruct run's model, its
     prompt formatted by the run's template, printing only the response (greedy and stopping at
     <|endoftext|> by default, as the book's chapter 7); or answer every record of a split
@@ -309,31 +317,23 @@ def instruct_command(
     from gptcli.finetune.config import no_split_error
     from gptcli.finetune.instruct import Template, response_text, split_of
 
-    console.set_quiet(quiet)
-    set_threads(threads)
-    if (instruction is None) == (responses is None):
-        raise UsageError("give either --instruction or --responses SPLIT")
-    if responses is not None and output is None:
-        raise UsageError("--responses needs -o/--output FILE (the JSON file of records with model_response)")
-    if output is not None and responses is None:
-        raise UsageError("-o/--output goes with --responses SPLIT")
-    scfg = SampleConfig(
-        max_new_tokens=INSTRUCT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-    )
-    loaded = _load(checkpoint, None, device=device, dtype=dtype, kinds=("instruct",))  # no -c: the newest instruct run
+    console.set_quiet(s.quiet)
+    set_threads(s.threads)
+    output, responses = s.output, s.responses
+    if output is not None and output.is_dir():  # found before the model loads and answers
+        raise UsageError(f"{output}: is a directory; give a file name (e.g. -o {output / 'responses.json'})")
+    scfg = dataclasses.replace(s.sampling(), num_samples=1)
+    # no -c: the newest instruct run
+    loaded = _load(s.checkpoint, None, device=s.device, dtype=s.dtype, kinds=("instruct",))
     if loaded.finetune is None:
-        what = "--instruction" if instruction is not None else "--responses"
+        what = "--instruction" if s.instruction is not None else "--responses"
         raise UsageError(
             f"{what}: {loaded.path} is not an instruction-finetuned model (make one with: gptcli finetune instruct)"
         )
     template = Template(loaded.finetune.get("template"))
     cfg = loaded.finetune["config"]
-    if instruction is not None:
-        records = [{"instruction": instruction, "input": input_text or ""}]
+    if s.instruction is not None:
+        records = [{"instruction": s.instruction, "input": s.input_text or ""}]
     else:
         records = split_of(cfg["data"], cfg["split"], responses, seed=cfg.get("split_seed"))
         if not records:
@@ -346,13 +346,15 @@ def instruct_command(
         for r in records:
             prompt = template.prompt(r)
             ids = _encode_prompt(prompt, loaded.net.cfg.context_length)
-            new = generate_with(loaded.net, torch.tensor([ids], device=loaded.device), scfg, use_cache=use_cache)[0]
+            new = generate_with(loaded.net, torch.tensor([ids], device=loaded.device), scfg, use_cache=not s.no_cache)[
+                0
+            ]
             out.append({**r, "model_response": response_text(template, prompt, decode(ids + new))})
             prog.advance(task)
     if responses is not None:
         _write_json(output, out)
         console.info(f"wrote {len(out)} response{'s' if len(out) != 1 else ''} to {output}")
-    elif json_out:
+    elif s.json_out:
         console.print_result(json.dumps({"checkpoint": str(loaded.path), **out[0]}))
     else:
         console.print_result(out[0]["model_response"])

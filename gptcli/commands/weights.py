@@ -13,6 +13,7 @@ from gptcli import console
 from gptcli.checkpoint import load_checkpoint
 from gptcli.errors import CheckpointError
 from gptcli.paths import shell_path
+from gptcli.settings.weights import ConvertSettings, DownloadSettings
 from gptcli.weights import CONVERTED_NAME, gpt2_dir
 from gptcli.weights.convert import convert as convert_weights
 from gptcli.weights.download import DATA_FILE, DownloadCallbacks, download_gpt2
@@ -93,20 +94,13 @@ def _convert_bar(description: str):
     return prog, on_progress
 
 
-def download_command(
-    *,
-    size: str,
-    directory: Path | None = None,
-    base_url: str | None = None,
-    convert: bool = True,
-    reader: str = "builtin",
-    quiet: bool = False,
-) -> Path:
-    console.set_quiet(quiet)
+def download_command(s: DownloadSettings) -> Path:
+    size, directory, base_url = s.size, s.directory, s.base_url
+    console.set_quiet(s.quiet)
     with console.byte_progress(7) as prog:
         out = download_gpt2(size, directory, base_url=base_url, callbacks=_DownloadDisplay(prog))
     console.info(f"downloaded GPT-2 {size} to {out}")
-    if not convert:
+    if s.no_convert:
         console.info(f"convert it with: gptcli convert {shell_path(out)}")
         return out
     target = out / CONVERTED_NAME
@@ -116,7 +110,7 @@ def download_command(
         prog, on_progress = _convert_bar("converting")
         try:
             with prog:
-                convert_openai(out, target, reader=reader, on_progress=on_progress)
+                convert_openai(out, target, reader=s.reader, on_progress=on_progress)
         except CheckpointError as e:  # a downloaded file that does not parse will not heal on a rerun
             raise CheckpointError(
                 f"{e}; the downloaded files may be damaged: delete the file named here (or all of {out}) "
@@ -129,36 +123,24 @@ def download_command(
     return target
 
 
-def convert_command(
-    src: str,
-    *,
-    output: Path | None = None,
-    source: str | None = None,
-    target: str = "gptcli",
-    reader: str = "builtin",
-    n_heads: int | None = None,
-    drop_rate: float = 0.1,
-    data: list[Path] | None = None,
-    quiet: bool = False,
-    merge_lora: bool = False,
-) -> Path:
-    console.set_quiet(quiet)
+def convert_command(s: ConvertSettings) -> Path:
+    console.set_quiet(s.quiet)
     prog, on_progress = _convert_bar("converting")
     with prog:
         out = convert_weights(
-            src,
-            output,
-            source=source,
-            target=target,
-            reader=reader,
-            n_heads=n_heads,
-            drop_rate=drop_rate,
-            data=[str(p) for p in data] if data else None,
+            s.src,
+            s.output,
+            source=s.source,
+            target=s.target,
+            reader=s.reader,
+            n_heads=s.n_heads,
+            drop_rate=s.drop_rate,
+            data=[str(p) for p in s.data] if s.data else None,
             on_progress=on_progress,
-            merge_lora=merge_lora,
+            merge_lora=s.merge_lora,
         )
     console.info(f"wrote {out}")
-    if target == "gptcli" and out.is_file():
+    if s.target == "gptcli" and out.is_file():
         # Just written and renamed into place: no need to check its CRCs again.
         obj = load_checkpoint(out, verify=False)
         if obj.get("kind") == "classify":  # convert --merge-lora of a classifier

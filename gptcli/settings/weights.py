@@ -1,0 +1,104 @@
+"""``gptcli download``'s and ``gptcli convert``'s settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptcli.settings import check_choice, coerce_paths, flag, invalid, quiet_flag
+from gptcli.weights import READERS, SIZES, SOURCES, TARGETS
+
+
+@dataclass
+class DownloadSettings:
+    """``gptcli download``: one of OpenAI's GPT-2 models, converted for gptcli unless ``no_convert``."""
+
+    size: str = flag("124M", choices=SIZES, help="Which of OpenAI's four GPT-2 models.")
+    directory: Path | None = flag(
+        None,
+        flags=("--dir", "-d"),
+        metavar="DIR",
+        help="Folder for the files [default: $GPTCLI_HOME/gpt2/<size>, i.e. ~/.cache/gptcli/gpt2/<size>].",
+        show_default=False,
+    )
+    base_url: str | None = flag(
+        None,
+        metavar="URL",
+        help="Mirror serving <size>/<file> [default: $GPTCLI_GPT2_BASE_URL, else OpenAI's host, then the book's "
+        "mirror].",
+        show_default=False,
+    )
+    no_convert: bool = flag(False, flags=("--no-convert",), help="Only download; skip the conversion to model.pth.")
+    reader: str = flag(
+        "builtin",
+        choices=READERS,
+        help="Read the TensorFlow checkpoint with: builtin (no TensorFlow needed) or tensorflow.",
+    )
+    quiet: bool = quiet_flag()
+
+    def __post_init__(self) -> None:
+        coerce_paths(self)
+        check_choice("--size", self.size, SIZES)
+        check_choice("--reader", self.reader, READERS)
+
+
+@dataclass
+class ConvertSettings:
+    """``gptcli convert``: weights from one format to another (``gptcli.weights.convert``)."""
+
+    src: str = flag(
+        argument=True,
+        metavar="SRC",
+        help="OpenAI checkpoint folder, Hugging Face folder or weights file, the book's .pth, or (with --to hf) "
+        "a gptcli checkpoint, run or gpt2-124M.",
+        show_default=False,
+    )
+    output: Path | None = flag(
+        None,
+        flags=("--output", "--out", "-o"),
+        metavar="PATH",
+        help="Output .pth (--to gptcli) or folder (--to hf) [default: beside SRC; with --merge-lora, "
+        "<run>/merged.pth].",
+        show_default=False,
+    )
+    source: str | None = flag(
+        None, flags=("--from",), choices=SOURCES, help="The format of SRC [default: detected].", show_default=False
+    )
+    target: str = flag("gptcli", flags=("--to",), choices=TARGETS, help="The format to write.")
+    reader: str = flag(
+        "builtin", choices=READERS, help="TensorFlow checkpoints: builtin (no TensorFlow needed) or tensorflow."
+    )
+    n_heads: int | None = flag(
+        None,
+        metavar="N",
+        help="Book checkpoints: attention heads (not stored in the file) [default: emb_dim / 64].",
+        show_default=False,
+    )
+    drop_rate: float = flag(0.1, metavar="X", help="Book checkpoints: dropout rate for further training.")
+    data: list[Path] | None = flag(
+        None,
+        flags=("--data",),
+        metavar="FILE",
+        help="Book checkpoints with optimizer state: the training text, so 'gptcli resume' can continue and the "
+        "epochs the notebook ran are known (repeatable).",
+        show_default=False,
+    )
+    quiet: bool = quiet_flag()
+    merge_lora: bool = flag(
+        False,
+        flags=("--merge-lora",),
+        help="A finetune run: fold its LoRA adapters into the weights and write a file that needs no base "
+        "(with --to hf, always merged).",
+    )
+
+    def __post_init__(self) -> None:
+        coerce_paths(self)
+        self.src = str(self.src)
+        check_choice("--to", self.target, TARGETS)
+        if self.source is not None:
+            check_choice("--from", self.source, SOURCES)
+        check_choice("--reader", self.reader, READERS)
+        if self.n_heads is not None and self.n_heads < 1:
+            raise invalid("--n-heads", f"{self.n_heads} (must be an integer >= 1)")
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise invalid("--drop-rate", f"{self.drop_rate} (must be in [0, 1))")
