@@ -15,7 +15,8 @@ from gptcli.engine.loop import Engine
 from gptcli.engine.parts import Interrupted, NonFiniteGuard, make_optimizer, update_best
 from gptcli.engine.progress import Progress
 from gptcli.engine.schedule import Every, budget_reached, format_duration, lr_at, planned_steps, stopped_message
-from gptcli.tasks.lm import LMTask, batch_loss
+from gptcli.tasks import make_task
+from gptcli.tasks.lm import batch_loss
 
 TrainState = Progress
 
@@ -50,7 +51,7 @@ class Trainer(Engine):
         should_stop: Any = None,
         init_state_dict: dict[str, torch.Tensor] | None = None,
     ):
-        task = LMTask(model_cfg, init_state_dict=init_state_dict)
+        task = make_task("lm", model_cfg, init_state_dict=init_state_dict)
         super().__init__(task, cfg, run_dir, callbacks=callbacks, should_stop=should_stop)
 
     @property

@@ -17,8 +17,8 @@ from gptcli.engine.loop import Engine
 from gptcli.errors import UsageError
 from gptcli.finetune import classify as cls_
 from gptcli.finetune.config import FinetuneConfig, no_split_error
+from gptcli.tasks import make_task
 from gptcli.tasks.finetune import (
-    FINETUNE_TASKS,
     Splits,
     accuracy,
     file_sha256,
@@ -83,7 +83,7 @@ class FinetuneTrainer(Engine):
 
         if callbacks is None and on_event is not None and distributed.is_main_process():  # rank 0 reports for all
             callbacks = EventCallbacks(on_event)
-        task = FINETUNE_TASKS[cfg.kind](cfg)
+        task = make_task(cfg.kind, cfg)
         super().__init__(task, cfg, run_dir, callbacks=callbacks, should_stop=should_stop, resume_from=resume_from)
 
     @property

@@ -351,5 +351,3 @@ def accuracy(engine: Any, data: Any, *, shuffle: bool, num_batches: int | None) 
         correct = distributed.all_reduce_sum_int(correct, engine.device)
     return correct / total if total else float("nan")
 
-
-FINETUNE_TASKS = {"instruct": InstructTask, "classify": ClassifyTask}
