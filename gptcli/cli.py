@@ -530,10 +530,12 @@ def _finetune_options(
     return options
 
 
-def _finetune_settings(kind: str, data: str, init: str, flags: dict[str, Any]) -> dict[str, Any]:
-    """FinetuneConfig's keyword arguments: the flags given (None: not given, the book's default)."""
+def _finetune(kind: str, data: str | None, init: str | None, flags: dict[str, Any], **options: Any) -> None:
+    """Start a finetune of ``kind`` with the flags given (None: not given, the book's default)."""
+    from gptcli.commands.finetune import finetune_command
+
     given = {"data": data, "init": init, **flags}
-    return {"kind": kind, **{k: v for k, v in given.items() if v is not None}}
+    finetune_command({"kind": kind, **{k: v for k, v in given.items() if v is not None}}, **options)
 
 
 @_finetune_app.command(
@@ -587,19 +589,8 @@ def finetune_instruct(
     **flags: Any,
 ) -> None:
     """Finetune a model to follow instructions, as the book's chapter 7."""
-    from gptcli.commands.finetune import finetune_command
-
-    finetune_command(
-        _finetune_settings("instruct", data, init, flags),
-        config_file=config_file,
-        out=out,
-        template_file=template,
-        quiet=quiet,
-        threads=threads,
-        tensorboard=tensorboard,
-        wandb=wandb,
-        wandb_project=wandb_project,
-    )
+    _finetune("instruct", data, init, flags, config_file=config_file, out=out, template_file=template, quiet=quiet, threads=threads,
+              tensorboard=tensorboard, wandb=wandb, wandb_project=wandb_project)  # fmt: skip
 
 
 @_finetune_app.command(
@@ -645,18 +636,8 @@ def finetune_classify(
     **flags: Any,
 ) -> None:
     """Finetune a model as a text classifier, as the book's chapter 6."""
-    from gptcli.commands.finetune import finetune_command
-
-    finetune_command(
-        _finetune_settings("classify", data, init, flags),
-        config_file=config_file,
-        out=out,
-        quiet=quiet,
-        threads=threads,
-        tensorboard=tensorboard,
-        wandb=wandb,
-        wandb_project=wandb_project,
-    )
+    _finetune("classify", data, init, flags, config_file=config_file, out=out, quiet=quiet, threads=threads,
+              tensorboard=tensorboard, wandb=wandb, wandb_project=wandb_project)  # fmt: skip
 
 
 @_finetune_app.command(
