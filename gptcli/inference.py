@@ -19,6 +19,8 @@ from gptcli.device import DTYPES, resolve_device, resolve_dtype
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.model import GPT
 from gptcli.paths import display_path, shell_path
+from gptcli.run import Run
+from gptcli.tasks import FINETUNE_RECORDED, KIND_INFO, TEXT_KINDS, recorded_kind
 
 
 @dataclass
@@ -30,36 +32,33 @@ class LoadedModel:
     finetune: dict | None = None  # an instruct finetune's settings (template, LoRA, base), else None
 
 
-TEXT_KINDS: tuple[str | None, ...] = ("training", "instruct", None)  # runs whose model continues text
-_A_KIND = {"classify": "a classifier", "instruct": "an instruct finetune", "training": "a pretraining run"}
 _WANTED = {  # kinds asked for -> (what the note calls such a run, how to make one)
-    TEXT_KINDS: ("run that generates text", "train one with: gptcli train FILE.txt"),
-    ("instruct",): ("instruct finetune", "make one with: gptcli finetune instruct DATA --init MODEL"),
-    ("classify",): ("classifier", "make one with: gptcli finetune classify DATA --init MODEL"),
+    TEXT_KINDS: ("run that generates text", KIND_INFO["lm"].make),
+    **{(k.recorded,): (k.title.split(" ", 1)[1], k.make) for k in KIND_INFO.values() if k.section == "finetune"},
 }
 
 
 def find_latest_run(
     kinds: tuple[str | None, ...] = TEXT_KINDS, *, root: Path = rundir.RUNS_ROOT
 ) -> tuple[Path | None, str, str]:
-    """The most recent run under ``root`` that is one of ``kinds`` (``rundir.run_kind``), so that
+    """The most recent run under ``root`` that is one of ``kinds`` (``Run.kind``), so that
     ``sample`` with no ``-c`` never picks a classifier; why it was picked ("the most recent run",
     or which newer run it passed over); and where there is none, None, why and the fix."""
     want, make = _WANTED.get(kinds, ("run", "give one with -c RUN"))
-    newest = rundir.find_latest_run(root)
-    if newest is None:
+    latest = Run.latest(root)
+    if latest is None:
         return None, f"no run under {root}/", make
-    run = rundir.find_latest_run_of_kind(kinds, root)
-    newest_kind = rundir.run_kind(newest)
-    a_kind = _A_KIND.get(newest_kind, "a run of another kind")
-    if run is None:
+    found = Run.latest(root, kinds=kinds)
+    newest, newest_kind = latest.path, recorded_kind(latest.kind)
+    a_kind = newest_kind.title if newest_kind is not None else "a run of another kind"
+    if found is None:
         fix = f"give one with -c RUN, or {make}"
-        if newest_kind == "classify":
+        if newest_kind is not None and not newest_kind.generates_text:
             fix += f"; to label texts with the classifier: gptcli classify -c {shell_path(newest)} TEXT"
         return None, f"no {want} under {root}/ (the most recent run, {display_path(newest)}, is {a_kind})", fix
-    if run == newest:
-        return run, "the most recent run", ""
-    return run, f"the most recent {want}; the newer {display_path(newest)} is {a_kind}", ""
+    if found.path == newest:
+        return found.path, "the most recent run", ""
+    return found.path, f"the most recent {want}; the newer {display_path(newest)} is {a_kind}", ""
 
 
 def latest_checkpoint(kinds: tuple[str | None, ...], *, warn: Callable[[str], None] | None = None) -> tuple[Path, str]:
@@ -95,7 +94,7 @@ def load_model_for_inference(
         path = resolve_checkpoint(checkpoint, warn=warn)
     else:
         run, reason, fix = find_latest_run(kinds)
-        if run is not None or not (fallback_gpt2 and "training" in kinds):
+        if run is not None or not (fallback_gpt2 and KIND_INFO["lm"].recorded in kinds):
             path, note = latest_checkpoint(kinds, warn=warn)
         else:
             fallback = weights.downloaded_default()
@@ -110,10 +109,11 @@ def load_model_for_inference(
         raise UsageError(f"invalid --dtype: {dtype!r} (choose from {', '.join(DTYPES)})")
     obj = load_checkpoint(path)
     finetune = None
-    if obj.get("kind") == "classify":
+    kind = recorded_kind(obj.get("kind"))
+    if kind is not None and not kind.generates_text:
         run = rundir.run_dir_of(path) or path
         raise UsageError(f"{display_path(path)}: is a classifier: use gptcli classify -c {display_path(run)} TEXT")
-    if obj.get("kind") == "instruct":  # base weights + adapters (LoRA) or every weight, rebuilt
+    if obj.get("kind") in FINETUNE_RECORDED:  # base weights + adapters (LoRA) or every weight, rebuilt
         from gptcli.finetune.trainer import model_from_finetune_checkpoint
 
         net, cfg, info = model_from_finetune_checkpoint(obj, path)  # unmerged: the model as trained

@@ -24,7 +24,6 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -128,43 +127,6 @@ def find_latest_run(root: Path = RUNS_ROOT) -> Path | None:
     """The most recently touched run directory under ``root``."""
     runs = list_runs(root)
     return runs[-1] if runs else None
-
-
-def find_latest_unfinished_run(root: Path = RUNS_ROOT, *, finished: Callable[[Path], bool]) -> Path | None:
-    """The most recently touched run directory under ``root`` that ``finished`` says is not.
-
-    Whether a run has finished is its newest checkpoint's to say, which this torch-free module
-    does not open: ``gptcli.commands.train`` passes ``finished``. Runs are asked newest first, so
-    usually only one checkpoint is opened."""
-    for run in reversed(list_runs(root)):
-        if not finished(run):
-            return run
-    return None
-
-
-def run_kind(run_dir: Path) -> str | None:
-    """What a run made, from its config.yaml alone (no checkpoint opened): "instruct" or
-    "classify" for a finetune run, "training" for a pretraining run; None when the file is
-    missing or unreadable (its checkpoint still says)."""
-    try:
-        settings = yaml.safe_load(config_path(run_dir).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    if not isinstance(settings, dict):
-        return None
-    finetune = settings.get("finetune")
-    if isinstance(finetune, dict):
-        return finetune.get("kind") if finetune.get("kind") in ("instruct", "classify") else None
-    return "training"
-
-
-def find_latest_run_of_kind(kinds: Collection[str | None], root: Path = RUNS_ROOT) -> Path | None:
-    """The most recently touched run under ``root`` whose ``run_kind`` is one of ``kinds``
-    (None among them: a run whose config.yaml cannot say)."""
-    for run in reversed(list_runs(root)):
-        if run_kind(run) in kinds:
-            return run
-    return None
 
 
 def run_dir_of(checkpoint: Path) -> Path | None:

@@ -46,22 +46,6 @@ class StopFlag:
             signal.signal(s, h)
 
 
-def _ended_early(cfg: Any, progress: dict[str, Any]) -> str | None:
-    """The budget flag (``--max-steps 12``) or ``--patience K`` that the run has already reached."""
-    from gptcli.engine.schedule import budget_reached
-
-    reason = budget_reached(
-        cfg,
-        step=int(progress.get("step", 0)),
-        tokens_seen=int(progress.get("tokens_seen", 0)),
-        seconds=float(progress.get("train_seconds", 0.0)),
-    )
-    patience = getattr(cfg, "patience", 0)  # a finetuning run has none
-    if reason is None and patience and int(progress.get("evals_since_best", 0)) >= patience:
-        reason = f"--patience {patience}"
-    return reason
-
-
 def _wandb_logger(
     run_dir: Path, *, explicit: bool, project: str | None, config: dict[str, Any]
 ) -> wandb_log.WandbLogger | None:

@@ -14,7 +14,10 @@ from gptcli.commands.common import StopFlag
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.finetune.config import KINDS, LENGTH_FLAGS
 from gptcli.paths import display_path, shell_path
+from gptcli.tasks import KIND_INFO
 from gptcli.tensorboard import LOG_DIR, TensorBoardWriter, check_available
+
+CLASSIFIER = KIND_INFO["classify"].recorded  # what `gptcli classify` takes
 
 
 class FinetuneReport(Callbacks):
@@ -129,16 +132,10 @@ def _fit(trainer, cfg, *, main: bool = True) -> dict[str, Any]:
     result: dict[str, Any] = {"run_dir": str(trainer.run_dir), "step": trainer.progress.step}
     if trainer.progress.history:
         result.update({k: trainer.progress.history[-1][k] for k in ("train_loss", "val_loss")})
-    no_test = f" (no test split: --split {cfg.split})" if len(trainer.splits.test) == 0 else ""
-    if cfg.kind == "classify":
-        acc = trainer.final_accuracy()
-        result.update({f"{k}_accuracy": v for k, v in acc.items()})
-        text = " | ".join(f"{k.capitalize()} accuracy: {v * 100:.2f}%" for k, v in acc.items()) + no_test
-    elif no_test:
-        text = no_test.strip(" ()")
-    else:
-        result["test_loss"] = trainer.loader_loss(trainer.splits.test, shuffle=False, num_batches=None)
-        text = f"test loss {result['test_loss']:.4f}"
+    numbers, text = trainer.task.final_result(trainer)
+    result.update(numbers)
+    if len(trainer.splits.test) == 0:  # the text says what there is without it
+        text = f"{text} (no test split: --split {cfg.split})" if numbers else f"no test split: --split {cfg.split}"
     if main:
         console.print_result(text)
     return result
@@ -270,8 +267,8 @@ def continue_run(
     """Go on with the finetuning run whose checkpoint ``obj`` (at ``path``) is loaded and whose
     directory ``lock`` holds (released here); ``length``: the epochs and budgets given, None for
     the run's own. ``gptcli resume`` comes here too when it is given a finetuning run."""
-    from gptcli.commands.common import _ended_early
     from gptcli.finetune.config import FinetuneConfig
+    from gptcli.run import ended_early
 
     try:
         given = {k: v for k, v in length.items() if v is not None}
@@ -285,7 +282,7 @@ def continue_run(
                 f"{display_path(run_dir)}: the run already finished its {cfg.epochs} epoch(s); extend it with: "
                 f"gptcli finetune resume {run} --epochs N (N > {cfg.epochs})"
             )
-        reached = _ended_early(cfg, progress)  # a budget, or --patience (as train's resume)
+        reached = ended_early(cfg, progress)  # a budget, or --patience (as train's resume)
         if reached is not None:
             raise UsageError(
                 f"{display_path(run_dir)}: the run already reached {reached} (step {progress.get('step', 0)}); "
@@ -314,12 +311,12 @@ def classify_command(
     if not texts:
         raise UsageError("nothing to classify: give TEXT arguments or --file")
     if checkpoint is None:  # the newest classifier, not merely the newest run
-        path, note = latest_checkpoint(("classify",), warn=console.warn)
+        path, note = latest_checkpoint((CLASSIFIER,), warn=console.warn)
         console.info(note)
     else:
         path = ckpt.resolve_checkpoint(checkpoint, warn=console.warn)
     obj = ckpt.load_checkpoint(path)
-    if obj.get("kind") != "classify":
+    if obj.get("kind") != CLASSIFIER:
         raise CheckpointError(
             f"{path}: is a {obj.get('kind')!r} checkpoint, not a classifier (finetune classify makes one)"
         )

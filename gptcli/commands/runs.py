@@ -18,6 +18,7 @@ from gptcli.metrics import read_metrics
 from gptcli.paths import display_path, shell_path
 from gptcli.plot import check_output, default_plot_path, plot_runs, terminal_plot
 from gptcli.settings.runs import InfoSettings
+from gptcli.tasks import FINETUNE_RECORDED
 
 
 def _resolve_info_target(target: str | None) -> Path:
@@ -77,7 +78,7 @@ def info_command(s: InfoSettings) -> dict[str, Any]:
                 f"epoch {result['epoch']}{epochs} done, step {result['step']:,}, {result['tokens_seen'] or 0:,} tokens seen"
                 + (
                     f" ({progress['examples_seen']:,} examples)"
-                    if result["kind"] == "classify" and "examples_seen" in progress
+                    if (result["finetune"] or {}).get("labels") is not None and "examples_seen" in progress
                     else ""
                 ),
             )
@@ -121,7 +122,7 @@ def info_command(s: InfoSettings) -> dict[str, Any]:
 
 def _stopped_by(obj: dict[str, Any]) -> str | None:
     """The budget or --patience that ended a checkpoint's run before its epochs did, if any."""
-    from gptcli.commands.train import stopped_by
+    from gptcli.run import stopped_by
 
     progress, cfg = obj.get("progress"), obj.get("train_config")
     if not isinstance(progress, dict) or not isinstance(cfg, dict):
@@ -141,17 +142,15 @@ def _best_val(history: list[dict[str, Any]]) -> float | None:
 
 def _finetune_info(obj: dict[str, Any]) -> dict[str, Any] | None:
     """What a finetune checkpoint (kind instruct or classify) records beyond the model."""
-    if obj.get("kind") not in ("instruct", "classify") or not isinstance(obj.get("finetune"), dict):
+    if obj.get("kind") not in FINETUNE_RECORDED or not isinstance(obj.get("finetune"), dict):
         return None
     ft = obj["finetune"]
     out = {k: ft.get(k) for k in ("base", "lora")}
     # ``convert --merge-lora`` of a classifier: every weight, adapters folded in, no optimizer state
     out["merged"] = "optimizer_state_dict" not in obj
-    if obj["kind"] == "classify":
-        out.update(labels=ft.get("labels"), max_length=ft.get("max_length"))
-    else:
-        out["template"] = ft.get("template")
-    return out
+    # What the kind keeps: a classifier its labels and length, an instruct finetune its template.
+    keys = ("labels", "max_length") if "labels" in ft else ("template",)
+    return {**out, **{k: ft.get(k) for k in keys}}
 
 
 def _finetune_lines(ft: dict[str, Any] | None) -> list[tuple[str, str]]:
@@ -245,20 +244,10 @@ def runs_command(root: Path | None = None, *, json_out: bool = False) -> list[di
 
 
 def _run_stopped_by(run: Path) -> str | None:
-    """The budget or --patience that ended a run before its epochs did. Only a run whose
-    config.yaml sets one has its newest checkpoint opened (memory-mapped, no tensor read), so the
-    listing stays instant for the others."""
-    try:
-        settings = yaml.safe_load(rundir.config_path(run).read_text(encoding="utf-8")) or {}
-        train = settings.get("train") or settings.get("finetune") or {}
-        if not any(train.get(k) for k in ("max_steps", "max_tokens", "max_time", "patience")):
-            return None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):  # run_summary warns of it
-        return None
-    from gptcli.commands.train import _run_progress
+    """The budget or --patience that ended a run before its epochs did (``Run.ended_by_a_budget``)."""
+    from gptcli.run import Run
 
-    progress = _run_progress(run)
-    return progress[2] if progress is not None and progress[0] < progress[1] else None
+    return Run(run).ended_by_a_budget()
 
 
 def _evals(n: int | None) -> str:

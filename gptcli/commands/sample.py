@@ -18,6 +18,7 @@ from gptcli.errors import UsageError
 from gptcli.generation import generate_with
 from gptcli.inference import TEXT_KINDS, LoadedModel, load_model_for_inference, long_prompt_warning
 from gptcli.settings.sample import DEFAULT_PROMPT, SampleConfig, SampleSettings
+from gptcli.tasks import KIND_INFO
 from gptcli.tokenizer import EOT_ID, decode, encode
 
 
@@ -324,7 +325,7 @@ def instruct_command(s: SampleSettings) -> list[dict[str, Any]]:
         raise UsageError(f"{output}: is a directory; give a file name (e.g. -o {output / 'responses.json'})")
     scfg = dataclasses.replace(s.sampling(), num_samples=1)
     # no -c: the newest instruct run
-    loaded = _load(s.checkpoint, None, device=s.device, dtype=s.dtype, kinds=("instruct",))
+    loaded = _load(s.checkpoint, None, device=s.device, dtype=s.dtype, kinds=(KIND_INFO["instruct"].recorded,))
     if loaded.finetune is None:
         what = "--instruction" if s.instruction is not None else "--responses"
         raise UsageError(

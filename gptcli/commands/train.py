@@ -14,7 +14,7 @@ from typing import Any
 # claimed and locked before that, so that a second writer is refused at once.
 from gptcli import console, rundir, wandb_log, weights
 from gptcli.callbacks import Callbacks, Fanout
-from gptcli.commands.common import StopFlag, _ended_early, _wandb_logger
+from gptcli.commands.common import StopFlag, _wandb_logger
 from gptcli.config import (
     ModelConfig,
     TrainConfig,
@@ -29,8 +29,9 @@ from gptcli.config import (
 )
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.finetune.config import KINDS as FINETUNE_KINDS
-from gptcli.finetune.config import FinetuneConfig
 from gptcli.paths import display_path, shell_path
+from gptcli.run import Run, ended_early
+from gptcli.tasks import KIND_INFO
 from gptcli.tensorboard import LOG_DIR, TensorBoardWriter, check_available
 
 # ---------------------------------------------------------------------------------------------
@@ -221,38 +222,6 @@ def _epochs(n: int) -> str:
     return f"{n} epoch" if n == 1 else f"{n} epochs"
 
 
-def _run_progress(run: Path, length: dict[str, Any] | None = None) -> tuple[int, int, str | None] | None:
-    """(epochs done, epochs planned, the budget or --patience that ended it early, if any, with the
-    ``length`` flags given to resume) of a run, from its newest checkpoint that loads
-    (memory-mapped, unverified: no tensor is read); None when it has no training checkpoint."""
-    from gptcli.checkpoint import load_checkpoint
-
-    for path in reversed(rundir.list_step_checkpoints(run)):
-        try:
-            obj = load_checkpoint(path, verify=False)
-            progress, saved = obj["progress"], obj["train_config"]
-            done = int(progress["epoch"]), int(saved["epochs"])
-        except (CheckpointError, KeyError, TypeError, ValueError):
-            continue
-        return (*done, stopped_by(obj, length))
-    return None
-
-
-def stopped_by(obj: dict[str, Any], length: dict[str, Any] | None = None) -> str | None:
-    """The budget or ``--patience`` (``--max-steps 12``) that ended a training or finetuning
-    checkpoint's run before its epochs did (with the ``length`` flags given to resume); None when
-    none has, or the checkpoint holds no run's settings."""
-    try:
-        progress, saved = obj["progress"], obj["train_config"]
-        if obj.get("kind") in FINETUNE_KINDS:
-            cfg: Any = FinetuneConfig.from_dict({**saved, **(length or {})})
-        else:
-            cfg = TrainConfig.from_dict({**saved, **(length or {})})
-        return _ended_early(cfg, progress)
-    except (UsageError, KeyError, TypeError, ValueError, AttributeError):  # resume reports a bad stored setting
-        return None
-
-
 # The flags that change a run's length on resume, as `gptcli resume` spells them.
 LENGTH_FLAGS = ("epochs", "max_steps", "max_tokens", "max_time", "patience")
 
@@ -260,25 +229,20 @@ LENGTH_FLAGS = ("epochs", "max_steps", "max_tokens", "max_time", "patience")
 def _latest_unfinished_run(epochs: int | None, length: dict[str, Any] | None = None) -> Path:
     """The run a bare ``gptcli resume`` continues: the most recent one with epochs left (up to
     ``--epochs`` when given), said on stderr, so that a finished run is never picked by surprise."""
-
-    def finished(run: Path) -> bool:
-        progress = _run_progress(run, length)
-        return progress is None or progress[0] >= (epochs if epochs is not None else progress[1]) or bool(progress[2])
-
-    run = rundir.find_latest_unfinished_run(rundir.RUNS_ROOT, finished=finished)
+    run = Run.latest_unfinished(rundir.RUNS_ROOT, epochs=epochs, length=length)
     if run is not None:
-        console.info(f"resuming {display_path(run)} (the most recent unfinished run)")
-        return run
-    latest = rundir.find_latest_run(rundir.RUNS_ROOT)
+        console.info(f"resuming {display_path(run.path)} (the most recent unfinished run)")
+        return run.path
+    latest = Run.latest(rundir.RUNS_ROOT)
     if latest is None:
         raise CheckpointError(f"no training run found under {rundir.RUNS_ROOT}/; start one with: gptcli train FILE.txt")
-    progress = _run_progress(latest)
+    progress = latest.epochs()
     if progress is None:
         raise CheckpointError(f"no run under {rundir.RUNS_ROOT}/ has a checkpoint to resume from")
     done = progress[0]
     raise UsageError(
-        f"every run under {rundir.RUNS_ROOT}/ has finished; the most recent, {display_path(latest)}, did its "
-        f"{_epochs(done)}: extend it with: gptcli resume {shell_path(latest)} --epochs N (N > {done})"
+        f"every run under {rundir.RUNS_ROOT}/ has finished; the most recent, {display_path(latest.path)}, did its "
+        f"{_epochs(done)}: extend it with: gptcli resume {shell_path(latest.path)} --epochs N (N > {done})"
     )
 
 
@@ -341,7 +305,7 @@ def _resume_from(
     obj = load_checkpoint(path)
     if obj.get("kind") in FINETUNE_KINDS:
         return path, obj, None, None
-    if obj.get("kind") != "training" or "optimizer_state_dict" not in obj or "train_config" not in obj:
+    if obj.get("kind") != KIND_INFO["lm"].recorded or "optimizer_state_dict" not in obj or "train_config" not in obj:
         raise CheckpointError(
             f"{display_path(path)}: holds weights only (no optimizer state or progress); start a run from it "
             f"with: gptcli train FILE --init {shell_path(path)}"
@@ -364,7 +328,7 @@ def _resume_from(
             f"{display_path(target)}: the run already finished its {_epochs(n)}; extend it with: "
             f"gptcli resume {shell_path(target)} --epochs N (N > {n})"
         )
-    reached = _ended_early(train_cfg, progress)
+    reached = ended_early(train_cfg, progress)
     if reached is not None:
         flag = reached.split()[0]
         raise UsageError(

@@ -14,6 +14,7 @@ from gptcli.checkpoint import load_checkpoint
 from gptcli.errors import CheckpointError
 from gptcli.paths import shell_path
 from gptcli.settings.weights import ConvertSettings, DownloadSettings
+from gptcli.tasks import KIND_INFO, recorded_kind
 from gptcli.weights import CONVERTED_NAME, gpt2_dir
 from gptcli.weights.convert import convert as convert_weights
 from gptcli.weights.download import DATA_FILE, DownloadCallbacks, download_gpt2
@@ -143,9 +144,10 @@ def convert_command(s: ConvertSettings) -> Path:
     if s.target == "gptcli" and out.is_file():
         # Just written and renamed into place: no need to check its CRCs again.
         obj = load_checkpoint(out, verify=False)
-        if obj.get("kind") == "classify":  # convert --merge-lora of a classifier
+        kind = recorded_kind(obj.get("kind"))
+        if kind is not None and not kind.generates_text:  # convert --merge-lora of a classifier
             console.info(f"use it with: gptcli classify -c {shell_path(out)} TEXT")
-        elif obj.get("kind") == "training":
+        elif kind is KIND_INFO["lm"]:
             if obj["train_config"].get("data"):
                 done = int(obj["progress"].get("epoch", 0))  # the notebook's epochs, from AdamW's step count
                 more = f" --epochs {done + 1}" if done >= int(obj["train_config"].get("epochs", 1)) else ""

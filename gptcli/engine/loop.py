@@ -195,7 +195,9 @@ class Engine:
                 group.update(flags)
         if obj.get("scaler_state_dict"):
             self.scaler.load_state_dict(obj["scaler_state_dict"])
-        self.state = Progress.from_dict(obj.get("progress", {}), kind=self.task.kind, batch_size=self.cfg.batch_size)
+        self.state = Progress.from_dict(
+            obj.get("progress", {}), legacy=self.task.legacy_counts, batch_size=self.cfg.batch_size
+        )
         self.guard.restore(self.state.nonfinite_steps)
         self._best_saved = self.state.best_val
         if "rng" in obj:

@@ -29,17 +29,15 @@ class Progress:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, kind: str | None = None, batch_size: int = 1) -> Progress:
-        """A checkpoint's progress, of this version or an earlier one."""
+    def from_dict(cls, d: dict[str, Any], *, legacy: dict[str, str] | None = None, batch_size: int = 1) -> Progress:
+        """A checkpoint's progress, of this version or an earlier one; ``legacy``: the task's
+        older names of its counts (``seen`` -> ``examples_seen``)."""
         known = {f.name for f in dataclasses.fields(cls)}
         progress = cls(**{k: v for k, v in d.items() if k in known})
         # Finetune checkpoints of version 2 counted the epoch's position in batches of --batch-size.
         if "batches_done" in d and "windows_done" not in d:
             progress.windows_done = int(d["batches_done"]) * batch_size
-        # Before examples_seen they kept one count, "seen": the book's, which is examples for
-        # classify and tokens for instruct (before --max-tokens, the only count).
-        if "seen" in d and "examples_seen" not in d and kind == "classify":
-            progress.examples_seen = d["seen"]
-        if "seen" in d and "tokens_seen" not in d and kind == "instruct":
-            progress.tokens_seen = d["seen"]
+        for old, new in (legacy or {}).items():
+            if old in d and new not in d:
+                setattr(progress, new, d[old])
         return progress

@@ -15,12 +15,11 @@ from gptcli.callbacks import Callbacks
 from gptcli.data import batches_of
 from gptcli.engine.loop import Engine
 from gptcli.errors import UsageError
-from gptcli.finetune import classify as cls_
 from gptcli.finetune.config import FinetuneConfig, no_split_error
 from gptcli.tasks import make_task
 from gptcli.tasks.finetune import (
+    ClassifyTask,
     Splits,
-    accuracy,
     file_sha256,
     load_partial,
     model_from_finetune_checkpoint,
@@ -96,33 +95,26 @@ class FinetuneTrainer(Engine):
 
     def final_accuracy(self) -> dict[str, float]:
         """The book's accuracies after training: every batch of each split (a test split of 0 has none)."""
-        return {
-            name: accuracy(self, getattr(self.splits, name), shuffle=name == "train", num_batches=None)
-            for name in ("train", "val", "test")
-            if len(getattr(self.splits, name))
-        }
+        numbers, _ = ClassifyTask.final_result(self.task, self)
+        return {k.removesuffix("_accuracy"): v for k, v in numbers.items()}
 
 
 @torch.no_grad()
 def evaluate_split(
-    model: torch.nn.Module, kind: str, data: Any, *, batch_size: int, device: torch.device | str = "cpu"
+    model: torch.nn.Module, task: Any, data: Any, *, batch_size: int, device: torch.device | str = "cpu"
 ) -> dict[str, Any]:
     """The book's ``calc_loss_loader`` over every batch of a split in order (its test loader:
-    no shuffle, last batch kept), and for a classifier ``calc_accuracy_loader`` too."""
+    no shuffle, last batch kept), and what else the task measures (a classifier's accuracy)."""
     model.eval()
     batches = batches_of(list(range(len(data))), batch_size, drop_last=False)
-    losses, correct = [], 0
+    losses, counts = [], {}
     for rows in batches:
         x, y = (t.to(device) for t in data.batch(rows))
-        if kind == "classify":
-            losses.append(cls_.classify_loss(model, x, y).item())
-            correct += cls_.correct_count(model, x, y)
-        else:
-            losses.append(model(x, targets=y).item())
+        losses.append(task.loss_mean(model, x, y).item())
+        for k, v in task.split_counts(model, x, y).items():
+            counts[k] = counts.get(k, 0) + v
     result: dict[str, Any] = {"examples": len(data), "batches": len(batches), "loss": sum(losses) / len(losses)}
-    if kind == "classify":
-        result["accuracy"] = correct / len(data)
-    return result
+    return {**result, **{k: v / len(data) for k, v in counts.items()}}
 
 
 def evaluate_checkpoint_split(
@@ -141,5 +133,5 @@ def evaluate_checkpoint_split(
     return {
         "kind": cfg.kind,
         "split": split,
-        **evaluate_split(model, cfg.kind, data, batch_size=cfg.batch_size, device=device),
+        **evaluate_split(model, make_task(cfg.kind, cfg), data, batch_size=cfg.batch_size, device=device),
     }

@@ -5,6 +5,7 @@ budgets, precision, accumulation and every other shared setting reach it unchang
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Any
 
 # kind -> (module, class): imported when a run of that kind starts, so listing kinds costs nothing.
@@ -14,6 +15,46 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "classify": ("gptcli.tasks.finetune", "ClassifyTask"),
 }
 KINDS = tuple(REGISTRY)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What every command may ask about a kind of run without building its task (no torch)."""
+
+    name: str  # the registry's name
+    recorded: str  # what its checkpoints' "kind" and its config.yaml say: training, instruct, classify
+    title: str  # how a message names such a run
+    section: str  # its config.yaml section
+    generates_text: bool  # sample and eval continue text with its model
+    make: str  # how to make one
+
+
+KIND_INFO = {
+    "lm": Kind("lm", "training", "a pretraining run", "train", True, "train one with: gptcli train FILE.txt"),
+    "instruct": Kind(
+        "instruct",
+        "instruct",
+        "an instruct finetune",
+        "finetune",
+        True,
+        "make one with: gptcli finetune instruct DATA --init MODEL",
+    ),  # fmt: skip
+    "classify": Kind(
+        "classify",
+        "classify",
+        "a classifier",
+        "finetune",
+        False,
+        "make one with: gptcli finetune classify DATA --init MODEL",
+    ),  # fmt: skip
+}
+FINETUNE_RECORDED = tuple(k.recorded for k in KIND_INFO.values() if k.section == "finetune")
+TEXT_KINDS: tuple[str | None, ...] = (*(k.recorded for k in KIND_INFO.values() if k.generates_text), None)
+
+
+def recorded_kind(recorded: str | None) -> Kind | None:
+    """The kind a checkpoint or run directory records (``training``, ``instruct``, ``classify``)."""
+    return next((k for k in KIND_INFO.values() if k.recorded == recorded), None)
 
 
 def task_class(kind: str) -> type:

@@ -15,6 +15,7 @@ class Task:
     reseed_before_optimizer = False  # the book's finetuning seeds again right before its optimizer
     partial_state = False  # checkpoints hold only some weights (LoRA adapters and a new head)
     epoch_end_types: tuple[str, ...] = ("sample",)  # the metrics records written at an epoch's end
+    legacy_counts: dict[str, str] = {}  # older checkpoints' names of progress counts -> today's
     train: Any = None  # datasets: len(d) rows, d.batch(rows) -> (x, y)
     val: Any = None
 
@@ -65,6 +66,18 @@ class Task:
     def count(self, y: torch.Tensor) -> int:
         """What ``loss_mean`` averages over."""
         raise NotImplementedError
+
+    def split_counts(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, int]:
+        """What ``eval --split`` adds up over a split besides the loss (divided by its size)."""
+        return {}
+
+    def final_result(self, engine: Any) -> tuple[dict[str, Any], str]:
+        """The numbers a finished run prints (and returns): the book's test loss."""
+        test = getattr(self, "splits", None) and self.splits.test
+        if not test:
+            return {}, "no test split"
+        loss = engine.loader_loss(test, shuffle=False, num_batches=None)
+        return {"test_loss": loss}, f"test loss {loss:.4f}"
 
     def step_tokens(self, engine: Any, rows: list[int]) -> int:
         """The tokens a training step on ``rows`` counts (padding included)."""

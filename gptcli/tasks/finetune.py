@@ -268,6 +268,8 @@ class FinetuneTask(Task):
 class InstructTask(FinetuneTask):
     kind = "instruct"
     epoch_end_types = ("sample",)
+    # Before --max-tokens, finetune checkpoints kept one count, "seen": the book's (tokens here).
+    legacy_counts = {"seen": "tokens_seen"}
 
     def loss_mean(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return model(x, targets=y)  # targets of -100 (padding, a masked prompt) are left out
@@ -297,6 +299,7 @@ class InstructTask(FinetuneTask):
 class ClassifyTask(FinetuneTask):
     kind = "classify"
     epoch_end_types = ("accuracy",)
+    legacy_counts = {"seen": "examples_seen"}  # chapter 6 counts examples
 
     def loss_mean(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return cls_.classify_loss(model, x, y)
@@ -309,6 +312,20 @@ class ClassifyTask(FinetuneTask):
 
     def max_step_tokens(self, engine: Any) -> int:
         return engine.global_batch() * self.splits.train.max_length  # every text pads to one length
+
+    def split_counts(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, int]:
+        return {"accuracy": cls_.correct_count(model, x, y)}
+
+    def final_result(self, engine: Any) -> tuple[dict[str, Any], str]:
+        """The book's accuracies after training: every batch of each split (a test split of 0 has none)."""
+        splits = self.splits
+        acc = {
+            name: accuracy(engine, getattr(splits, name), shuffle=name == "train", num_batches=None)
+            for name in ("train", "val", "test")
+            if len(getattr(splits, name))
+        }
+        text = " | ".join(f"{k.capitalize()} accuracy: {v * 100:.2f}%" for k, v in acc.items())
+        return {f"{k}_accuracy": v for k, v in acc.items()}, text
 
     def seen(self, progress: Any) -> dict[str, int]:
         # The book's count is examples_seen; tokens_seen counts the padded batches' tokens, as train's.
@@ -350,4 +367,3 @@ def accuracy(engine: Any, data: Any, *, shuffle: bool, num_batches: int | None) 
     if engine.dist.enabled:
         correct = distributed.all_reduce_sum_int(correct, engine.device)
     return correct / total if total else float("nan")
-

@@ -16,6 +16,7 @@ from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.model import gptcli_shapes
 from gptcli.rundir import is_run_dir
+from gptcli.tasks import FINETUNE_RECORDED, recorded_kind
 from gptcli.weights import CONVERTED_NAME, SOURCES, TARGETS, model_name_to_size, resolve_model
 from gptcli.weights.book import book_to_gptcli, convert_book, infer_config, load_book_file
 from gptcli.weights.common import Progress, check_tensors
@@ -84,14 +85,11 @@ def _load_gptcli(src: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     return cfg, state
 
 
-FINETUNE_KINDS = ("instruct", "classify")  # gptcli.finetune.trainer.KINDS
-
-
 def _finetune_checkpoint(src: Path) -> tuple[Path, dict] | None:
     """The checkpoint of a gptcli file or run, loaded, when it is a finetune one; else None."""
     path = ckpt.resolve_checkpoint(src)
     obj = ckpt.load_checkpoint(path)
-    return (path, obj) if obj.get("kind") in FINETUNE_KINDS else None
+    return (path, obj) if obj.get("kind") in FINETUNE_RECORDED else None
 
 
 def merged_finetune(obj: dict, path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
@@ -112,12 +110,12 @@ def _write_merged(obj: dict, path: Path, out_path: Path) -> Path:
     one output per label), now with every weight in the file and no base to look up."""
     model_cfg, state, ft = merged_finetune(obj, path)
     origin = {"kind": obj["kind"], "checkpoint": str(path), "template": ft["info"].get("template")}
-    if obj["kind"] == "instruct":
+    if recorded_kind(obj["kind"]).generates_text:  # a language model's head: plain weights
         return ckpt.atomic_save(ckpt.weights_checkpoint(model_cfg, state, finetuned_from=origin), out_path)
     cfg = {**ft["config"], "lora_rank": 0, "trainable": "all"}
     info = {**ft["info"], "lora": None}
     return ckpt.atomic_save(
-        ckpt.weights_checkpoint(model_cfg, state, kind="classify", train_config=cfg, finetune=info), out_path
+        ckpt.weights_checkpoint(model_cfg, state, kind=obj["kind"], train_config=cfg, finetune=info), out_path
     )
 
 
@@ -167,7 +165,7 @@ def convert(
                 out_path = (path.parent.parent if path.parent.name == "checkpoints" else path.parent) / "merged.pth"
                 _check_file_output(out_path)
             return _write_merged(obj, path, out_path)
-        if obj["kind"] == "classify":
+        if not recorded_kind(obj["kind"]).generates_text:  # a classifier's head
             raise UsageError(
                 f"{src}: is a classifier (a head of {len(obj['finetune']['labels'])} labels), which Hugging Face's "
                 "GPT-2 language model cannot hold; write a .pth with --merge-lora instead"
