@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 
 from gptcli import rundir, weights
-from gptcli.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from gptcli.checkpoint import load_checkpoint, resolve_checkpoint
 from gptcli.device import DTYPES, resolve_device, resolve_dtype
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.model import GPT
 from gptcli.paths import display_path, shell_path
 from gptcli.run import Run
-from gptcli.tasks import FINETUNE_RECORDED, KIND_INFO, TEXT_KINDS, recorded_kind
+from gptcli.tasks import KIND_INFO, TEXT_KINDS, model_from_checkpoint, recorded_kind
 
 
 @dataclass
@@ -108,18 +108,11 @@ def load_model_for_inference(
     if dtype not in DTYPES:
         raise UsageError(f"invalid --dtype: {dtype!r} (choose from {', '.join(DTYPES)})")
     obj = load_checkpoint(path)
-    finetune = None
     kind = recorded_kind(obj.get("kind"))
     if kind is not None and not kind.generates_text:
         run = rundir.run_dir_of(path) or path
         raise UsageError(f"{display_path(path)}: is a classifier: use gptcli classify -c {display_path(run)} TEXT")
-    if obj.get("kind") in FINETUNE_RECORDED:  # base weights + adapters (LoRA) or every weight, rebuilt
-        from gptcli.finetune.trainer import model_from_finetune_checkpoint
-
-        net, cfg, info = model_from_finetune_checkpoint(obj, path)  # unmerged: the model as trained
-        finetune = {**info, "config": cfg.to_dict()}
-    else:
-        net = model_from_checkpoint(obj, path)
+    net, finetune = model_from_checkpoint(obj, path)  # a finetune's unmerged: the model as trained
     dev = resolve_device(device)
     prepare_for_inference(net, dtype=dtype, device=dev)
     return LoadedModel(net, path, dev, note, finetune)

@@ -148,3 +148,21 @@ def test_finetune_takes_config_files_with_trains_wording(data):
     other = cli("finetune", "classify", "--config", "runs/a/config.yaml", "-o", "runs/e")
     assert other.returncode == 2 and "use: gptcli finetune instruct" in other.stderr
     assert not (data / "runs/c").exists() and not (data / "runs/e").exists()
+
+
+def test_instruct_says_how_many_responses_the_length_limit_cuts_and_refuses_when_none_is_left(data):
+    from gptcli.errors import DataError
+    from gptcli.finetune.instruct import Template
+    from gptcli.tokenizer import encode
+
+    records = json.loads((data / "instruct.json").read_text(encoding="utf-8"))
+    prompt = len(encode(Template().prompt(records[0])))
+    full = len(encode(Template().full(records[0])))
+    with pytest.raises(DataError, match=rf"no training record keeps any of its response within {prompt - 1} tokens"):
+        _run(data, "none", _cfg(data, "instruct", batch_size=4, epochs=1, max_length=prompt - 1))
+    assert not (data / "none" / "checkpoints").exists()
+    _, events = _run(data, "part", _cfg(data, "instruct", batch_size=4, epochs=1, max_length=full - 1))
+    warnings = [e["text"] for e in events if e["type"] == "warning"]
+    assert any(f"0 of {len(records) * 85 // 100} training records lose all of their response" in w for w in warnings)
+    _, events = _run(data, "whole", _cfg(data, "instruct", batch_size=4, epochs=1, max_length=full + 5))
+    assert not [e for e in events if e["type"] == "warning"]

@@ -67,7 +67,8 @@ def finetune_split_command(checkpoint: Path | None, split: str, *, device: str, 
     classifier's accuracy (``calc_accuracy_loader``), with the run's batch size."""
     from gptcli.checkpoint import load_checkpoint, resolve_checkpoint
     from gptcli.device import resolve_device
-    from gptcli.finetune.trainer import KINDS, evaluate_checkpoint_split
+    from gptcli.finetune.trainer import evaluate_checkpoint_split
+    from gptcli.tasks import FINETUNE_RECORDED as KINDS
 
     path = resolve_checkpoint(checkpoint, warn=console.warn)
     obj = load_checkpoint(path)

@@ -300,8 +300,8 @@ def classify_command(
     from gptcli import checkpoint as ckpt
     from gptcli.finetune.classify import classify_texts
     from gptcli.finetune.files import read_file
-    from gptcli.finetune.trainer import model_from_finetune_checkpoint
     from gptcli.inference import latest_checkpoint
+    from gptcli.tasks.finetune import model_from_finetune_checkpoint
 
     if file is not None:
         lines = [t for t in read_file(file, error=UsageError, prefix="invalid --file: ").splitlines() if t.strip()]

@@ -142,6 +142,21 @@ def split_records(
     return items[:train_n], items[train_n + test_n :], items[train_n : train_n + test_n]
 
 
+def cut_responses(records: Sequence[dict[str, Any]], template: Template, max_length: int) -> tuple[int, int]:
+    """(records that lose part of their response to ``max_length`` tokens, records that lose all
+    of it): a target predicts the next token, so a response token at position j is learnt only
+    while j <= ``max_length``."""
+    part = whole = 0
+    for r in records:
+        if len(encode(template.full(r))) <= max_length:
+            continue
+        if len(encode(template.prompt(r))) > max_length:
+            whole += 1
+        else:
+            part += 1
+    return part, whole
+
+
 @dataclass
 class InstructData:
     """Token ids of each record (prompt and response) and the prompt's length, for the loss mask."""

@@ -64,6 +64,20 @@ def task_class(kind: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def model_from_checkpoint(obj: dict[str, Any], path: Any) -> tuple[Any, dict[str, Any] | None]:
+    """The one way to rebuild a model from a loaded checkpoint of any kind, as it was trained:
+    (the model, and a finetune's settings and records; None for other kinds). A finetune's model
+    is its base, made ready as its task makes it (a new head, adapters), then its own tensors."""
+    if obj.get("kind") in FINETUNE_RECORDED:
+        from gptcli.tasks.finetune import model_from_finetune_checkpoint
+
+        net, cfg, info = model_from_finetune_checkpoint(obj, path)
+        return net, {**info, "config": cfg.to_dict()}
+    from gptcli.checkpoint import model_from_checkpoint as plain
+
+    return plain(obj, path), None
+
+
 def make_task(kind: str, *args: Any, **kwargs: Any) -> Any:
     """The task of a run of ``kind``, built from its settings."""
     return task_class(kind)(*args, **kwargs)

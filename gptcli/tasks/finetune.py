@@ -64,7 +64,12 @@ def prepare_splits(cfg: FinetuneConfig, model_cfg: ModelConfig, *, labels: list[
             build(train),
             build(val),
             build(test),
-            {"template": cfg.template, "val_records": val[:1], "test_records": test},
+            {
+                "template": cfg.template,
+                "val_records": val[:1],
+                "test_records": test,
+                "cut": (*ins.cut_responses(train, template, max_length), max_length),
+            },
             first_val_prompt=template.prompt(val[0]) if val else None,
         )
     texts, raw = cls_.read_table(cfg.data, text_field=cfg.text_field, label_field=cfg.label_field)
@@ -224,11 +229,30 @@ class FinetuneTask(Task):
         self.splits = prepare_splits(cfg, model_cfg, labels=extra.get("labels"))
         if resume_from is None:
             check_split_sizes(cfg, self.splits)
+            self._check_cut(engine)
         self.train, self.val = self.splits.train, self.splits.val
         n_classes = len(self.splits.extra["labels"]) if "labels" in self.splits.extra else None
         model, model_cfg = build_model(cfg, base, self.base_path, n_classes=n_classes)
         self.base_keys = set(base["model_state_dict"])
         return model, model_cfg
+
+    def _check_cut(self, engine: Any) -> None:
+        """Say how many training records lose their response to the length limit; refuse a run
+        in which none keeps any (it would train on prompts alone)."""
+        if "cut" not in self.splits.extra:
+            return
+        part, whole, limit = self.splits.extra["cut"]
+        n = len(self.splits.train)
+        if whole == n:
+            raise DataError(
+                f"{self.cfg.data}: no training record keeps any of its response within {limit} tokens (each "
+                "prompt alone is longer); raise --max-length, or use a model with a longer context"
+            )
+        if part or whole:
+            engine.cb.warn(
+                f"{self.cfg.data}: {whole} of {n} training records lose all of their response and {part} part "
+                f"of it to the {limit}-token limit (--max-length, or the model's context)"
+            )
 
     def too_little_data(self, engine: Any) -> Exception:
         return DataError(

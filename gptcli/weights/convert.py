@@ -96,7 +96,7 @@ def merged_finetune(obj: dict, path: Path) -> tuple[ModelConfig, dict[str, torch
     """A finetune checkpoint's model with any LoRA adapters folded into its weights: the config,
     the plain state dict (every tensor, as a full finetune saves it) and the finetune settings."""
     from gptcli.finetune.lora import merge_lora
-    from gptcli.finetune.trainer import model_from_finetune_checkpoint
+    from gptcli.tasks.finetune import model_from_finetune_checkpoint
 
     model, cfg, info = model_from_finetune_checkpoint(obj, path)
     merge_lora(model)
