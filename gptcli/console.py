@@ -105,12 +105,14 @@ class TrainProgress(Callbacks):
 
     # rich's columns read these fields from the task
     def _fields(self, state: TrainState | None = None) -> dict[str, Any]:
+        # Before the first evaluation there is no loss to show (a resumed run shows its
+        # checkpoint's last), and no rate before the second step: a dash, never a "nan".
         ev = self.last_eval or {}
         return {
             "epoch": (state.epoch + 1) if state else 1,
-            "train": fmt_loss(ev.get("train_loss", float("nan"))),
-            "val": fmt_loss(ev.get("val_loss", float("nan"))),
-            "tps": f"{self.tok_per_s:,.0f}",
+            "train": fmt_loss(ev["train_loss"]) if "train_loss" in ev else "–",
+            "val": fmt_loss(ev["val_loss"]) if "val_loss" in ev else "–",
+            "tps": f"{self.tok_per_s:,.0f}" if self.tok_per_s else "–",
         }
 
     def on_tokenize(self, done: int, total: int) -> None:
@@ -126,15 +128,9 @@ class TrainProgress(Callbacks):
             self._tok_bar, self._tok_finished = None, True
 
     def on_start(self, info_: dict[str, Any]) -> None:
+        self.last_eval = info_.get("last_eval")
         self.epochs_total = info_.get("epochs") or info_["total_steps"] // max(1, info_["steps_per_epoch"])
-        lines = [
-            f"model: {info_['params']:,} parameters on {info_['device']}",
-            f"data: {info_['train_tokens']:,} training tokens ({info_['train_windows']:,} windows), "
-            f"{info_['val_tokens']:,} validation tokens ({info_['val_windows']:,} windows)",
-            f"run: {display_path(info_['run_dir'])} ({info_['steps_per_epoch']} steps per epoch, {info_['total_steps']} in all)"
-            + (" [resumed]" if info_["resumed"] else ""),
-        ]
-        for line in lines:
+        for line in self.start_lines(info_):
             info(line)
         self._t0 = time.perf_counter()
         if interactive():
@@ -151,6 +147,16 @@ class TrainProgress(Callbacks):
             self.progress.start()
             self.task = self.progress.add_task("train", total=info_["total_steps"], **self._fields())
 
+    def start_lines(self, info_: dict[str, Any]) -> list[str]:
+        """What the run is, said once before its first step."""
+        return [
+            f"model: {info_['params']:,} parameters on {info_['device']}",
+            f"data: {info_['train_tokens']:,} training tokens ({info_['train_windows']:,} windows), "
+            f"{info_['val_tokens']:,} validation tokens ({info_['val_windows']:,} windows)",
+            f"run: {display_path(info_['run_dir'])} ({info_['steps_per_epoch']} steps per epoch, {info_['total_steps']} in all)"
+            + (" [resumed]" if info_["resumed"] else ""),
+        ]
+
     def on_step(self, state: TrainState, info_: dict[str, Any]) -> None:
         now = time.perf_counter()
         if self._tokens0 == 0:
@@ -161,13 +167,14 @@ class TrainProgress(Callbacks):
             self.progress.update(self.task, completed=state.step, **self._fields(state))
 
     def on_eval(self, record: dict[str, Any]) -> None:
+        """One line per evaluation: piped, as a log line; in a terminal, above the bar (as
+        nanoGPT's and litgpt's scroll by), so that the run's history stays on the screen."""
         self.last_eval = record
-        if self.progress is None:
-            info(
-                f"ep {record['epoch']} step {record['step']:06d}: train loss {fmt_loss(record['train_loss'])}, "
-                f"val loss {fmt_loss(record['val_loss'])}, {record['tokens_seen']:,} tokens seen, "
-                f"{record['tokens_per_sec']:,.0f} tok/s"
-            )
+        self.info(
+            f"ep {record['epoch']} step {record['step']:06d}: train loss {fmt_loss(record['train_loss'])}, "
+            f"val loss {fmt_loss(record['val_loss'])}, {record['tokens_seen']:,} tokens seen, "
+            f"{record['tokens_per_sec']:,.0f} tok/s"
+        )
 
     def on_sample(self, record: dict[str, Any]) -> None:
         if self.print_samples:
@@ -178,8 +185,8 @@ class TrainProgress(Callbacks):
                 print_result(text)
 
     def on_save(self, path: Path, reason: str) -> None:
-        if self.progress is None and reason != "save-every":
-            info(f"saved {display_path(path)}")
+        if reason != "save-every":
+            self.info(f"saved {display_path(path)}")
 
     def warn(self, message: str) -> None:
         warn(message)

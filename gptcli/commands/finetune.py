@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gptcli import console, rundir
-from gptcli.callbacks import Callbacks, Fanout
+from gptcli.callbacks import Fanout
 from gptcli.commands.common import StopFlag
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.finetune.config import KINDS, LENGTH_FLAGS
@@ -20,41 +20,30 @@ from gptcli.tensorboard import LOG_DIR, TensorBoardWriter, check_available
 CLASSIFIER = KIND_INFO["classify"].recorded  # what `gptcli classify` takes
 
 
-class FinetuneReport(Callbacks):
-    """A finetuning run on the terminal, as the book's chapters print it: one line per
-    evaluation, the accuracies or the sample after each epoch, and what was saved."""
+class FinetuneReport(console.TrainProgress):
+    """A finetuning run on the terminal, as a pretraining run shows (the same bar and lines),
+    with what finetuning adds: the examples, the accuracies after each epoch (classify) and the
+    sample of the first validation prompt (instruct), on stderr: stdout has the final numbers."""
 
-    def on_start(self, info: dict[str, Any]) -> None:
+    def __init__(self) -> None:
+        super().__init__(print_samples=False)
+
+    def start_lines(self, info: dict[str, Any]) -> list[str]:
         what = "resumed" if info["resumed"] else "finetuning"
-        console.info(
+        return [
             f"{what}: {info['train']} train / {info['val']} val / {info['test']} test examples, "
             f"{info['steps_per_epoch']} steps per epoch, {info['trainable']:,} trainable parameters"
-        )
-
-    def on_eval(self, record: dict[str, Any]) -> None:
-        console.info(
-            f"Ep {record['epoch']} (Step {record['step']:06d}): "
-            f"Train loss {record['train_loss']:.3f}, Val loss {record['val_loss']:.3f}"
-        )
+        ]
 
     def on_record(self, record: dict[str, Any]) -> None:
         if record["type"] == "accuracy":
-            console.info(
-                f"Training accuracy: {record['train_acc'] * 100:.2f}% | "
-                f"Validation accuracy: {record['val_acc'] * 100:.2f}%"
+            self.info(
+                f"ep {record['epoch']} step {record['step']:06d}: train accuracy {record['train_acc'] * 100:.2f}%, "
+                f"val accuracy {record['val_acc'] * 100:.2f}%"
             )
 
     def on_sample(self, record: dict[str, Any]) -> None:
-        console.info(record["text"].replace("\n", " "))
-
-    def on_save(self, path: Path, reason: str) -> None:
-        console.info(f"saved {display_path(path)}")
-
-    def info(self, message: str) -> None:
-        console.info(message)
-
-    def warn(self, message: str) -> None:
-        console.warn(message)
+        self.info(record["text"].replace("\n", " "))
 
 
 def _board(run_dir: Path, *, tensorboard: bool, resume_from: dict[str, Any] | None) -> TensorBoardWriter | None:

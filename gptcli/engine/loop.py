@@ -44,6 +44,9 @@ from gptcli.paths import display_path, shell_path
 from gptcli.tokenizer import decode, encode
 
 
+THROUGHPUT = ("tokens_per_sec", "mfu")  # an eval record's measurements of speed, not of the model
+
+
 class Engine:
     def __init__(
         self,
@@ -392,7 +395,12 @@ class Engine:
             ) from None
 
     def _fit(self) -> Progress:
-        self._adopt_logged_records()
+        pending = self.state.sample_pending
+        self._adopt_logged_records()  # rank 0 reads metrics.jsonl; every rank must then agree (collectives)
+        if self.dist.enabled and distributed.all_reduce_max_int(
+            int(pending and not self.state.sample_pending), self.device
+        ):
+            self.state.sample_pending = False
         steps_per_epoch = self.steps_per_epoch()
         if steps_per_epoch < 1:
             raise self.task.too_little_data(self)
@@ -463,6 +471,7 @@ class Engine:
             "epochs": self.cfg.epochs,
             "run_dir": str(self.run_dir),
             "resumed": st.step > 0 or st.epoch > 0,
+            "last_eval": st.history[-1] if st.history else None,  # what a resumed run's display starts from
             **self.task.start_info(self),
         }
 
@@ -538,7 +547,7 @@ class Engine:
             st.evals_since_best = 0 if improved else st.evals_since_best + 1
         if not math.isnan(val_loss):
             st.best_val = min(st.best_val, val_loss)
-        self._log(record)
+        self._log(record if self.task.logs_throughput else {k: v for k, v in record.items() if k not in THROUGHPUT})
         self.cb.on_eval(record)
 
     def _end_epoch(self) -> None:

@@ -211,6 +211,7 @@ class FinetuneTask(Task):
 
     batch_is_global = True
     reseed_before_optimizer = True
+    logs_throughput = False  # metrics.jsonl holds the book's numbers only, the same on every run
 
     def __init__(self, cfg: FinetuneConfig):
         self.cfg = cfg
