@@ -43,7 +43,6 @@ from gptcli.metrics import MetricsWriter, flops_per_token, gpu_bf16_peak, read_m
 from gptcli.paths import display_path, shell_path
 from gptcli.tokenizer import decode, encode
 
-
 THROUGHPUT = ("tokens_per_sec", "mfu")  # an eval record's measurements of speed, not of the model
 
 
