@@ -589,7 +589,9 @@ class Engine:
         records (the run went on past the save), keep the lines instead of writing them again."""
         st = self.state
         path = rundir.metrics_path(self.run_dir)
-        if not (st.sample_pending and self.dist.is_main and path.is_file()):
+        # Records whose making draws random numbers (a classifier's shuffled accuracy batches)
+        # are made again instead: the checkpoint's RNG state is the one they started from.
+        if self.task.epoch_end_draws_rng or not (st.sample_pending and self.dist.is_main and path.is_file()):
             return
         try:
             records = read_metrics(path)

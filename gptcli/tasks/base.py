@@ -15,6 +15,7 @@ class Task:
     reseed_before_optimizer = False  # the book's finetuning seeds again right before its optimizer
     partial_state = False  # checkpoints hold only some weights (LoRA adapters and a new head)
     epoch_end_types: tuple[str, ...] = ("sample",)  # the metrics records written at an epoch's end
+    epoch_end_draws_rng = False  # making the epoch-end records draws from the RNG
     logs_throughput = True  # eval records in metrics.jsonl carry tokens/s (and MFU); the display always does
     legacy_counts: dict[str, str] = {}  # older checkpoints' names of progress counts -> today's
     train: Any = None  # datasets: len(d) rows, d.batch(rows) -> (x, y)

@@ -325,6 +325,7 @@ class ClassifyTask(FinetuneTask):
     kind = "classify"
     epoch_end_types = ("accuracy",)
     legacy_counts = {"seen": "examples_seen"}  # chapter 6 counts examples
+    epoch_end_draws_rng = True  # the accuracy of the training split iterates a shuffled loader
 
     def loss_mean(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return cls_.classify_loss(model, x, y)
