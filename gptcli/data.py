@@ -25,7 +25,7 @@ from gptcli import distributed, formats, shards, tokencache
 from gptcli.config import ModelConfig, TrainConfig
 from gptcli.errors import DataError, UsageError
 from gptcli.textfiles import read_corpus
-from gptcli.tokenizer import encode
+from gptcli.tokenizer import encode_corpus
 
 # ---------------------------------------------------------------------------------------------
 # Text and token ids
@@ -38,11 +38,14 @@ def split_text(text: str, val_ratio: float) -> tuple[str, str]:
 
 
 def tokenize(text: str) -> np.ndarray:
-    return np.asarray(encode(text), dtype=np.int64)
+    """Token ids of corpus text (``tokenizer.encode_corpus``: a literal ``<|endoftext|>`` in a
+    document is text, the separators between documents are id 50256)."""
+    return np.asarray(encode_corpus(text), dtype=np.int64)
 
 
 def text_fingerprint(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    # surrogatepass: corpus text carries tokenizer.LITERAL_EOT; any other text hashes as UTF-8
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def input_format(fmt: str | None) -> str | None:

@@ -25,7 +25,6 @@ import csv
 import glob
 import gzip
 import io
-import json
 import lzma
 import sys
 import zlib
@@ -34,10 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from gptcli import jsontext
 from gptcli.errors import DataError, UsageError
 from gptcli.paths import display_path
 from gptcli.textfiles import decode_stream, expand_paths, iter_file_text
-from gptcli.tokenizer import EOT_TOKEN
+from gptcli.tokenizer import EOT_TOKEN, mask_literal_eot
 
 FORMATS = ("txt", "jsonl", "json", "csv", "tsv", "parquet")
 RECORD_FORMATS = ("jsonl", "json", "csv", "tsv", "parquet")  # the formats --text-field applies to
@@ -58,6 +58,7 @@ _BZIP2_MAGICS = (b"1AY&SY", b"\x17\x72\x45\x38\x50\x90")
 _GLOB_CHARS = set("*?[")
 _BLOCK = 4 * 2**20
 _NUL_CHECK_BYTES = 1 << 20
+_UTF8_BOM = b"\xef\xbb\xbf"
 _PARQUET_BATCH_ROWS = 1024
 DATA_EXTRA = "pip install 'gptcli[data]'"
 
@@ -246,6 +247,93 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
+_ZSTD_MAGIC = 0xFD2FB528
+_ZSTD_SKIPPABLE = 0x184D2A50  # to 0x184D2A5F: a skippable frame (4-byte magic, 4-byte size, data)
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The compressed bytes of a ``.zst`` input, passed on unchanged while their frame structure is
+    followed (RFC 8878: frame header, block headers, checksum), so that an input that ends inside a
+    frame is a DataError. zstandard's stream reader returns what it decoded and stops, which would
+    read a truncated download as shorter data (gzip, bzip2 and xz report it themselves)."""
+
+    def __init__(self, inner: BinaryIO, name: str):
+        self._inner, self._name = inner, name
+        self._buf = b""  # header bytes gathered so far
+        self._need = 4  # header bytes the current state needs
+        self._skip = 0  # bytes to pass before the next header (a block's body, a checksum)
+        self._state = "magic"
+        self._checksum = False
+        self._lost = False  # not zstd after all: the decompressor reports that itself
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self._inner.read(len(b))
+        if data:
+            if not self._lost:
+                self._follow(memoryview(data))
+        elif not self._lost and (self._state != "magic" or self._buf or self._skip):
+            raise DataError(f"{self._name}: cannot read zstd data (truncated: the file ends inside a frame)")
+        n = len(data)
+        b[:n] = data
+        return n
+
+    def _follow(self, data: memoryview) -> None:
+        i, n = 0, len(data)
+        while i < n:
+            if self._skip:
+                step = min(self._skip, n - i)
+                self._skip -= step
+                i += step
+                continue
+            take = min(self._need - len(self._buf), n - i)
+            self._buf += bytes(data[i : i + take])
+            i += take
+            if len(self._buf) == self._need:
+                header, self._buf = self._buf, b""
+                self._parse(header)
+                if self._lost:
+                    return
+
+    def _parse(self, h: bytes) -> None:
+        if self._state == "magic":
+            magic = int.from_bytes(h, "little")
+            if magic == _ZSTD_MAGIC:
+                self._state, self._need = "descriptor", 1
+            elif magic & 0xFFFFFFF0 == _ZSTD_SKIPPABLE:
+                self._state, self._need = "skippable", 4
+            else:
+                self._lost = True
+        elif self._state == "skippable":
+            self._skip = int.from_bytes(h, "little")
+            self._state, self._need = "magic", 4
+        elif self._state == "descriptor":
+            d = h[0]
+            single_segment = (d >> 5) & 1
+            self._checksum = bool((d >> 2) & 1)
+            content_size = (single_segment, 2, 4, 8)[d >> 6]
+            self._skip = (1 - single_segment) + (0, 1, 2, 4)[d & 3] + content_size
+            self._state, self._need = "block", 3
+        elif self._state == "block":
+            v = int.from_bytes(h, "little")
+            last, kind, size = v & 1, (v >> 1) & 3, v >> 3
+            if kind == 3:
+                self._lost = True
+                return
+            self._skip = 1 if kind == 1 else size  # an RLE block's body is its one byte
+            if last:
+                self._skip += 4 if self._checksum else 0
+                self._state, self._need = "magic", 4
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            super().close()
+
+
 def open_binary(inp: Input) -> BinaryIO:
     """The decompressed bytes of ``inp`` as a buffered stream (close it when done)."""
     name = str(inp)
@@ -274,7 +362,8 @@ def open_binary(inp: Input) -> BinaryIO:
                 import zstandard
             except ImportError:
                 raise DataError(f"{name}: reading .zst files needs zstandard: {DATA_EXTRA}") from None
-            raw = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
+            framed = io.BufferedReader(_ZstdFrames(raw, name), buffer_size=_BLOCK)
+            raw = zstandard.ZstdDecompressor().stream_reader(framed, read_across_frames=True, closefd=True)
             what = "zstd data"
     except BaseException:
         raw.close()
@@ -321,36 +410,67 @@ def _jsonl_records(f: BinaryIO, name: str, field: str, errors: str) -> Iterator[
     for lineno, raw in enumerate(f, 1):
         where = f"{name}: line {lineno}"
         line = _decode_line(raw, errors, where)
+        if lineno == 1:
+            line = jsontext.strip_bom(line)
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-        yield _field(record, field, where)
+        yield _field(jsontext.loads(line, where), field, where)
 
 
 def _json_records(f: BinaryIO, name: str, field: str, errors: str) -> Iterator[str | None]:
-    head = f.peek(64)[:64].lstrip()
-    if not head.startswith(b"["):
+    head = f.peek(64)[:64]
+    head = head[len(_UTF8_BOM) :] if head.startswith(_UTF8_BOM) else head
+    if not head.lstrip().startswith(b"["):
         yield from _jsonl_records(f, name, field, errors)
         return
-    text = _decode_line(f.read(), errors, name)
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{name}: line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    text = jsontext.strip_bom(_decode_line(f.read(), errors, name))
+    records = jsontext.loads(text, name)
     for i, record in enumerate(records):
         yield _field(record, field, f"{name}: record {i}")
 
 
-def _csv_records(f: BinaryIO, name: str, field: str, errors: str, delimiter: str) -> Iterator[str | None]:
+def csv_rows(lines: Iterable[str], name: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """(line where the row starts, row) of each non-empty row of CSV/TSV text given as lines read
+    with ``newline=""`` (so a quoted field keeps its newlines). Parsing is strict: a quote left
+    open, which would otherwise swallow every row after it into one field, is a DataError naming
+    the line where its row starts; so is text after a closing quote."""
     csv.field_size_limit(2**31 - 1)  # a document is often longer than csv's 128 KiB default
-    text = io.TextIOWrapper(f, encoding="utf-8", errors=errors, newline="")
-    reader = csv.reader(text, delimiter=delimiter)
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(_csv_error(name, start, reader.line_num, str(e))) from None
+        if row:
+            yield start, row
+        start = reader.line_num + 1
+
+
+def _csv_error(name: str, start: int, line: int, reason: str) -> str:
+    if "unexpected end of data" in reason:
+        return (
+            f'{name}: line {start}: a quoted field opened in this row never closes (an unbalanced " '
+            "runs to the end of the file); close it, or double a quote that is part of the text"
+        )
+    if "expected after" in reason and line > start:
+        return (
+            f"{name}: line {start}: a quoted field opened in this row runs to line {line} and text follows "
+            'its closing quote there (an unbalanced "?); close it, or double a quote that is part of the text'
+        )
+    return f"{name}: line {line}: not valid CSV ({reason})"
+
+
+def _csv_records(f: BinaryIO, name: str, field: str, errors: str, delimiter: str) -> Iterator[str | None]:
+    # utf-8-sig: a byte order mark (Excel writes one) is not part of the first column's name
+    text = io.TextIOWrapper(f, encoding="utf-8-sig", errors=errors, newline="")
+    rows = csv_rows(text, name, delimiter)
+    line = 0
     try:
         try:
-            header = next(reader)
+            _, header = next(rows)
         except StopIteration:
             raise DataError(f"{name}: file is empty") from None
         if field not in header:
@@ -359,18 +479,14 @@ def _csv_records(f: BinaryIO, name: str, field: str, errors: str, delimiter: str
                 f"{name}: no column {field!r} in the header (columns: {cols}); choose one with --text-field"
             )
         col = header.index(field)
-        for row_no, row in enumerate(reader, 1):
-            if not row:
-                continue
+        for row_no, (line, row) in enumerate(rows, 1):
             if col >= len(row):
-                raise DataError(f"{name}: row {row_no} (line {reader.line_num}): has no {field!r} column")
+                raise DataError(f"{name}: row {row_no} (line {line}): has no {field!r} column")
             yield row[col]
     except UnicodeDecodeError:
         raise DataError(
-            f"{name}: not valid UTF-8 near line {reader.line_num + 1}; use --encoding-errors replace|ignore to read it anyway"
+            f"{name}: not valid UTF-8 near line {line + 1}; use --encoding-errors replace|ignore to read it anyway"
         ) from None
-    except csv.Error as e:
-        raise DataError(f"{name}: line {reader.line_num}: not valid CSV ({e})") from None
     finally:
         text.detach()
 
@@ -439,7 +555,7 @@ def _non_empty(records: Iterator[str | None], name: str) -> Iterator[Iterable[st
     for text in records:
         if text:
             n += 1
-            yield (text,)
+            yield (mask_literal_eot(text),)
     if n == 0:
         raise DataError(f"{name}: no documents (every record is empty)")
 

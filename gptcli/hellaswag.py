@@ -17,7 +17,6 @@ fits), which only happens for models with a short context.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from gptcli import jsontext
 from gptcli.errors import DataError
 from gptcli.tokenizer import encode
 
@@ -53,10 +53,9 @@ def read_examples(path: str | Path) -> list[Example]:
             where = f"{path}: line {lineno}"
             if not raw.strip():
                 continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise DataError(f"{where}: not a valid JSON line ({e})") from None
+            if lineno == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte order mark
+            obj = jsontext.loads(raw, where, what="not a valid JSON line")
             examples.append(_example(obj, where))
     if not examples:
         raise DataError(f"{path}: no examples")
@@ -75,7 +74,7 @@ def _example(obj: object, where: str) -> Example:
     label = obj.get("label")
     if label is None:
         raise DataError(f"{where}: no field 'label' (the test split has no answers: use hellaswag_val.jsonl)")
-    if isinstance(label, str) and label.isdigit():
+    if isinstance(label, str) and label.isascii() and label.isdigit():  # not "²", which int() refuses
         label = int(label)  # Hugging Face's copy stores the label as a string
     if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(endings):
         raise DataError(f"{where}: field 'label' must be an index into the {len(endings)} endings, got {label!r}")

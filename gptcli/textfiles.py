@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gptcli.errors import DataError
-from gptcli.tokenizer import EOT_TOKEN
+from gptcli.tokenizer import EOT_TOKEN, mask_literal_eot
 
 _NUL_CHECK_BYTES = 1 << 20  # a NUL byte in the first 1 MiB marks a binary file
 _READ_BLOCK = 16 * 2**20
@@ -94,7 +94,27 @@ def decode_stream(
 ) -> Iterator[str]:
     """Decoded text of a byte stream (a file, or a decompressed one), block by block. Undecodable
     bytes fail by default, naming ``name`` and the byte offset; a NUL byte in the first MiB means
-    a binary file; an empty or whitespace-only stream is an error."""
+    a binary file; an empty or whitespace-only stream is an error. A literal ``<|endoftext|>`` in
+    the text comes as ``tokenizer.LITERAL_EOT`` (document text, not a separator), even across blocks."""
+    return _mask_literals(_decode_blocks(f, name, errors, block_bytes, on_raw=on_raw))
+
+
+def _mask_literals(pieces: Iterator[str]) -> Iterator[str]:
+    carry = ""  # the end of the text so far while it could begin an <|endoftext|>
+    for piece in pieces:
+        text = mask_literal_eot(carry + piece)
+        keep = next((k for k in range(min(len(EOT_TOKEN) - 1, len(text)), 0, -1) if text.endswith(EOT_TOKEN[:k])), 0)
+        carry = text[len(text) - keep :] if keep else ""
+        text = text[: len(text) - keep]
+        if text:
+            yield text
+    if carry:
+        yield carry
+
+
+def _decode_blocks(
+    f: BinaryIO, name: str, errors: str, block_bytes: int, *, on_raw: Callable[[bytes], None] | None = None
+) -> Iterator[str]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
     offset = chars = 0
     seen_text = False

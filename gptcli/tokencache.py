@@ -44,11 +44,11 @@ from gptcli.errors import DataError
 from gptcli.formats import Input, detect, iter_text, resolve_inputs, sniff_compression
 from gptcli.paths import gptcli_home
 from gptcli.textfiles import expand_paths, iter_file_text
-from gptcli.tokenizer import EOT_TOKEN, get_tokenizer
+from gptcli.tokenizer import EOT_TOKEN, corpus_pieces, encode_corpus, get_tokenizer
 
 # What produced the ids: part of every key, so a change of tokenizer never reuses old files.
 TOKENIZER_ID = "gpt2-bpe-50257"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a literal <|endoftext|> inside a document is text, not id 50256
 # Corpora at least this large (sum of input file sizes) train from the memmap cache.
 MEMMAP_MIN_BYTES = 64 * 2**20
 BLOCK_BYTES = 4 * 2**20  # read size
@@ -142,8 +142,10 @@ def iter_chunks(pieces: Iterable[str], chunk_chars: int = CHUNK_CHARS) -> Iterat
 
 
 def _encode_np(text: str) -> np.ndarray:
-    """``tokenizer.encode`` as a uint16 array (what the cache stores)."""
+    """``tokenizer.encode_corpus`` as a uint16 array (what the cache stores)."""
     enc = get_tokenizer()
+    if corpus_pieces(text) is not None:  # a literal <|endoftext|> in a document: text, not id 50256
+        return np.asarray(encode_corpus(text), dtype=np.uint16)
     if hasattr(enc, "encode_to_numpy"):  # tiktoken >= 0.8: no Python list in between
         ids = enc.encode_to_numpy(text, allowed_special={EOT_TOKEN})
     else:
@@ -445,7 +447,7 @@ def _build(
                 return
             text = head[1]
             head = None
-            b = text.encode("utf-8")
+            b = text.encode("utf-8", "surrogatepass")  # see data.text_fingerprint
             fingerprint.update(b)
             done_bytes += len(b)
             yield text

@@ -55,5 +55,53 @@ def encode(text: str) -> list[int]:
     return get_tokenizer().encode(text, allowed_special={EOT_TOKEN})
 
 
+def encode_ordinary(text: str) -> list[int]:
+    """Token ids of a document's text: a literal ``<|endoftext|>`` in it is text (seven ordinary
+    tokens), never the separator, as llm.c and nanoGPT encode documents (``encode_ordinary``)."""
+    return get_tokenizer().encode_ordinary(text)
+
+
+# A corpus is its documents' text joined by ``<|endoftext|>``, cut and tokenized as one string
+# (the book's split is by characters). So that a literal ``<|endoftext|>`` inside a document stays
+# text, the readers hand it on as ``LITERAL_EOT``: the same length (character offsets and the
+# split do not move), its first "|" replaced by a lone surrogate, which decoded UTF-8 text and
+# checked JSON never hold. ``encode_corpus`` turns it back into "|" and encodes it ordinarily.
+_MARK = "\udcff"
+LITERAL_EOT = EOT_TOKEN[0] + _MARK + EOT_TOKEN[2:]
+
+
+def mask_literal_eot(text: str) -> str:
+    """A document's text with each literal ``<|endoftext|>`` as ``LITERAL_EOT``."""
+    return text.replace(EOT_TOKEN, LITERAL_EOT) if EOT_TOKEN in text else text
+
+
+def unmask(text: str) -> str:
+    """The text ``mask_literal_eot`` was given (for a piece of corpus text cut anywhere)."""
+    return text.replace(_MARK, "|")
+
+
+def corpus_pieces(text: str) -> list[str] | None:
+    """None when ``text`` (corpus text) holds no masked literal, so that ``encode`` gives its ids;
+    else its documents (split at the real separators), literals restored, to encode ordinarily."""
+    if _MARK not in text:
+        return None
+    return [unmask(doc) for doc in text.split(EOT_TOKEN)]
+
+
+def encode_corpus(text: str) -> list[int]:
+    """Token ids of corpus text: each ``<|endoftext|>`` between documents is id 50256, a literal one
+    inside a document (``LITERAL_EOT``) is ordinary text."""
+    docs = corpus_pieces(text)
+    if docs is None:
+        return encode(text)
+    enc = get_tokenizer()
+    ids: list[int] = []
+    for i, doc in enumerate(docs):
+        if i:
+            ids.append(EOT_ID)
+        ids.extend(enc.encode_ordinary(doc))
+    return ids
+
+
 def decode(ids: list[int]) -> str:
     return get_tokenizer().decode(ids)

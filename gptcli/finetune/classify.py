@@ -5,7 +5,7 @@ head, and the loss and accuracy on the last token (``calc_loss_batch``, ``calc_a
 
 from __future__ import annotations
 
-import csv
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +16,11 @@ import torch.nn.functional as F
 
 from gptcli.errors import DataError, UsageError
 from gptcli.finetune.config import TRAINABLE
-from gptcli.finetune.files import json_records, read_file
+from gptcli.finetune.files import json_records, read_file, table_rows
 from gptcli.model import GPT
-from gptcli.tokenizer import EOT_ID, encode
+from gptcli.tokenizer import EOT_ID, encode_ordinary
+
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 def read_table(path: str | Path, *, text_field: str, label_field: str) -> tuple[list[str], list[str]]:
@@ -33,10 +35,8 @@ def read_table(path: str | Path, *, text_field: str, label_field: str) -> tuple[
                 raise DataError(f"{p}: record {n} is not an object")
         fields = set().union(*(r.keys() for r in rows)) if rows else set()
     else:
-        raw = read_file(p)
-        reader = csv.DictReader(raw.splitlines(), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
-        fields = set(reader.fieldnames or [])
-        rows = list(reader)
+        header, rows = table_rows(read_file(p, newline=""), p, delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
+        fields = set(header)
     for flag, name in (("--text-field", text_field), ("--label-field", label_field)):
         if name not in fields:
             have = ", ".join(sorted(map(str, fields))[:6]) or "none"
@@ -50,6 +50,8 @@ def read_table(path: str | Path, *, text_field: str, label_field: str) -> tuple[
         labels.append(str(lab))
     if not texts:
         raise DataError(f"{p}: no records")
+    if not any(texts):
+        raise DataError(f"{p}: every {text_field!r} is empty: there is no text to classify")
     return texts, labels
 
 
@@ -57,7 +59,7 @@ def label_names(labels: Sequence[str]) -> list[str]:
     """Class names in id order: sorted (numerically when all are integers), so the book's
     ``{"ham": 0, "spam": 1}`` comes out as it maps them."""
     uniq = set(labels)
-    if all(s.lstrip("-").isdigit() for s in uniq):
+    if all(_INTEGER.fullmatch(s) for s in uniq):  # ASCII digits: "²".isdigit() is True, int("²") fails
         return sorted(uniq, key=int)
     return sorted(uniq)
 
@@ -102,9 +104,9 @@ class ClassifyData:
 
     @classmethod
     def build(cls, texts: Sequence[str], labels: Sequence[int], *, max_length: int | None, pad_id: int = EOT_ID):
-        enc = [encode(t) for t in texts]
+        enc = [encode_ordinary(t) for t in texts]
         if max_length is None:
-            max_length = max((len(e) for e in enc), default=1)
+            max_length = max([1, *(len(e) for e in enc)])  # at least one position, even if every text is empty
         enc = [e[:max_length] + [pad_id] * (max_length - len(e[:max_length])) for e in enc]
         ids = torch.tensor(enc, dtype=torch.long) if enc else torch.zeros((0, max_length), dtype=torch.long)
         return cls(ids, torch.tensor(list(labels), dtype=torch.long))
@@ -122,7 +124,7 @@ class ClassifyData:
 
 
 def longest_tokens(texts: Sequence[str]) -> int:
-    return max((len(encode(t)) for t in texts), default=0)
+    return max((len(encode_ordinary(t)) for t in texts), default=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ def classify_texts(
     out = []
     with torch.no_grad():
         for t in texts:
-            ids = encode(t)[:keep]
+            ids = encode_ordinary(t)[:keep]
             ids += [pad_id] * (max_length - len(ids))
             x = torch.tensor([ids], device=device)
             out.append(torch.softmax(last_token_logits(model, x).float(), dim=-1)[0].cpu())

@@ -6,21 +6,27 @@ records is read here for both kinds.
 
 from __future__ import annotations
 
-import json
+import io
 from pathlib import Path
 from typing import Any
 
+from gptcli import jsontext
 from gptcli.errors import DataError, GptCliError, os_error_reason
 
 
-def read_file(path: str | Path, *, error: type[GptCliError] = DataError, prefix: str = "") -> str:
-    """A user's UTF-8 text file; ``error`` (with ``prefix``, such as "invalid --template: ")
-    naming the file and what is wrong with it otherwise."""
+def read_file(
+    path: str | Path, *, error: type[GptCliError] = DataError, prefix: str = "", newline: str | None = None
+) -> str:
+    """A user's UTF-8 text file, a leading byte order mark dropped (Windows tools write one);
+    ``error`` (with ``prefix``, such as "invalid --template: ") naming the file and what is wrong
+    with it otherwise. ``newline`` as ``open`` takes it: "" keeps line ends as they are, for a
+    parser (a quoted CSV field may hold a "\r")."""
     p = Path(path)
     try:
         if p.is_dir():
             raise error(f"{prefix}{p}: is a directory, not a file")
-        return p.read_text(encoding="utf-8")
+        with open(p, encoding="utf-8", newline=newline) as f:
+            return jsontext.strip_bom(f.read())
     except FileNotFoundError:
         raise error(f"{prefix}{p}: no such file") from None
     except UnicodeDecodeError as e:
@@ -34,17 +40,29 @@ def json_records(path: str | Path) -> list[Any]:
     ``to_json(orient="records")``) or JSON Lines, one record a line. Records are returned as they
     are; the caller checks their fields."""
     p = Path(path)
-    text = read_file(p)
+    text = read_file(p, newline="")
     if text.lstrip().startswith("["):
-        try:
-            return json.loads(text)  # a list: the text starts with "["
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        return jsontext.loads(text, str(p))  # a list: the text starts with "["
     records = []
-    for n, line in enumerate(text.splitlines(), 1):
+    # JSON Lines end at "\n" only: str.splitlines() would also cut at "\x0c", "\x1c" or U+2028,
+    # which JSON allows raw inside a string (json.dumps(ensure_ascii=False) writes them so).
+    for n, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
         if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}: line {n} is not JSON ({e.msg})") from None
+            records.append(jsontext.loads(line, f"{p}: line {n}"))
     return records
+
+
+def table_rows(text: str, path: str | Path, *, delimiter: str) -> tuple[list[str], list[dict[str, str | None]]]:
+    """(column names, rows as dicts) of CSV/TSV text, parsed as one text with the csv module's
+    rules (a quoted field may hold newlines, form feeds, U+2028...); an unbalanced quote is a
+    DataError naming the line where it opened (``formats.csv_rows``). A short row's missing
+    columns are None, as in ``csv.DictReader``."""
+    from gptcli.formats import csv_rows
+
+    rows = csv_rows(io.StringIO(text, newline=""), str(path), delimiter)
+    header = next(rows, (0, []))[1]
+    out = []
+    for _, row in rows:
+        out.append({name: (row[i] if i < len(row) else None) for i, name in enumerate(header)})
+    return header, out

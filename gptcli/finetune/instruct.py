@@ -20,7 +20,7 @@ import torch
 from gptcli.errors import DataError, UsageError
 from gptcli.finetune.config import parse_split
 from gptcli.finetune.files import json_records, read_file
-from gptcli.tokenizer import EOT_ID, encode
+from gptcli.tokenizer import EOT_ID, encode_ordinary
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index, the book's choice
 
@@ -41,6 +41,40 @@ def format_response(entry: dict[str, Any]) -> str:
     return f"\n\n### Response:\n{entry['output']}"
 
 
+_FIELDS = ("instruction", "input", "output")
+
+
+def _parse(text: str, where: str) -> list[tuple[str, str | None]]:
+    """(literal text, field or None) pieces of a template, ``str.format``'s parse; a format spec,
+    a conversion or an escaped ``{{field}}`` is a UsageError naming ``where``."""
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as e:
+        raise UsageError(f"invalid {where}: not a format string ({e})") from None
+    pieces: list[tuple[str, str | None]] = []
+    literal = ""  # the literal text since the last field ("{{" and "}}" come as pieces of their own)
+    for text_piece, field, spec, conversion in parsed:
+        literal += text_piece
+        if field is None:
+            continue
+        if spec or conversion:
+            written = field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise UsageError(
+                f"invalid {where}: {{{written}}} has a format spec or conversion; write the plain field {{{field}}}"
+            )
+        pieces.append((literal, field))
+        literal = ""
+    pieces.append((literal, None))
+    for lit, _ in pieces:
+        escaped = next((f for f in _FIELDS if "{" + f + "}" in lit), None)
+        if escaped:
+            raise UsageError(
+                f"invalid {where}: {{{{{escaped}}}}} is the literal text {{{escaped}}}, not the field; "
+                f"write {{{escaped}}} (single braces)"
+            )
+    return pieces
+
+
 @dataclass(frozen=True)
 class Template:
     """The prompt template: the book's (``text`` None) or a format string with ``{instruction}``,
@@ -56,11 +90,12 @@ class Template:
 
     @classmethod
     def from_text(cls, text: str, *, where: str = "template") -> Template:
-        try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
-        except ValueError as e:
-            raise UsageError(f"invalid {where}: not a format string ({e})") from None
-        unknown = sorted(set(fields) - {"instruction", "input", "output"})
+        """Only plain ``{instruction}``, ``{input}`` and ``{output}`` fields: no format spec or
+        conversion (``{output:d}`` fails on text; ``{output:>99999999999}`` pads without bound),
+        and no ``{{output}}``, which is the literal text "{output}", not the field."""
+        pieces = _parse(text, where)
+        fields = [f for _, f in pieces if f is not None]
+        unknown = sorted(set(fields) - set(_FIELDS))
         if unknown:
             raise UsageError(
                 f"invalid {where}: unknown field {{{unknown[0]}}} (use {{instruction}}, {{input}}, {{output}})"
@@ -69,17 +104,27 @@ class Template:
             raise UsageError(f"invalid {where}: needs {{instruction}} and exactly one {{output}}")
         return cls(text)
 
+    def _render(self, entry: dict[str, Any], *, stop_at_output: bool) -> str:
+        assert self.text is not None
+        out = []
+        for literal, field in _parse(self.text, "template"):
+            out.append(literal)
+            if field == "output" and stop_at_output:
+                break
+            if field is not None:
+                out.append(entry.get(field, "") if field == "input" else entry[field])
+        return "".join(out)
+
     def prompt(self, entry: dict[str, Any]) -> str:
         if self.text is None:
             return format_input(entry)
-        head = self.text.split("{output}")[0]
-        return head.format(instruction=entry["instruction"], input=entry.get("input", ""))
+        return self._render(entry, stop_at_output=True)
 
     def full(self, entry: dict[str, Any]) -> str:
         """The training text: prompt and response."""
         if self.text is None:
             return format_input(entry) + format_response(entry)
-        return self.text.format(instruction=entry["instruction"], input=entry.get("input", ""), output=entry["output"])
+        return self._render(entry, stop_at_output=False)
 
     def response_prefix(self, entry: dict[str, Any]) -> str:
         """What the model is given to answer: the prompt plus the response header (no output)."""
@@ -170,8 +215,8 @@ class InstructData:
     def build(
         cls, records: Sequence[dict[str, Any]], template: Template, *, max_length: int | None, mask_prompt: bool
     ) -> InstructData:
-        ids = [encode(template.full(r)) for r in records]
-        plens = [len(encode(template.prompt(r))) for r in records] if mask_prompt else [0] * len(ids)
+        ids = [encode_ordinary(template.full(r)) for r in records]
+        plens = [len(encode_ordinary(template.prompt(r))) for r in records] if mask_prompt else [0] * len(ids)
         return cls(ids, plens, max_length, mask_prompt)
 
     def __len__(self) -> int:

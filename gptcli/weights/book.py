@@ -165,9 +165,18 @@ def book_to_gptcli(
 def optimizer_to_gptcli(opt: dict[str, Any], cfg: ModelConfig, *, source: str) -> dict[str, Any]:
     """The book's AdamW state dict re-indexed for ``GPT(cfg).parameters()``: q/k/v moments
     stacked like their weights, the padded vocabulary rows given zero moments."""
+    not_optimizer = CheckpointError(f"{source}: optimizer_state_dict is not a torch optimizer state dict")
+    if not isinstance(opt, dict):
+        raise CheckpointError(
+            f"{source}: optimizer_state_dict is not a torch optimizer state dict (it is a {type(opt).__name__})"
+        )
     groups = opt.get("param_groups")
-    if not isinstance(groups, list) or not groups or "state" not in opt:
-        raise CheckpointError(f"{source}: optimizer_state_dict is not a torch optimizer state dict")
+    if not isinstance(groups, list) or not groups or not isinstance(opt.get("state"), dict):
+        raise not_optimizer
+    if not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+        raise not_optimizer
+    if not all(isinstance(v, dict) for v in opt["state"].values()):
+        raise not_optimizer
     if len(groups) != 1:
         raise CheckpointError(f"{source}: the optimizer has {len(groups)} parameter groups; gptcli trains with one")
     book_names = book_param_names(cfg)
@@ -227,6 +236,10 @@ def load_book_file(src: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     if obj.get("format") == ckpt.FORMAT:
         raise CheckpointError(f"{src}: is already a gptcli checkpoint")
     if "model_state_dict" in obj:
+        if not isinstance(obj["model_state_dict"], dict):
+            raise CheckpointError(
+                f"{src}: model_state_dict is not a state dict (it is a {type(obj['model_state_dict']).__name__})"
+            )
         return _strip_wrappers(dict(obj["model_state_dict"])), obj.get("optimizer_state_dict")
     return _strip_wrappers(obj), None
 

@@ -550,7 +550,7 @@ def _check_hparams(path: Path, url: str) -> None:
     try:
         hp = json.loads(path.read_text(encoding="utf-8"))
         reason = None if isinstance(hp, dict) else "not a JSON object"
-    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         reason = "not JSON"
     if reason is None:
         try:

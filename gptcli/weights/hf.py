@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from gptcli import checkpoint as ckpt
-from gptcli import fsutil
+from gptcli import fsutil, jsontext
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.model import gptcli_shapes
@@ -207,12 +207,25 @@ def find_hf_files(src: str | Path) -> tuple[Path, Path]:
     return config, weights
 
 
+def _json_kind(value: Any) -> str:
+    return {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
 def load_hf(src: str | Path, *, on_progress: Progress | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     config_path, weights = find_hf_files(src)
     try:
-        hf = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{config_path}: not readable JSON ({e})") from None
+        raw = config_path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{config_path}: cannot read ({e.strerror})") from None
+    hf = jsontext.loads(
+        raw.removeprefix(b"\xef\xbb\xbf"), str(config_path), error=CheckpointError, what="not readable JSON"
+    )
+    if not isinstance(hf, dict):
+        raise CheckpointError(
+            f"{config_path}: expected a JSON object of GPT-2 settings (n_embd, n_layer...), got {_json_kind(hf)}"
+        )
     cfg = config_from_hf(hf, where=str(config_path))
     source = _Source(weights)
     available = source.shapes()

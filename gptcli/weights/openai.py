@@ -8,13 +8,13 @@ q|k|v columns of ``c_attn`` keep their order. The output head is tied to ``wte``
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from gptcli import checkpoint as ckpt
+from gptcli import jsontext
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.model import gptcli_shapes
@@ -99,13 +99,14 @@ def _is_not_model(name: str) -> bool:
 def read_hparams(directory: Path) -> ModelConfig:
     path = directory / HPARAMS
     try:
-        hp = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(
             f"{path}: missing (OpenAI's checkpoints come with it; the model's shape is read from it)"
         ) from None
-    except (OSError, ValueError) as e:
+    except OSError as e:
         raise CheckpointError(f"{path}: not readable JSON ({e})") from None
+    hp = jsontext.loads(raw.removeprefix(b"\xef\xbb\xbf"), str(path), error=CheckpointError, what="not readable JSON")
     if not isinstance(hp, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return config_from_hparams(hp, where=str(path))
