@@ -10,10 +10,12 @@ traceback.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -320,144 +322,143 @@ def resume(
 
 
 # --------------------------------------------------------------------------------------------
-# The commands whose flags are their settings' fields (gptcli.settings): each only calls its
-# command with the settings, which checked themselves when they were made from the flags.
+# The commands whose flags are their settings' fields (gptcli.settings), as a table: each hands
+# its settings, which checked themselves when the flags made them, to the function that runs it:
+# "module:function" of gptcli.commands, imported only when the command runs (torch), or one of
+# the adapters below where that function takes the settings' values one by one.
 
 
-@settings_command(
-    app,
-    EvalSettings,
-    name="eval",
-    examples=(
-        "gptcli eval examples/the-verdict.txt",
-        "gptcli eval data/ --checkpoint runs/x --json",
-        "gptcli eval examples/the-verdict.txt --stride 128",
-        "gptcli eval --task hellaswag hellaswag_val.jsonl --model gpt2-124M",
-    ),
-)
-def eval_(settings: EvalSettings) -> None:
-    """Loss and perplexity over the given text: the book's calc_loss_loader, or a sliding window (--stride).
-    With --task hellaswag: HellaSwag accuracy, scored as llm.c and nanoGPT do."""
-    from gptcli.commands.evaluate import eval_command
-
-    eval_command(settings)
-
-
-@settings_command(
-    app,
-    SampleSettings,
-    examples=(
-        "gptcli sample --temperature 1.4 --top-k 25",
-        'gptcli sample --model gpt2-124M --prompt "Every effort moves you" --top-k 50 --temperature 1.5',
-        'gptcli sample --prompt "Hello" --num-samples 4 --seed 1 --json',
-        "gptcli sample --interactive --temperature 1.0 --top-k 40",
-    ),
-)
-def sample(settings: SampleSettings) -> None:
-    """Generate text with temperature, top-k and top-p sampling, stopping at <|endoftext|>."""
-    from gptcli.commands.sample import run_sample
-
-    run_sample(settings)
-
-
-@settings_command(
-    app,
-    PlotSettings,
-    examples=("gptcli plot", "gptcli plot runs/a runs/b --log-y -o compare.svg", "gptcli plot --terminal"),
-)
-def plot(settings: PlotSettings) -> None:
-    """Plot training and validation loss against epochs and tokens seen."""
+def _plot(settings: PlotSettings) -> None:
     from gptcli.commands.runs import plot_command
 
     plot_command(settings.targets, output=settings.output, log_y=settings.log_y, terminal=settings.terminal)
 
 
-@settings_command(
-    app,
-    DownloadSettings,
-    examples=(
-        "gptcli download --size 124M",
-        "gptcli download --size 355M --dir models/355M --no-convert",
-        "gptcli download --size 124M --base-url https://my-mirror.example/gpt2",
-    ),
-)
-def download(settings: DownloadSettings) -> None:
-    """Download OpenAI's GPT-2 weights (resumable, verified) and convert them for gptcli."""
-    from gptcli.commands.weights import download_command
-
-    download_command(settings)
-
-
-@settings_command(
-    app,
-    ConvertSettings,
-    examples=(
-        "gptcli convert ~/.cache/gptcli/gpt2/124M",
-        "gptcli convert model_and_optimizer.pth --data the-verdict.txt -o book.pth && gptcli resume book.pth",
-        "gptcli convert hf-gpt2/ -o gpt2.pth",
-        "gptcli convert runs/verdict --to hf -o verdict-hf/",
-    ),
-)
-def convert(settings: ConvertSettings) -> None:
-    """Convert GPT-2 weights: OpenAI (TensorFlow), Hugging Face or the book's checkpoints -> gptcli, or gptcli -> Hugging Face."""
-    from gptcli.commands.weights import convert_command
-
-    convert_command(settings)
-
-
-@settings_command(
-    app,
-    InfoSettings,
-    examples=(
-        "gptcli info runs/verdict",
-        "gptcli info runs/verdict/checkpoints/step-00000090.pth --json",
-        "gptcli info gpt2-124M",
-    ),
-)
-def info(settings: InfoSettings) -> None:
-    """Show a checkpoint's config, parameter count, step, epoch, tokens seen and last losses."""
-    from gptcli.commands.runs import info_command
-
-    info_command(settings)
-
-
-@settings_command(app, RunsSettings, examples=("gptcli runs", "gptcli runs --root experiments --json"))
-def runs(settings: RunsSettings) -> None:
-    """List the training runs under ./runs with their progress and last losses."""
+def _runs(settings: RunsSettings) -> None:
     from gptcli.commands.runs import runs_command
 
     runs_command(settings.root, json_out=settings.json_out)
 
 
-@settings_command(
-    app,
-    PrepareSettings,
-    examples=(
-        "gptcli prepare examples/the-verdict.txt -o data/verdict",
-        "gptcli prepare 'corpus/*.jsonl.gz' -o data/corpus --shard-size 100M --val-tokens 10M",
-        "zcat dump.jsonl.gz | gptcli prepare - --format jsonl --text-field content -o data/dump",
-    ),
-)
-def prepare(settings: PrepareSettings) -> None:
-    """Tokenize text once into llm.c-format shards (train_*.bin, val_*.bin) that train reads as memory maps."""
-    from gptcli.commands.prepare import prepare_command
-
-    prepare_command(settings)
-
-
-@settings_command(
-    app,
-    ClassifySettings,
-    examples=(
-        'gptcli classify -c runs/spam "You won a prize!"',
-        "gptcli classify -c runs/spam --file messages.txt --json",
-    ),
-)
-def classify(settings: ClassifySettings) -> None:
-    """Label texts with a model from `gptcli finetune classify`: label and probability."""
+def _classify(settings: ClassifySettings) -> None:
     from gptcli.commands.finetune import classify_command
 
     classify_command(settings.checkpoint, settings.texts, file=settings.file, json_out=settings.json_out)
+
+
+def _command_function(target: str | Callable[[Any], None]) -> Callable[[Any], None]:
+    """What runs a command of the table: an adapter, or "module:function" of gptcli.commands."""
+    if callable(target):
+        return target
+    module, function = target.split(":")
+
+    def run(settings: Any) -> None:
+        getattr(importlib.import_module(f"gptcli.commands.{module}"), function)(settings)
+
+    return run
+
+
+# name, settings, what runs it, help, examples; in the order `gptcli --help` lists them
+_SETTINGS_COMMANDS: tuple[tuple[str, type, str | Callable[[Any], None], str, tuple[str, ...]], ...] = (
+    (
+        "eval",
+        EvalSettings,
+        "evaluate:eval_command",
+        "Loss and perplexity over the given text: the book's calc_loss_loader, or a sliding window (--stride).\n"
+        "With --task hellaswag: HellaSwag accuracy, scored as llm.c and nanoGPT do.",
+        (
+            "gptcli eval examples/the-verdict.txt",
+            "gptcli eval data/ --checkpoint runs/x --json",
+            "gptcli eval examples/the-verdict.txt --stride 128",
+            "gptcli eval --task hellaswag hellaswag_val.jsonl --model gpt2-124M",
+        ),
+    ),
+    (
+        "sample",
+        SampleSettings,
+        "sample:run_sample",
+        "Generate text with temperature, top-k and top-p sampling, stopping at <|endoftext|>.",
+        (
+            "gptcli sample --temperature 1.4 --top-k 25",
+            'gptcli sample --model gpt2-124M --prompt "Every effort moves you" --top-k 50 --temperature 1.5',
+            'gptcli sample --prompt "Hello" --num-samples 4 --seed 1 --json',
+            "gptcli sample --interactive --temperature 1.0 --top-k 40",
+        ),
+    ),
+    (
+        "plot",
+        PlotSettings,
+        _plot,
+        "Plot training and validation loss against epochs and tokens seen.",
+        ("gptcli plot", "gptcli plot runs/a runs/b --log-y -o compare.svg", "gptcli plot --terminal"),
+    ),
+    (
+        "download",
+        DownloadSettings,
+        "weights:download_command",
+        "Download OpenAI's GPT-2 weights (resumable, verified) and convert them for gptcli.",
+        (
+            "gptcli download --size 124M",
+            "gptcli download --size 355M --dir models/355M --no-convert",
+            "gptcli download --size 124M --base-url https://my-mirror.example/gpt2",
+        ),
+    ),
+    (
+        "convert",
+        ConvertSettings,
+        "weights:convert_command",
+        "Convert GPT-2 weights: OpenAI (TensorFlow), Hugging Face or the book's checkpoints -> gptcli, "
+        "or gptcli -> Hugging Face.",
+        (
+            "gptcli convert ~/.cache/gptcli/gpt2/124M",
+            "gptcli convert model_and_optimizer.pth --data the-verdict.txt -o book.pth && gptcli resume book.pth",
+            "gptcli convert hf-gpt2/ -o gpt2.pth",
+            "gptcli convert runs/verdict --to hf -o verdict-hf/",
+        ),
+    ),
+    (
+        "info",
+        InfoSettings,
+        "runs:info_command",
+        "Show a checkpoint's config, parameter count, step, epoch, tokens seen and last losses.",
+        (
+            "gptcli info runs/verdict",
+            "gptcli info runs/verdict/checkpoints/step-00000090.pth --json",
+            "gptcli info gpt2-124M",
+        ),
+    ),
+    (
+        "runs",
+        RunsSettings,
+        _runs,
+        "List the training runs under ./runs with their progress and last losses.",
+        ("gptcli runs", "gptcli runs --root experiments --json"),
+    ),
+    (
+        "prepare",
+        PrepareSettings,
+        "prepare:prepare_command",
+        "Tokenize text once into llm.c-format shards (train_*.bin, val_*.bin) that train reads as memory maps.",
+        (
+            "gptcli prepare examples/the-verdict.txt -o data/verdict",
+            "gptcli prepare 'corpus/*.jsonl.gz' -o data/corpus --shard-size 100M --val-tokens 10M",
+            "zcat dump.jsonl.gz | gptcli prepare - --format jsonl --text-field content -o data/dump",
+        ),
+    ),
+    (
+        "classify",
+        ClassifySettings,
+        _classify,
+        "Label texts with a model from `gptcli finetune classify`: label and probability.",
+        (
+            'gptcli classify -c runs/spam "You won a prize!"',
+            "gptcli classify -c runs/spam --file messages.txt --json",
+        ),
+    ),
+)
+
+for _name, _settings, _target, _help, _examples in _SETTINGS_COMMANDS:
+    settings_command(app, _settings, name=_name, help=_help, examples=_examples)(_command_function(_target))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,6 +531,12 @@ def _finetune_options(
     return options
 
 
+# The --help order of a new finetune's flags: its inputs (instruct's --template after them), then
+# the settings' panels with --threads among the training ones, then how the run reports.
+_FT_INPUTS = ("data", "init", "config_file", "out")
+_FT_SETTINGS = ("<data>", "<train>", "threads", "<lora>", "<output>", "quiet", "tensorboard", "wandb", "wandb_project")
+
+
 def _finetune(kind: str, data: str | None, init: str | None, flags: dict[str, Any], **options: Any) -> None:
     """Start a finetune of ``kind`` with the flags given (None: not given, the book's default)."""
     from gptcli.commands.finetune import finetune_command
@@ -544,23 +551,7 @@ def _finetune(kind: str, data: str | None, init: str | None, flags: dict[str, An
     "  gptcli finetune instruct alpaca.jsonl --init gpt2-124M --lora-rank 16 --lora-alpha 16 --mask-prompt\n\n"
     "  gptcli finetune instruct alpaca.jsonl --init gpt2-124M --max-steps 2000 --warmup-steps 100 --grad-clip 1",
 )
-@with_flags(
-    "data",
-    "init",
-    "config_file",
-    "out",
-    "template",
-    "<data>",
-    "<train>",
-    "threads",
-    "<lora>",
-    "<output>",
-    "quiet",
-    "tensorboard",
-    "wandb",
-    "wandb_project",
-    options=_finetune_options("instruct"),
-)
+@with_flags(*_FT_INPUTS, "template", *_FT_SETTINGS, options=_finetune_options("instruct"))
 def finetune_instruct(
     *,
     data: Annotated[
@@ -598,22 +589,7 @@ def finetune_instruct(
     epilog="Examples:\n\n  gptcli finetune classify sms.csv --init gpt2-124M --balance\n\n"
     "  gptcli finetune classify reviews.jsonl --init gpt2-124M --text-field review --label-field stars",
 )
-@with_flags(
-    "data",
-    "init",
-    "config_file",
-    "out",
-    "<data>",
-    "<train>",
-    "threads",
-    "<lora>",
-    "<output>",
-    "quiet",
-    "tensorboard",
-    "wandb",
-    "wandb_project",
-    options=_finetune_options("classify"),
-)
+@with_flags(*_FT_INPUTS, *_FT_SETTINGS, options=_finetune_options("classify"))
 def finetune_classify(
     *,
     data: Annotated[

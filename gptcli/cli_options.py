@@ -201,11 +201,16 @@ def examples_epilog(examples: Sequence[str]) -> str | None:
 
 
 def settings_command(
-    app: typer.Typer, cls: type, *, name: str | None = None, examples: Sequence[str] = ()
+    app: typer.Typer,
+    cls: type,
+    *,
+    name: str | None = None,
+    help: str | None = None,
+    examples: Sequence[str] = (),
 ) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
     """Register ``func(settings)`` as command ``name`` (default: the function's name) of ``app``,
-    with a flag for every field of the settings dataclass ``cls``, in field order. A flag not
-    given (None) leaves the field at its default."""
+    with a flag for every field of the settings dataclass ``cls``, in field order, and ``help``
+    (default: the function's docstring). A flag not given (None) leaves the field at its default."""
 
     def decorate(func: Callable[[Any], Any]) -> Callable[[Any], Any]:
         hints = typing.get_type_hints(cls)
@@ -213,7 +218,7 @@ def settings_command(
         def command(**flags: Any) -> Any:
             return func(cls(**{k: v for k, v in flags.items() if v is not None}))
 
-        command.__name__, command.__qualname__, command.__doc__ = func.__name__, func.__qualname__, func.__doc__
+        command.__name__, command.__qualname__, command.__doc__ = func.__name__, func.__qualname__, help or func.__doc__
         command.__module__ = func.__module__
         _set_parameters(command, [option(f, hints[f.name]) for f in flag_fields(cls)])
         app.command(name=name, epilog=examples_epilog(examples))(command)

@@ -60,6 +60,12 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigValueError(key, msg)
 
 
+def flag_field(default: Any, help: str | dict[str, str], *, panel: str = "train", **metadata: Any) -> Any:
+    """A config field that is also a flag (``flag_fields``): its default, its help text, its group
+    in ``--help`` and the rest of its flag's metadata ("metavar", "choices", "default_text", ...)."""
+    return field(default=default, metadata={"help": help, "panel": panel, **metadata})
+
+
 @dataclass
 class ModelConfig:
     """A GPT-2 architecture, with the book's keys.
@@ -69,15 +75,13 @@ class ModelConfig:
     """
 
     vocab_size: int = 50257
-    context_length: int = field(default=256, metadata={"help": "Context length in tokens.", "panel": "model"})
-    emb_dim: int = field(default=768, metadata={"help": "Embedding size.", "panel": "model"})
-    n_heads: int = field(default=12, metadata={"help": "Attention heads.", "panel": "model"})
-    n_layers: int = field(default=12, metadata={"help": "Transformer blocks.", "panel": "model"})
-    drop_rate: float = field(default=0.1, metadata={"help": "Dropout rate.", "panel": "model"})
-    qkv_bias: bool = field(default=False, metadata={"help": "Bias in the qkv projection.", "panel": "model"})
-    tie_weights: bool = field(
-        default=False, metadata={"help": "Share the output head with the token embedding.", "panel": "model"}
-    )
+    context_length: int = flag_field(256, "Context length in tokens.", panel="model")
+    emb_dim: int = flag_field(768, "Embedding size.", panel="model")
+    n_heads: int = flag_field(12, "Attention heads.", panel="model")
+    n_layers: int = flag_field(12, "Transformer blocks.", panel="model")
+    drop_rate: float = flag_field(0.1, "Dropout rate.", panel="model")
+    qkv_bias: bool = flag_field(False, "Bias in the qkv projection.", panel="model")
+    tie_weights: bool = flag_field(False, "Share the output head with the token embedding.", panel="model")
 
     def __post_init__(self) -> None:
         _coerce_fields(self)
@@ -192,20 +196,16 @@ def budget_field(name: str, *, help_text: str | None = None) -> Any:
     or finetune's: None for no limit, a count or a duration as the flag spells it (``help_text``:
     where a kind of run counts differently)."""
     text, metavar = _BUDGETS[name]
-    metadata = {"help": help_text or text, "type": str, "metavar": metavar, "default_text": "no limit"}
-    return field(default=None, metadata={**metadata, "panel": "train"})
+    return flag_field(None, help_text or text, type=str, metavar=metavar, default_text="no limit")
 
 
 def patience_field(default_text: str = "0, off") -> Any:
     """``--patience K`` in a run's config, train's or finetune's: 0 is off."""
-    return field(
-        default=0,
-        metadata={
-            "help": "Stop after K evaluations without a new best validation loss (best.pth keeps the best).",
-            "panel": "train",
-            "metavar": "K",
-            "default_text": default_text,
-        },
+    return flag_field(
+        0,
+        "Stop after K evaluations without a new best validation loss (best.pth keeps the best).",
+        metavar="K",
+        default_text=default_text,
     )
 
 
@@ -213,169 +213,94 @@ def patience_field(default_text: str = "0, off") -> Any:
 class TrainConfig:
     """Settings of one training run. Defaults are the book's chapter-5 run."""
 
-    epochs: int = field(
-        default=10,
-        metadata={"help": "Epochs to train (with a budget flag, whichever ends first ends the run).", "panel": "train"},
-    )
+    epochs: int = flag_field(10, "Epochs to train (with a budget flag, whichever ends first ends the run).")
     max_steps: Annotated[int | None, COUNT] = budget_field("max_steps")
     max_tokens: Annotated[int | None, COUNT] = budget_field("max_tokens")
     max_time: Annotated[float | None, DURATION] = budget_field("max_time")
     patience: int = patience_field()
-    lr: float = field(default=4e-4, metadata={"help": "AdamW learning rate.", "panel": "train"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay.", "panel": "train"})
-    decay: str = field(
-        default="all",
-        metadata={
-            "help": "Parameters the weight decay applies to: all (the book's) or matrices (nanoGPT's: "
-            "not biases or LayerNorms).",
-            "panel": "train",
-            "choices": DECAY_CHOICES,
-        },
+    lr: float = flag_field(4e-4, "AdamW learning rate.")
+    weight_decay: float = flag_field(0.1, "AdamW weight decay.")
+    decay: str = flag_field(
+        "all",
+        "Parameters the weight decay applies to: all (the book's) or matrices (nanoGPT's: not biases or LayerNorms).",
+        choices=DECAY_CHOICES,
     )
-    adam_beta2: float = field(
-        default=0.999,
-        metadata={"help": "AdamW's second-moment decay (the book's 0.999; nanoGPT's 0.95).", "panel": "train"},
+    adam_beta2: float = flag_field(0.999, "AdamW's second-moment decay (the book's 0.999; nanoGPT's 0.95).")
+    batch_size: int = flag_field(2, "Windows per batch.")
+    seed: int = flag_field(123, "Random seed.")
+    eval_freq: Annotated[int | str, INTERVAL] = flag_field(
+        5,
+        "How often to evaluate: a plain number is steps (1000); a number with a suffix (1k, 50M) is "
+        "tokens; 30m/2h is wall time (which a resumed run cannot repeat exactly).",
+        type=str,
+        metavar="INTERVAL",
+        default_text="5 steps",
     )
-    batch_size: int = field(default=2, metadata={"help": "Windows per batch.", "panel": "train"})
-    seed: int = field(default=123, metadata={"help": "Random seed.", "panel": "train"})
-    eval_freq: Annotated[int | str, INTERVAL] = field(
-        default=5,
-        metadata={
-            "help": "How often to evaluate: a plain number is steps (1000); a number with a suffix (1k, 50M) is "
-            "tokens; 30m/2h is wall time (which a resumed run cannot repeat exactly).",
-            "panel": "train",
-            "type": str,
-            "metavar": "INTERVAL",
-            "default_text": "5 steps",
-        },
-    )
-    eval_iter: int = field(default=5, metadata={"help": "Batches per evaluation.", "panel": "train"})
-    start_context: str = field(
-        default="Every effort moves you", metadata={"help": "Prompt of the sample after each epoch.", "panel": "train"}
-    )
+    eval_iter: int = flag_field(5, "Batches per evaluation.")
+    start_context: str = flag_field("Every effort moves you", "Prompt of the sample after each epoch.")
     sample_tokens: int = 50
-    stride: int | None = field(
-        default=None,
-        metadata={"help": "Stride between windows.", "panel": "train", "default_text": "the context length"},
+    stride: int | None = flag_field(None, "Stride between windows.", default_text="the context length")
+    val_ratio: float = flag_field(0.1, "Share of characters held out for validation.")
+    val_file: str | None = flag_field(None, "Separate validation text instead of a split.", type=Path)
+    device: str = flag_field(
+        "auto", "Where to train: auto picks a GPU if there is one; cuda:N picks one of several.", suggest=DEVICE_NAMES
     )
-    val_ratio: float = field(
-        default=0.1, metadata={"help": "Share of characters held out for validation.", "panel": "train"}
+    precision: str = flag_field("fp32", "fp32, or bf16 or fp16 (CUDA only) autocast.", choices=PRECISIONS)
+    compile: bool | None = flag_field(None, "torch.compile the model.", default_text="on for CUDA")
+    save_every: Annotated[int | str, INTERVAL] = flag_field(
+        0,
+        "Also save this often: a plain number is steps (1000); a number with a suffix (1k, 50M) is "
+        "tokens; 30m/2h is wall time (so a resumed run saves at other steps).",
+        panel="output",
+        type=str,
+        metavar="INTERVAL",
+        default_text="0, epoch ends only",
     )
-    val_file: str | None = field(
-        default=None,
-        metadata={"help": "Separate validation text instead of a split.", "panel": "train", "type": Path},
+    keep_last: int = flag_field(2, "Step checkpoints to keep.", panel="output")
+    grad_accum: int = flag_field(1, "Micro-batches per optimizer step.")
+    warmup_steps: int = flag_field(
+        0,
+        "Linear warm-up steps, then cosine decay to --min-lr. With neither flag the LR is constant; "
+        "--min-lr alone also turns the cosine decay on (without warm-up).",
+        default_text="0, no warm-up",
     )
-    device: str = field(
-        default="auto",
-        metadata={
-            "help": "Where to train: auto picks a GPU if there is one; cuda:N picks one of several.",
-            "panel": "train",
-            "suggest": DEVICE_NAMES,
-        },
+    min_lr: float | None = flag_field(
+        None,
+        "Floor of the cosine decay; giving it turns the decay on even without --warmup-steps.",
+        default_text="lr/10 when a schedule is on",
     )
-    precision: str = field(
-        default="fp32",
-        metadata={
-            "help": "fp32, or bf16 or fp16 (CUDA only) autocast.",
-            "panel": "train",
-            "choices": PRECISIONS,
-        },
+    grad_clip: float = flag_field(0.0, "Clip the gradient norm to this.", default_text="0, off")
+    skip_nonfinite: int = flag_field(0, "Tolerate up to N steps with a NaN/inf loss by skipping them.")
+    encoding_errors: str = flag_field("strict", "What to do with undecodable bytes.", choices=ENCODING_ERRORS)
+    format: str = flag_field(
+        "auto",
+        "Format of every input; auto detects each from its name (.txt/.md, .jsonl, .json, .csv, .tsv, "
+        ".parquet, optionally .gz/.bz2/.xz/.zst).",
+        choices=INPUT_FORMATS,
     )
-    compile: bool | None = field(
-        default=None,
-        metadata={"help": "torch.compile the model.", "panel": "train", "default_text": "on for CUDA"},
+    text_field: str = flag_field(
+        "text", "The field (JSON) or column (CSV, TSV, Parquet) that holds each document's text.", metavar="NAME"
     )
-    save_every: Annotated[int | str, INTERVAL] = field(
-        default=0,
-        metadata={
-            "help": "Also save this often: a plain number is steps (1000); a number with a suffix (1k, 50M) is "
-            "tokens; 30m/2h is wall time (so a resumed run saves at other steps).",
-            "panel": "output",
-            "type": str,
-            "metavar": "INTERVAL",
-            "default_text": "0, epoch ends only",
-        },
+    activation_checkpointing: bool = flag_field(
+        False,
+        "Recompute each block's activations in the backward pass: less memory, about a third more "
+        "compute; the same gradients.",
     )
-    keep_last: int = field(default=2, metadata={"help": "Step checkpoints to keep.", "panel": "output"})
-    grad_accum: int = field(default=1, metadata={"help": "Micro-batches per optimizer step.", "panel": "train"})
-    warmup_steps: int = field(
-        default=0,
-        metadata={
-            "help": "Linear warm-up steps, then cosine decay to --min-lr. With neither flag the LR is constant; "
-            "--min-lr alone also turns the cosine decay on (without warm-up).",
-            "panel": "train",
-            "default_text": "0, no warm-up",
-        },
+    fused_loss: bool = flag_field(
+        False,
+        "Compute the output head and cross-entropy in chunks, never holding all the logits: less "
+        "memory; the same loss.",
     )
-    min_lr: float | None = field(
-        default=None,
-        metadata={
-            "help": "Floor of the cosine decay; giving it turns the decay on even without --warmup-steps.",
-            "panel": "train",
-            "default_text": "lr/10 when a schedule is on",
-        },
+    fsdp: bool = flag_field(
+        False,
+        "Under torchrun, shard the parameters, gradients and AdamW state across the processes "
+        "(FSDP2) instead of copying them to each (DDP); checkpoints stay one ordinary .pth.",
     )
-    grad_clip: float = field(
-        default=0.0,
-        metadata={"help": "Clip the gradient norm to this.", "panel": "train", "default_text": "0, off"},
-    )
-    skip_nonfinite: int = field(
-        default=0,
-        metadata={"help": "Tolerate up to N steps with a NaN/inf loss by skipping them.", "panel": "train"},
-    )
-    encoding_errors: str = field(
-        default="strict",
-        metadata={"help": "What to do with undecodable bytes.", "panel": "train", "choices": ENCODING_ERRORS},
-    )
-    format: str = field(
-        default="auto",
-        metadata={
-            "help": "Format of every input; auto detects each from its name (.txt/.md, .jsonl, .json, .csv, .tsv, "
-            ".parquet, optionally .gz/.bz2/.xz/.zst).",
-            "panel": "train",
-            "choices": INPUT_FORMATS,
-        },
-    )
-    text_field: str = field(
-        default="text",
-        metadata={
-            "help": "The field (JSON) or column (CSV, TSV, Parquet) that holds each document's text.",
-            "panel": "train",
-            "metavar": "NAME",
-        },
-    )
-    activation_checkpointing: bool = field(
-        default=False,
-        metadata={
-            "help": "Recompute each block's activations in the backward pass: less memory, about a third more "
-            "compute; the same gradients.",
-            "panel": "train",
-        },
-    )
-    fused_loss: bool = field(
-        default=False,
-        metadata={
-            "help": "Compute the output head and cross-entropy in chunks, never holding all the logits: less "
-            "memory; the same loss.",
-            "panel": "train",
-        },
-    )
-    fsdp: bool = field(
-        default=False,
-        metadata={
-            "help": "Under torchrun, shard the parameters, gradients and AdamW state across the processes "
-            "(FSDP2) instead of copying them to each (DDP); checkpoints stay one ordinary .pth.",
-            "panel": "train",
-        },
-    )
-    init: str | None = field(
-        default=None,
-        metadata={
-            "help": "Start from these weights: a checkpoint, a run directory (its newest checkpoint, as -c takes it), "
-            "or gpt2-124M etc. once downloaded.",
-            "panel": "train",
-            "metavar": "CHECKPOINT",
-        },
+    init: str | None = flag_field(
+        None,
+        "Start from these weights: a checkpoint, a run directory (its newest checkpoint, as -c takes it), "
+        "or gpt2-124M etc. once downloaded.",
+        metavar="CHECKPOINT",
     )
     data: list[str] = field(default_factory=list)
 
@@ -436,16 +361,14 @@ def check_run_settings(cfg: Any) -> None:
     _check(cfg.precision in PRECISIONS, "precision", f"{cfg.precision!r} (choose from {', '.join(PRECISIONS)})")
 
 
-def shared_field(name: str, **changes: Any) -> Any:
+def shared_field(name: str, *, default: Any = dataclasses.MISSING, **metadata: Any) -> Any:
     """A copy of ``TrainConfig``'s declaration of setting ``name`` (its flag's help, choices and
-    units) for another kind of run's config, with ``changes`` to its default or metadata: a
-    setting every kind has is declared once."""
+    units) for another kind of run's config, with another ``default`` or other ``metadata``
+    (``help="..."``, ``default_text="..."``): a setting every kind has is declared once."""
+    if "metadata" in metadata:
+        raise TypeError("shared_field takes the metadata's keys themselves: help=..., default_text=...")
     f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
-    metadata = {**f.metadata, **changes.pop("metadata", {})}
-    default = changes.pop("default", f.default)
-    if changes:
-        raise TypeError(f"unknown changes {sorted(changes)}")
-    return field(default=default, metadata=metadata)
+    return field(default=f.default if default is dataclasses.MISSING else default, metadata={**f.metadata, **metadata})
 
 
 FLAG_CLASSES: list[type] = []  # config classes whose fields are flags: errors name a key's flag too

@@ -95,24 +95,13 @@ def atomic_write(path: str | Path, content: Content, *, fsync: bool = True, enco
     function that writes to the open binary file. Raises what the write raised (an OSError on a
     full disk), with the temporary file removed and any old file at ``path`` unchanged."""
     path = Path(path)
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            if isinstance(content, str):
-                f.write(content.encode(encoding))
-            elif isinstance(content, (bytes, bytearray, memoryview)):
-                f.write(content)
-            else:
-                content(f)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _discard(tmp)
-        raise
-    if fsync:
-        fsync_dir(path.parent)
+    with atomic_path(path, fsync=fsync) as tmp, open(tmp, "wb") as f:
+        if isinstance(content, str):
+            f.write(content.encode(encoding))
+        elif isinstance(content, (bytes, bytearray, memoryview)):
+            f.write(content)
+        else:
+            content(f)
     return path
 
 

@@ -20,7 +20,6 @@ from typing import Annotated, Any
 
 from gptcli.config import (
     COUNT,
-    DEVICE_NAMES,
     DURATION,
     FLAG_CLASSES,
     INTERVAL,
@@ -28,6 +27,7 @@ from gptcli.config import (
     _coerce_fields,
     budget_field,
     check_run_settings,
+    flag_field,
     patience_field,
     shared_field,
 )
@@ -49,81 +49,55 @@ class FinetuneConfig:
     data: str
     init: str
     # -- data ------------------------------------------------------------------------------------
-    split: str | None = field(
-        default=None,
-        metadata={
-            "help": {
-                "instruct": "Three fractions of the records: train,val,test. Train and val must get some; a test "
-                "of 0 means no test split. As the book, train takes the file's first records, test the next.",
-                "classify": "Three fractions of the examples, after the book's seeded shuffle: train,val,test. "
-                "Train and val must get some; a test of 0 means no test split.",
-            },
-            "panel": "data",
-            "default_text": {"instruct": "0.85,0.05,0.1, the book's", "classify": "0.7,0.1,0.2, the book's"},
+    split: str | None = flag_field(
+        None,
+        {
+            "instruct": "Three fractions of the records: train,val,test. Train and val must get some; a test "
+            "of 0 means no test split. As the book, train takes the file's first records, test the next.",
+            "classify": "Three fractions of the examples, after the book's seeded shuffle: train,val,test. "
+            "Train and val must get some; a test of 0 means no test split.",
         },
+        panel="data",
+        default_text={"instruct": "0.85,0.05,0.1, the book's", "classify": "0.7,0.1,0.2, the book's"},
     )
-    split_seed: int | None = field(
-        default=None,
-        metadata={
-            "help": "Shuffle the records with this seed before splitting.",
-            "panel": "data",
-            "kinds": ("instruct",),
-            "default_text": "keep the file's order, as the book",
-        },
+    split_seed: int | None = flag_field(
+        None,
+        "Shuffle the records with this seed before splitting.",
+        panel="data",
+        kinds=("instruct",),
+        default_text="keep the file's order, as the book",
     )
-    max_length: int | None = field(
-        default=None,
-        metadata={
-            "help": {
-                "instruct": "Cut batches to this many tokens.",
-                "classify": "Cut and pad texts to this many tokens.",
-            },
-            "panel": "data",
-            "default_text": {"instruct": "the context length", "classify": "the longest training text"},
+    max_length: int | None = flag_field(
+        None,
+        {
+            "instruct": "Cut batches to this many tokens.",
+            "classify": "Cut and pad texts to this many tokens.",
         },
+        panel="data",
+        default_text={"instruct": "the context length", "classify": "the longest training text"},
     )
-    mask_prompt: bool = field(
-        default=False,
-        metadata={
-            "help": "Ignore the prompt's tokens in the loss (exercise 7.2).",
-            "panel": "data",
-            "kinds": ("instruct",),
-        },
+    mask_prompt: bool = flag_field(
+        False, "Ignore the prompt's tokens in the loss (exercise 7.2).", panel="data", kinds=("instruct",)
     )
     # The template's text (--template FILE); None = the book's format_input. "kinds" without "help":
     # not a generated flag, but a setting only instruct runs have (``applicable_settings``).
     template: str | None = field(default=None, metadata={"kinds": ("instruct",)})
-    text_field: str = field(
-        default="Text", metadata={"help": "Name of the text field.", "panel": "data", "kinds": ("classify",)}
-    )
-    label_field: str = field(
-        default="Label", metadata={"help": "Name of the label field.", "panel": "data", "kinds": ("classify",)}
-    )
-    balance: bool = field(
-        default=False,
-        metadata={
-            "help": "Sample every class down to the smallest (create_balanced_dataset).",
-            "panel": "data",
-            "kinds": ("classify",),
-        },
+    text_field: str = flag_field("Text", "Name of the text field.", panel="data", kinds=("classify",))
+    label_field: str = flag_field("Label", "Name of the label field.", panel="data", kinds=("classify",))
+    balance: bool = flag_field(
+        False, "Sample every class down to the smallest (create_balanced_dataset).", panel="data", kinds=("classify",)
     )
     # -- training --------------------------------------------------------------------------------
-    trainable: str = field(
-        default="last-block",
-        metadata={
-            "help": "Weights that train: last-block (the book's: last block, final LayerNorm, head), head or all.",
-            "panel": "train",
-            "kinds": ("classify",),
-            "suggest": TRAINABLE,
-        },
+    trainable: str = flag_field(
+        "last-block",
+        "Weights that train: last-block (the book's: last block, final LayerNorm, head), head or all.",
+        kinds=("classify",),
+        suggest=TRAINABLE,
     )
-    epochs: int | None = field(
-        default=None,
-        metadata={
-            "help": "Epochs (with a budget flag, whichever ends first ends the run).",
-            "panel": "train",
-            "default_text": {"instruct": "2", "classify": "5"},
-        },
+    epochs: int | None = flag_field(
+        None,
+        "Epochs (with a budget flag, whichever ends first ends the run).",
+        default_text={"instruct": "2", "classify": "5"},
     )
     max_steps: Annotated[int | None, COUNT] = budget_field("max_steps")
     max_tokens: Annotated[int | None, COUNT] = budget_field(
@@ -131,96 +105,54 @@ class FinetuneConfig:
     )
     max_time: Annotated[float | None, DURATION] = budget_field("max_time")
     patience: int = patience_field("0, off as the book")
-    batch_size: int = field(default=8, metadata={"help": "Examples per step.", "panel": "train"})
-    lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate.", "panel": "train"})
-    warmup_steps: int = field(
-        default=0,
-        metadata={
-            "help": "Linear warm-up steps, then cosine decay to --min-lr over the planned length.",
-            "panel": "train",
-            "default_text": "0, constant LR as the book",
-        },
+    batch_size: int = flag_field(8, "Examples per step.")
+    lr: float = shared_field("lr", default=5e-5)
+    warmup_steps: int = flag_field(
+        0,
+        "Linear warm-up steps, then cosine decay to --min-lr over the planned length.",
+        default_text="0, constant LR as the book",
     )
-    min_lr: float | None = field(
-        default=None,
-        metadata={
-            "help": "Floor of the cosine decay.",
-            "panel": "train",
-            "default_text": "lr/10 when a schedule is on",
-        },
-    )
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay.", "panel": "train"})
+    min_lr: float | None = shared_field("min_lr", help="Floor of the cosine decay.")
+    weight_decay: float = shared_field("weight_decay")
     decay: str = shared_field("decay")
     adam_beta2: float = shared_field("adam_beta2")
     grad_accum: int = shared_field("grad_accum")
-    grad_clip: float = field(
-        default=0.0,
-        metadata={"help": "Clip the gradient norm to this.", "panel": "train", "default_text": "0, off as the book"},
-    )
-    eval_freq: Annotated[int | str | None, INTERVAL] = field(
+    grad_clip: float = shared_field("grad_clip", default_text="0, off as the book")
+    eval_freq: Annotated[int | str | None, INTERVAL] = shared_field(
+        "eval_freq",
         default=None,
-        metadata={
-            "help": "Evaluate every N steps, every N tokens (50M) or every DURATION (30m: wall time, which a "
-            "resumed run cannot repeat exactly).",
-            "panel": "train",
-            "type": str,
-            "metavar": "INTERVAL",
-            "default_text": {"instruct": "5 steps, the book's", "classify": "50 steps, the book's"},
-        },
+        help="Evaluate every N steps, every N tokens (50M) or every DURATION (30m: wall time, which a "
+        "resumed run cannot repeat exactly).",
+        default_text={"instruct": "5 steps, the book's", "classify": "50 steps, the book's"},
     )
-    eval_iter: int = field(default=5, metadata={"help": "Batches per evaluation.", "panel": "train"})
-    seed: int = field(default=123, metadata={"help": "Random seed.", "panel": "train"})
+    eval_iter: int = shared_field("eval_iter")
+    seed: int = shared_field("seed")
     drop_rate: float = 0.0  # the book finetunes without dropout
-    precision: str = shared_field(
-        "precision", metadata={"help": "fp32 (the book's), or bf16 or fp16 (CUDA only) autocast."}
-    )
+    precision: str = shared_field("precision", help="fp32 (the book's), or bf16 or fp16 (CUDA only) autocast.")
     skip_nonfinite: int = shared_field("skip_nonfinite")
-    compile: bool | None = shared_field("compile", default=False, metadata={"default_text": "off"})
+    compile: bool | None = shared_field("compile", default=False, default_text="off")
     activation_checkpointing: bool = shared_field("activation_checkpointing")
     fused_loss: bool = shared_field("fused_loss")
     fsdp: bool = shared_field("fsdp")
-    device: str = field(
-        default="cpu",
-        metadata={
-            "help": "Where to train: auto picks a GPU if there is one; cuda:N picks one of several.",
-            "panel": "train",
-            "suggest": DEVICE_NAMES,
-            "flag_default": "auto",
-            "default_text": "auto",
-        },
-    )
+    device: str = shared_field("device", default="cpu", flag_default="auto", default_text="auto")
     # -- LoRA ------------------------------------------------------------------------------------
-    lora_rank: int = field(
-        default=0,
-        metadata={
-            "help": {
-                "instruct": "LoRA rank; 0 trains every weight.",
-                "classify": "LoRA rank; 0 trains the --trainable weights.",
-            },
-            "panel": "lora",
+    lora_rank: int = flag_field(
+        0,
+        {
+            "instruct": "LoRA rank; 0 trains every weight.",
+            "classify": "LoRA rank; 0 trains the --trainable weights.",
         },
+        panel="lora",
     )
-    lora_alpha: float = field(
-        default=16.0, metadata={"help": "LoRA alpha (the adapters' output scale).", "panel": "lora"}
-    )
-    lora_targets: str = field(
-        default="all", metadata={"help": "Layers given adapters: attn,mlp,head or all.", "panel": "lora"}
-    )
+    lora_alpha: float = flag_field(16.0, "LoRA alpha (the adapters' output scale).", panel="lora")
+    lora_targets: str = flag_field("all", "Layers given adapters: attn,mlp,head or all.", panel="lora")
     # -- output ----------------------------------------------------------------------------------
-    save_every: Annotated[int | str, INTERVAL] = field(
-        default=0,
-        metadata={
-            "help": "Also save every N steps, every N tokens (50M) or every DURATION (30m: wall time, so a "
-            "resumed run saves at other steps).",
-            "panel": "output",
-            "type": str,
-            "metavar": "INTERVAL",
-            "default_text": "0, epoch ends only",
-        },
+    save_every: Annotated[int | str, INTERVAL] = shared_field(
+        "save_every",
+        help="Also save every N steps, every N tokens (50M) or every DURATION (30m: wall time, so a "
+        "resumed run saves at other steps).",
     )
-    keep_last: int = field(
-        default=3, metadata={"help": "Step checkpoints to keep (the oldest are deleted).", "panel": "output"}
-    )
+    keep_last: int = shared_field("keep_last", default=3, help="Step checkpoints to keep (the oldest are deleted).")
     sample_tokens: int = field(default=50, metadata={"kinds": ("instruct",)})  # the epoch's sample
 
     def __post_init__(self) -> None:

@@ -3,10 +3,11 @@
 A field is a command-line flag (or argument) when its metadata has "help", as for ``TrainConfig``
 (``gptcli.config.flag_fields``), and ``gptcli.cli_options`` makes the option from it: the same
 metadata keys ("help", "metavar", "choices", "suggest", "type") plus what a hand-declared
-option said in its declaration ("flags", "argument", "min", "show_default"; see ``flag``).
-Each dataclass checks its values in ``__post_init__``, and so do the checks that combine
-several flags, with errors that name the flag: ``invalid --top-k: 0 (must be >= 1)``. So a
-command receives settings that are already valid, whether they came from the command line or
+option said in its declaration ("flags", "argument", "min", "show_default"; see ``flag``), and
+"check", how a value is checked. Each dataclass checks its values in ``__post_init__``: first
+what each flag's declaration says (``check_flags``: choices, "check"), then the ranges and what
+combines several flags, with errors that name the flag: ``invalid --top-k: 0 (must be >= 1)``.
+So a command receives settings that are already valid, whether they came from the command line or
 from Python.
 
 No typer, rich or torch here: ``gptcli --help`` builds every command's options from these.
@@ -17,11 +18,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, field
 from pathlib import Path
 from typing import Any
 
-from gptcli.config import DEVICE_CHOICES, DEVICE_NAMES, ENCODING_ERRORS, INPUT_FORMATS, is_device_name
+from gptcli.config import DEVICE_CHOICES, DEVICE_NAMES, ENCODING_ERRORS, INPUT_FORMATS, flag_fields, is_device_name
 from gptcli.errors import UsageError
 
 
@@ -37,6 +39,7 @@ def flag(
     min: int | None = None,
     show_default: bool = True,
     type: type | None = None,
+    check: Callable[[Any], None] | None = None,
 ) -> Any:
     """A settings field that is a flag. ``flags``: its spellings, as Typer declares them
     (``("--output", "--out", "-o")``, ``("--stream/--no-stream",)``) [default: ``--field-name``];
@@ -44,11 +47,12 @@ def flag(
     values it takes (``--help`` lists them); ``suggest``: values ``--help`` lists and completion
     offers, leaving the check to ``__post_init__`` (``--device`` takes cuda:N too); ``min``: the
     least integer the parser takes; ``show_default``: whether ``--help`` adds "[default: ...]"
-    (off where the help text says it); ``type``: the command-line type where it differs from the
-    field's (a count typed as text, "100M", and read into an int). A field without a default is
-    required."""
+    (off where the help text says it; a None default never shows); ``type``: the command-line type where it differs from the
+    field's (a count typed as text, "100M", and read into an int); ``check``: what checks a value
+    given from Python, as ``check_flags`` runs it (``check_device``). A field without a default
+    is required."""
     metadata = {"help": help, "flags": flags, "metavar": metavar, "choices": choices, "suggest": suggest}
-    metadata |= {"argument": argument, "min": min, "show_default": show_default, "type": type}
+    metadata |= {"argument": argument, "min": min, "show_default": show_default, "type": type, "check": check}
     return field(default=default, metadata={k: v for k, v in metadata.items() if v is not None})
 
 
@@ -78,9 +82,24 @@ def check_threads(threads: int | None) -> None:
         raise invalid("--threads", f"{threads} (must be >= 1)")
 
 
-def check_inputs(format: str, encoding_errors: str) -> None:
-    check_choice("--encoding-errors", encoding_errors, ENCODING_ERRORS)
-    check_choice("--format", format, INPUT_FORMATS)
+def flag_name(f: dataclasses.Field) -> str:
+    """How errors name field ``f``'s flag: its first spelling (``--output`` of -o/--out/--output)."""
+    flags = f.metadata.get("flags")
+    return flags[0].split("/")[0] if flags else "--" + f.name.replace("_", "-")
+
+
+def check_flags(settings: Any) -> None:
+    """What every settings dataclass's ``__post_init__`` does first: paths given as text become
+    Paths (``coerce_paths``), and each flag's own declaration is checked, in field order: a value
+    outside its "choices" (None, where a flag may be left out, passes) and its "check". The parser
+    enforces choices already; Python callers get the same errors."""
+    coerce_paths(settings)
+    for f in flag_fields(type(settings)):
+        value = getattr(settings, f.name)
+        if "choices" in f.metadata and value is not None:
+            check_choice(flag_name(f), value, f.metadata["choices"])
+        if "check" in f.metadata:
+            f.metadata["check"](value)
 
 
 # The flags several commands share.
@@ -99,7 +118,7 @@ THREADS_HELP = "CPU threads for PyTorch [default: PyTorch's choice, one per core
 
 def threads_flag(help: str = THREADS_HELP) -> Any:
     """``--threads N`` (one owner: gptcli.device.set_threads)."""
-    return flag(None, help=help, metavar="N", min=1, show_default=False)
+    return flag(None, help=help, metavar="N", min=1, check=check_threads)
 
 
 def device_flag() -> Any:
@@ -108,20 +127,44 @@ def device_flag() -> Any:
         "auto",
         help="Where to run: auto picks a GPU if there is one; cuda:N picks one of several.",
         suggest=DEVICE_NAMES,
+        check=check_device,
     )
 
 
-def checkpoint_flag() -> Any:
-    return flag(
-        None,
-        flags=("--checkpoint", "-c"),
-        metavar="PATH",
-        help="Checkpoint or run directory [default: the most recent run].",
-    )
+def checkpoint_flag(
+    help: str = "Checkpoint or run directory [default: the most recent run].", *, metavar: str = "PATH"
+) -> Any:
+    """``-c/--checkpoint``: a checkpoint file or a run directory."""
+    return flag(None, flags=("--checkpoint", "-c"), metavar=metavar, help=help)
 
 
 def model_flag() -> Any:
     return flag(None, metavar="NAME", help="gpt2-124M etc. (downloaded) or a converted .pth, instead of --checkpoint.")
+
+
+def output_flag(help: str, *, metavar: str = "FILE") -> Any:
+    """``-o/--out/--output``: the file (or folder) a command writes."""
+    return flag(None, flags=("--output", "--out", "-o"), metavar=metavar, help=help)
+
+
+def arguments_flag(metavar: str, help: str) -> Any:
+    """The positional arguments (none, one or several) a command reads: files, runs, texts."""
+    return flag(None, argument=True, metavar=metavar, help=help)
+
+
+# The flags of the commands that read text inputs (eval, prepare), checked as train checks its own.
+
+
+def format_flag() -> Any:
+    return flag("auto", choices=INPUT_FORMATS, help="Format of every input; auto detects each from its name.")
+
+
+def text_field_flag(help: str) -> Any:
+    return flag(None, metavar="NAME", help=help, check=check_text_field)
+
+
+def encoding_errors_flag() -> Any:
+    return flag("strict", choices=ENCODING_ERRORS, help="What to do with undecodable bytes.")
 
 
 @functools.cache

@@ -5,17 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptcli.config import ENCODING_ERRORS, INPUT_FORMATS
-from gptcli.settings import (
-    check_inputs,
-    check_text_field,
-    check_threads,
-    coerce_paths,
-    flag,
-    invalid,
-    json_flag,
-    quiet_flag,
-)
+from gptcli import settings as shared
+from gptcli.settings import flag, invalid
 from gptcli.units import count_flag
 
 
@@ -37,29 +28,23 @@ class PrepareSettings:
         show_default=False,
     )
     out: Path = flag(flags=("--out", "-o"), metavar="DIR", help="Directory to write the shards to.")
-    format: str = flag("auto", choices=INPUT_FORMATS, help="Format of every input; auto detects each from its name.")
-    text_field: str | None = flag(
-        None,
-        metavar="NAME",
-        help="The JSON field or CSV/TSV/Parquet column holding the text [default: text].",
-        show_default=False,
+    format: str = shared.format_flag()
+    text_field: str | None = shared.text_field_flag(
+        "The JSON field or CSV/TSV/Parquet column holding the text [default: text]."
     )
     shard_size: int | str = flag("100M", type=str, metavar="N", help="Tokens per shard (100M, 2B accepted).")
     val_ratio: float = flag(0.1, metavar="R", help="Fraction of the tokens, at the end, written as val shards.")
     val_tokens: int | str | None = flag(
-        None, type=str, metavar="N", help="Exactly this many val tokens instead of --val-ratio.", show_default=False
+        None, type=str, metavar="N", help="Exactly this many val tokens instead of --val-ratio."
     )
-    encoding_errors: str = flag("strict", choices=ENCODING_ERRORS, help="What to do with undecodable bytes.")
-    threads: int | None = flag(
-        None, min=1, metavar="N", help="Tokenizer threads [default: one per core].", show_default=False
-    )
-    json_out: bool = json_flag()
-    quiet: bool = quiet_flag("No progress output on stderr.")
+    encoding_errors: str = shared.encoding_errors_flag()
+    threads: int | None = shared.threads_flag("Tokenizer threads [default: one per core].")
+    json_out: bool = shared.json_flag()
+    quiet: bool = shared.quiet_flag("No progress output on stderr.")
 
     def __post_init__(self) -> None:
-        coerce_paths(self)
+        shared.check_flags(self)  # --format, --text-field, --encoding-errors, --threads
         self.inputs = [str(i) for i in self.inputs]
-        check_inputs(self.format, self.encoding_errors)
         size = parse_count(self.shard_size, "--shard-size")
         if size < 1:
             raise invalid("--shard-size", f"{self.shard_size!r} (must be at least 1)")
@@ -68,5 +53,3 @@ class PrepareSettings:
             raise invalid("--val-ratio", f"{self.val_ratio} (must be at least 0 and below 1)")
         if self.val_tokens is not None:
             self.val_tokens = parse_count(self.val_tokens, "--val-tokens")
-        check_text_field(self.text_field)
-        check_threads(self.threads)

@@ -6,22 +6,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptcli import settings as shared
 from gptcli.config import DTYPES, SEED_MAX, SEED_MIN
 from gptcli.errors import UsageError
-from gptcli.settings import (
-    check_choice,
-    check_device,
-    check_threads,
-    checkpoint_flag,
-    coerce_paths,
-    device_flag,
-    flag,
-    invalid,
-    json_flag,
-    model_flag,
-    quiet_flag,
-    threads_flag,
-)
+from gptcli.settings import flag, invalid
 
 MIN_TEMPERATURE = 1e-6
 DEFAULT_PROMPT = "Every effort moves you"
@@ -65,8 +53,8 @@ class SampleSettings:
     """``gptcli sample``: continuations of prompts (``--prompt``), a prompt loop (``-i``), or an
     instruct run's answers (``--instruction``, ``--responses``); which one, the flags given say."""
 
-    checkpoint: Path | None = checkpoint_flag()
-    model: str | None = model_flag()
+    checkpoint: Path | None = shared.checkpoint_flag()
+    model: str | None = shared.model_flag()
     prompt: list[str] | None = flag(
         None,
         flags=("--prompt", "-p"),
@@ -78,7 +66,6 @@ class SampleSettings:
         metavar="N",
         help=f"Tokens to generate per sample [default: {DEFAULT_MAX_NEW_TOKENS}; {INSTRUCT_MAX_NEW_TOKENS} with "
         "--instruction or --responses, as the book].",
-        show_default=False,
     )
     temperature: float = flag(0.0, metavar="X", help="0 is greedy; higher is more random.")
     top_k: int | None = flag(None, metavar="N", help="Keep only the k most likely tokens.")
@@ -92,8 +79,8 @@ class SampleSettings:
         help="Samples per prompt; several are printed each under a '--- sample I of N ---' line "
         "(needs --temperature above 0 to differ).",
     )
-    device: str = device_flag()
-    threads: int | None = threads_flag()
+    device: str = shared.device_flag()
+    threads: int | None = shared.threads_flag()
     dtype: str = flag(
         "fp32",
         choices=DTYPES,
@@ -103,50 +90,35 @@ class SampleSettings:
     no_cache: bool = flag(
         False, flags=("--no-cache",), help="Re-run the whole context for every token (slow; for checking)."
     )
-    json_out: bool = json_flag()
+    json_out: bool = shared.json_flag()
     stream: bool | None = flag(
-        None,
-        flags=("--stream/--no-stream",),
-        help="Print tokens as they come [default: when stdout is a terminal].",
-        show_default=False,
+        None, flags=("--stream/--no-stream",), help="Print tokens as they come [default: when stdout is a terminal]."
     )
     interactive: bool = flag(
         False,
         flags=("--interactive", "-i"),
         help="Prompt loop that keeps the model loaded (one prompt per line; Ctrl-D to leave).",
     )
-    quiet: bool = quiet_flag("No progress output on stderr (warnings and errors still).")
+    quiet: bool = shared.quiet_flag("No progress output on stderr (warnings and errors still).")
     instruction: str | None = flag(
         None,
         metavar="TEXT",
         help="An instruct finetune run: answer this instruction, formatted with the run's template; prints only "
         "the response.",
-        show_default=False,
     )
     input_text: str | None = flag(
-        None,
-        flags=("--input",),
-        metavar="TEXT",
-        help="The instruction's input (with --instruction).",
-        show_default=False,
+        None, flags=("--input",), metavar="TEXT", help="The instruction's input (with --instruction)."
     )
     responses: str | None = flag(
         None,
         metavar="SPLIT",
         help="An instruct finetune run: answer every record of its train, val or test split; writes -o FILE "
         "as the book's instruction-data-with-response.json.",
-        show_default=False,
     )
-    output: Path | None = flag(
-        None,
-        flags=("--output", "--out", "-o"),
-        metavar="FILE",
-        help="The JSON file --responses writes.",
-        show_default=False,
-    )
+    output: Path | None = shared.output_flag("The JSON file --responses writes.")
 
     def __post_init__(self) -> None:
-        coerce_paths(self)
+        shared.check_flags(self)  # --device, --threads, --dtype
         if self.instruct:
             self._check_instruct()
         elif self.interactive and (self.prompt or self.json_out or self.num_samples != 1):
@@ -154,9 +126,6 @@ class SampleSettings:
         if self.max_new_tokens is None:
             self.max_new_tokens = INSTRUCT_MAX_NEW_TOKENS if self.instruct else DEFAULT_MAX_NEW_TOKENS
         self.sampling()  # checks --max-new-tokens, --temperature, --top-k, --top-p, --seed
-        check_device(self.device)
-        check_choice("--dtype", self.dtype, DTYPES)
-        check_threads(self.threads)
 
     @property
     def instruct(self) -> bool:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptcli.settings import check_choice, coerce_paths, flag, invalid, quiet_flag
+from gptcli import settings as shared
+from gptcli.settings import flag, invalid
 from gptcli.weights import READERS, SIZES, SOURCES, TARGETS
 
 
@@ -19,14 +20,12 @@ class DownloadSettings:
         flags=("--dir", "-d"),
         metavar="DIR",
         help="Folder for the files [default: $GPTCLI_HOME/gpt2/<size>, i.e. ~/.cache/gptcli/gpt2/<size>].",
-        show_default=False,
     )
     base_url: str | None = flag(
         None,
         metavar="URL",
         help="Mirror serving <size>/<file> [default: $GPTCLI_GPT2_BASE_URL, else OpenAI's host, then the book's "
         "mirror].",
-        show_default=False,
     )
     no_convert: bool = flag(False, flags=("--no-convert",), help="Only download; skip the conversion to model.pth.")
     reader: str = flag(
@@ -34,12 +33,10 @@ class DownloadSettings:
         choices=READERS,
         help="Read the TensorFlow checkpoint with: builtin (no TensorFlow needed) or tensorflow.",
     )
-    quiet: bool = quiet_flag()
+    quiet: bool = shared.quiet_flag()
 
     def __post_init__(self) -> None:
-        coerce_paths(self)
-        check_choice("--size", self.size, SIZES)
-        check_choice("--reader", self.reader, READERS)
+        shared.check_flags(self)  # --size, --reader
 
 
 @dataclass
@@ -53,26 +50,17 @@ class ConvertSettings:
         "a gptcli checkpoint, run or gpt2-124M.",
         show_default=False,
     )
-    output: Path | None = flag(
-        None,
-        flags=("--output", "--out", "-o"),
+    output: Path | None = shared.output_flag(
+        "Output .pth (--to gptcli) or folder (--to hf) [default: beside SRC; with --merge-lora, <run>/merged.pth].",
         metavar="PATH",
-        help="Output .pth (--to gptcli) or folder (--to hf) [default: beside SRC; with --merge-lora, "
-        "<run>/merged.pth].",
-        show_default=False,
     )
-    source: str | None = flag(
-        None, flags=("--from",), choices=SOURCES, help="The format of SRC [default: detected].", show_default=False
-    )
+    source: str | None = flag(None, flags=("--from",), choices=SOURCES, help="The format of SRC [default: detected].")
     target: str = flag("gptcli", flags=("--to",), choices=TARGETS, help="The format to write.")
     reader: str = flag(
         "builtin", choices=READERS, help="TensorFlow checkpoints: builtin (no TensorFlow needed) or tensorflow."
     )
     n_heads: int | None = flag(
-        None,
-        metavar="N",
-        help="Book checkpoints: attention heads (not stored in the file) [default: emb_dim / 64].",
-        show_default=False,
+        None, metavar="N", help="Book checkpoints: attention heads (not stored in the file) [default: emb_dim / 64]."
     )
     drop_rate: float = flag(0.1, metavar="X", help="Book checkpoints: dropout rate for further training.")
     data: list[Path] | None = flag(
@@ -81,9 +69,8 @@ class ConvertSettings:
         metavar="FILE",
         help="Book checkpoints with optimizer state: the training text, so 'gptcli resume' can continue and the "
         "epochs the notebook ran are known (repeatable).",
-        show_default=False,
     )
-    quiet: bool = quiet_flag()
+    quiet: bool = shared.quiet_flag()
     merge_lora: bool = flag(
         False,
         flags=("--merge-lora",),
@@ -92,12 +79,8 @@ class ConvertSettings:
     )
 
     def __post_init__(self) -> None:
-        coerce_paths(self)
+        shared.check_flags(self)  # --from, --to, --reader
         self.src = str(self.src)
-        check_choice("--to", self.target, TARGETS)
-        if self.source is not None:
-            check_choice("--from", self.source, SOURCES)
-        check_choice("--reader", self.reader, READERS)
         if self.n_heads is not None and self.n_heads < 1:
             raise invalid("--n-heads", f"{self.n_heads} (must be an integer >= 1)")
         if not 0.0 <= self.drop_rate < 1.0:
