@@ -193,9 +193,9 @@ def cut_responses(records: Sequence[dict[str, Any]], template: Template, max_len
     while j <= ``max_length``."""
     part = whole = 0
     for r in records:
-        if len(encode(template.full(r))) <= max_length:
+        if len(encode_ordinary(template.full(r))) <= max_length:
             continue
-        if len(encode(template.prompt(r))) > max_length:
+        if len(encode_ordinary(template.prompt(r))) > max_length:
             whole += 1
         else:
             part += 1
