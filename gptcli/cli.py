@@ -306,7 +306,7 @@ def resume(
 
     A larger --epochs or budget extends a finished run as if it had been set from the start (with
     a warm-up/cosine schedule, the remaining steps follow the schedule over the new length)."""
-    from gptcli.commands.train import resume_command
+    from gptcli.commands.resume import resume_command
 
     resume_command(
         target,
@@ -651,9 +651,9 @@ def finetune_resume(
     """Continue a finetuning run exactly where its newest checkpoint stopped.
 
     A larger --epochs or budget extends a run that has ended as if it had been set from the start."""
-    from gptcli.commands.finetune import resume_command
+    from gptcli.commands.resume import resume_command
 
-    resume_command(target, quiet=quiet, threads=threads, wandb=wandb, **flags)
+    resume_command(target, quiet=quiet, threads=threads, wandb=wandb, finetune_only=True, **flags)
 
 
 app.add_typer(_finetune_app, name="finetune")

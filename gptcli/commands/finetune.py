@@ -12,7 +12,6 @@ from gptcli import console, rundir
 from gptcli.callbacks import Fanout
 from gptcli.commands.common import StopFlag
 from gptcli.errors import CheckpointError, UsageError
-from gptcli.finetune.config import KINDS, LENGTH_FLAGS
 from gptcli.paths import display_path, shell_path
 from gptcli.tasks import KIND_INFO
 from gptcli.tensorboard import LOG_DIR, TensorBoardWriter, check_available
@@ -196,52 +195,6 @@ def finetune_command(
         return result
     finally:
         lock.release(failed=failed)
-
-
-def resume_command(
-    target: Path | None,
-    *,
-    epochs: int | None = None,
-    max_steps: int | str | None = None,
-    max_tokens: int | str | None = None,
-    max_time: float | str | None = None,
-    patience: int | None = None,
-    quiet: bool = False,
-    threads: int | None = None,
-    wandb: bool = False,
-) -> dict[str, Any]:
-    """Continue a finetuning run from its newest checkpoint, exactly. ``epochs`` and the budgets
-    given replace the run's own: with larger ones a run that has ended goes on as if they had been
-    set from the start."""
-    from gptcli import checkpoint as ckpt
-
-    console.set_quiet(quiet)
-    _set_threads(threads)
-    if wandb:
-        from gptcli import wandb_log
-
-        wandb_log.check_available()
-
-    # Locked before its checkpoint is chosen, so a second resume is refused at once (as train's).
-    run_dir = rundir.resume_target_run(target)
-    lock = rundir.lock_run_dir(run_dir) if run_dir is not None else None
-    try:
-        path = ckpt.resolve_checkpoint(target, warn=console.warn)
-        obj = ckpt.load_checkpoint(path)
-        if obj.get("kind") not in KINDS:
-            raise UsageError(
-                f"{display_path(path)}: not a finetuning checkpoint (kind {obj.get('kind')!r}); use: "
-                f"gptcli resume {shell_path(path)}"
-            )
-        if lock is None:  # a checkpoint outside a run's checkpoints/: the run goes on beside it
-            run_dir = path.parent
-            lock = rundir.lock_run_dir(run_dir)
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
-    length = dict(zip(LENGTH_FLAGS, (epochs, max_steps, max_tokens, max_time, patience), strict=True))
-    return continue_run(path, obj, run_dir=run_dir, lock=lock, length=length, wandb=wandb)
 
 
 def continue_run(

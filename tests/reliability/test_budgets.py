@@ -16,7 +16,8 @@ import yaml
 
 from gptcli import checkpoint as ckpt
 from gptcli import console, rundir
-from gptcli.commands.train import resume_command, train_command
+from gptcli.commands.resume import resume_command
+from gptcli.commands.train import train_command
 from gptcli.config import TrainConfig, parse_count, parse_duration, parse_interval
 from gptcli.errors import UsageError
 from gptcli.metrics import read_metrics

@@ -29,7 +29,9 @@ from typer.testing import CliRunner
 from gptcli import checkpoint as ckpt
 from gptcli import console, rundir
 from gptcli.cli import app
-from gptcli.commands.train import StopFlag, resume_command, train_command
+from gptcli.commands.common import StopFlag
+from gptcli.commands.resume import resume_command
+from gptcli.commands.train import train_command
 from gptcli.errors import RunDirError, SaveError, TrainingError, UsageError
 from gptcli.metrics import read_metrics
 from gptcli.training import Trainer
