@@ -166,3 +166,20 @@ def test_instruct_says_how_many_responses_the_length_limit_cuts_and_refuses_when
     assert any(f"0 of {len(records) * 85 // 100} training records lose all of their response" in w for w in warnings)
     _, events = _run(data, "whole", _cfg(data, "instruct", batch_size=4, epochs=1, max_length=full + 5))
     assert not [e for e in events if e["type"] == "warning"]
+
+
+def test_every_config_file_gptcli_writes_is_a_valid_config_for_the_same_kind_of_run(workdir):
+    tiny = ["--context-length", "12", "--emb-dim", "32", "--n-heads", "4", "--n-layers", "2"]
+    common = ["--max-steps", "1", "--eval-iter", "1", "-q"]
+    first = run_gptcli("train", "the-verdict.txt", *tiny, *common, "-o", "runs/tiny", cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    again = run_gptcli("train", "--config", "runs/tiny/config.yaml", "-o", "runs/again", "-q", cwd=workdir)
+    assert again.returncode == 0, again.stderr
+    printed = run_gptcli("train", "the-verdict.txt", *tiny, "--print-config", cwd=workdir)
+    (workdir / "printed.yaml").write_text(printed.stdout, encoding="utf-8")
+    edited = run_gptcli("train", "--config", "printed.yaml", *common, "-o", "runs/printed", cwd=workdir)
+    assert edited.returncode == 0, edited.stderr
+    # A setting the file really sets, and that the data cannot use, is still refused.
+    (workdir / "bad.yaml").write_text("train:\n  text_field: body\n  data: [the-verdict.txt]\n", encoding="utf-8")
+    bad = run_gptcli("train", "--config", "bad.yaml", "-o", "runs/bad", cwd=workdir)
+    assert bad.returncode == 2 and "invalid text_field (--text-field) in bad.yaml 'body'" in bad.stderr

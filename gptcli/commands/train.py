@@ -75,7 +75,11 @@ def resolve_train_configs(
     train_cfg.data = [_absolute_if_exists(p) for p in train_cfg.data]
     if train_cfg.val_file is not None:
         train_cfg.val_file = _absolute_if_exists(train_cfg.val_file)
-    _check_used(train_cfg, given={**dict.fromkeys(file_cfg["train"], where), **dict.fromkeys(train_given)})
+    # A key a config file sets to its default was not asked for: every file gptcli writes (a run's
+    # config.yaml, --print-config) holds every key, and must be a valid --config as it is.
+    defaults = TrainConfig().to_dict()
+    from_file = {k: where for k, v in file_cfg["train"].items() if k not in defaults or v != defaults[k]}
+    _check_used(train_cfg, given={**from_file, **dict.fromkeys(train_given)})
     if train_cfg.init:
         given = {
             **coerce_values(ModelConfig, model_file, where),
