@@ -83,6 +83,11 @@ class ConvertSettings:
         "epochs the notebook ran are known (repeatable).",
         show_default=False,
     )
+    force: bool = flag(
+        False,
+        flags=("--force",),
+        help="Replace an existing output file or folder (a run's checkpoints are never replaced).",
+    )
     quiet: bool = quiet_flag()
     merge_lora: bool = flag(
         False,
