@@ -50,6 +50,7 @@ class _Group(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         debug = os.environ.get("GPTCLI_DEBUG", "") not in ("", "0")
+        _show_library_warnings()
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
         except GptCliError as e:
@@ -67,6 +68,19 @@ class _Group(TyperGroup):
             # Recent typer validates through pydantic, whose messages start "Value error, ".
             _error(cmd + e.format_message().replace("\n", " ").replace("Value error, ", ""))
             sys.exit(e.exit_code)
+        except BrokenPipeError:  # stdout's reader left (gptcli sample | head -1): nothing to say
+            if debug:
+                raise
+            _silence_stdout()
+            sys.exit(141)
+        except OSError as e:  # a write the library did not word itself: still one line, never a traceback
+            if debug:
+                raise
+            from gptcli.errors import os_error_reason
+
+            _silence_stdout()
+            _error(f"{e.filename}: {os_error_reason(e)}" if e.filename else f"could not write ({os_error_reason(e)})")
+            sys.exit(1)
         except _Abort:
             _error("aborted")
             sys.exit(130)
@@ -86,6 +100,35 @@ def _error(message: str) -> None:
     from gptcli import console
 
     console.error(message)
+
+
+def _show_library_warnings() -> None:
+    """The library's ``warnings.warn(..., GptCliWarning)`` as a ``warning: ...`` line, as
+    console.warn prints it; other warnings as Python shows them."""
+    import warnings
+
+    from gptcli.errors import GptCliWarning
+
+    shown = warnings.showwarning
+    if getattr(shown, "gptcli", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, GptCliWarning):
+            from gptcli import console
+
+            console.warn(str(message))
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show.gptcli = True
+    warnings.showwarning = show
+
+
+def _silence_stdout() -> None:
+    from gptcli import console
+
+    console.silence_stdout()
 
 
 app = typer.Typer(

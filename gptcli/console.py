@@ -69,8 +69,33 @@ def error(message: str) -> None:
 
 
 def print_result(text: str = "", *, end: str = "\n") -> None:
-    sys.stdout.write(text + end)
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(text + end)
+        sys.stdout.flush()
+    except OSError as e:
+        raise stdout_failed(e) from None
+
+
+def stdout_failed(e: OSError) -> Exception:
+    """What a failed write to stdout (``> /dev/full``, a closed pipe) becomes: a SaveError that
+    says so in one line, or the BrokenPipeError itself (the reader left: the CLI exits quietly).
+    stdout is pointed at the null device first, so that the interpreter's last flush of what is
+    still buffered cannot fail again and print a second error."""
+    from gptcli.errors import SaveError, os_error_reason
+
+    silence_stdout()
+    if isinstance(e, BrokenPipeError):
+        return e
+    return SaveError(f"stdout: could not write the results ({os_error_reason(e)})")
+
+
+def silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test's capture): nothing buffered
+        pass
 
 
 def print_table(columns: list[str], rows: list[list[str]], *, left: set[int] = frozenset()) -> None:

@@ -52,6 +52,11 @@ class RunDirError(GptCliError):
     exit_code = 1
 
 
+class GptCliWarning(UserWarning):
+    """Something the library went on despite (``warnings.warn``): the CLI prints it as one
+    ``warning: ...`` line on stderr."""
+
+
 def os_error_reason(e: OSError) -> str:
     """What a failed write means, in words: "No space left on device", "file size limit
     exceeded", never a library's internal text."""

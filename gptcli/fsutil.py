@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -103,6 +104,33 @@ def atomic_write(path: str | Path, content: Content, *, fsync: bool = True, enco
         else:
             content(f)
     return path
+
+
+def write_failure(directory: str | Path) -> OSError | None:
+    """Why files cannot be created in ``directory`` (made if missing), or None if they can: a
+    real try, since permission bits say nothing for root and nothing of a read-only mount."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX, suffix=TMP_SUFFIX)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return e
+    return None
+
+
+@contextlib.contextmanager
+def writable_or_temporary(directory: str | Path, *, prefix: str) -> Iterator[tuple[Path, OSError | None]]:
+    """``directory`` and None when files can be written there; else a temporary directory
+    (removed when the block ends) and the error that ruled ``directory`` out. A file still open
+    or memory-mapped from the temporary directory stays readable after it goes (POSIX)."""
+    failure = write_failure(directory)
+    if failure is None:
+        yield Path(directory), None
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as tmp:
+        yield Path(tmp), failure
 
 
 # ---------------------------------------------------------------------------------------------

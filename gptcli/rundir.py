@@ -24,6 +24,7 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,13 +154,73 @@ def default_run_dir(data: list[str], root: Path = RUNS_ROOT) -> Path:
     return out
 
 
-def rotate(run_dir: Path, keep_last: int, *, protect: set[Path] = frozenset()) -> list[Path]:
-    """Delete all but the newest ``keep_last`` step checkpoints (never one in ``protect``)."""
+def rotate(
+    run_dir: Path,
+    keep_last: int,
+    *,
+    protect: set[Path] = frozenset(),
+    warn: Callable[[str], object] | None = None,
+) -> list[Path]:
+    """Delete all but the newest ``keep_last`` step checkpoints (never one in ``protect``, nor
+    one that another run stands on: see ``pin_checkpoint``; ``warn`` is told once of each)."""
     ckpts = list_step_checkpoints(run_dir)
     doomed = [p for p in ckpts[: max(0, len(ckpts) - keep_last)] if p.resolve() not in protect]
+    pins = pinned(run_dir)
     for p in doomed:
+        if p.name in pins:
+            if warn is not None and p.resolve() not in _PIN_WARNED:
+                _PIN_WARNED.add(p.resolve())
+                warn(f"keeping {display_path(p)} past --keep-last: run {display_path(pins[p.name])} starts from it")
+            continue
         p.unlink(missing_ok=True)
-    return doomed
+    return [p for p in doomed if p.name not in pins]
+
+
+# A finetune run that starts from another run's step checkpoint needs that file for as long as it
+# lives (a LoRA checkpoint holds only the adapters; resume reloads the base): the dependent run
+# leaves a pin, <run>/checkpoints/.pins/<checkpoint name>.<key>, holding its own path, and rotate
+# keeps every pinned checkpoint whose dependent still exists.
+PINS_DIR = ".pins"
+_PIN_WARNED: set[Path] = set()
+
+
+def pin_checkpoint(checkpoint: Path, dependent: Path) -> Path | None:
+    """Keep ``checkpoint`` from rotation while run ``dependent`` exists, if it is a step
+    checkpoint of a run (other files are never rotated); the pin's path, or None. Best effort:
+    a base run that cannot be written cannot rotate either."""
+    import hashlib
+
+    run = run_dir_of(checkpoint)
+    if run is None or not _STEP_RE.match(Path(checkpoint).name):
+        return None
+    who = str(Path(dependent).resolve())
+    pin = checkpoint_dir(run) / PINS_DIR / f"{Path(checkpoint).name}.{hashlib.sha256(who.encode()).hexdigest()[:16]}"
+    try:
+        if not pin.is_file():
+            pin.parent.mkdir(exist_ok=True)
+            fsutil.atomic_write(pin, who + "\n")
+    except OSError:
+        return None
+    return pin
+
+
+def pinned(run_dir: Path) -> dict[str, Path]:
+    """The run's pinned step checkpoints (by file name), each with a run that stands on it."""
+    d = checkpoint_dir(run_dir) / PINS_DIR
+    out: dict[str, Path] = {}
+    try:
+        pins = list(d.iterdir()) if d.is_dir() else []
+    except OSError:
+        return out
+    for pin in pins:
+        name, _, _ = pin.name.rpartition(".")
+        try:
+            who = Path(pin.read_text(encoding="utf-8").strip())
+        except (OSError, UnicodeDecodeError):
+            continue
+        if _STEP_RE.match(name) and who.is_dir():  # a dependent since deleted holds nothing
+            out.setdefault(name, who)
+    return out
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:

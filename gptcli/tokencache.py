@@ -31,6 +31,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from gptcli import fsutil
-from gptcli.errors import DataError
+from gptcli.errors import DataError, GptCliWarning, os_error_reason
 from gptcli.formats import Input, detect, iter_text, resolve_inputs, sniff_compression
 from gptcli.paths import gptcli_home
 from gptcli.textfiles import expand_paths, iter_file_text
@@ -58,6 +59,13 @@ _COPY_BYTES = 4 * 2**20
 
 def token_cache_dir() -> Path:
     return gptcli_home() / "tokens"
+
+
+def cache_skipped(cache: Path, e: OSError) -> str:
+    return (
+        f"the token cache {cache} cannot be written ({os_error_reason(e)}); "
+        "tokenizing without it (set GPTCLI_HOME to a writable folder to keep the tokens for next time)"
+    )
 
 
 def default_threads() -> int:
@@ -329,8 +337,13 @@ def cached_corpus_tokens(
     val_inputs = resolve_inputs(val_paths, format=format) if val_paths is not None else []
     if sum(i.path is None for i in (*train_inputs, *val_inputs)) > 1:
         raise DataError("'-' (standard input) given twice")
-    cache = Path(cache_dir) if cache_dir is not None else token_cache_dir()
-    with _spooled_stdin([*train_inputs, *val_inputs], cache) as spooled:
+    wanted = Path(cache_dir) if cache_dir is not None else token_cache_dir()
+    with (
+        fsutil.writable_or_temporary(wanted, prefix="gptcli-tokens-") as (cache, failed),
+        _spooled_stdin([*train_inputs, *val_inputs], cache) as spooled,
+    ):
+        if failed is not None:  # a read-only GPTCLI_HOME: tokenize all the same, just not kept
+            warnings.warn(cache_skipped(wanted, failed), GptCliWarning, stacklevel=2)
         return _cached(
             spooled[: len(train_inputs)],
             spooled[len(train_inputs) :],

@@ -51,6 +51,29 @@ def default_project() -> str:
     return os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
 
 
+# What wandb refuses in a project name (wandb.sdk.lib.project name check), and its length limit.
+_PROJECT_FORBIDDEN = "/\\#?%:"
+_PROJECT_MAX = 128
+
+
+def check_project(project: str | None) -> None:
+    """A ``--wandb-project`` W&B would refuse, found before any run starts: a UsageError that
+    names the flag (exit 2), not a failed start after the run directory is made."""
+    if project is None:
+        return
+    bad = sorted({c for c in project if c in _PROJECT_FORBIDDEN})
+    if not project.strip() or bad or len(project) > _PROJECT_MAX:
+        why = (
+            f"must not contain {', '.join(repr(c) for c in bad)}"
+            if bad
+            else f"must be 1 to {_PROJECT_MAX} characters, not blank"
+        )
+        raise UsageError(
+            f"invalid --wandb-project: {project!r} ({why}; W&B project names cannot contain "
+            f"{' '.join(_PROJECT_FORBIDDEN)})"
+        )
+
+
 def new_run_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
 

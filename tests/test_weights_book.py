@@ -174,7 +174,10 @@ def test_converted_notebook_run_records_the_epochs_it_ran(workdir, monkeypatch):
     per_epoch = len(ch02.create_dataloader_v1(train_text, batch_size=2, max_length=12, stride=12, shuffle=False))
     for steps, epochs in ((2 * per_epoch + 1, 2), (10 * per_epoch, 10)):  # stopped in epoch 3; the book's 10
         _book_run(workdir, steps=steps, vocab_size=50257)
-        conv = invoke("convert", "model_and_optimizer.pth", "--n-heads", "4", "--data", "short.txt", "-o", "book.pth")
+        # the second conversion replaces the first one's book.pth: --force (issue 21)
+        conv = invoke(
+            "convert", "model_and_optimizer.pth", "--n-heads", "4", "--data", "short.txt", "-o", "book.pth", "--force"
+        )
         assert conv.exit_code == 0, conv.stderr
         progress = load_checkpoint(workdir / "book.pth")["progress"]
         assert (progress["epoch"], progress["step"], progress["tokens_seen"]) == (epochs, steps, steps * 2 * 12)

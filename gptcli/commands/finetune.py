@@ -185,6 +185,7 @@ def finetune_command(
         from gptcli import wandb_log
 
         wandb_log.check_available()
+        wandb_log.check_project(wandb_project)
     _set_threads(threads)
     run_dir = out or rundir.default_run_dir([cfg.data])
     lock = rundir.claim_new_run_dir(run_dir)

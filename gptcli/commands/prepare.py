@@ -4,9 +4,11 @@ so many training runs (gptcli's, llm.c's) read the ids as memory maps instead of
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from gptcli import console
+from gptcli.errors import SaveError, os_error_reason
 from gptcli.settings.prepare import PrepareSettings
 
 
@@ -20,20 +22,26 @@ def prepare_command(s: PrepareSettings) -> dict[str, Any]:
         from gptcli.formats import check_text_field, resolve_inputs
 
         check_text_field(resolve_inputs(s.inputs, format=format), s.text_field)
-    with console.step_progress("tokenizing", None) as prog:
-        task = prog.add_task("tokenize", total=None)
-        result = prepare(
-            s.inputs,
-            s.out,
-            format=format,
-            text_field=s.text_field or "text",
-            errors=s.encoding_errors,
-            shard_size=s.shard_size,
-            val_ratio=s.val_ratio,
-            val_tokens=s.val_tokens,
-            num_threads=s.threads or default_threads(),
-            on_progress=lambda chars: prog.update(task, completed=chars),
-        )
+    made = _missing_ancestor(s.out)
+    before = set(s.out.glob("*.bin")) if s.out.is_dir() else set()
+    try:
+        with console.step_progress("tokenizing", None) as prog:
+            task = prog.add_task("tokenize", total=None)
+            result = prepare(
+                s.inputs,
+                s.out,
+                format=format,
+                text_field=s.text_field or "text",
+                errors=s.encoding_errors,
+                shard_size=s.shard_size,
+                val_ratio=s.val_ratio,
+                val_tokens=s.val_tokens,
+                num_threads=s.threads or default_threads(),
+                on_progress=lambda chars: prog.update(task, completed=chars),
+            )
+    except OSError as e:  # a read-only or full disk: one line, and nothing of this run left behind
+        _discard(s.out, made, keep=before)
+        raise SaveError(f"{s.out}: could not write the shards ({os_error_reason(e)})") from None
     if s.json_out:
         console.print_result(json.dumps(result))
     else:
@@ -43,3 +51,28 @@ def prepare_command(s: PrepareSettings) -> dict[str, Any]:
             f"{result['val_tokens']:,} val in {len(result['val_shards'])} shard(s)"
         )
     return result
+
+
+def _missing_ancestor(path: Path) -> Path | None:
+    """The outermost of ``path`` and its parents that does not exist yet (what a run would create)."""
+    made = None
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            break
+        made = p
+    return made
+
+
+def _discard(out: Path, made: Path | None, *, keep: set[Path]) -> None:
+    """After a failed write: the shards it wrote (any but those in ``keep``, there before), and
+    the folders it created, if they are empty."""
+    try:
+        for p in set(out.glob("*.bin")) - keep:
+            p.unlink(missing_ok=True)
+        if made is not None:
+            for d in (out, *out.parents):
+                d.rmdir()  # stops at the first folder that is not empty (OSError)
+                if d == made:
+                    break
+    except OSError:
+        pass  # the write's own error is the one to report

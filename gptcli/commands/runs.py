@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from gptcli import console, rundir, weights
-from gptcli.errors import UsageError
+from gptcli.errors import SaveError, UsageError, os_error_reason
 from gptcli.metrics import read_metrics
 from gptcli.paths import display_path, shell_path
 from gptcli.plot import check_output, default_plot_path, plot_runs, terminal_plot
@@ -291,7 +291,10 @@ def plot_command(
     path = None
     try:
         if output is not None:
-            path = plot_runs(targets, output, log_y=log_y, warnings=warnings)
+            try:
+                path = plot_runs(targets, output, log_y=log_y, warnings=warnings)
+            except OSError as e:  # atomic_write left nothing behind
+                raise SaveError(f"{output}: could not write the plot ({os_error_reason(e)})") from None
         if terminal:
             console.print_result(terminal_plot(targets, log_y=log_y, warnings=warnings if path is None else None))
     finally:

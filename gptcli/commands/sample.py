@@ -17,7 +17,7 @@ from gptcli.device import set_threads
 from gptcli.errors import UsageError
 from gptcli.generation import generate_with
 from gptcli.inference import TEXT_KINDS, LoadedModel, load_model_for_inference, long_prompt_warning
-from gptcli.settings.sample import DEFAULT_PROMPT, SampleConfig, SampleSettings
+from gptcli.settings.sample import DEFAULT_PROMPT, SampleConfig, SampleSettings, check_sample_rows
 from gptcli.tasks import KIND_INFO
 from gptcli.tokenizer import EOT_ID, decode, encode
 
@@ -117,6 +117,7 @@ def sample_command(
         seed=seed,
         num_samples=num_samples,
     )
+    check_sample_rows(scfg.num_samples, len(prompts))
     if scfg.num_samples > 1 and scfg.temperature == 0:
         console.warn(
             f"--num-samples {scfg.num_samples} with --temperature 0 (greedy) gives {scfg.num_samples} identical "
@@ -323,6 +324,10 @@ def instruct_command(s: SampleSettings) -> list[dict[str, Any]]:
     output, responses = s.output, s.responses
     if output is not None and output.is_dir():  # found before the model loads and answers
         raise UsageError(f"{output}: is a directory; give a file name (e.g. -o {output / 'responses.json'})")
+    if output is not None:
+        from gptcli.outputs import check_output_file
+
+        check_output_file(output, force=s.force)
     scfg = dataclasses.replace(s.sampling(), num_samples=1)
     # no -c: the newest instruct run
     loaded = _load(s.checkpoint, None, device=s.device, dtype=s.dtype, kinds=(KIND_INFO["instruct"].recorded,))

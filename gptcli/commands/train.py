@@ -190,6 +190,7 @@ def train_command(
         check_available()
     if wandb_project is not None and not wandb:
         raise UsageError("--wandb-project is the W&B project for --wandb: pass --wandb too")
+    wandb_log.check_project(wandb_project)
     if wandb:
         wandb_log.check_available()
     if not train_cfg.data:

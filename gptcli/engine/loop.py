@@ -155,7 +155,7 @@ class Engine:
             self._best_saved = update_best(
                 self.run_dir, path, self.state.history, self.state.best_val, self._best_saved, self.cb.warn
             )
-            rundir.rotate(self.run_dir, self.cfg.keep_last, protect={path.resolve()})
+            rundir.rotate(self.run_dir, self.cfg.keep_last, protect={path.resolve()}, warn=self.cb.warn)
             self.cb.on_save(path, reason)
         distributed.barrier()
         return path

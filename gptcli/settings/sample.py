@@ -15,6 +15,20 @@ MIN_TEMPERATURE = 1e-6
 DEFAULT_PROMPT = "Every effort moves you"
 DEFAULT_MAX_NEW_TOKENS = 50
 INSTRUCT_MAX_NEW_TOKENS = 256  # the book's chapter 7 generates each response with 256 tokens
+# Every sample of every prompt is one row of one batch (and its KV cache): a bound that keeps a
+# typo like --num-samples 100000000 from trying to allocate terabytes, far above any real use.
+MAX_SAMPLE_ROWS = 4096
+
+
+def check_sample_rows(num_samples: int, prompts: int) -> None:
+    """--num-samples times the prompts must fit in one call's batch (``MAX_SAMPLE_ROWS`` rows)."""
+    if num_samples * max(1, prompts) > MAX_SAMPLE_ROWS:
+        per = f" x {prompts} prompts = {num_samples * prompts:,}" if prompts > 1 else ""
+        raise invalid(
+            "--num-samples",
+            f"{num_samples:,}{per} (at most {MAX_SAMPLE_ROWS} samples in all per call, --num-samples times the "
+            "prompts; run the command several times for more)",
+        )
 
 
 @dataclass
@@ -46,6 +60,7 @@ class SampleConfig:
             raise invalid("--seed", f"{self.seed} (must be from {SEED_MIN} to {SEED_MAX})")
         if self.num_samples < 1:
             raise invalid("--num-samples", f"{self.num_samples} (must be >= 1)")
+        check_sample_rows(self.num_samples, 1)
 
 
 @dataclass
@@ -77,7 +92,7 @@ class SampleSettings:
         1,
         metavar="N",
         help="Samples per prompt; several are printed each under a '--- sample I of N ---' line "
-        "(needs --temperature above 0 to differ).",
+        f"(needs --temperature above 0 to differ); --num-samples times the prompts is at most {MAX_SAMPLE_ROWS}.",
     )
     device: str = shared.device_flag()
     threads: int | None = shared.threads_flag()
@@ -116,6 +131,11 @@ class SampleSettings:
         "as the book's instruction-data-with-response.json.",
     )
     output: Path | None = shared.output_flag("The JSON file --responses writes.")
+    force: bool = flag(
+        False,
+        flags=("--force",),
+        help="With -o: replace the file if it exists (a run's checkpoints are never replaced).",
+    )
 
     def __post_init__(self) -> None:
         shared.check_flags(self)  # --device, --threads, --dtype
@@ -126,6 +146,7 @@ class SampleSettings:
         if self.max_new_tokens is None:
             self.max_new_tokens = INSTRUCT_MAX_NEW_TOKENS if self.instruct else DEFAULT_MAX_NEW_TOKENS
         self.sampling()  # checks --max-new-tokens, --temperature, --top-k, --top-p, --seed
+        check_sample_rows(self.num_samples, len(self.prompt or ()))
 
     @property
     def instruct(self) -> bool:
@@ -156,3 +177,5 @@ class SampleSettings:
             raise UsageError("--responses needs -o/--output FILE (the JSON file of records with model_response)")
         if self.output is not None and self.responses is None:
             raise UsageError("-o/--output goes with --responses SPLIT")
+        if self.force and self.output is None:
+            raise UsageError("--force goes with -o/--output FILE")

@@ -70,6 +70,11 @@ class ConvertSettings:
         help="Book checkpoints with optimizer state: the training text, so 'gptcli resume' can continue and the "
         "epochs the notebook ran are known (repeatable).",
     )
+    force: bool = flag(
+        False,
+        flags=("--force",),
+        help="Replace an existing output file or folder (a run's checkpoints are never replaced).",
+    )
     quiet: bool = shared.quiet_flag()
     merge_lora: bool = flag(
         False,

@@ -223,6 +223,7 @@ class FinetuneTask(Task):
             check_new_split(cfg.split)  # before the base model is loaded: a bad flag fails at once
         extra = (resume_from or {}).get("finetune", {})
         self.base_path, base = load_base(extra.get("base", {}).get("path", cfg.init))
+        rundir.pin_checkpoint(self.base_path, engine.run_dir)  # a base run's rotation keeps it
         self.base_sha = file_sha256(self.base_path)
         if resume_from is not None and extra.get("base", {}).get("sha256") not in (None, self.base_sha):
             raise CheckpointError(f"{self.base_path}: the base model changed since this run started (its hash differs)")

@@ -15,6 +15,7 @@ from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.model import gptcli_shapes
+from gptcli.outputs import check_output_dir, check_output_file
 from gptcli.rundir import is_run_dir
 from gptcli.tasks import FINETUNE_RECORDED, recorded_kind
 from gptcli.weights import CONVERTED_NAME, SOURCES, TARGETS, model_name_to_size, resolve_model
@@ -131,9 +132,12 @@ def convert(
     data: list[str | Path] | None = None,
     on_progress: Progress | None = None,
     merge_lora: bool = False,
+    force: bool = False,
 ) -> Path:
     """Convert ``src`` and return the path written. ``merge_lora``: a finetune run's model with
-    its LoRA adapters folded into the weights."""
+    its LoRA adapters folded into the weights. An existing output (a file, or a folder that
+    holds files) is replaced only with ``force``; a run's checkpoint or folder never is
+    (``gptcli.outputs``)."""
     src = Path(src)
     if target not in TARGETS:
         raise UsageError(f"invalid --to: {target!r} (choose from {', '.join(TARGETS)})")
@@ -151,8 +155,12 @@ def convert(
     out_path = Path(out) if out is not None else default_output(src, source, target)
     if out_path.exists() and src.exists() and out_path.resolve() == src.resolve():
         raise UsageError(f"invalid --output: {out_path} is the input; choose another path")
+    flag = "-o" if out is not None else None
     if target == "gptcli":
         _check_file_output(out_path)
+        check_output_file(out_path, flag=flag, force=force)
+    else:
+        check_output_dir(out_path, flag=flag, force=force)
     finetuned = _finetune_checkpoint(src) if source == "gptcli" else None
     if merge_lora and finetuned is None:
         raise UsageError(f"invalid --merge-lora: {src} is not a finetune run or checkpoint (gptcli finetune makes one)")
@@ -164,6 +172,7 @@ def convert(
             if out is None:
                 out_path = (path.parent.parent if path.parent.name == "checkpoints" else path.parent) / "merged.pth"
                 _check_file_output(out_path)
+                check_output_file(out_path, flag=None, force=force)
             return _write_merged(obj, path, out_path)
         if not recorded_kind(obj["kind"]).generates_text:  # a classifier's head
             raise UsageError(

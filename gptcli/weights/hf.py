@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from gptcli import checkpoint as ckpt
 from gptcli import fsutil, jsontext
 from gptcli.config import ModelConfig
-from gptcli.errors import CheckpointError, UsageError
+from gptcli.errors import CheckpointError, SaveError, UsageError, os_error_reason
 from gptcli.model import gptcli_shapes
 from gptcli.tokenizer import EOT_TOKEN
 from gptcli.weights.common import Progress, check_tensors, pad_rows, save_checkpoint
@@ -271,7 +271,22 @@ def export_hf(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"invalid --output: {out_dir} is a file; --to hf writes a directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    made = next((p for p in reversed((out_dir, *out_dir.parents)) if not p.exists()), None)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_export(cfg, state, out_dir, on_progress=on_progress)
+    except BaseException as e:  # a read-only or full disk, Ctrl-C: no folder it made is left half written
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise SaveError(f"{out_dir}: could not write the export ({os_error_reason(e)})") from None
+        raise
+    return out_dir
+
+
+def _write_export(
+    cfg: ModelConfig, state: dict[str, torch.Tensor], out_dir: Path, *, on_progress: Progress | None
+) -> None:
     tensors = hf_state_dict(cfg, state)
     if on_progress is not None:
         on_progress(len(tensors), len(tensors))
@@ -291,4 +306,3 @@ def export_hf(
             with fsutil.atomic_path(out_dir / dst_name) as tmp:
                 shutil.copyfile(src_path, tmp)
     fsutil.atomic_write(out_dir / TOKENIZER_CONFIG, json.dumps(hf_tokenizer_config(cfg), indent=2) + "\n")
-    return out_dir
