@@ -2,10 +2,8 @@
 
 Every flag is generated from a dataclass field (``gptcli.cli_options``): each command's settings
 (``gptcli.settings``), or for ``train`` and ``finetune`` the run configs. Commands only hand the
-settings to ``gptcli.commands``, which calls the library and prints. Heavy imports (torch)
-happen inside the functions, so ``gptcli --help`` stays fast. Library errors (GptCliError)
-become one line on stderr and an exit code in ``_Group.main``; set GPTCLI_DEBUG=1 for the
-traceback.
+settings to ``gptcli.commands``. Heavy imports (torch) happen inside the functions, so ``gptcli
+--help`` stays fast. Library errors become one line on stderr and an exit code in ``_Group.main``.
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ import importlib
 import inspect
 import os
 import sys
+import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -580,12 +579,24 @@ _FT_INPUTS = ("data", "init", "config_file", "out")
 _FT_SETTINGS = ("<data>", "<train>", "threads", "<lora>", "<output>", "quiet", "tensorboard", "wandb", "wandb_project")
 
 
-def _finetune(kind: str, data: str | None, init: str | None, flags: dict[str, Any], **options: Any) -> None:
+# The options both finetune commands take besides their settings: given to ``with_flags`` as
+# options (with no panel of their own: the layout places them by name), so each is declared once.
+_FT_COMMON = {
+    name: (types.SimpleNamespace(metadata={"panel": None}), inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a))
+    for name, a, d in (("init", _FtInit, None), ("config_file", _FtConfig, None), ("out", _FtOut, None),
+                       ("threads", _FtThreads, None), ("quiet", _FtQuiet, False), ("tensorboard", _FtTensorBoard, False),
+                       ("wandb", _Wandb, False), ("wandb_project", _WandbProject, None))
+}  # fmt: skip
+_FT_RUN_OPTIONS = ("config_file", "out", "quiet", "threads", "tensorboard", "wandb", "wandb_project")
+
+
+def _finetune(kind: str, data: str | None, flags: dict[str, Any], **options: Any) -> None:
     """Start a finetune of ``kind`` with the flags given (None: not given, the book's default)."""
     from gptcli.commands.finetune import finetune_command
 
-    given = {"data": data, "init": init, **flags}
-    finetune_command({"kind": kind, **{k: v for k, v in given.items() if v is not None}}, **options)
+    run = {k: flags.pop(k) for k in _FT_RUN_OPTIONS}
+    given = {"data": data, **flags}
+    finetune_command({"kind": kind, **{k: v for k, v in given.items() if v is not None}}, **run, **options)
 
 
 @_finetune_app.command(
@@ -594,7 +605,7 @@ def _finetune(kind: str, data: str | None, init: str | None, flags: dict[str, An
     "  gptcli finetune instruct alpaca.jsonl --init gpt2-124M --lora-rank 16 --lora-alpha 16 --mask-prompt\n\n"
     "  gptcli finetune instruct alpaca.jsonl --init gpt2-124M --max-steps 2000 --warmup-steps 100 --grad-clip 1",
 )
-@with_flags(*_FT_INPUTS, "template", *_FT_SETTINGS, options=_finetune_options("instruct"))
+@with_flags(*_FT_INPUTS, "template", *_FT_SETTINGS, options={**_finetune_options("instruct"), **_FT_COMMON})
 def finetune_instruct(
     *,
     data: Annotated[
@@ -605,9 +616,6 @@ def finetune_instruct(
             show_default=False,
         ),
     ] = None,
-    init: _FtInit = None,
-    config_file: _FtConfig = None,
-    out: _FtOut = None,
     template: Annotated[
         Optional[Path],
         typer.Option(
@@ -615,16 +623,10 @@ def finetune_instruct(
             show_default=False,
         ),
     ] = None,
-    threads: _FtThreads = None,
-    quiet: _FtQuiet = False,
-    tensorboard: _FtTensorBoard = False,
-    wandb: _Wandb = False,
-    wandb_project: _WandbProject = None,
     **flags: Any,
 ) -> None:
     """Finetune a model to follow instructions, as the book's chapter 7."""
-    _finetune("instruct", data, init, flags, config_file=config_file, out=out, template_file=template, quiet=quiet, threads=threads,
-              tensorboard=tensorboard, wandb=wandb, wandb_project=wandb_project)  # fmt: skip
+    _finetune("instruct", data, flags, template_file=template)
 
 
 @_finetune_app.command(
@@ -632,7 +634,7 @@ def finetune_instruct(
     epilog="Examples:\n\n  gptcli finetune classify sms.csv --init gpt2-124M --balance\n\n"
     "  gptcli finetune classify reviews.jsonl --init gpt2-124M --text-field review --label-field stars",
 )
-@with_flags(*_FT_INPUTS, *_FT_SETTINGS, options=_finetune_options("classify"))
+@with_flags(*_FT_INPUTS, *_FT_SETTINGS, options={**_finetune_options("classify"), **_FT_COMMON})
 def finetune_classify(
     *,
     data: Annotated[
@@ -644,19 +646,10 @@ def finetune_classify(
             show_default=False,
         ),
     ] = None,
-    init: _FtInit = None,
-    config_file: _FtConfig = None,
-    out: _FtOut = None,
-    threads: _FtThreads = None,
-    quiet: _FtQuiet = False,
-    tensorboard: _FtTensorBoard = False,
-    wandb: _Wandb = False,
-    wandb_project: _WandbProject = None,
     **flags: Any,
 ) -> None:
     """Finetune a model as a text classifier, as the book's chapter 6."""
-    _finetune("classify", data, init, flags, config_file=config_file, out=out, quiet=quiet, threads=threads,
-              tensorboard=tensorboard, wandb=wandb, wandb_project=wandb_project)  # fmt: skip
+    _finetune("classify", data, flags)
 
 
 @_finetune_app.command(

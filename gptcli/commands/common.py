@@ -72,3 +72,17 @@ def _wandb_logger(
     else:
         console.info(f"W&B run {logger.project}/{logger.run_id}" + (f": {logger.url}" if logger.url else ""))
     return logger
+
+
+def check_loggers(*, tensorboard: bool, wandb: bool, wandb_project: str | None) -> None:
+    """Before a run directory is claimed: the loggers asked for are installed, and the W&B
+    project is one W&B takes (a usage error otherwise)."""
+    from gptcli.tensorboard import check_available
+
+    if tensorboard:
+        check_available()
+    if wandb_project is not None and not wandb:
+        raise UsageError("--wandb-project is the W&B project for --wandb: pass --wandb too")
+    wandb_log.check_project(wandb_project)
+    if wandb:
+        wandb_log.check_available()

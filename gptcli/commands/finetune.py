@@ -10,11 +10,11 @@ from typing import Any
 
 from gptcli import console, rundir
 from gptcli.callbacks import Fanout
-from gptcli.commands.common import StopFlag
+from gptcli.commands.common import StopFlag, check_loggers
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.paths import display_path, shell_path
 from gptcli.tasks import KIND_INFO
-from gptcli.tensorboard import LOG_DIR, TensorBoardWriter, check_available
+from gptcli.tensorboard import LOG_DIR, TensorBoardWriter
 
 CLASSIFIER = KIND_INFO["classify"].recorded  # what `gptcli classify` takes
 
@@ -177,15 +177,7 @@ def finetune_command(
     if template_file is not None:
         cfg_kwargs["template"] = Template.from_file(template_file).text
     cfg = finetune_settings(cfg_kwargs, config_file)
-    if tensorboard:
-        check_available()
-    if wandb_project is not None and not wandb:
-        raise UsageError("--wandb-project is the W&B project for --wandb: pass --wandb too")
-    if wandb:
-        from gptcli import wandb_log
-
-        wandb_log.check_available()
-        wandb_log.check_project(wandb_project)
+    check_loggers(tensorboard=tensorboard, wandb=wandb, wandb_project=wandb_project)
     _set_threads(threads)
     run_dir = out or rundir.default_run_dir([cfg.data])
     lock = rundir.claim_new_run_dir(run_dir)

@@ -12,9 +12,9 @@ from typing import Any
 
 # torch loads inside the functions (checkpoint, device, distributed, training): a run directory is
 # claimed and locked before that, so that a second writer is refused at once.
-from gptcli import console, rundir, wandb_log, weights
+from gptcli import console, rundir, weights
 from gptcli.callbacks import Callbacks, Fanout
-from gptcli.commands.common import StopFlag, _wandb_logger
+from gptcli.commands.common import StopFlag, _wandb_logger, check_loggers
 from gptcli.config import (
     ModelConfig,
     TrainConfig,
@@ -29,7 +29,7 @@ from gptcli.config import (
 )
 from gptcli.errors import UsageError
 from gptcli.paths import display_path, shell_path
-from gptcli.tensorboard import LOG_DIR, TensorBoardWriter, check_available
+from gptcli.tensorboard import LOG_DIR, TensorBoardWriter
 
 # ---------------------------------------------------------------------------------------------
 # Signals: the handler only sets a flag; the loop saves at the next step boundary.
@@ -186,13 +186,7 @@ def train_command(
     if print_config:
         console.print_result(dump_yaml_config(model_cfg, train_cfg), end="")
         return Path()
-    if tensorboard:
-        check_available()
-    if wandb_project is not None and not wandb:
-        raise UsageError("--wandb-project is the W&B project for --wandb: pass --wandb too")
-    wandb_log.check_project(wandb_project)
-    if wandb:
-        wandb_log.check_available()
+    check_loggers(tensorboard=tensorboard, wandb=wandb, wandb_project=wandb_project)
     if not train_cfg.data:
         raise UsageError("no training text given: pass one or more files or directories (or 'data' in --config)")
     if train_cfg.fsdp:  # resume of an --fsdp run may go on in one process; a new one needs torchrun
