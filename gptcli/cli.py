@@ -334,16 +334,13 @@ def resume(
     patience: Annotated[
         Optional[int], typer.Option(metavar="K", help="New --patience (0 turns early stopping off).")
     ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", metavar="DIR", help="For a checkpoint outside any run: the new run's directory [default: runs/<data>-<time>].")
+    ] = None,
     threads: Annotated[Optional[int], _threads_option()] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-    wandb: Annotated[
-        bool,
-        typer.Option(
-            "--wandb",
-            help="Start logging to Weights & Biases (a run that logged to W&B continues its W&B run without it).",
-        ),
-    ] = False,
-) -> None:
+    wandb: Annotated[bool, typer.Option("--wandb", help="Start logging to Weights & Biases (a run that logged to W&B continues its W&B run without it).")] = False,
+) -> None:  # fmt: skip
     """Continue a run exactly where it stopped: same batches, same dropout, same losses.
 
     A larger --epochs or budget extends a finished run as if it had been set from the start (with
@@ -357,6 +354,7 @@ def resume(
         max_tokens=max_tokens,
         max_time=max_time,
         patience=patience,
+        out=out,
         quiet=quiet,
         threads=threads,
         wandb=wandb,

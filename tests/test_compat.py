@@ -20,6 +20,7 @@ from .conftest import run_gptcli
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "compat"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
 BASE_DIR = Path("/tmp/gptcli-compat-fixtures")  # where the finetune runs name their base
+TEXT_DIR = Path("/tmp/gptcli-fixture-work")  # where the pretraining run names its text (an absolute path)
 
 
 def _digest(path: Path) -> str:
@@ -35,6 +36,8 @@ def _digest(path: Path) -> str:
 def fixture_dir(tmp_path):
     BASE_DIR.mkdir(parents=True, exist_ok=True)
     shutil.copy(FIXTURES / "base.pth", BASE_DIR / "base.pth")
+    TEXT_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FIXTURES / "data" / "verdict.txt", TEXT_DIR / "verdict.txt")
     for f in (FIXTURES / "data").iterdir():
         shutil.copy(f, tmp_path / f.name)
     (tmp_path / "runs").mkdir()
@@ -89,3 +92,18 @@ def test_an_earlier_finetune_run_samples_and_classifies_the_same(fixture_dir):
     run = _resume("classify-lora", fixture_dir)
     out = run_gptcli("classify", "-c", str(run), "win cash now 3", cwd=fixture_dir, check=True)
     assert out.stdout == EXPECTED["classify-lora"]["classify"]
+
+
+def test_a_checkpoint_copied_out_of_its_run_goes_on_as_a_new_run_and_says_so(fixture_dir):
+    """`gptcli resume ckpt.pth` on a loose checkpoint (issue 21): a new run, said in one line,
+    with --out to choose its directory, and no warning about a metrics log nobody lost."""
+    shutil.copy(FIXTURES / "lm-stopped" / "checkpoints" / "step-00000003.pth", fixture_dir / "loose.pth")
+    env = {"OMP_NUM_THREADS": "1"}
+    res = run_gptcli("resume", "loose.pth", "--max-steps", "5", "-o", "runs/new", cwd=fixture_dir, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "loose.pth is not in a run's checkpoints/: continuing it as a new run in runs/new" in res.stderr
+    assert "missing" not in res.stderr and "warning" not in res.stderr
+    assert (fixture_dir / "runs/new/checkpoints/step-00000005.pth").is_file()
+    shutil.copytree(FIXTURES / "lm-stopped", fixture_dir / "runs/lm")
+    res = run_gptcli("resume", "runs/lm", "--max-steps", "5", "-o", "elsewhere", cwd=fixture_dir, env=env)
+    assert res.returncode == 2 and res.stderr.startswith("error: invalid --out:") and len(res.stderr.splitlines()) == 1

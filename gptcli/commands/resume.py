@@ -52,6 +52,7 @@ def resume_command(
     quiet: bool = False,
     threads: int | None = None,
     wandb: bool = False,
+    out: Path | None = None,
     finetune_only: bool = False,
 ) -> Path:
     """Continue a run; ``epochs``, the budgets and ``patience`` given replace the run's own (to
@@ -79,8 +80,17 @@ def resume_command(
         if train_cfg is None:  # a finetuning run: its settings are the finetune command's to read
             return _resume_finetune(path, obj, run_dir=run_dir, lock=lock, length=length, wandb=wandb)
         if run_dir is None:  # a checkpoint outside any run directory starts a new one
-            run_dir = rundir.default_run_dir(train_cfg.data)
+            run_dir = Path(out) if out is not None else rundir.default_run_dir(train_cfg.data)
             lock = rundir.claim_new_run_dir(run_dir)
+            console.info(
+                f"{display_path(path)} is not in a run's checkpoints/: continuing it as a new run in "
+                f"{display_path(run_dir)}" + ("" if out is not None else " (choose the directory with --out DIR)")
+            )
+        elif out is not None:
+            raise UsageError(
+                f"invalid --out: {display_path(path)} belongs to the run {display_path(run_dir)}, which goes on in "
+                "place (--out is for a checkpoint outside any run)"
+            )
         else:
             _report_config_file(run_dir, model_cfg, train_cfg, checkpoint=path, given=tuple(length))
     except BaseException:

@@ -682,6 +682,9 @@ class Engine:
             self.metrics.write_all(records)
         except SaveError as e:
             raise self._write_failed(e) from None
+        if not rundir.list_step_checkpoints(self.run_dir):  # a new run directory: nothing was lost
+            self.cb.info(f"{self.metrics.path}: started from the checkpoint's history ({len(records)} records)")
+            return
         lost = "the epoch samples' texts are lost" if sample_type else "the epochs' accuracies are lost"
         self.cb.warn(
             f"{self.metrics.path} was missing: rebuilt {len(records)} records from the checkpoint's history ({lost})"
