@@ -35,6 +35,7 @@ SKIP = {
     "gptcli download --size 124M": "needs the network (tests/test_weights_download.py serves it from loopback)",
     "pip install -e '.[tensorboard]'": "installs into the running environment; the test extra installs tensorboard",
     "python3 -m venv .venv && source .venv/bin/activate": "the by-hand install; `make install` does the same",
+    "source .venv/bin/activate": "puts gptcli on the reader's own shell's PATH; this test runs gptcli itself",
     "pip install torch==2.13.0": "the by-hand install; `make install` does the same",
     "pip wheel . torch==2.13.0 -w wheels/": "tests/test_install.py runs the wheel route (slow)",
     "pip install --no-index --find-links wheels/ gptcli": "tests/test_install.py runs the wheel route (slow)",
