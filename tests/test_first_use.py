@@ -61,9 +61,13 @@ def ft_run(session) -> Path:
     data = session["root"] / "instr.json"
     data.write_text(json.dumps([{**r, "output": r["output"][:10]} for r in RECORDS] * 2), encoding="utf-8")
     ft = session["root"] / "ft"
+    # A short template: the base's 12-token context cannot hold the book's Alpaca prompt, and a
+    # run whose responses all lie beyond the context is refused.
+    template = session["root"] / "short-template.txt"
+    template.write_text("{instruction} {output}", encoding="utf-8")
     invoke(
         "finetune", "instruct", data, "--init", session["base"], "-o", ft, "--max-steps", "1", "--batch-size", "2",
-        "--lora-rank", "2", "--device", "cpu", "-q",
+        "--lora-rank", "2", "--device", "cpu", "--template", template, "-q",
     )  # fmt: skip
     return ft
 

@@ -362,15 +362,18 @@ def test_progress_bar_and_ctrl_c_in_a_terminal(tmp_path):
     child.close()
     out = ANSI_SGR.sub("", log.getvalue())
     assert child.exitstatus == 130, out
-    # the bar: epoch, bar, steps done/total, last losses, speed, time left
+    # the bar: epoch, bar, steps done/total, last losses, speed, time left; a dash, never "nan",
+    # before the first evaluation and the first measured speed (issue 21)
     assert re.search(
-        r"epoch 1/50 +━+.* \d+/550 +train (\d+\.\d{3}|nan) val (\d+\.\d{3}|nan) +[\d,]+ tok/s +(\d+:\d\d:\d\d|-:--:--)",
+        r"epoch 1/50 +━+.* \d+/550 +train (\d+\.\d{3}|–) val (\d+\.\d{3}|–) +([\d,]+|–) tok/s +(\d+:\d\d:\d\d|-:--:--)",
         out,
     ), out
+    assert "nan" not in out
     assert "Ctrl-C: saving a checkpoint at the end of this step" in out
     m = re.search(r"error: interrupted at step (\d+); saved (\S+); continue with: gptcli resume (\S+)", out)
     assert m, out
-    assert "ep 1 step" not in out  # no log lines when there is a bar
+    # each evaluation's line scrolls by above the bar (issue 21: it used to vanish into the bar)
+    assert re.search(r"ep 1 step 000000: train loss \d+\.\d{3}, val loss \d+\.\d{3}", out), out
     saved = ckpt.load_checkpoint(tmp_path / m.group(2))
     assert saved["progress"]["step"] == int(m.group(1)) and 0 < int(m.group(1)) < 550
     assert Path(m.group(3)) == Path("runs/tty")
