@@ -73,6 +73,42 @@ def tiny(root) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# 3. convert: a book state dict's head count is GPT-2's for its four sizes, else asked for
+
+
+def test_book_state_dict_head_count_is_refused_unless_gpt2_sized(tmp_path):
+    ch04 = pytest.importorskip("llms_from_scratch.ch04", reason="make install provides llms-from-scratch")
+    cfg = dict(vocab_size=1000, context_length=12, emb_dim=64, n_heads=2, n_layers=2, drop_rate=0.0, qkv_bias=False)
+    torch.manual_seed(0)
+    book = ch04.GPTModel(cfg).eval()
+    torch.save(book.state_dict(), tmp_path / "model.pth")
+    line = one_error("convert", tmp_path / "model.pth", "-o", tmp_path / "guess.pth")
+    assert "--n-heads" in line and "emb_dim 64" in line
+    assert not (tmp_path / "guess.pth").exists()
+    invoke("convert", tmp_path / "model.pth", "--n-heads", "2", "-o", tmp_path / "two.pth")
+    x = torch.randint(0, 1000, (1, 12))
+    ours = model_from_checkpoint(load_checkpoint(tmp_path / "two.pth")).eval()
+    torch.testing.assert_close(ours(x)[..., :1000], book(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("emb", "layers", "heads"), [(768, 12, 12), (1024, 24, 16), (1280, 36, 20), (1600, 48, 25)])
+def test_gpt2_sizes_take_gpt2s_head_count_and_say_so(emb, layers, heads):
+    sd = {
+        "tok_emb.weight": torch.empty(50257, emb, device="meta"),
+        "pos_emb.weight": torch.empty(1024, emb, device="meta"),
+    }
+    sd |= {f"trf_blocks.{i}.norm1.scale": torch.empty(emb, device="meta") for i in range(layers)}
+    notes: list[str] = []
+    cfg = infer_config(sd, n_heads=None, drop_rate=0.0, source="model.pth", on_note=notes.append)
+    assert cfg.n_heads == heads and len(notes) == 1 and f"{heads} attention heads" in notes[0]
+    assert "--n-heads" in notes[0]
+    assert infer_config(sd, n_heads=8, drop_rate=0.0, source="model.pth", on_note=notes.append).n_heads == 8
+    sd["trf_blocks.99.norm1.scale"] = torch.empty(emb, device="meta")  # 100 layers: no GPT-2 size
+    with pytest.raises(UsageError, match="--n-heads"):
+        infer_config(sd, n_heads=None, drop_rate=0.0, source="model.pth")
+
+
+# ---------------------------------------------------------------------------------------------
 # 5. An unknown config key suggests the closest one
 
 

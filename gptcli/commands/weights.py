@@ -139,6 +139,7 @@ def convert_command(s: ConvertSettings) -> Path:
             data=[str(p) for p in s.data] if s.data else None,
             on_progress=on_progress,
             merge_lora=s.merge_lora,
+            on_note=console.info,
         )
     console.info(f"wrote {out}")
     if s.target == "gptcli" and out.is_file():
