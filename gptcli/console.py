@@ -68,6 +68,11 @@ def error(message: str) -> None:
     err_console().print(f"error: {message}", style="bold red", markup=False, soft_wrap=True)
 
 
+def hint(message: str) -> None:
+    """What to try next, on the line under an error."""
+    err_console().print(f"hint: {message}", markup=False, soft_wrap=True)
+
+
 def print_result(text: str = "", *, end: str = "\n") -> None:
     sys.stdout.write(text + end)
     sys.stdout.flush()

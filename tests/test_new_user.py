@@ -109,6 +109,57 @@ def test_gpt2_sizes_take_gpt2s_head_count_and_say_so(emb, layers, heads):
 
 
 # ---------------------------------------------------------------------------------------------
+# 4. Offline: one short error line, one hint, no folder left behind
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_offline_download_is_one_error_and_a_hint_and_leaves_no_folder(tmp_path):
+    port = _closed_port()
+    env = {"GPTCLI_HOME": str(tmp_path / "home"), "NO_PROXY": "127.0.0.1", dl.BASE_URL_ENV: ""}
+    proc = run_gptcli(
+        "download", "--size", "355M", "--base-url", f"http://127.0.0.1:{port}/gpt2", cwd=tmp_path, env=env
+    )
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 1 and len(lines) == 2, proc.stderr
+    assert lines[0].startswith("error: ") and f"127.0.0.1:{port}" in lines[0] and len(lines[0]) < 100, lines[0]
+    assert lines[1].startswith("hint: ") and "--base-url" in lines[1], lines[1]
+    assert not (tmp_path / "home").exists()  # nothing created is left: not 355M/, nor gpt2/ above it
+    (tmp_path / "mine").mkdir()  # a folder the user made stays
+    proc = run_gptcli("download", "--dir", "mine", "--base-url", f"http://127.0.0.1:{port}/gpt2", cwd=tmp_path, env=env)
+    assert proc.returncode == 1 and (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
+
+
+def test_offline_with_both_default_hosts_names_each_host_once(tmp_path, monkeypatch):
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", dl.BASE_URL_ENV):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    a, b = _closed_port(), _closed_port()
+    monkeypatch.setattr(dl, "PRIMARY_URL", f"http://127.0.0.1:{a}/gpt-2/models")
+    monkeypatch.setattr(dl, "MIRROR_URL", f"http://127.0.0.1:{b}/gpt2")
+    events = []
+
+    class Recorder(dl.DownloadCallbacks):
+        def on_retry(self, url, reason, delay):
+            events.append(("retry", url))
+
+        def on_fallback(self, failed_url, reason, next_url):
+            events.append(("fallback", failed_url))
+
+    policy = dl.RetryPolicy(backoff=0.001, max_backoff=0.01, timeout=10)
+    with pytest.raises(DownloadError) as e:
+        dl.download_gpt2("124M", tmp_path / "d", policy=policy, callbacks=Recorder())
+    msg = str(e.value)
+    assert msg == f"hparams.json: cannot reach 127.0.0.1:{a} or 127.0.0.1:{b} (connection refused)", msg
+    assert e.value.hint and "--base-url" in e.value.hint
+    assert events == [] and not (tmp_path / "d").exists()
+
+
+# ---------------------------------------------------------------------------------------------
 # 5. An unknown config key suggests the closest one
 
 
