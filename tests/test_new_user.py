@@ -73,6 +73,20 @@ def tiny(root) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# 2. A table written to a pipe or a file is never cut
+
+
+def test_piped_eval_table_keeps_a_long_checkpoint_path_whole(tiny, tmp_path):
+    deep = tmp_path / ("a-run-directory-with-a-name-long-enough-to-pass-eighty-columns-" * 2)
+    shutil.copytree(tiny, deep)
+    newest = rundir.list_step_checkpoints(deep)[-1]
+    text = VERDICT.read_text(encoding="utf-8")[:2000]
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    out = invoke("eval", tmp_path / "t.txt", "-c", newest).stdout
+    assert str(newest) in out and "…" not in out, out
+
+
+# ---------------------------------------------------------------------------------------------
 # 3. convert: a book state dict's head count is GPT-2's for its four sizes, else asked for
 
 
