@@ -73,6 +73,46 @@ def tiny(root) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# 1. sample: PROMPT, stdin, the empty prompt, top-k without a temperature, -i on an instruct run
+
+
+def test_sample_takes_the_prompt_as_an_argument_or_from_stdin(tiny):
+    common = ["-c", tiny, "--max-new-tokens", "4"]
+    by_flag = invoke("sample", "--prompt", "Every effort", *common).stdout
+    assert by_flag.startswith("Every effort")
+    assert invoke("sample", "Every effort", *common).stdout == by_flag
+    assert invoke("sample", *common, input="Every effort\n").stdout == by_flag  # one trailing newline goes
+    assert invoke("sample", *common, input="").stdout.startswith("Every effort moves you")  # nothing piped
+    line = one_error("sample", "Every effort", "--prompt", "I had", *common)
+    assert "PROMPT" in line and "--prompt" in line
+
+
+def test_an_empty_prompt_starts_from_endoftext(tiny):
+    res = invoke("sample", "--prompt", "", "-c", tiny, "--max-new-tokens", "5", "--json")
+    text = json.loads(res.stdout)["samples"][0]["samples"][0]
+    obj = load_checkpoint(rundir.list_step_checkpoints(tiny)[-1])
+    net = model_from_checkpoint(obj).eval()
+    new = generate_with(net, [[EOT_ID]], SampleConfig(max_new_tokens=5))[0]
+    assert text == decode(new) and not text.startswith("<|endoftext|>")
+
+
+def test_top_k_without_temperature_warns_once(tiny):
+    res = invoke("sample", "-c", tiny, "--max-new-tokens", "2", "--top-k", "25")
+    warnings = [x for x in res.stderr.splitlines() if x.startswith("warning:")]
+    assert len(warnings) == 1 and "--top-k" in warnings[0] and "--temperature" in warnings[0], res.stderr
+    res = invoke("sample", "-c", tiny, "--max-new-tokens", "2", "--top-k", "25", "--temperature", "1", "--seed", "1")
+    assert "warning:" not in res.stderr
+
+
+def test_interactive_sample_on_an_instruct_run_uses_its_template(root):
+    ins = root / "runs" / "ins"
+    answer = invoke("sample", "-c", ins, "--instruction", "Name a color.", "--max-new-tokens", "6").stdout
+    res = invoke("sample", "-i", "-c", ins, "--max-new-tokens", "6", input="Name a color.\n")
+    assert res.stdout == answer, (res.stdout, answer)
+    assert "instruct" in res.stderr
+
+
+# ---------------------------------------------------------------------------------------------
 # 2. A table written to a pipe or a file is never cut
 
 
