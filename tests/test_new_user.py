@@ -233,3 +233,27 @@ def test_unknown_key_without_a_close_one_lists_them_all(tmp_path):
     (tmp_path / "c.yaml").write_text("trian:\n  epochs: 2\n", encoding="utf-8")
     with pytest.raises(UsageError, match=r"unknown key 'trian' \(did you mean 'train'\?\)$"):
         load_yaml_config(tmp_path / "c.yaml")
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. info: the key lines and the settings that differ; everything with --verbose
+
+
+def test_info_is_compact_by_default_and_whole_with_verbose(tiny):
+    short = invoke("info", tiny).stdout
+    for key in ("kind:          training", "run:", "parameters:", "progress:", "best val loss:"):
+        assert key in short, short
+    assert "emb_dim: 32" in short and "n_layers: 2" in short and "stride: 100" in short  # not the defaults
+    assert "vocab_size" not in short and "lr:" not in short and "weight_decay" not in short  # the defaults
+    assert "--verbose" in short and len(short.splitlines()) < 25, short
+    full = invoke("info", tiny, "--verbose").stdout
+    assert full.startswith(short.split("\n# ")[0]) and "vocab_size: 50257" in full and "lr: 0.0004" in full
+    assert len(full.splitlines()) > 45
+    data = json.loads(invoke("info", tiny, "--json").stdout)
+    assert data["model_config"]["vocab_size"] == 50257 and data["train_config"]["lr"] == 0.0004
+
+
+def test_info_of_a_finetune_run_compares_with_its_kinds_defaults(root):
+    short = invoke("info", root / "runs" / "ins").stdout
+    assert "lora_rank: 2" in short and "init:" in short and "data:" in short
+    assert "mask_prompt" not in short and "split:" not in short  # instruct's defaults

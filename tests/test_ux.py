@@ -504,7 +504,7 @@ def test_info_shows_config_params_progress_and_losses(run):
     from gptcli.config import ModelConfig
 
     params = ModelConfig(**last["model_config"]).num_params()
-    text = invoke("info", str(run)).output
+    text = invoke("info", str(run), "--verbose").output
     assert f"parameters:    {params:,}" in text
     assert f"epoch 2 of 2 done, step {prog['step']:,}, {prog['tokens_seen']:,} tokens seen" in text
     assert f"train {hist[-1]['train_loss']:.3f}, val {hist[-1]['val_loss']:.3f} (step {hist[-1]['step']})" in text

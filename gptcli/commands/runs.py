@@ -116,8 +116,34 @@ def info_command(s: InfoSettings) -> dict[str, Any]:
 
         train_cfg = applicable_settings(train_cfg, merged=result["finetune"]["merged"])
     sections = {"model": result["model_config"], **({"train": train_cfg} if train_cfg else {})}
-    console.print_result("\n".join(out) + "\n" + yaml.safe_dump(sections, sort_keys=False), end="")
+    if not s.verbose:
+        sections = _not_default(sections, train_cfg.get("kind") if result["finetune"] is not None else None)
+        out.append("# settings that differ from the defaults (all of them: --verbose)")
+    settings = yaml.safe_dump(sections, sort_keys=False) if sections else ""
+    console.print_result("\n".join(out) + "\n" + settings, end="")
     return result
+
+
+def _not_default(sections: dict[str, dict[str, Any]], finetune_kind: str | None) -> dict[str, dict[str, Any]]:
+    """The settings of each section that differ from a new run's defaults: ModelConfig's for the
+    model, and TrainConfig's, or for a finetune run FinetuneConfig's for its kind (the data and
+    the base always differ: they are the run's own). A section left empty is left out."""
+    from gptcli.config import ModelConfig, TrainConfig
+    from gptcli.finetune.config import FinetuneConfig
+
+    if finetune_kind is not None:
+        train = FinetuneConfig(kind=finetune_kind, data="-", init="-").to_dict()
+        del train["data"], train["init"]
+    else:
+        train = TrainConfig().to_dict()
+    defaults = {"model": ModelConfig().to_dict(), "train": train}
+    out = {}
+    for name, values in sections.items():
+        d = defaults.get(name, {})
+        changed = {k: v for k, v in values.items() if k not in d or d[k] != v}
+        if changed:
+            out[name] = changed
+    return out
 
 
 def _stopped_by(obj: dict[str, Any]) -> str | None:
