@@ -257,3 +257,32 @@ def test_info_of_a_finetune_run_compares_with_its_kinds_defaults(root):
     short = invoke("info", root / "runs" / "ins").stdout
     assert "lora_rank: 2" in short and "init:" in short and "data:" in short
     assert "mask_prompt" not in short and "split:" not in short  # instruct's defaults
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. runs: a KIND column, and an interrupted run says so
+
+
+def test_runs_shows_the_kind_and_an_interrupted_run(root, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "runs", runs)
+    cut = runs / "cut"
+    shutil.copytree(runs / "tiny", cut)
+    for p in rundir.list_step_checkpoints(cut)[1:]:  # as if stopped after the first epoch's save
+        p.unlink()
+    (cut / "checkpoints" / "best.pth").unlink(missing_ok=True)
+    lines = invoke("runs", "--root", runs).stdout.splitlines()
+    header = lines[0].split()
+    assert header[:2] == ["RUN", "KIND"] and header[-1] == "STOPPED", lines
+    rows = {line.split()[0].rsplit("/", 1)[-1]: line.split() for line in lines[1:]}
+    assert rows["tiny"][1] == "training" and rows["ins"][1] == "instruct" and rows["cut"][1] == "training"
+    assert rows["cut"][-1] == "interrupted" and rows["tiny"][-1] == "-"
+    data = {Path(r["run"]).name: r for r in json.loads(invoke("runs", "--root", runs, "--json").stdout)}
+    assert (data["ins"]["kind"], data["cut"]["status"], data["tiny"]["status"]) == ("instruct", "interrupted", "done")
+    lock = fsutil.FileLock(cut / rundir.LOCK_FILE)
+    lock.acquire()
+    try:  # a run being trained now is not interrupted
+        data = {Path(r["run"]).name: r for r in json.loads(invoke("runs", "--root", runs, "--json").stdout)}
+        assert data["cut"]["status"] == "running"
+    finally:
+        lock.release()

@@ -548,10 +548,11 @@ def test_runs_lists_runs_with_last_losses(run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     evals = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "eval"]
     lines = invoke("runs").output.splitlines()
-    assert lines[0].split() == ["RUN", "EPOCHS", "STEP", "TOKENS", "TRAIN", "VAL", "BEST", "VAL", "UPDATED"]
+    assert lines[0].split() == ["RUN", "KIND", "EPOCHS", "STEP", "TOKENS", "TRAIN", "VAL", "BEST", "VAL", "UPDATED"]
     row = lines[1].split()
-    assert row[:6] == [
+    assert row[:7] == [
         "runs/first",
+        "training",
         "2/2",
         str(ckpt.load_checkpoint(rundir.list_step_checkpoints(run)[-1])["progress"]["step"]),
         f"{evals[-1]['tokens_seen']:,}",
@@ -792,8 +793,8 @@ def test_runs_and_info_agree_when_metrics_outlive_the_last_checkpoint(run, tmp_p
     )
     assert row["unsaved_evals"] == len(later)
     lines = invoke("runs", "--root", "runs").output.splitlines()
-    assert lines[0].split()[-1] == "UNSAVED" and lines[1].split()[2] == str(saved["step"])
-    assert lines[1].endswith(f"{len(later)} evals") and any(x.startswith("UNSAVED: ") for x in lines)
+    assert lines[0].split()[-2:] == ["UNSAVED", "STOPPED"] and lines[1].split()[3] == str(saved["step"])
+    assert lines[1].endswith(f"{len(later)} evals  interrupted") and any(x.startswith("UNSAVED: ") for x in lines)
     info = json.loads(invoke("info", "runs/cut", "--json").output)
     assert info["step"] == row["step"] and info["last_eval"]["train_loss"] == row["train_loss"]
     assert info["unsaved_evals"] == len(later)
