@@ -55,7 +55,7 @@ class _Group(TyperGroup):
         except GptCliError as e:
             if debug:
                 raise
-            _error(str(e))
+            _error(str(e), hint=e.hint)
             sys.exit(e.exit_code)
         except _NoArgsIsHelp as e:
             typer.echo(e.ctx.get_help(), err=True)
@@ -95,10 +95,12 @@ class _Group(TyperGroup):
         return rv
 
 
-def _error(message: str) -> None:
+def _error(message: str, *, hint: str | None = None) -> None:
     from gptcli import console
 
     console.error(message)
+    if hint:
+        console.hint(hint)
 
 
 def _show_library_warnings() -> None:

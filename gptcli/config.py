@@ -519,9 +519,44 @@ def _check_keys(cls: type, data: Any, where: str | None) -> None:
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in known]
     if unknown:
-        raise UsageError(
-            f"{where or 'settings'}: unknown key {_show(unknown[0])} (known keys: {', '.join(sorted(known))})"
-        )
+        raise UsageError(f"{where or 'settings'}: {unknown_key(unknown[0], sorted(known))}")
+
+
+# Other codebases' names for our keys (nanoGPT's, the book's training code's, Hugging Face's).
+_KEY_ALIASES = {
+    "learning_rate": "lr",
+    "num_epochs": "epochs",
+    "n_embd": "emb_dim",
+    "block_size": "context_length",
+    "n_positions": "context_length",
+    "dropout": "drop_rate",
+    "bias": "qkv_bias",
+}
+
+
+def closest_key(key: Any, known: list[str]) -> str | None:
+    """The known key a mistyped ``key`` most likely means, or None: another codebase's name for it
+    (learning_rate -> lr), a known key that is one of its words (lr_rate -> lr, where plain
+    spelling similarity would say drop_rate), else the most similar spelling (eval_frq -> eval_freq)."""
+    import difflib
+
+    if not isinstance(key, str):
+        return None
+    if _KEY_ALIASES.get(key) in known:
+        return _KEY_ALIASES[key]
+    words = [k for k in known if k in key.split("_")]
+    if words:
+        return max(words, key=len)
+    close = difflib.get_close_matches(key, known, n=1)
+    return close[0] if close else None
+
+
+def unknown_key(key: Any, known: list[str]) -> str:
+    """``unknown key 'lr_rate' (did you mean 'lr'?)`` where a known key is close, else the list
+    of them all (a typo needs one name, a guess needs the list)."""
+    if (close := closest_key(key, known)) is not None:
+        return f"unknown key {_show(key)} (did you mean {close!r}?)"
+    return f"unknown key {_show(key)} (known keys: {', '.join(known)})"
 
 
 def coerce_values(cls: type, data: dict[str, Any], where: str | None) -> dict[str, Any]:
@@ -590,7 +625,7 @@ def load_yaml_config(path: str | Path) -> dict[str, dict[str, Any]]:
         raise UsageError(f"{p}: expected a mapping with 'model' and 'train' sections")
     unknown = [k for k in data if k not in SECTIONS]
     if unknown:
-        raise UsageError(f"{p}: unknown key {_show(unknown[0])} (known keys: model, train, finetune)")
+        raise UsageError(f"{p}: {unknown_key(unknown[0], list(SECTIONS))}")
     for section in SECTIONS:
         if data.get(section) is not None and not isinstance(data[section], dict):
             raise UsageError(f"{p}: '{section}' must be a mapping, got {_show(data[section])}")

@@ -68,6 +68,11 @@ def error(message: str) -> None:
     err_console().print(f"error: {message}", style="bold red", markup=False, soft_wrap=True)
 
 
+def hint(message: str) -> None:
+    """What to try next, on the line under an error."""
+    err_console().print(f"hint: {message}", markup=False, soft_wrap=True)
+
+
 def print_result(text: str = "", *, end: str = "\n") -> None:
     try:
         sys.stdout.write(text + end)
@@ -98,15 +103,24 @@ def silence_stdout() -> None:
         pass
 
 
+# The width of a table written to a pipe or a file: no cell is ever cut to fit (rich would cut a
+# long checkpoint path to 80 columns with an ellipsis), the table is as wide as its content.
+_UNLIMITED = 1_000_000
+
+
 def print_table(columns: list[str], rows: list[list[str]], *, left: set[int] = frozenset()) -> None:
-    """A boxed table on stdout (a result), without colour when stdout is not a terminal; the
-    columns in ``left`` are left-aligned, the others right-aligned."""
+    """A boxed table on stdout (a result), fitted to the terminal's width on a terminal; elsewhere
+    without colour and never cut, so that a script or a file gets every cell whole. The columns in
+    ``left`` are left-aligned, the others right-aligned."""
     table = Table(title=None, show_header=True)
     for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i in left else "right")
+        table.add_column(col, justify="left" if i in left else "right", overflow="fold")
     for row in rows:
         table.add_row(*row)
-    Console(highlight=False, no_color=True if not sys.stdout.isatty() else None).print(table)
+    if sys.stdout.isatty():
+        Console(highlight=False).print(table)
+    else:
+        Console(highlight=False, no_color=True, width=_UNLIMITED, soft_wrap=True).print(table)
 
 
 def fmt_loss(x: float) -> str:

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 
 class GptCliError(Exception):
-    """Base class. `exit_code` is what the CLI exits with: 1 for run-time failures."""
+    """Base class. `exit_code` is what the CLI exits with: 1 for run-time failures. `hint`, when
+    given, is what to try next: the CLI prints it on a line of its own under the error."""
 
     exit_code = 1
+    hint: str | None = None
+
+    def __init__(self, *args: object, hint: str | None = None):
+        super().__init__(*args)
+        self.hint = hint
 
 
 class UsageError(GptCliError):

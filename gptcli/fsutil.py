@@ -163,6 +163,31 @@ def _try_lock(fd: int) -> bool | None:
     return True
 
 
+def lock_held(path: str | Path) -> bool | None:
+    """Whether a process holds the ``FileLock`` on ``path`` now: False when the file is missing or
+    not locked, None where that cannot be told (Windows, a file system without locks, a file that
+    cannot be opened). It never creates the file, and tests with a shared lock that it drops at
+    once, so a reader (``gptcli runs``) never keeps a writer out."""
+    if os.name == "nt":
+        return None
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        return True if e.errno in _HELD else None
+    else:
+        return False
+    finally:
+        os.close(fd)  # drops the shared lock, if taken
+
+
 def _wait_lock(fd: int) -> None:
     if os.name == "nt":
         while not _try_lock(fd):

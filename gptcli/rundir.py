@@ -415,6 +415,11 @@ def _occupied(path: Path) -> str | None:
     return f"{out} is not empty (it holds {shown}); {only_new}: choose another --out"
 
 
+def being_written(run_dir: Path) -> bool | None:
+    """Whether a train or resume holds the run's writer lock now (None: cannot tell here)."""
+    return fsutil.lock_held(Path(run_dir) / LOCK_FILE)
+
+
 def _acquire(run_dir: Path, *, new_run: bool = False, created: Path | None = None) -> RunLock:
     lock = fsutil.FileLock(run_dir / LOCK_FILE)
     deadline = time.monotonic() + 1.0

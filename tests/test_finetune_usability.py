@@ -91,18 +91,18 @@ def _train_section(out: str) -> str:
 def test_info_shows_only_the_settings_of_the_runs_kind(root):
     cli(*INSTRUCT, "--max-steps", "1", "-o", "runs/ins")
     cli(*CLASSIFY, "--max-steps", "1", "--lora-rank", "2", "-o", "runs/cls")
-    ins = _train_section(cli("info", "runs/ins"))
+    ins = _train_section(cli("info", "runs/ins", "--verbose"))
     assert "kind: instruct" in ins and "mask_prompt:" in ins and "template:" in ins
     for key in ("text_field", "label_field", "trainable", "balance", "lora_rank", "lora_alpha"):
         assert f"{key}:" not in ins, key  # classify's, and LoRA's on a full finetune
-    out = cli("info", "runs/cls")
+    out = cli("info", "runs/cls", "--verbose")
     cls = _train_section(out)
     assert "text_field: Text" in cls and "trainable: last-block" in cls and "lora_rank: 2" in cls
     for key in ("mask_prompt", "template", "split_seed", "sample_tokens"):
         assert f"{key}:" not in cls, key
     assert "base:" in out and "rank 2" in out
     cli("convert", "runs/cls", "--merge-lora", "-o", "merged.pth", "-q")
-    out = cli("info", "merged.pth")
+    out = cli("info", "merged.pth", "--verbose")
     assert "merged" in out and "no base needed" in out and "\nbase:" not in out
     for key in ("lora_rank", "lora_alpha", "trainable"):
         assert f"{key}:" not in _train_section(out), key

@@ -507,7 +507,7 @@ def test_info_shows_config_params_progress_and_losses(run):
     from gptcli.config import ModelConfig
 
     params = ModelConfig(**last["model_config"]).num_params()
-    text = invoke("info", str(run)).output
+    text = invoke("info", str(run), "--verbose").output
     assert f"parameters:    {params:,}" in text
     assert f"epoch 2 of 2 done, step {prog['step']:,}, {prog['tokens_seen']:,} tokens seen" in text
     assert f"train {hist[-1]['train_loss']:.3f}, val {hist[-1]['val_loss']:.3f} (step {hist[-1]['step']})" in text
@@ -551,10 +551,11 @@ def test_runs_lists_runs_with_last_losses(run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     evals = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "eval"]
     lines = invoke("runs").output.splitlines()
-    assert lines[0].split() == ["RUN", "EPOCHS", "STEP", "TOKENS", "TRAIN", "VAL", "BEST", "VAL", "UPDATED"]
+    assert lines[0].split() == ["RUN", "KIND", "EPOCHS", "STEP", "TOKENS", "TRAIN", "VAL", "BEST", "VAL", "UPDATED"]
     row = lines[1].split()
-    assert row[:6] == [
+    assert row[:7] == [
         "runs/first",
+        "training",
         "2/2",
         str(ckpt.load_checkpoint(rundir.list_step_checkpoints(run)[-1])["progress"]["step"]),
         f"{evals[-1]['tokens_seen']:,}",
@@ -795,8 +796,8 @@ def test_runs_and_info_agree_when_metrics_outlive_the_last_checkpoint(run, tmp_p
     )
     assert row["unsaved_evals"] == len(later)
     lines = invoke("runs", "--root", "runs").output.splitlines()
-    assert lines[0].split()[-1] == "UNSAVED" and lines[1].split()[2] == str(saved["step"])
-    assert lines[1].endswith(f"{len(later)} evals") and any(x.startswith("UNSAVED: ") for x in lines)
+    assert lines[0].split()[-2:] == ["UNSAVED", "STOPPED"] and lines[1].split()[3] == str(saved["step"])
+    assert lines[1].endswith(f"{len(later)} evals  interrupted") and any(x.startswith("UNSAVED: ") for x in lines)
     info = json.loads(invoke("info", "runs/cut", "--json").output)
     assert info["step"] == row["step"] and info["last_eval"]["train_loss"] == row["train_loss"]
     assert info["unsaved_evals"] == len(later)

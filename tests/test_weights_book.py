@@ -99,7 +99,7 @@ def test_bare_state_dict_gives_weights_only(tmp_path):
     torch.manual_seed(0)
     model = ch04.GPTModel({**BOOK_TINY, "emb_dim": 128, "n_heads": 2, "qkv_bias": True})
     torch.save(model.state_dict(), tmp_path / "model.pth")
-    out = convert_book(tmp_path / "model.pth", tmp_path / "w.pth")  # 128 / 64 = 2 heads by default
+    out = convert_book(tmp_path / "model.pth", tmp_path / "w.pth", n_heads=2)  # not in a state dict
     obj = load_checkpoint(out)
     assert obj["kind"] == "weights" and "optimizer_state_dict" not in obj
     cfg = ModelConfig.from_dict(obj["model_config"])
@@ -108,7 +108,7 @@ def test_bare_state_dict_gives_weights_only(tmp_path):
     model.eval()
     torch.testing.assert_close(model_from_checkpoint(obj).eval()(x), model(x), atol=1e-5, rtol=1e-5)
     with pytest.raises(UsageError, match="holds no optimizer state"):
-        convert_book(tmp_path / "model.pth", tmp_path / "w2.pth", data=[tmp_path / "model.pth"])
+        convert_book(tmp_path / "model.pth", tmp_path / "w2.pth", n_heads=2, data=[tmp_path / "model.pth"])
 
 
 def test_book_head_count_must_be_given_when_not_64_wide(tmp_path):

@@ -116,8 +116,34 @@ def info_command(s: InfoSettings) -> dict[str, Any]:
 
         train_cfg = applicable_settings(train_cfg, merged=result["finetune"]["merged"])
     sections = {"model": result["model_config"], **({"train": train_cfg} if train_cfg else {})}
-    console.print_result("\n".join(out) + "\n" + yaml.safe_dump(sections, sort_keys=False), end="")
+    if not s.verbose:
+        sections = _not_default(sections, train_cfg.get("kind") if result["finetune"] is not None else None)
+        out.append("# settings that differ from the defaults (all of them: --verbose)")
+    settings = yaml.safe_dump(sections, sort_keys=False) if sections else ""
+    console.print_result("\n".join(out) + "\n" + settings, end="")
     return result
+
+
+def _not_default(sections: dict[str, dict[str, Any]], finetune_kind: str | None) -> dict[str, dict[str, Any]]:
+    """The settings of each section that differ from a new run's defaults: ModelConfig's for the
+    model, and TrainConfig's, or for a finetune run FinetuneConfig's for its kind (the data and
+    the base always differ: they are the run's own). A section left empty is left out."""
+    from gptcli.config import ModelConfig, TrainConfig
+    from gptcli.finetune.config import FinetuneConfig
+
+    if finetune_kind is not None:
+        train = FinetuneConfig(kind=finetune_kind, data="-", init="-").to_dict()
+        del train["data"], train["init"]
+    else:
+        train = TrainConfig().to_dict()
+    defaults = {"model": ModelConfig().to_dict(), "train": train}
+    out = {}
+    for name, values in sections.items():
+        d = defaults.get(name, {})
+        changed = {k: v for k, v in values.items() if k not in d or d[k] != v}
+        if changed:
+            out[name] = changed
+    return out
 
 
 def _stopped_by(obj: dict[str, Any]) -> str | None:
@@ -188,10 +214,15 @@ def runs_command(root: Path | None = None, *, json_out: bool = False) -> list[di
         what = "is not a directory" if Path(root).exists() else "no such directory"
         raise UsageError(f"invalid --root: {root} ({what})")
     root = Path(root) if root is not None else rundir.RUNS_ROOT
+    from gptcli.run import Run
+
     warnings: list[str] = []
     runs = [rundir.run_summary(p, warnings=warnings) for p in rundir.list_runs(root)]
     for r in runs:
-        r["stopped_by"] = _run_stopped_by(Path(r["run"])) if (r["epochs_done"] or 0) < (r["epochs"] or 0) else None
+        run = Run(r["run"])
+        r["kind"] = run.kind
+        r["stopped_by"] = _run_stopped_by(run.path) if (r["epochs_done"] or 0) < (r["epochs"] or 0) else None
+        r["status"] = _status(r, run.path)
     for w in warnings:  # an unreadable or malformed file: its run still shows, with '-' fields
         console.warn(w)
     if json_out:
@@ -207,10 +238,11 @@ def runs_command(root: Path | None = None, *, json_out: bool = False) -> list[di
     def num(x: int | None, fmt: str = "") -> str:
         return format(x, fmt) if x is not None else "-"
 
-    header = ("RUN", "EPOCHS", "STEP", "TOKENS", "TRAIN", "VAL", "BEST VAL", "UPDATED")
+    header = ("RUN", "KIND", "EPOCHS", "STEP", "TOKENS", "TRAIN", "VAL", "BEST VAL", "UPDATED")
     rows = [
         (
             r["run"],
+            r["kind"] or "-",
             f"{num(r['epochs_done'])}/{r['epochs']}" if r["epochs"] else num(r["epochs_done"]),
             num(r["step"]),
             num(r["tokens_seen"], ","),
@@ -225,13 +257,15 @@ def runs_command(root: Path | None = None, *, json_out: bool = False) -> list[di
     if unsaved:  # metrics lines after a run's last checkpoint: shown only when some run has them
         header = (*header, "UNSAVED")
         rows = [(*row, _evals(r.get("unsaved_evals")) or "-") for row, r in zip(rows, runs, strict=True)]
-    if any(r["stopped_by"] for r in runs):  # a run a budget ended before its epochs: shown as done
+    stopped = {"stopped": lambda r: f"done ({r['stopped_by']})", "interrupted": lambda r: "interrupted"}
+    if any(r["status"] in stopped for r in runs):  # a run a budget ended, or one cut short
         header = (*header, "STOPPED")
         rows = [
-            (*row, f"done ({r['stopped_by']})" if r["stopped_by"] else "-") for row, r in zip(rows, runs, strict=True)
+            (*row, stopped[r["status"]](r) if r["status"] in stopped else "-")
+            for row, r in zip(rows, runs, strict=True)
         ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    left = {0, 7, 8, 9}
+    left = {0, 1, 8, 9, 10}
     for row in [header, *rows]:
         cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         console.print_result("  ".join(cells).rstrip())
@@ -241,6 +275,22 @@ def runs_command(root: Path | None = None, *, json_out: bool = False) -> list[di
             "the other columns are the checkpoint's, and resume starts from it"
         )
     return runs
+
+
+def _status(r: dict[str, Any], run: Path) -> str | None:
+    """Where a listed run stands: "done" (its epochs), "stopped" (a budget or --patience ended
+    it: ``stopped_by``), "running" (a train or resume holds its lock), "interrupted" (stopped
+    short of both, and nothing is training it: ``gptcli resume`` continues it), or None when its
+    files cannot say (no epochs known, no checkpoint)."""
+    if r["epochs_done"] is None or not r["epochs"]:
+        return None
+    if r["epochs_done"] >= r["epochs"]:
+        return "done"
+    if r["stopped_by"]:
+        return "stopped"
+    if rundir.being_written(run):
+        return "running"
+    return "interrupted" if r["checkpoints"] else None
 
 
 def _run_stopped_by(run: Path) -> str | None:

@@ -17,7 +17,14 @@ from gptcli.device import set_threads
 from gptcli.errors import UsageError
 from gptcli.generation import generate_with
 from gptcli.inference import TEXT_KINDS, LoadedModel, load_model_for_inference, long_prompt_warning
-from gptcli.settings.sample import DEFAULT_PROMPT, SampleConfig, SampleSettings, check_sample_rows
+from gptcli.settings.sample import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_PROMPT,
+    INSTRUCT_MAX_NEW_TOKENS,
+    SampleConfig,
+    SampleSettings,
+    check_sample_rows,
+)
 from gptcli.tasks import KIND_INFO
 from gptcli.tokenizer import EOT_ID, decode, encode
 
@@ -58,9 +65,32 @@ def _encode_prompt(prompt: str, context_length: int) -> list[int]:
     return ids
 
 
+def piped_prompt() -> str | None:
+    """The prompt piped in on standard input (``echo "I had" | gptcli sample``), without the one
+    newline that ends it; None when stdin is a terminal or gives nothing (``< /dev/null``)."""
+    stdin = sys.stdin
+    if stdin is None or stdin.isatty():
+        return None
+    text = stdin.read()
+    if not text:
+        return None
+    return text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+
+
+def warn_filters_without_temperature(scfg: SampleConfig) -> None:
+    """--top-k and --top-p choose among tokens to sample; greedy decoding (temperature 0) ignores them."""
+    if scfg.temperature == 0 and (scfg.top_k is not None or scfg.top_p is not None):
+        given = [f for f, v in (("--top-k", scfg.top_k), ("--top-p", scfg.top_p)) if v is not None]
+        console.warn(
+            f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} only when sampling: give --temperature "
+            "(e.g. 1.0); at --temperature 0, the default, every token is the most likely one"
+        )
+
+
 def run_sample(s: SampleSettings) -> Any:
     """``gptcli sample``: an instruct run's answers (--instruction, --responses), a prompt loop
-    (-i), or continuations of the prompts, as the settings say."""
+    (-i), or continuations of the prompts (PROMPT, --prompt, else stdin piped in), as the settings
+    say."""
     if s.instruct:
         return instruct_command(s)
     common = dict(
@@ -80,9 +110,11 @@ def run_sample(s: SampleSettings) -> Any:
     )
     if s.interactive:
         return interactive_sample(**common)
-    return sample_command(
-        prompts=s.prompt or [DEFAULT_PROMPT], num_samples=s.num_samples, json_out=s.json_out, **common
-    )
+    prompts = s.prompt
+    if prompts is None:
+        piped = piped_prompt()
+        prompts = [piped if piped is not None else DEFAULT_PROMPT]
+    return sample_command(prompts=prompts, num_samples=s.num_samples, json_out=s.json_out, **common)
 
 
 def sample_command(
@@ -106,7 +138,8 @@ def sample_command(
 ) -> list[str]:
     """Sample ``num_samples`` continuations of each prompt; returns the texts (prompt included),
     prompt by prompt. Several texts on stdout each follow a ``--- sample I of N ---`` line, since a
-    blank line can be part of a sample; ``--json`` groups them by prompt."""
+    blank line can be part of a sample; ``--json`` groups them by prompt. An empty prompt starts
+    from <|endoftext|> alone, as GPT-2's unconditional samples do (the text leaves it out)."""
     console.set_quiet(quiet)
     set_threads(threads)
     scfg = SampleConfig(
@@ -118,6 +151,7 @@ def sample_command(
         num_samples=num_samples,
     )
     check_sample_rows(scfg.num_samples, len(prompts))
+    warn_filters_without_temperature(scfg)
     if scfg.num_samples > 1 and scfg.temperature == 0:
         console.warn(
             f"--num-samples {scfg.num_samples} with --temperature 0 (greedy) gives {scfg.num_samples} identical "
@@ -127,10 +161,7 @@ def sample_command(
     net = loaded.net
     encoded = []
     for p in prompts:
-        ids = _encode_prompt(p, net.cfg.context_length)
-        if not ids:
-            raise UsageError("invalid --prompt: empty prompt")
-        encoded.append(ids)
+        encoded.append(_encode_prompt(p, net.cfg.context_length) if p else [EOT_ID])
     if scfg.seed is not None:  # the global RNG, as the book's generate uses, so a seed gives its samples
         torch.manual_seed(scfg.seed)
     # Every sample of every prompt is one row of one batch, prompt by prompt: rows of different
@@ -145,7 +176,7 @@ def sample_command(
     new = generate_with(net, [ids for _, ids in rows], scfg, use_cache=use_cache, on_token=on_token)
     grouped: list[list[str]] = [[] for _ in prompts]
     for (i, ids), toks in zip(rows, new):
-        grouped[i].append(decode(ids + toks))
+        grouped[i].append(decode(ids + toks) if prompts[i] else decode(toks))
     texts = [t for group in grouped for t in group]
     if json_out:
         samples = [{"prompt": p, "samples": group} for p, group in zip(prompts, grouped)]
@@ -219,7 +250,7 @@ def interactive_sample(
     *,
     checkpoint: Path | None = None,
     model: str | None = None,
-    max_new_tokens: int = 50,
+    max_new_tokens: int | None = None,
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -236,14 +267,20 @@ def interactive_sample(
 
     The model is loaded once. On a terminal the tokens stream as they are generated; with input
     piped in, each continuation is printed whole, so ``gptcli sample -i < prompts.txt`` works too.
+    An instruct run's model takes each line as an instruction, formatted with the run's template,
+    and prints only its response (``max_new_tokens`` default: the book's 256 there, else 50).
     """
     # Here -q drops only the banner: answers to /help and /settings must print, whatever an
     # earlier command in this process set.
     console.set_quiet(False)
     set_threads(threads)
-    settings = SampleConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     loaded = _load(checkpoint, model, device=device, dtype=dtype)
     net, dev = loaded.net, loaded.device
+    template = _instruct_template(loaded)
+    if max_new_tokens is None:
+        max_new_tokens = INSTRUCT_MAX_NEW_TOKENS if template is not None else DEFAULT_MAX_NEW_TOKENS
+    settings = SampleConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    warn_filters_without_temperature(settings)
     if seed is not None:
         torch.manual_seed(seed)
     tty = sys.stdin.isatty()
@@ -252,8 +289,11 @@ def interactive_sample(
         console.info(
             f"loaded {loaded.path} ({net.cfg.num_params():,} parameters, context {net.cfg.context_length}) on {dev}"
         )
+        if template is not None:
+            console.info("an instruct finetune: each line is an instruction, formatted with the run's template")
     if tty and not quiet:
-        console.info("type a prompt and press Enter; /help for settings; Ctrl-D or /quit to leave")
+        what = "an instruction" if template is not None else "a prompt"
+        console.info(f"type {what} and press Enter; /help for settings; Ctrl-D or /quit to leave")
         try:
             import readline  # noqa: F401  (line editing and history for input(); optional, so lazy)
         except ImportError:
@@ -287,6 +327,17 @@ def interactive_sample(
             else:
                 console.warn(f"unknown command /{word}; /help lists them")
             continue
+        if template is not None:  # the response alone, printed whole (it is cut out of the text)
+            try:
+                console.print_result(
+                    _answer(loaded, template, {"instruction": prompt, "input": ""}, settings, use_cache)
+                )
+            except KeyboardInterrupt:
+                console.print_result("")
+                console.info("(stopped)")
+                continue
+            done += 1
+            continue
         ids = _encode_prompt(prompt, net.cfg.context_length)
         on_token, state = _token_printer(echo=streaming)
         if streaming:
@@ -317,7 +368,7 @@ def instruct_command(s: SampleSettings) -> list[dict[str, Any]]:
     (``--responses test -o FILE``) and write the book's ``instruction-data-with-response.json``:
     each record plus its ``model_response``."""
     from gptcli.finetune.config import no_split_error
-    from gptcli.finetune.instruct import Template, response_text, split_of
+    from gptcli.finetune.instruct import split_of
 
     console.set_quiet(s.quiet)
     set_threads(s.threads)
@@ -329,6 +380,7 @@ def instruct_command(s: SampleSettings) -> list[dict[str, Any]]:
 
         check_output_file(output, force=s.force)
     scfg = dataclasses.replace(s.sampling(), num_samples=1)
+    warn_filters_without_temperature(scfg)
     # no -c: the newest instruct run
     loaded = _load(s.checkpoint, None, device=s.device, dtype=s.dtype, kinds=(KIND_INFO["instruct"].recorded,))
     if loaded.finetune is None:
@@ -336,7 +388,7 @@ def instruct_command(s: SampleSettings) -> list[dict[str, Any]]:
         raise UsageError(
             f"{what}: {loaded.path} is not an instruction-finetuned model (make one with: gptcli finetune instruct)"
         )
-    template = Template(loaded.finetune.get("template"))
+    template = _instruct_template(loaded)
     cfg = loaded.finetune["config"]
     if s.instruction is not None:
         records = [{"instruction": s.instruction, "input": s.input_text or ""}]
@@ -350,12 +402,7 @@ def instruct_command(s: SampleSettings) -> list[dict[str, Any]]:
     with console.step_progress("responding", None) as prog:
         task = prog.add_task("responses", total=len(records))
         for r in records:
-            prompt = template.prompt(r)
-            ids = _encode_prompt(prompt, loaded.net.cfg.context_length)
-            new = generate_with(loaded.net, torch.tensor([ids], device=loaded.device), scfg, use_cache=not s.no_cache)[
-                0
-            ]
-            out.append({**r, "model_response": response_text(template, prompt, decode(ids + new))})
+            out.append({**r, "model_response": _answer(loaded, template, r, scfg, not s.no_cache)})
             prog.advance(task)
     if responses is not None:
         _write_json(output, out)
@@ -365,6 +412,26 @@ def instruct_command(s: SampleSettings) -> list[dict[str, Any]]:
     else:
         console.print_result(out[0]["model_response"])
     return out
+
+
+def _instruct_template(loaded: LoadedModel) -> Any:
+    """The prompt template of an instruct run's model (``gptcli.finetune.instruct.Template``),
+    None for any other model."""
+    if loaded.finetune is None:
+        return None
+    from gptcli.finetune.instruct import Template
+
+    return Template(loaded.finetune.get("template"))
+
+
+def _answer(loaded: LoadedModel, template: Any, record: dict[str, Any], scfg: SampleConfig, use_cache: bool) -> str:
+    """An instruct model's response to one record (instruction and input), formatted by ``template``."""
+    from gptcli.finetune.instruct import response_text
+
+    prompt = template.prompt(record)
+    ids = _encode_prompt(prompt, loaded.net.cfg.context_length)
+    new = generate_with(loaded.net, torch.tensor([ids], device=loaded.device), scfg, use_cache=use_cache)[0]
+    return response_text(template, prompt, decode(ids + new))
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -140,6 +140,7 @@ def convert_command(s: ConvertSettings) -> Path:
             on_progress=on_progress,
             merge_lora=s.merge_lora,
             force=s.force,
+            on_note=console.info,
         )
     console.info(f"wrote {out}")
     if s.target == "gptcli" and out.is_file():

@@ -17,6 +17,11 @@ class InfoSettings:
         "TARGET",
         "Checkpoint file, run directory or downloaded model name like gpt2-124M [default: the most recent run].",
     )
+    verbose: bool = flag(
+        False,
+        flags=("--verbose", "-v"),
+        help="Every setting of the model and the run, not only those that differ from the defaults.",
+    )
     json_out: bool = shared.json_flag()
 
     def __post_init__(self) -> None:

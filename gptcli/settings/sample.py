@@ -68,13 +68,22 @@ class SampleSettings:
     """``gptcli sample``: continuations of prompts (``--prompt``), a prompt loop (``-i``), or an
     instruct run's answers (``--instruction``, ``--responses``); which one, the flags given say."""
 
+    text: str | None = flag(
+        None,
+        argument=True,
+        metavar="PROMPT",
+        help="Prompt text, as --prompt; without either, the text piped in on stdin "
+        f"(gptcli sample < prompt.txt), else {DEFAULT_PROMPT!r}. An empty prompt starts from <|endoftext|> "
+        "(GPT-2's unconditional samples).",
+        show_default=False,
+    )
     checkpoint: Path | None = shared.checkpoint_flag()
     model: str | None = shared.model_flag()
     prompt: list[str] | None = flag(
         None,
         flags=("--prompt", "-p"),
         metavar="TEXT",
-        help=f"Prompt text; repeat for a batch of prompts [default: {DEFAULT_PROMPT!r}].",
+        help=f"Prompt text; repeat for a batch of prompts [default: PROMPT, stdin or {DEFAULT_PROMPT!r}].",
     )
     max_new_tokens: int | None = flag(
         None,
@@ -139,11 +148,16 @@ class SampleSettings:
 
     def __post_init__(self) -> None:
         shared.check_flags(self)  # --device, --threads, --dtype
+        if self.text is not None:
+            if self.prompt is not None:
+                raise UsageError("give the prompt as PROMPT or as --prompt, not both")
+            self.prompt, self.text = [self.text], None
         if self.instruct:
             self._check_instruct()
         elif self.interactive and (self.prompt or self.json_out or self.num_samples != 1):
             raise invalid("--interactive", "cannot be combined with --prompt, --json or --num-samples")
-        if self.max_new_tokens is None:
+        # -i leaves it to the model loaded: an instruct run answers with the book's 256 tokens
+        if self.max_new_tokens is None and not self.interactive:
             self.max_new_tokens = INSTRUCT_MAX_NEW_TOKENS if self.instruct else DEFAULT_MAX_NEW_TOKENS
         self.sampling()  # checks --max-new-tokens, --temperature, --top-k, --top-p, --seed
         check_sample_rows(self.num_samples, len(self.prompt or ()))
@@ -165,7 +179,7 @@ class SampleSettings:
         )
 
     def _check_instruct(self) -> None:
-        if self.interactive or self.prompt or self.model or self.num_samples != 1:
+        if self.interactive or self.prompt is not None or self.model or self.num_samples != 1:
             raise invalid(
                 "--instruction/--responses", "cannot be combined with --interactive, --prompt, --model or --num-samples"
             )

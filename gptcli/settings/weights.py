@@ -60,7 +60,10 @@ class ConvertSettings:
         "builtin", choices=READERS, help="TensorFlow checkpoints: builtin (no TensorFlow needed) or tensorflow."
     )
     n_heads: int | None = flag(
-        None, metavar="N", help="Book checkpoints: attention heads (not stored in the file) [default: emb_dim / 64]."
+        None,
+        metavar="N",
+        help="Book checkpoints: attention heads (not stored in the file) [default: GPT-2's count for its four "
+        "sizes; other shapes need it].",
     )
     drop_rate: float = flag(0.1, metavar="X", help="Book checkpoints: dropout rate for further training.")
     data: list[Path] | None = flag(

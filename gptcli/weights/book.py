@@ -11,13 +11,14 @@ checkpoint. A bare ``model.pth`` (a state dict) becomes a weights-only one.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gptcli import checkpoint as ckpt
-from gptcli.config import ModelConfig, TrainConfig
+from gptcli.config import PRESETS, ModelConfig, TrainConfig
 from gptcli.errors import CheckpointError, DataError, UsageError
 from gptcli.model import gptcli_param_names, gptcli_shapes
 from gptcli.weights.common import (
@@ -97,9 +98,25 @@ def _strip_wrappers(sd: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def infer_config(sd: dict[str, torch.Tensor], *, n_heads: int | None, drop_rate: float, source: str) -> ModelConfig:
-    """The architecture from the tensors' shapes; the head count is not in them (default: 64-wide
-    heads, GPT-2's choice at every size)."""
+def gpt2_heads(emb_dim: int, n_layers: int) -> tuple[str, int] | None:
+    """(preset name, head count) of the GPT-2 size with this width and depth, if it is one."""
+    for name, p in PRESETS.items():
+        if (p["emb_dim"], p["n_layers"]) == (emb_dim, n_layers):
+            return name, p["n_heads"]
+    return None
+
+
+def infer_config(
+    sd: dict[str, torch.Tensor],
+    *,
+    n_heads: int | None,
+    drop_rate: float,
+    source: str,
+    on_note: Callable[[str], None] | None = None,
+) -> ModelConfig:
+    """The architecture from the tensors' shapes. The head count is not in them: without
+    ``n_heads`` it is taken only for the book's four GPT-2 sizes (said through ``on_note``); any
+    other shape is refused, since a wrong count loads without error and changes every output."""
     for key in ("tok_emb.weight", "pos_emb.weight"):
         if key not in sd:
             raise CheckpointError(
@@ -110,11 +127,18 @@ def infer_config(sd: dict[str, torch.Tensor], *, n_heads: int | None, drop_rate:
     layers = {int(k.split(".")[1]) for k in sd if k.startswith("trf_blocks.") and k.split(".")[1].isdigit()}
     n_layers = max(layers) + 1 if layers else 0
     if n_heads is None:
-        if C % 64:
+        known = gpt2_heads(int(C), n_layers)
+        if known is None:
             raise UsageError(
-                f"{source}: emb_dim {C} is not a multiple of 64; give the model's head count with --n-heads"
+                f"{source}: a state dict does not record its head count, and emb_dim {C} with {n_layers} layers "
+                "is not one of GPT-2's sizes; give it with --n-heads N"
             )
-        n_heads = C // 64
+        n_heads = known[1]
+        if on_note is not None:
+            on_note(
+                f"{n_heads} attention heads, as GPT-2 {known[0].removeprefix('gpt2-')} (emb_dim {C}, {n_layers} layers): "
+                "a state dict does not record them; --n-heads N sets another count"
+            )
     head = sd.get("out_head.weight")
     tied = head is None or (
         head.data_ptr() == sd["tok_emb.weight"].data_ptr() and head.shape == sd["tok_emb.weight"].shape
@@ -252,12 +276,13 @@ def convert_book(
     drop_rate: float = 0.1,
     data: list[str | Path] | None = None,
     on_progress: Progress | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> Path:
     """Write the book's checkpoint as a gptcli one: ``kind: training`` when it has optimizer state
     (``gptcli resume OUT`` continues it on ``data``), else weights only (``train --init OUT``)."""
     source = str(src)
     sd, opt = load_book_file(src)
-    cfg = infer_config(sd, n_heads=n_heads, drop_rate=drop_rate, source=source)
+    cfg = infer_config(sd, n_heads=n_heads, drop_rate=drop_rate, source=source, on_note=on_note)
     state = book_to_gptcli(sd, cfg, source=source, on_progress=on_progress)
     if opt is None:
         if data:

@@ -7,6 +7,7 @@ Into gptcli: OpenAI's TensorFlow checkpoint, Hugging Face's GPT-2, the book's ``
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -133,11 +134,13 @@ def convert(
     on_progress: Progress | None = None,
     merge_lora: bool = False,
     force: bool = False,
+    on_note: Callable[[str], None] | None = None,
 ) -> Path:
     """Convert ``src`` and return the path written. ``merge_lora``: a finetune run's model with
     its LoRA adapters folded into the weights. An existing output (a file, or a folder that
     holds files) is replaced only with ``force``; a run's checkpoint or folder never is
-    (``gptcli.outputs``)."""
+    (``gptcli.outputs``). ``on_note``: what the conversion had to assume (a book state dict's
+    head count)."""
     src = Path(src)
     if target not in TARGETS:
         raise UsageError(f"invalid --to: {target!r} (choose from {', '.join(TARGETS)})")
@@ -188,7 +191,9 @@ def convert(
         if source == "hf":
             return convert_hf(src, out_path, on_progress=on_progress)
         if source == "book":
-            return convert_book(src, out_path, n_heads=n_heads, drop_rate=drop_rate, data=data, on_progress=on_progress)
+            return convert_book(
+                src, out_path, n_heads=n_heads, drop_rate=drop_rate, data=data, on_progress=on_progress, on_note=on_note
+            )
         raise UsageError(f"{src}: is already a gptcli checkpoint (use --to hf to export it)")
 
     # target == "hf": bring any source into memory as (config, state), then export
@@ -198,7 +203,7 @@ def convert(
         cfg, state = load_openai(src, reader=reader, on_progress=on_progress)
     elif source == "book":
         sd, _ = load_book_file(src)
-        cfg = infer_config(sd, n_heads=n_heads, drop_rate=drop_rate, source=str(src))
+        cfg = infer_config(sd, n_heads=n_heads, drop_rate=drop_rate, source=str(src), on_note=on_note)
         state = book_to_gptcli(sd, cfg, source=str(src), on_progress=on_progress)
     else:
         raise UsageError(f"{src}: is already in Hugging Face's format")

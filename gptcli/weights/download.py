@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import http.client
+import itertools
 import json
 import os
 import re
@@ -44,7 +45,7 @@ BACKOFF_ENV = "GPTCLI_DOWNLOAD_BACKOFF"
 STALL_ENV = "GPTCLI_DOWNLOAD_STALL_TIMEOUT"
 DEADLINE_ENV = "GPTCLI_DOWNLOAD_DEADLINE"
 # Where a failure that looks like no network points the user.
-OFFLINE_HINT = "no network here? see 'An offline machine' under Troubleshooting in the README"
+OFFLINE_HINT = "check the network, or pass --base-url URL of a mirror (offline: see the README's Troubleshooting)"
 # The hosts whose files are OpenAI's originals, byte for byte.
 OFFICIAL_HOSTS = frozenset({"openaipublic.blob.core.windows.net", "f001.backblazeb2.com"})
 DATA_FILE = "model.ckpt.data-00000-of-00001"
@@ -140,11 +141,13 @@ class _Transient(Exception):
 
 
 class _Fatal(Exception):
-    """A failure that retrying the same URL cannot fix (another mirror still may)."""
+    """A failure that retrying the same URL cannot fix (another mirror still may). ``cause``: the
+    failure in a few words, without the URL (``connection refused``)."""
 
-    def __init__(self, reason: str, *, unreachable: bool = False):
+    def __init__(self, reason: str, *, unreachable: bool = False, cause: str | None = None):
         super().__init__(reason)
         self.unreachable = unreachable
+        self.cause = cause or reason
 
 
 class _Deadline(Exception):
@@ -237,7 +240,7 @@ def _describe(e: BaseException) -> str:
     if isinstance(e, http.client.IncompleteRead):
         return "connection closed mid-transfer"
     if isinstance(e, socket.gaierror):
-        return f"cannot resolve host ({e.strerror or e})"
+        return f"cannot resolve host: {e.strerror or e}"
     msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
     return str(msg)
 
@@ -419,7 +422,9 @@ class _Fetcher:
                 if e.unreachable:  # offline or a wrong host: one quick retry, not minutes of them
                     unreachable += 1
                     if unreachable >= self.policy.unreachable_attempts:
-                        raise _Fatal(f"{url}: {e} (gave up after {unreachable} attempts)", unreachable=True) from None
+                        raise _Fatal(
+                            f"{url}: {e} (gave up after {unreachable} attempts)", unreachable=True, cause=str(e)
+                        ) from None
                 else:
                     failures += 1
                     if failures >= self.policy.attempts:
@@ -428,7 +433,8 @@ class _Fetcher:
                 if e.unreachable:
                     delay = min(delay, 1.0)
                 delay = max(0.0, min(delay, self.until - time.monotonic()))
-                self.cb.on_retry(url, str(e), delay)
+                if not e.unreachable:  # the one quick retry of an unreachable host is not worth a warning
+                    self.cb.on_retry(url, str(e), delay)
                 time.sleep(delay)
         if self.expected is not None and size != self.expected:
             self.part.unlink(missing_ok=True)
@@ -465,8 +471,7 @@ def fetch_file(
     cb = callbacks or DownloadCallbacks()
     until = until if until is not None else time.monotonic() + policy.deadline
     part = dest.with_name(dest.name + PART_SUFFIX)
-    errors: list[str] = []
-    offline = False
+    errors: list[_Fatal] = []
     for i, url in enumerate(urls):
         want = expected[i] if expected else None
         try:
@@ -479,21 +484,31 @@ def fetch_file(
                 "run it again to resume where it stopped"
             ) from None
         except _Fatal as e:
-            errors.append(str(e))
-            offline = offline or e.unreachable
+            errors.append(e)
             if i + 1 < len(urls):
                 # A mirror's partial file is no use for another's bytes only if they differ; the
                 # official copies are identical, so the partial file is kept for the next one.
-                cb.on_fallback(url, str(e), urls[i + 1])
+                # An unreachable host (offline?) is said once, if the mirror fails too.
+                if not e.unreachable:
+                    cb.on_fallback(url, str(e), urls[i + 1])
                 continue
-            raise DownloadError("; ".join(errors) + (f" ({OFFLINE_HINT})" if offline else "")) from None
+            raise _download_error(dest.name, urls, errors) from None
         try:
             os.replace(part, dest)  # the .part file, fsynced, keeps its name across runs to resume
         except OSError as e:
             raise DownloadError(f"{dest}: cannot write ({e.strerror or e})") from None
         fsutil.fsync_dir(dest.parent)
         return dest
-    raise DownloadError("; ".join(errors) or f"{dest.name}: no URL to download from")
+    raise DownloadError(f"{dest.name}: no URL to download from")
+
+
+def _download_error(name: str, urls: list[str], errors: list[_Fatal]) -> DownloadError:
+    """Every URL of one file failed. Where none could be reached (an offline machine, a wrong
+    host) that is one short line naming the hosts, and a hint; otherwise each URL's own reason."""
+    if all(e.unreachable for e in errors):
+        hosts = " or ".join(dict.fromkeys(urllib.parse.urlparse(u).netloc or u for u in urls))
+        return DownloadError(f"{name}: cannot reach {hosts} ({errors[-1].cause})", hint=OFFLINE_HINT)
+    return DownloadError("; ".join(str(e) for e in errors))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,13 +529,27 @@ def download_gpt2(
     if size not in SIZES:
         raise UsageError(f"invalid --size: {size!r} (choose from {', '.join(SIZES)})")
     out = Path(directory) if directory is not None else gpt2_dir(size)
+    bases = base_urls(base_url)
+    policy = policy or RetryPolicy.from_env()
+    created = list(itertools.takewhile(lambda p: not p.exists(), (out, *out.parents)))  # deepest first
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DownloadError(f"{out}: cannot create the folder ({e.strerror or e})") from None
-    bases = base_urls(base_url)
-    policy = policy or RetryPolicy.from_env()
-    cb = callbacks or DownloadCallbacks()
+    try:
+        return _download_into(out, size, bases, policy, callbacks or DownloadCallbacks())
+    except BaseException:
+        # A download that got nothing leaves no empty folder behind (one holding a partial file
+        # stays, so that the next run resumes it).
+        for p in created:
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _download_into(out: Path, size: str, bases: list[str], policy: RetryPolicy, cb: DownloadCallbacks) -> Path:
     cb.on_plan([(name, expected_size(size, name, file_url(bases[0], size, name), out)) for name in ORDER])
     with _DirLock(out, cb.on_wait):
         until = time.monotonic() + policy.deadline  # from when this download may start
