@@ -39,6 +39,37 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def data_fingerprint(cfg: FinetuneConfig) -> str:
+    """What a finetune run's splits are made from: the sha256 of the data file's bytes and of the
+    template text (the book's when None). Finetuning data are small: hashing them is cheap."""
+    h = hashlib.sha256(file_sha256(cfg.data).encode())
+    h.update(b"\0" + (cfg.template if cfg.template is not None else "\0book").encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def check_data(cfg: FinetuneConfig, recorded: str | None, *, doing: str = "resume") -> None:
+    """Refuse to go on with (``doing``: resume, rebuild the splits of) a run whose data file was
+    edited, relabelled or cut since it trained: its splits would silently be other records.
+    ``recorded``: the checkpoint's fingerprint (None in checkpoints older than it: not checked).
+    A file that cannot be read is left for the reader to report in its own words."""
+    if recorded is None:
+        return
+    try:
+        now = data_fingerprint(cfg)
+    except OSError:
+        return
+    if now != recorded:
+        raise DataError(
+            f"{cfg.data}: the data differs from the one this run was trained on; {doing} needs the same file "
+            "(and template) to split it as the run did: restore it, or start a new run on the new data"
+        )
+
+
+def check_split_data(finetune: dict[str, Any], doing: str = "sample --responses") -> None:
+    """``check_data`` for a loaded finetune model's record (``{**info, "config": settings}``)."""
+    check_data(FinetuneConfig.from_dict(finetune["config"]), finetune.get("data_fingerprint"), doing=doing)
+
+
 @dataclass
 class Splits:
     train: Any
@@ -227,11 +258,14 @@ class FinetuneTask(Task):
         if resume_from is not None and extra.get("base", {}).get("sha256") not in (None, self.base_sha):
             raise CheckpointError(f"{self.base_path}: the base model changed since this run started (its hash differs)")
         model_cfg = dataclasses.replace(ckpt.read_model_config(base, self.base_path), drop_rate=cfg.drop_rate)
+        if resume_from is not None:
+            check_data(cfg, extra.get("data_fingerprint"))
         self.splits = prepare_splits(cfg, model_cfg, labels=extra.get("labels"))
         if resume_from is None:
             check_split_sizes(cfg, self.splits)
             self._check_cut(engine)
         self.train, self.val = self.splits.train, self.splits.val
+        self.data_fingerprint = data_fingerprint(cfg)
         n_classes = len(self.splits.extra["labels"]) if "labels" in self.splits.extra else None
         model, model_cfg = build_model(cfg, base, self.base_path, n_classes=n_classes)
         self.base_keys = set(base["model_state_dict"])
@@ -281,6 +315,7 @@ class FinetuneTask(Task):
         return {
             "kind": cfg.kind,
             "base": {"path": str(Path(self.base_path).resolve()), "sha256": self.base_sha},
+            "data_fingerprint": self.data_fingerprint,
             "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets}
             if cfg.lora_rank
             else None,
