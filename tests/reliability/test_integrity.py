@@ -6,7 +6,9 @@ accepted silently. Each is refused (or cleaned up) with one line naming what is 
 from __future__ import annotations
 
 import json
+import os
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -101,3 +103,67 @@ def test_a_checkpoint_without_a_data_fingerprint_still_evaluates(instruct_run, t
     obj["finetune"].pop("data_fingerprint", None)
     old = ckpt.atomic_save(obj, tmp_path / "old.pth")
     assert invoke("eval", "-c", old, "--split", "test", "-q", "--json").exit_code == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. A change inside a shard, past its first and last MiB, is a change of data
+
+
+def _shard(path, n_tokens: int):
+    from gptcli import shards
+
+    ids = (np.arange(n_tokens) % 50000).astype(np.uint16)
+    shards.write_shard(path, ids)
+    return path
+
+
+def test_a_change_in_the_middle_of_a_shard_changes_its_fingerprint(tmp_path):
+    from gptcli import shards
+
+    path = _shard(tmp_path / "train_000000.bin", 3 << 20)  # 6 MiB of ids
+    before = shards.fingerprint([path])
+    with open(path, "r+b") as f:
+        f.seek(3 << 20)
+        f.write(b"\x01\x00")
+    assert shards.fingerprint([path]) != before
+
+
+def test_the_shard_digest_is_cached_by_stat_and_rehashed_on_change(tmp_path, monkeypatch):
+    from gptcli import shards
+
+    path = _shard(tmp_path / "train_000000.bin", 1000)
+    first = shards.fingerprint([path])
+    calls = []
+    real = shards._sha256_file
+    monkeypatch.setattr(shards, "_sha256_file", lambda p: calls.append(p) or real(p))
+    assert shards.fingerprint([path]) == first and calls == []  # the cache answered
+    with open(path, "r+b") as f:
+        f.seek(2000)
+        f.write(b"\x02\x00")
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert shards.fingerprint([path]) != first and calls == [path]
+
+
+def test_resume_accepts_the_sampled_fingerprint_of_older_checkpoints(tmp_path):
+    from gptcli import shards
+
+    files = [_shard(tmp_path / "train_000000.bin", 1000), _shard(tmp_path / "val_000000.bin", 100)]
+    _, _, full, sampled = shards.run_tokens([tmp_path], None)
+    assert sampled == shards.sampled_fingerprint(files) and full == shards.fingerprint(files)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. A shard truncated while a run reads it: a DataError, not SIGBUS
+
+
+def test_a_shard_truncated_under_a_reader_is_a_data_error(tmp_path):
+    from gptcli import shards
+    from gptcli.errors import DataError
+
+    path = _shard(tmp_path / "train_000000.bin", 1 << 16)
+    tokens = shards.read_tokens([path])
+    assert len(tokens[0:100]) == 100
+    os.truncate(path, shards.HEADER_BYTES + 1000)
+    with pytest.raises(DataError, match=r"train_000000\.bin: shrank from .* while this run was reading it"):
+        tokens[60000:60100]
