@@ -244,19 +244,29 @@ def write_shard(path: Path, ids: np.ndarray | Iterable[np.ndarray]) -> int:
 
 
 def write_shards(
-    tokens: np.ndarray, out_dir: Path, *, split: str, shard_size: int, prefix: str = "", block: int = 1 << 24
+    tokens: np.ndarray,
+    out_dir: Path,
+    *,
+    split: str,
+    shard_size: int,
+    prefix: str = "",
+    block: int = 1 << 24,
+    written: list[Path] | None = None,
 ) -> list[Path]:
     """``tokens`` (an array or memmap) as llm.c shards ``<prefix><split>_000000.bin`` ... of
-    ``shard_size`` tokens (the last may be shorter), copied ``block`` tokens at a time."""
+    ``shard_size`` tokens (the last may be shorter), copied ``block`` tokens at a time; each
+    path is also appended to ``written`` as soon as it exists."""
     if shard_size < 1:
         raise ValueError("shard_size must be at least 1")
-    written = []
+    paths = []
     for k, start in enumerate(range(0, len(tokens), shard_size)):
         stop = min(start + shard_size, len(tokens))
         path = out_dir / f"{prefix}{split}_{k:06d}.bin"
         write_shard(path, (tokens[i : min(i + block, stop)] for i in range(start, stop, block)))
-        written.append(path)
-    return written
+        paths.append(path)
+        if written is not None:
+            written.append(path)
+    return paths
 
 
 def tokenize_stream(
@@ -342,10 +352,14 @@ def prepare(
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = tmp = None
     ok = False
+    written: list[Path] = []
     try:
         lock = _lock_out_dir(out_dir)
         if any(out_dir.glob("*.bin")):  # written by a prepare that finished while this one started
             raise DataError(f"{out_dir}: already holds .bin shards; choose another -o or remove them first")
+        # Holding the directory's lock, whatever temporary files are here are a killed prepare's.
+        for stale in [*out_dir.glob(".tokens-*.tmp"), *out_dir.glob(f"{fsutil.TMP_PREFIX}*{fsutil.TMP_SUFFIX}")]:
+            stale.unlink(missing_ok=True)
         fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tokens-", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             n = tokenize_stream(
@@ -366,13 +380,16 @@ def prepare(
                 f"{inputs[0]}: the input has only {n:,} token(s), all of them taken by --val-ratio {val_ratio:g}; "
                 "lower --val-ratio or give more text"
             )
-        train = write_shards(all_ids[: n - n_val], out_dir, split="train", shard_size=shard_size)
-        val = write_shards(all_ids[n - n_val :], out_dir, split="val", shard_size=shard_size)
+        train = write_shards(all_ids[: n - n_val], out_dir, split="train", shard_size=shard_size, written=written)
+        val = write_shards(all_ids[n - n_val :], out_dir, split="val", shard_size=shard_size, written=written)
         del all_ids
         ok = True
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+        if not ok:  # an interrupted prepare leaves no partial set of shards that looks complete
+            for path in written:
+                path.unlink(missing_ok=True)
         if lock is not None:
             lock.release()
         if not ok and created and not any(out_dir.iterdir()):

@@ -167,3 +167,103 @@ def test_a_shard_truncated_under_a_reader_is_a_data_error(tmp_path):
     os.truncate(path, shards.HEADER_BYTES + 1000)
     with pytest.raises(DataError, match=r"train_000000\.bin: shrank from .* while this run was reading it"):
         tokens[60000:60100]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The token cache keys the bytes it tokenized: a file rewritten while it is read is refused
+
+
+def test_a_file_rewritten_between_hashing_and_tokenizing_poisons_no_cache_entry(tmp_path, monkeypatch):
+    from gptcli import tokencache
+    from gptcli.errors import DataError
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("first version of the text. " * 200, encoding="utf-8")
+    real_scan = tokencache._scan
+
+    def scan_then_rewrite(files, *a, **k):
+        out = real_scan(files, *a, **k)
+        if files:  # same size, and the mtime put back: only the bytes tell
+            st = corpus.stat()
+            corpus.write_text("other version of the text. " * 200, encoding="utf-8")
+            os.utime(corpus, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return out
+
+    monkeypatch.setattr(tokencache, "_scan", scan_then_rewrite)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match=r"corpus\.txt: changed while it was being tokenized"):
+        tokencache.cached_corpus_tokens([corpus], val_ratio=0.1, cache_dir=cache)
+    assert not list(cache.glob("*.json")) and not list(cache.glob("*.bin"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Temporary files of killed processes are removed by the next prepare / cache build
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_the_next_cache_build_removes_a_killed_builds_temporaries(tmp_path):
+    from gptcli import tokencache
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead = _dead_pid()
+    stale = [cache / f".tmp-{dead}-{'a' * 40}.bin.tmp", cache / f"stdin-{dead}-xyz.tmp"]
+    live = [cache / f".tmp-{os.getpid()}-{'b' * 40}.bin.tmp", cache / f"stdin-{os.getpid()}-abc.tmp"]
+    for p in stale + live:
+        p.write_bytes(b"partial")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text to tokenize. " * 50, encoding="utf-8")
+    tokencache.cached_corpus_tokens([corpus], val_ratio=0.1, cache_dir=cache)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in live)
+
+
+def test_the_next_prepare_removes_a_killed_prepares_temporaries(tmp_path):
+    from gptcli import shards
+
+    out = tmp_path / "out"
+    out.mkdir()
+    left = [out / ".tokens-k2j3h4.tmp", out / f".tmp-{_dead_pid()}-train_000000.bin.tmp"]
+    for p in left:
+        p.write_bytes(b"partial")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text to tokenize. " * 50, encoding="utf-8")
+    shards.prepare([corpus], out, shard_size=1000)
+    assert not any(p.exists() for p in left)
+    assert sorted(p.name for p in out.iterdir()) == ["train_000000.bin", "val_000000.bin"]
+
+
+def test_prepare_stopped_by_sigterm_leaves_no_temporary_file(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from ..conftest import gptcli_exe
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog, again and again.\n" * 400_000, encoding="utf-8")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [*gptcli_exe(), "prepare", str(corpus), "-o", str(out), "--threads", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob(".tokens-*.tmp")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert proc.poll() is None, "prepare finished before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "error: SIGTERM: prepare stopped" in err
+    assert not out.exists() or not list(out.iterdir())
