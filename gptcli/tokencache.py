@@ -41,7 +41,7 @@ import numpy as np
 
 from gptcli import fsutil
 from gptcli.errors import DataError
-from gptcli.formats import Input, detect, iter_text, resolve_inputs, sniff_compression
+from gptcli.formats import Input, detect, iter_text, refuse_terminal_stdin, resolve_inputs, sniff_compression
 from gptcli.paths import gptcli_home
 from gptcli.textfiles import expand_paths, iter_file_text
 from gptcli.tokenizer import EOT_TOKEN, corpus_pieces, encode_corpus, get_tokenizer
@@ -239,6 +239,7 @@ def _spooled_stdin(inputs: list[Input], spool_dir: Path) -> Iterator[list[Input]
     if all(i.path is not None for i in inputs):
         yield inputs
         return
+    refuse_terminal_stdin()
     spool_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=spool_dir, prefix=f"stdin-{os.getpid()}-", suffix=".tmp")
     try:

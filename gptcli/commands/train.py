@@ -190,6 +190,10 @@ def train_command(
         wandb_log.check_available()
     if not train_cfg.data:
         raise UsageError("no training text given: pass one or more files or directories (or 'data' in --config)")
+    if "-" in (*train_cfg.data, train_cfg.val_file):  # before a run directory is claimed
+        from gptcli.formats import refuse_terminal_stdin
+
+        refuse_terminal_stdin()
     if train_cfg.fsdp:  # resume of an --fsdp run may go on in one process; a new one needs torchrun
         from gptcli.distributed import require_torchrun
 

@@ -267,3 +267,41 @@ def test_prepare_stopped_by_sigterm_leaves_no_temporary_file(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err and "error: SIGTERM: prepare stopped" in err
     assert not out.exists() or not list(out.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. '-' on a terminal: refused at once instead of waiting silently
+
+
+@pytest.fixture
+def terminal_stdin(monkeypatch):
+    from gptcli import formats
+
+    monkeypatch.setattr(formats, "stdin_is_terminal", lambda: True)
+
+
+def test_train_from_a_terminal_stdin_is_refused(terminal_stdin, tmp_path):
+    from ..conftest import TINY_FLAGS
+
+    line = one_error(invoke("train", "-", *TINY_FLAGS, "--device", "cpu", "-o", tmp_path / "run"))
+    assert line == (
+        "error: '-' reads standard input, which is a terminal here: pipe the text in, e.g. cat FILE | gptcli train -"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_of_a_stdin_run_from_a_terminal_is_refused(tmp_path, verdict, monkeypatch):
+    from gptcli import formats
+
+    from ..conftest import TINY_FLAGS
+
+    run = tmp_path / "run"
+    res = CliRunner().invoke(
+        app,
+        ["train", "-", *TINY_FLAGS, "--device", "cpu", "--max-steps", "1", "--batch-size", "2", "-o", str(run), "-q"],
+        input=verdict.read_text(encoding="utf-8"),
+    )
+    assert res.exit_code == 0, res.output
+    monkeypatch.setattr(formats, "stdin_is_terminal", lambda: True)
+    line = one_error(invoke("resume", run, "--max-steps", "2"))
+    assert "was trained on standard input ('-'), which is a terminal here, so it cannot be resumed" in line
