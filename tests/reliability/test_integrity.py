@@ -305,3 +305,46 @@ def test_resume_of_a_stdin_run_from_a_terminal_is_refused(tmp_path, verdict, mon
     monkeypatch.setattr(formats, "stdin_is_terminal", lambda: True)
     line = one_error(invoke("resume", run, "--max-steps", "2"))
     assert "was trained on standard input ('-'), which is a terminal here, so it cannot be resumed" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Settings that were accepted silently
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--lora-rank", "2", "--lora-alpha", "0"], "invalid --lora-alpha: 0 (must be a number > 0)"),
+        (["--lora-alpha", "8"], "--lora-alpha sets the LoRA adapters, which --lora-rank R turns on"),
+        (["--lora-targets", "attn"], "--lora-targets sets the LoRA adapters, which --lora-rank R turns on"),
+        (["--lora-alpha", "8", "--lora-targets", "mlp"], "--lora-alpha and --lora-targets set the LoRA adapters"),
+    ],
+)
+def test_lora_settings_without_effect_are_refused(instruct_run, tmp_path, flags, needle):
+    data, base = instruct_run / "data.json", instruct_run / "base.pth"
+    res = invoke("finetune", "instruct", data, "--init", base, "--device", "cpu", "-o", tmp_path / "r", *flags)
+    assert needle in one_error(res)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_stored_lora_setting_without_a_rank_still_loads():
+    from gptcli.finetune.config import FinetuneConfig
+
+    cfg = FinetuneConfig.from_dict({"kind": "instruct", "data": "d", "init": "i", "lora_rank": 0, "lora_alpha": 8.0})
+    assert cfg.lora_rank == 0
+
+
+def test_text_field_equal_to_label_field_is_refused(instruct_run, tmp_path):
+    csv_file = tmp_path / "d.csv"
+    csv_file.write_text("Label,Text\nspam,win\nham,hi\n", encoding="utf-8")
+    res = invoke("finetune", "classify", csv_file, "--init", instruct_run / "base.pth", "--device", "cpu",
+                 "--text-field", "Label", "-o", tmp_path / "r")  # fmt: skip
+    assert "invalid --text-field: 'Label' is also --label-field" in one_error(res)
+
+
+def test_val_file_equal_to_the_training_file_is_refused(tmp_path, verdict):
+    from ..conftest import TINY_FLAGS
+
+    res = invoke("train", verdict, "--val-file", verdict, *TINY_FLAGS, "--device", "cpu", "-o", tmp_path / "r")
+    assert "invalid --val-file: " in (line := one_error(res)) and "is also the training data" in line
+    assert not (tmp_path / "r").exists()
