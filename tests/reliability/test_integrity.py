@@ -348,3 +348,25 @@ def test_val_file_equal_to_the_training_file_is_refused(tmp_path, verdict):
     res = invoke("train", verdict, "--val-file", verdict, *TINY_FLAGS, "--device", "cpu", "-o", tmp_path / "r")
     assert "invalid --val-file: " in (line := one_error(res)) and "is also the training data" in line
     assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. A CPU run resumed with another thread count says that it will not resume exactly
+
+
+def test_resume_with_other_threads_warns(tmp_path, verdict):
+    from ..conftest import TINY_FLAGS
+
+    run = tmp_path / "run"
+    res = invoke("train", verdict, *TINY_FLAGS, "--device", "cpu", "--max-steps", "1", "--batch-size", "2",
+                 "--threads", "1", "-o", run, "-q")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    obj = ckpt.load_checkpoint(rundir.list_step_checkpoints(run)[-1])
+    assert obj["progress"]["threads"] == 1
+    try:
+        res = invoke("resume", run, "--max-steps", "2", "--threads", "2")
+    finally:
+        torch.set_num_threads(1)
+    assert res.exit_code == 0, res.output
+    warnings = [x for x in res.output.splitlines() if x.startswith("warning:") and "thread" in x]
+    assert len(warnings) == 1 and "pass --threads 1" in warnings[0], res.output
