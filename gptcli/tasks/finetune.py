@@ -283,6 +283,14 @@ class FinetuneTask(Task):
                 f"{self.cfg.data}: no training record keeps any of its response within {limit} tokens (each "
                 "prompt alone is longer); raise --max-length, or use a model with a longer context"
             )
+        if self.cfg.mask_prompt and whole >= engine.global_batch():
+            # Those records keep no target at all once their prompt is masked, and a batch drawn
+            # from them alone has none to average: a NaN loss, reported as a "non-finite loss".
+            raise DataError(
+                f"{self.cfg.data}: with --mask-prompt, {whole} of {n} training records have every target masked (each "
+                f"prompt alone fills the {limit}-token limit), enough to fill a batch of {engine.global_batch()} with "
+                "no target to learn; raise --max-length, shorten or drop those records, or train without --mask-prompt"
+            )
         if part or whole:
             engine.cb.warn(
                 f"{self.cfg.data}: {whole} of {n} training records lose all of their response and {part} part "

@@ -370,3 +370,18 @@ def test_resume_with_other_threads_warns(tmp_path, verdict):
     assert res.exit_code == 0, res.output
     warnings = [x for x in res.output.splitlines() if x.startswith("warning:") and "thread" in x]
     assert len(warnings) == 1 and "pass --threads 1" in warnings[0], res.output
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Messages that named the symptom, not the cause
+
+
+def test_mask_prompt_with_prompts_that_fill_the_context_is_refused_at_the_start(instruct_run, tmp_path):
+    short = [{"instruction": f"Say hi {i}.", "input": "", "output": "hi"} for i in range(3)]
+    long = [{"instruction": "word " * 30 + str(i), "input": "", "output": "ok fine"} for i in range(17)]
+    data = tmp_path / "long.json"
+    data.write_text(json.dumps(short + long), encoding="utf-8")
+    res = invoke("finetune", "instruct", data, "--init", instruct_run / "base.pth", "--device", "cpu", "--mask-prompt",
+                 "--batch-size", "2", "--epochs", "1", "-o", tmp_path / "r")  # fmt: skip
+    line = one_error(res)
+    assert "long.json: with --mask-prompt, 14 of 17 training records have every target masked" in line
