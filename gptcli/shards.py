@@ -119,11 +119,33 @@ def read_shard(path: str | Path) -> np.ndarray:
     return ids
 
 
+def _is_shard_file(path: Path) -> bool:
+    """A file that is a token shard by its content: llm.c's header magic, or nanoGPT's name."""
+    if path.name in NANOGPT_NAMES:
+        return True
+    try:
+        return read_header(path) is not None
+    except DataError:  # llm.c's magic with a short header: a damaged shard, which read_shard names
+        return True
+
+
 def is_shard_input(path: str | Path) -> bool:
-    """Whether a training input is pre-tokenised: a ``.bin`` file, or a directory holding any."""
+    """Whether a training input is pre-tokenised: a ``.bin`` file, or a directory holding token
+    shards (by content: a stray ``.bin`` that is not one leaves a text directory a text directory).
+    A directory that holds both shards and text files is a DataError naming one of each."""
     p = Path(path)
     if p.is_dir():
-        return any(q.suffix == ".bin" for q in p.iterdir() if q.is_file())
+        files = sorted(q for q in p.iterdir() if q.is_file())
+        shard = next((q for q in files if q.suffix == ".bin" and _is_shard_file(q)), None)
+        if shard is None:
+            return False
+        text = next((q for q in files if q.suffix.lower() in (".txt", ".md")), None)
+        if text is not None:
+            raise DataError(
+                f"{p}: holds both token shards ({shard.name}) and text files ({text.name}); give a directory of one "
+                "kind"
+            )
+        return True
     return p.suffix == ".bin" and p.is_file()
 
 

@@ -115,6 +115,10 @@ def prepare_splits(cfg: FinetuneConfig, model_cfg: ModelConfig, *, labels: list[
     tr, va, te = cls_.random_split(rows, fractions)
     if not tr:  # the longest training text sets the padding: none is no model (check_split_sizes words it)
         check_split_sizes(cfg, Splits(tr, va, te, {}))
+    if cfg.max_length is not None and cfg.max_length > model_cfg.context_length:
+        raise UsageError(
+            f"invalid --max-length: {cfg.max_length} is over the model's context {model_cfg.context_length}"
+        )
     build = lambda rs, m: cls_.ClassifyData.build([texts[i] for i in rs], [ids_of[raw[i]] for i in rs], max_length=m)  # noqa: E731
     train = build(tr, cfg.max_length)
     if train.max_length > model_cfg.context_length:

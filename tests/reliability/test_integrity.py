@@ -385,3 +385,36 @@ def test_mask_prompt_with_prompts_that_fill_the_context_is_refused_at_the_start(
                  "--batch-size", "2", "--epochs", "1", "-o", tmp_path / "r")  # fmt: skip
     line = one_error(res)
     assert "long.json: with --mask-prompt, 14 of 17 training records have every target masked" in line
+
+
+def test_eval_on_a_shard_directory_says_it_holds_shards(tmp_path, instruct_run):
+    _shard(tmp_path / "train_000000.bin", 1000)
+    _shard(tmp_path / "val_000000.bin", 100)
+    line = one_error(invoke("eval", tmp_path, "--model", instruct_run / "base.pth", "--device", "cpu"))
+    assert "holds token shards (.bin); eval takes text files" in line and "gptcli train" in line
+
+
+def test_classify_max_length_over_the_context_names_the_flag(instruct_run, tmp_path):
+    csv_file = tmp_path / "d.csv"
+    csv_file.write_text("Label,Text\n" + "".join(f"{'spam' if i % 2 else 'ham'},text {i}\n" for i in range(20)))
+    res = invoke("finetune", "classify", csv_file, "--init", instruct_run / "base.pth", "--device", "cpu",
+                 "--max-length", "100000", "-o", tmp_path / "r")  # fmt: skip
+    assert one_error(res) == "error: invalid --max-length: 100000 is over the model's context 48"
+
+
+def test_a_stray_bin_leaves_a_text_directory_a_text_directory(tmp_path):
+    from gptcli import shards
+
+    (tmp_path / "a.txt").write_text("some text", encoding="utf-8")
+    (tmp_path / "notes.bin").write_bytes(b"\x00\x01not a shard at all")
+    assert not shards.is_shard_input(tmp_path)
+
+
+def test_a_directory_mixing_shards_and_text_names_both(tmp_path):
+    from gptcli import shards
+    from gptcli.errors import DataError
+
+    (tmp_path / "a.txt").write_text("some text", encoding="utf-8")
+    _shard(tmp_path / "train_000000.bin", 100)
+    with pytest.raises(DataError, match=r"holds both token shards \(train_000000\.bin\) and text files \(a\.txt\)"):
+        shards.is_shard_input(tmp_path)
