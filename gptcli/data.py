@@ -195,6 +195,9 @@ class RunData:
     train_tokens: int
     val_tokens: int
     fingerprint: str
+    # Older fingerprints of the same data that a resume also accepts (shards: the sampled one
+    # that checkpoints made before every byte was hashed carry).
+    also_accepted: tuple[str, ...] = ()
 
 
 def prepare_data(
@@ -208,8 +211,10 @@ def prepare_data(
     if any(shards.is_shard_input(p) for p in cfg.data):
         if not all(shards.is_shard_input(p) for p in cfg.data):
             raise DataError("the training data mixes token shards (.bin) with text files; give one kind")
-        train_ids, val_ids, fingerprint = shards.run_tokens(cfg.data, cfg.val_file)
-        return _run_data(model_cfg, cfg, train_ids, val_ids, fingerprint)
+        train_ids, val_ids, fingerprint, sampled = shards.run_tokens(cfg.data, cfg.val_file)
+        data = _run_data(model_cfg, cfg, train_ids, val_ids, fingerprint)
+        data.also_accepted = (sampled,)
+        return data
     fmt = input_format(cfg.format)
     train_inputs = formats.resolve_inputs(cfg.data, format=fmt)
     val_inputs = formats.resolve_inputs(val_paths, format=fmt) if val_paths else []

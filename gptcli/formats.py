@@ -334,11 +334,28 @@ class _ZstdFrames(io.RawIOBase):
             super().close()
 
 
+def stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (AttributeError, ValueError):  # closed, or replaced by an object without isatty
+        return False
+
+
+def refuse_terminal_stdin(example: str = "gptcli train -") -> None:
+    """``-`` on a terminal would wait silently for typed text (and tokenize what Ctrl-D ends):
+    a UsageError saying to pipe the text in instead."""
+    if stdin_is_terminal():
+        raise UsageError(
+            f"'-' reads standard input, which is a terminal here: pipe the text in, e.g. cat FILE | {example}"
+        )
+
+
 def open_binary(inp: Input) -> BinaryIO:
     """The decompressed bytes of ``inp`` as a buffered stream (close it when done)."""
     name = str(inp)
     compression = inp.compression
     if inp.path is None:
+        refuse_terminal_stdin("gptcli prepare - -o DIR")
         raw: BinaryIO = sys.stdin.buffer
         if compression is None:  # compressed data piped in: told by its first bytes, decompressed
             head = raw.read(_SNIFF_BYTES)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +39,27 @@ def temporary_path(final: str | Path, pid: int | None = None) -> Path:
     """Where a write of ``final`` goes before it is renamed into place."""
     final = Path(final)
     return final.with_name(f"{TMP_PREFIX}{os.getpid() if pid is None else pid}-{final.name}{TMP_SUFFIX}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (one of another user counts)."""
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # no signal 0 there: keep the file rather than guess
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def temporary_owner(name: str) -> tuple[int, str] | None:
+    """(pid, final name) of a ``temporary_path`` name, or None for any other name."""
+    m = re.fullmatch(rf"{re.escape(TMP_PREFIX)}(\d+)-(.+){re.escape(TMP_SUFFIX)}", name)
+    return (int(m.group(1)), m.group(2)) if m else None
 
 
 def fsync_dir(path: str | Path) -> None:

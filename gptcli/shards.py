@@ -17,6 +17,7 @@ the llm.c layout (``write_shards``), which llm.c's own loader reads too.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -118,11 +119,33 @@ def read_shard(path: str | Path) -> np.ndarray:
     return ids
 
 
+def _is_shard_file(path: Path) -> bool:
+    """A file that is a token shard by its content: llm.c's header magic, or nanoGPT's name."""
+    if path.name in NANOGPT_NAMES:
+        return True
+    try:
+        return read_header(path) is not None
+    except DataError:  # llm.c's magic with a short header: a damaged shard, which read_shard names
+        return True
+
+
 def is_shard_input(path: str | Path) -> bool:
-    """Whether a training input is pre-tokenised: a ``.bin`` file, or a directory holding any."""
+    """Whether a training input is pre-tokenised: a ``.bin`` file, or a directory holding token
+    shards (by content: a stray ``.bin`` that is not one leaves a text directory a text directory).
+    A directory that holds both shards and text files is a DataError naming one of each."""
     p = Path(path)
     if p.is_dir():
-        return any(q.suffix == ".bin" for q in p.iterdir() if q.is_file())
+        files = sorted(q for q in p.iterdir() if q.is_file())
+        shard = next((q for q in files if q.suffix == ".bin" and _is_shard_file(q)), None)
+        if shard is None:
+            return False
+        text = next((q for q in files if q.suffix.lower() in (".txt", ".md")), None)
+        if text is not None:
+            raise DataError(
+                f"{p}: holds both token shards ({shard.name}) and text files ({text.name}); give a directory of one "
+                "kind"
+            )
+        return True
     return p.suffix == ".bin" and p.is_file()
 
 
@@ -160,14 +183,38 @@ def shard_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
 
 class ConcatTokens:
     """Several token arrays read as one: ``len`` and slicing, which is all ``TokenWindows`` uses.
-    A window may span two shards (the stream continues, as it does within one)."""
+    A window may span two shards (the stream continues, as it does within one).
 
-    def __init__(self, parts: Sequence[np.ndarray]):
-        self.parts = [p for p in parts if len(p)]
+    With ``files`` (each part's shard), every slice first checks with ``os.stat`` that the shards
+    it reads still have the size they had when opened, and copies what it reads at once. A shard
+    truncated under a running job would otherwise kill it with SIGBUS (exit 135, no message) at
+    the first read past its new end; now it is a DataError naming the file. What remains is the
+    window between that stat and the copy (microseconds per slice): a truncation landing exactly
+    there still ends the process with SIGBUS, which no Python code can catch."""
+
+    def __init__(self, parts: Sequence[np.ndarray], files: Sequence[Path] | None = None):
+        keep = [i for i, p in enumerate(parts) if len(p)]
+        self.parts = [parts[i] for i in keep]
         self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self.files = None
+        if files is not None:
+            self.files = [(Path(files[i]), Path(files[i]).stat().st_size) for i in keep]
 
     def __len__(self) -> int:
         return int(self.starts[-1])
+
+    def _check(self, i: int) -> None:
+        path, size = self.files[i]
+        try:
+            now = os.stat(path).st_size
+        except OSError as e:
+            now, reason = None, os_error_reason(e)
+        if now is None or now < size:
+            what = f"shrank from {size:,} to {now:,} bytes" if now is not None else f"cannot be read ({reason})"
+            raise DataError(
+                f"{path}: {what} while this run was reading it (truncated or rewritten in place?); "
+                "restore the shard and resume from the last checkpoint"
+            )
 
     def __getitem__(self, key: slice) -> np.ndarray:
         if not isinstance(key, slice) or key.step not in (None, 1):
@@ -180,15 +227,19 @@ class ConcatTokens:
         while start < stop:
             lo = start - int(self.starts[i])
             take = min(stop, int(self.starts[i + 1])) - start
-            out.append(np.asarray(self.parts[i][lo : lo + take]))
+            if self.files is not None:
+                self._check(i)
+                out.append(np.array(self.parts[i][lo : lo + take]))  # a copy, made right after the check
+            else:
+                out.append(np.asarray(self.parts[i][lo : lo + take]))
             start += take
             i += 1
         return out[0] if len(out) == 1 else np.concatenate(out)
 
 
-def read_tokens(files: Sequence[Path]) -> np.ndarray | ConcatTokens:
-    arrays = [read_shard(f) for f in files]
-    return arrays[0] if len(arrays) == 1 else ConcatTokens(arrays)
+def read_tokens(files: Sequence[Path]) -> ConcatTokens:
+    """The ids of shard files as one stream, each read checked against truncation (``ConcatTokens``)."""
+    return ConcatTokens([read_shard(f) for f in files], files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,19 +266,29 @@ def write_shard(path: Path, ids: np.ndarray | Iterable[np.ndarray]) -> int:
 
 
 def write_shards(
-    tokens: np.ndarray, out_dir: Path, *, split: str, shard_size: int, prefix: str = "", block: int = 1 << 24
+    tokens: np.ndarray,
+    out_dir: Path,
+    *,
+    split: str,
+    shard_size: int,
+    prefix: str = "",
+    block: int = 1 << 24,
+    written: list[Path] | None = None,
 ) -> list[Path]:
     """``tokens`` (an array or memmap) as llm.c shards ``<prefix><split>_000000.bin`` ... of
-    ``shard_size`` tokens (the last may be shorter), copied ``block`` tokens at a time."""
+    ``shard_size`` tokens (the last may be shorter), copied ``block`` tokens at a time; each
+    path is also appended to ``written`` as soon as it exists."""
     if shard_size < 1:
         raise ValueError("shard_size must be at least 1")
-    written = []
+    paths = []
     for k, start in enumerate(range(0, len(tokens), shard_size)):
         stop = min(start + shard_size, len(tokens))
         path = out_dir / f"{prefix}{split}_{k:06d}.bin"
         write_shard(path, (tokens[i : min(i + block, stop)] for i in range(start, stop, block)))
-        written.append(path)
-    return written
+        paths.append(path)
+        if written is not None:
+            written.append(path)
+    return paths
 
 
 def tokenize_stream(
@@ -313,10 +374,14 @@ def prepare(
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = tmp = None
     ok = False
+    written: list[Path] = []
     try:
         lock = _lock_out_dir(out_dir)
         if any(out_dir.glob("*.bin")):  # written by a prepare that finished while this one started
             raise DataError(f"{out_dir}: already holds .bin shards; choose another -o or remove them first")
+        # Holding the directory's lock, whatever temporary files are here are a killed prepare's.
+        for stale in [*out_dir.glob(".tokens-*.tmp"), *out_dir.glob(f"{fsutil.TMP_PREFIX}*{fsutil.TMP_SUFFIX}")]:
+            stale.unlink(missing_ok=True)
         fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tokens-", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             n = tokenize_stream(
@@ -337,13 +402,16 @@ def prepare(
                 f"{inputs[0]}: the input has only {n:,} token(s), all of them taken by --val-ratio {val_ratio:g}; "
                 "lower --val-ratio or give more text"
             )
-        train = write_shards(all_ids[: n - n_val], out_dir, split="train", shard_size=shard_size)
-        val = write_shards(all_ids[n - n_val :], out_dir, split="val", shard_size=shard_size)
+        train = write_shards(all_ids[: n - n_val], out_dir, split="train", shard_size=shard_size, written=written)
+        val = write_shards(all_ids[n - n_val :], out_dir, split="val", shard_size=shard_size, written=written)
         del all_ids
         ok = True
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+        if not ok:  # an interrupted prepare leaves no partial set of shards that looks complete
+            for path in written:
+                path.unlink(missing_ok=True)
         if lock is not None:
             lock.release()
         if not ok and created and not any(out_dir.iterdir()):
@@ -359,9 +427,76 @@ def prepare(
     }
 
 
-def fingerprint(files: Sequence[Path], *, sample: int = 1 << 20) -> str:
-    """A fingerprint of shard files that is cheap for billions of tokens: each file's name, size,
-    and first and last MiB (hashing every byte of a 20 GB dataset at each start would take minutes)."""
+HASH_CACHE = "shard-sha256.json"  # under $GPTCLI_HOME: each shard's digest and the stat it was taken at
+_HASH_BLOCK = 8 << 20
+
+
+def _stat_key(path: Path) -> tuple[str, list[int]]:
+    st = path.stat()
+    return str(path.resolve()), [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
+
+
+def _read_hash_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(_HASH_BLOCK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def shard_digest(path: Path, *, cache_dir: Path | None = None) -> str:
+    """The sha256 of every byte of ``path``, hashed once and then remembered in
+    ``$GPTCLI_HOME/shard-sha256.json`` under the file's resolved path, keyed by its size,
+    modification time (ns), inode and device: a later start re-hashes only a file whose stat
+    changed. Hashing runs at about 1 GB/s (sha256 on one core, or the disk's read speed if lower),
+    so a 10B-token corpus (20 GB) costs some 20 s once; afterwards a stat per shard.
+
+    What escapes it: an edit that leaves size, mtime and inode all as they were (a writer that
+    restores the mtime by hand); ``touch`` or any ordinary write is caught."""
+    from gptcli.paths import gptcli_home
+
+    cache = Path(cache_dir) if cache_dir is not None else gptcli_home()
+    store = cache / HASH_CACHE
+    name, key = _stat_key(path)
+    hit = _read_hash_cache(store).get(name)
+    if isinstance(hit, dict) and hit.get("stat") == key and isinstance(hit.get("sha256"), str):
+        return hit["sha256"]
+    digest = _sha256_file(path)
+    if _stat_key(path)[1] != key:  # written while it was hashed: no digest to trust or remember
+        raise DataError(f"{path}: changed while it was being read; run again once it is written")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with fsutil.FileLock(cache / (HASH_CACHE + ".lock")):
+            entries = _read_hash_cache(store)
+            entries[name] = {"stat": key, "sha256": digest}
+            fsutil.atomic_write(store, json.dumps(entries, indent=0))
+    except OSError:
+        pass  # a read-only home: hashed again next time, the answer the same
+    return digest
+
+
+def fingerprint(files: Sequence[Path], *, cache_dir: Path | None = None) -> str:
+    """A fingerprint of shard files: each file's name, size and the sha256 of all its bytes
+    (``shard_digest``, cached by stat), so a change anywhere inside a shard is a change of data."""
+    h = hashlib.sha256(b"shards-v2\0")
+    for path in files:
+        h.update(f"{path.name}\0{path.stat().st_size}\0{shard_digest(path, cache_dir=cache_dir)}\0".encode())
+    return h.hexdigest()
+
+
+def sampled_fingerprint(files: Sequence[Path], *, sample: int = 1 << 20) -> str:
+    """The fingerprint of checkpoints made before ``fingerprint`` hashed every byte: each file's
+    name, size, and first and last MiB. Accepted on resume for those checkpoints only."""
     h = hashlib.sha256()
     for path in files:
         size = path.stat().st_size
@@ -373,8 +508,8 @@ def fingerprint(files: Sequence[Path], *, sample: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def run_tokens(data: Sequence[str | Path], val_file: str | Path | None) -> tuple[np.ndarray | ConcatTokens, ...]:
-    """(train ids, val ids) of a training run whose data are shards: the train shards of ``data``,
+def run_tokens(data: Sequence[str | Path], val_file: str | Path | None) -> tuple:
+    """(train ids, val ids, fingerprint, older fingerprint) of a training run whose data are shards: the train shards of ``data``,
     and the val shards of ``val_file`` or, without it, of ``data`` (llm.c and nanoGPT keep both
     splits side by side)."""
     train_files, val_files = shard_files(data)
@@ -388,4 +523,5 @@ def run_tokens(data: Sequence[str | Path], val_file: str | Path | None) -> tuple
             f"{data[0]}: no val shards (names with 'val', or val.bin); pass --val-file SHARD or "
             "make them with gptcli prepare --val-ratio"
         )
-    return read_tokens(train_files), read_tokens(val_files), fingerprint([*train_files, *val_files])
+    files = [*train_files, *val_files]
+    return read_tokens(train_files), read_tokens(val_files), fingerprint(files), sampled_fingerprint(files)

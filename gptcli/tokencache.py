@@ -42,7 +42,7 @@ import numpy as np
 
 from gptcli import fsutil
 from gptcli.errors import DataError, GptCliWarning, os_error_reason
-from gptcli.formats import Input, detect, iter_text, resolve_inputs, sniff_compression
+from gptcli.formats import Input, detect, iter_text, refuse_terminal_stdin, resolve_inputs, sniff_compression
 from gptcli.paths import gptcli_home
 from gptcli.textfiles import expand_paths, iter_file_text
 from gptcli.tokenizer import EOT_TOKEN, corpus_pieces, encode_corpus, get_tokenizer
@@ -208,13 +208,23 @@ def _file_text(
 
 
 def _iter_corpus_text(
-    files: Sequence[Path | Input], errors: str, block_bytes: int, text_field: str = "text"
+    files: Sequence[Path | Input], errors: str, block_bytes: int, text_field: str = "text", hashers=None
 ) -> Iterator[str]:
-    """``read_corpus``'s text as a stream: files joined with ``<|endoftext|>``."""
+    """``read_corpus``'s text as a stream: files joined with ``<|endoftext|>``; ``hashers``: one
+    sha256 per file, fed the raw bytes of each plain text file as they are decoded (the other
+    formats' readers parse the bytes themselves: those rely on the stat check of ``_cached``)."""
     for i, path in enumerate(files):
         if i:
             yield EOT_TOKEN
-        yield from _file_text(path, errors, block_bytes, text_field=text_field)
+        on_raw = hashers[i].update if hashers is not None and _as_input(path).plain_text else None
+        yield from _file_text(path, errors, block_bytes, on_raw=on_raw, text_field=text_field)
+
+
+def _stat_key(inp: Input) -> tuple[int, int, int] | None:
+    if inp.path is None:
+        return None
+    st = inp.path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _scan(
@@ -237,8 +247,9 @@ def _spooled_stdin(inputs: list[Input], spool_dir: Path) -> Iterator[list[Input]
     if all(i.path is not None for i in inputs):
         yield inputs
         return
+    refuse_terminal_stdin()
     spool_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=spool_dir, prefix="stdin-", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=spool_dir, prefix=f"stdin-{os.getpid()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             shutil.copyfileobj(sys.stdin.buffer, f, _COPY_BYTES)
@@ -271,6 +282,45 @@ def _split_at(pieces: Iterable[str], split: int | None) -> Iterator[tuple[int, s
 
 # ---------------------------------------------------------------------------------------------
 # The cache
+
+
+def remove_stale_temporaries(cache: Path) -> list[Path]:
+    """Delete what builds killed outright (``kill -9``, a power cut) left in the cache: an
+    entry's ``.tmp-<pid>-<key>.bin.tmp`` (or ``.json.tmp``) whose process is gone and whose key
+    no build holds the lock of, and a ``stdin-<pid>-*.tmp`` spool whose process is gone. A live
+    build's files are never touched; a pid reused since keeps its file until that process ends."""
+    removed: list[Path] = []
+    try:
+        names = list(cache.iterdir())
+    except OSError:
+        return removed
+    for p in names:
+        owner = fsutil.temporary_owner(p.name)
+        if owner is not None:
+            pid, final = owner
+            if fsutil.pid_alive(pid):
+                continue
+            lock_path = cache / f"{final.split('.', 1)[0]}.lock"
+            if lock_path.exists():
+                lock = fsutil.FileLock(lock_path)
+                try:
+                    if not lock.acquire(blocking=False):
+                        continue  # that key is being built (by a process this machine cannot see)
+                except OSError:
+                    continue
+                lock.release()
+        elif p.name.startswith("stdin-") and p.name.endswith(".tmp"):
+            pid_text = p.name[len("stdin-") :].split("-", 1)[0]
+            if not pid_text.isdigit() or fsutil.pid_alive(int(pid_text)):
+                continue
+        else:
+            continue
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
 
 
 @dataclass
@@ -374,6 +424,11 @@ def _cached(
     text_field: str,
 ) -> CachedTokens:
     val_paths = val_files if has_val_paths else None
+    # The key hashes a first read of each file and the tokens come from a second: a file
+    # rewritten in between would make an entry whose key says one text and whose ids are
+    # another's, reused by every later run. The build hashes the bytes it tokenizes (plain text)
+    # and every input's size, mtime and inode must be as they were before the first read.
+    stats = [_stat_key(i) for i in (*train_files, *val_files)]
     train_scan = _scan(train_files, errors, block_bytes, text_field)
     val_scan = _scan(val_files, errors, block_bytes, text_field)
     split = None
@@ -401,19 +456,28 @@ def _cached(
         return CachedTokens(_open(bin_path, meta), meta["n_train"], meta["fingerprint"], bin_path, built=False)
 
     cache.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(cache)
     # Every rank of a distributed run prepares its data: one builds, the others wait and reuse.
     with fsutil.FileLock(cache / f"{key}.lock"):  # one build of an entry at a time
         meta = _read_meta(bin_path, meta_path)
         if meta is not None:
             return CachedTokens(_open(bin_path, meta), meta["n_train"], meta["fingerprint"], bin_path, built=False)
+        hashers = [hashlib.sha256() for _ in every]
+        train_h, val_h = hashers[: len(train_files)], hashers[len(train_files) :]
         if val_paths is not None:
-            sides = _chain_sides(train_files, val_files, errors, block_bytes, text_field)
+            sides = _chain_sides(train_files, val_files, errors, block_bytes, text_field, train_h, val_h)
         else:
-            sides = _split_at(_iter_corpus_text(train_files, errors, block_bytes, text_field), split)
+            sides = _split_at(_iter_corpus_text(train_files, errors, block_bytes, text_field, train_h), split)
         total_bytes = inputs_bytes(every)
         n_train, n_tokens, fingerprint = _build(
             sides, bin_path, num_threads or default_threads(), chunk_chars, total_bytes, on_progress
         )
+        scanned = [h for h, _ in (*train_scan, *val_scan)]
+        for inp, h, digest, before in zip(every, hashers, scanned, stats, strict=True):
+            changed = _stat_key(inp) != before or (inp.plain_text and h.hexdigest() != digest)
+            if changed:
+                bin_path.unlink(missing_ok=True)
+                raise DataError(f"{inp.path}: changed while it was being tokenized; run again once it is written")
         meta = {
             "version": CACHE_VERSION,
             "tokenizer": TOKENIZER_ID,
@@ -428,10 +492,12 @@ def _cached(
     return CachedTokens(_open(bin_path, meta), n_train, fingerprint, bin_path, built=True)
 
 
-def _chain_sides(train_files, val_files, errors, block_bytes, text_field="text") -> Iterator[tuple[int, str]]:
-    for t in _iter_corpus_text(train_files, errors, block_bytes, text_field):
+def _chain_sides(
+    train_files, val_files, errors, block_bytes, text_field="text", train_h=None, val_h=None
+) -> Iterator[tuple[int, str]]:
+    for t in _iter_corpus_text(train_files, errors, block_bytes, text_field, train_h):
         yield 0, t
-    for t in _iter_corpus_text(val_files, errors, block_bytes, text_field):
+    for t in _iter_corpus_text(val_files, errors, block_bytes, text_field, val_h):
         yield 1, t
 
 

@@ -98,6 +98,14 @@ def eval_command(s: EvalSettings) -> dict[str, Any]:
         from gptcli.formats import check_text_field, resolve_inputs
 
         check_text_field(resolve_inputs(paths, format=input_format(s.format)), s.text_field)
+    from gptcli.shards import is_shard_input
+
+    sharded = next((p for p in paths if is_shard_input(p)), None)
+    if sharded is not None:
+        raise UsageError(
+            f"{sharded}: holds token shards (.bin); eval takes text files (their loss and perplexity); a run "
+            f"trained on shards reports its validation loss: gptcli train {sharded}"
+        )
     tokens = corpus_tokens(paths, errors=s.encoding_errors, format=s.format, text_field=s.text_field or "text")
     if len(tokens) < 2:
         raise UsageError(f"{paths[0]}: needs at least 2 tokens to evaluate, has {len(tokens)}")

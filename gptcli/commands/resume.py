@@ -93,6 +93,7 @@ def resume_command(
             )
         else:
             _report_config_file(run_dir, model_cfg, train_cfg, checkpoint=path, given=tuple(length))
+        _check_stdin(train_cfg, run_dir)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -148,6 +149,19 @@ def _resume_from(
             f"{flag} N (a larger N)"
         )
     return path, obj, model_cfg, train_cfg
+
+
+def _check_stdin(train_cfg: TrainConfig, run_dir: Path) -> None:
+    """A run trained on ``-`` resumes only with the same text piped in again (the checkpoint's
+    data fingerprint must match): on a terminal it would wait silently for typed text."""
+    from gptcli.formats import stdin_is_terminal
+
+    if "-" in (*train_cfg.data, train_cfg.val_file) and stdin_is_terminal():
+        raise UsageError(
+            f"{display_path(run_dir)}: was trained on standard input ('-'), which is a terminal here, so it cannot "
+            "be resumed from it: its data fingerprint needs the same text piped in again, e.g. "
+            f"cat FILE | gptcli resume {shell_path(run_dir)}"
+        )
 
 
 def _resume_finetune(

@@ -369,6 +369,7 @@ def instruct_command(s: SampleSettings) -> list[dict[str, Any]]:
     each record plus its ``model_response``."""
     from gptcli.finetune.config import no_split_error
     from gptcli.finetune.instruct import split_of
+    from gptcli.tasks.finetune import check_split_data
 
     console.set_quiet(s.quiet)
     set_threads(s.threads)
@@ -393,6 +394,7 @@ def instruct_command(s: SampleSettings) -> list[dict[str, Any]]:
     if s.instruction is not None:
         records = [{"instruction": s.instruction, "input": s.input_text or ""}]
     else:
+        check_split_data(loaded.finetune)
         records = split_of(cfg["data"], cfg["split"], responses, seed=cfg.get("split_seed"))
         if not records:
             raise no_split_error("--responses", responses, data=cfg["data"], split=cfg["split"])

@@ -98,6 +98,7 @@ def _check_used(train_cfg: TrainConfig, *, given: dict[str, str | None]) -> None
     ``--val-file`` or with token shards (whose val_*.bin are the validation set), ``--text-field``
     where no input holds records (``gptcli.formats.check_text_field``)."""
     if not train_cfg.data or not {"val_ratio", "text_field"} & set(given):
+        _check_val_file(train_cfg)
         return
     from gptcli import formats, shards  # numpy, no torch: the run directory is not locked yet
 
@@ -127,6 +128,24 @@ def _check_used(train_cfg: TrainConfig, *, given: dict[str, str | None]) -> None
         paths = [*train_cfg.data, *([train_cfg.val_file] if train_cfg.val_file else [])]
         inputs = [i for p in paths for i in formats.resolve_inputs([p], format=fmt)]
         formats.check_text_field(inputs, train_cfg.text_field, flag=label("text_field"))
+    _check_val_file(train_cfg)
+
+
+def _check_val_file(train_cfg: TrainConfig) -> None:
+    """Refuse a --val-file that is one of the training files: its loss would not be a validation loss."""
+    val = train_cfg.val_file
+    if val is not None and val != "-" and any(_same_file(p, val) for p in train_cfg.data):
+        raise UsageError(
+            f"invalid --val-file: {display_path(val)} is also the training data; the validation loss needs text "
+            "the model does not train on (drop --val-file: --val-ratio splits the training text)"
+        )
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return a == b
 
 
 def _absolute_if_exists(path: str) -> str:
@@ -189,6 +208,10 @@ def train_command(
     check_loggers(tensorboard=tensorboard, wandb=wandb, wandb_project=wandb_project)
     if not train_cfg.data:
         raise UsageError("no training text given: pass one or more files or directories (or 'data' in --config)")
+    if "-" in (*train_cfg.data, train_cfg.val_file):  # before a run directory is claimed
+        from gptcli.formats import refuse_terminal_stdin
+
+        refuse_terminal_stdin()
     if train_cfg.fsdp:  # resume of an --fsdp run may go on in one process; a new one needs torchrun
         from gptcli.distributed import require_torchrun
 

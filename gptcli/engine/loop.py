@@ -144,6 +144,7 @@ class Engine:
         self.guard.check()
         self.state.nonfinite_steps = self.guard.count
         self.state.train_seconds = self._elapsed()
+        self.state.threads = torch.get_num_threads()
         path = rundir.step_checkpoint_path(self.run_dir, self.state.step)
         state = self._full_state() if self.fsdp else None  # every rank takes part in gathering the shards
         if self.dist.is_main:
@@ -201,9 +202,20 @@ class Engine:
             obj.get("progress", {}), legacy=self.task.legacy_counts, batch_size=self.cfg.batch_size
         )
         self.guard.restore(self.state.nonfinite_steps)
+        self._check_threads()
         self._best_saved = self.state.best_val
         if "rng" in obj:
             ckpt.restore_rng(obj["rng"])
+
+    def _check_threads(self) -> None:
+        """Say when a CPU run resumes with another thread count than it last saved with: exact
+        resumption (bit for bit) needs the same one (``--threads``)."""
+        saved, now = self.state.threads, torch.get_num_threads()
+        if self.device.type == "cpu" and saved and saved != now:
+            self.cb.warn(
+                f"this run last trained with {saved} CPU thread(s) and resumes with {now}: its numbers will differ "
+                f"slightly (about 1e-8) from a run that never stopped; for exact resumption pass --threads {saved}"
+            )
 
     # -- batches ------------------------------------------------------------------------------
 

@@ -23,6 +23,9 @@ class Progress:
     planned_steps: int = 0  # the run's planned length, over which the LR schedule decays
     train_seconds: float = 0.0  # training time so far, over all resumes (for --max-time)
     evals_since_best: int = 0  # evaluations without a new best validation loss (for --patience)
+    # CPU threads at the last save (torch.get_num_threads; 0: not recorded): a CPU run resumed with
+    # another count sums in another order, off by about 1e-8 from one that never stopped.
+    threads: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

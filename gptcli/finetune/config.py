@@ -25,6 +25,7 @@ from gptcli.config import (
     INTERVAL,
     ConfigValueError,
     _coerce_fields,
+    _flag,
     budget_field,
     check_run_settings,
     flag_field,
@@ -170,10 +171,25 @@ class FinetuneConfig:
                 value = getattr(self, name)
                 if value is not None and value < low:
                     raise ConfigValueError(name, f"{value} (must be an integer >= {low})")
+            if not self.lora_alpha > 0:  # 0 would silence the adapters: they would train to no effect
+                raise ConfigValueError("lora_alpha", f"{self.lora_alpha:g} (must be a number > 0)")
         except ConfigValueError as e:
             raise ConfigValueError(e.key, e.detail, from_flag=True) from None
         parse_split(self.split)
         parse_targets(self.lora_targets)
+        # A LoRA setting that differs from its default was given (by a flag or a config file).
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        lora_given = [_flag(k) for k in ("lora_alpha", "lora_targets") if getattr(self, k) != defaults[k]]
+        if lora_given and not self.lora_rank:
+            raise UsageError(
+                f"{' and '.join(lora_given)} set{'s' if len(lora_given) == 1 else ''} the LoRA adapters, which "
+                "--lora-rank R turns on: give it too (without it, no adapters are trained)"
+            )
+        if self.kind == "classify" and self.text_field == self.label_field:
+            raise UsageError(
+                f"invalid --text-field: {self.text_field!r} is also --label-field; the text and the label are "
+                "two fields of each row"
+            )
         if self.kind == "classify" and self.trainable not in TRAINABLE:
             raise UsageError(f"invalid --trainable: {self.trainable!r} (choose from {', '.join(TRAINABLE)})")
 
@@ -183,7 +199,11 @@ class FinetuneConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        values = {k: v for k, v in d.items() if k in known}
+        if not values.get("lora_rank"):  # runs saved before a LoRA setting without a rank was refused
+            values.pop("lora_alpha", None)
+            values.pop("lora_targets", None)
+        return cls(**values)
 
 
 def parse_split(text: str, *, flag: str = "--split") -> tuple[float, float, float]:

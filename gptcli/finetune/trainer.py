@@ -20,6 +20,7 @@ from gptcli.tasks import make_task
 from gptcli.tasks.finetune import (
     ClassifyTask,
     Splits,
+    check_data,
     file_sha256,
     load_partial,
     model_from_finetune_checkpoint,
@@ -125,6 +126,7 @@ def evaluate_checkpoint_split(
     if split not in ("train", "val", "test"):
         raise UsageError(f"invalid --split: {split!r} (choose from train, val, test)")
     model, cfg, info = model_from_finetune_checkpoint(obj, path)
+    check_data(cfg, info.get("data_fingerprint"), doing="eval --split")
     splits = prepare_splits(cfg, model.cfg, labels=info.get("labels"))
     data = getattr(splits, split)
     if len(data) == 0:

@@ -39,6 +39,37 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def data_fingerprint(cfg: FinetuneConfig) -> str:
+    """What a finetune run's splits are made from: the sha256 of the data file's bytes and of the
+    template text (the book's when None). Finetuning data are small: hashing them is cheap."""
+    h = hashlib.sha256(file_sha256(cfg.data).encode())
+    h.update(b"\0" + (cfg.template if cfg.template is not None else "\0book").encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def check_data(cfg: FinetuneConfig, recorded: str | None, *, doing: str = "resume") -> None:
+    """Refuse to go on with (``doing``: resume, rebuild the splits of) a run whose data file was
+    edited, relabelled or cut since it trained: its splits would silently be other records.
+    ``recorded``: the checkpoint's fingerprint (None in checkpoints older than it: not checked).
+    A file that cannot be read is left for the reader to report in its own words."""
+    if recorded is None:
+        return
+    try:
+        now = data_fingerprint(cfg)
+    except OSError:
+        return
+    if now != recorded:
+        raise DataError(
+            f"{cfg.data}: the data differs from the one this run was trained on; {doing} needs the same file "
+            "(and template) to split it as the run did: restore it, or start a new run on the new data"
+        )
+
+
+def check_split_data(finetune: dict[str, Any], doing: str = "sample --responses") -> None:
+    """``check_data`` for a loaded finetune model's record (``{**info, "config": settings}``)."""
+    check_data(FinetuneConfig.from_dict(finetune["config"]), finetune.get("data_fingerprint"), doing=doing)
+
+
 @dataclass
 class Splits:
     train: Any
@@ -84,6 +115,10 @@ def prepare_splits(cfg: FinetuneConfig, model_cfg: ModelConfig, *, labels: list[
     tr, va, te = cls_.random_split(rows, fractions)
     if not tr:  # the longest training text sets the padding: none is no model (check_split_sizes words it)
         check_split_sizes(cfg, Splits(tr, va, te, {}))
+    if cfg.max_length is not None and cfg.max_length > model_cfg.context_length:
+        raise UsageError(
+            f"invalid --max-length: {cfg.max_length} is over the model's context {model_cfg.context_length}"
+        )
     build = lambda rs, m: cls_.ClassifyData.build([texts[i] for i in rs], [ids_of[raw[i]] for i in rs], max_length=m)  # noqa: E731
     train = build(tr, cfg.max_length)
     if train.max_length > model_cfg.context_length:
@@ -228,11 +263,14 @@ class FinetuneTask(Task):
         if resume_from is not None and extra.get("base", {}).get("sha256") not in (None, self.base_sha):
             raise CheckpointError(f"{self.base_path}: the base model changed since this run started (its hash differs)")
         model_cfg = dataclasses.replace(ckpt.read_model_config(base, self.base_path), drop_rate=cfg.drop_rate)
+        if resume_from is not None:
+            check_data(cfg, extra.get("data_fingerprint"))
         self.splits = prepare_splits(cfg, model_cfg, labels=extra.get("labels"))
         if resume_from is None:
             check_split_sizes(cfg, self.splits)
             self._check_cut(engine)
         self.train, self.val = self.splits.train, self.splits.val
+        self.data_fingerprint = data_fingerprint(cfg)
         n_classes = len(self.splits.extra["labels"]) if "labels" in self.splits.extra else None
         model, model_cfg = build_model(cfg, base, self.base_path, n_classes=n_classes)
         self.base_keys = set(base["model_state_dict"])
@@ -249,6 +287,14 @@ class FinetuneTask(Task):
             raise DataError(
                 f"{self.cfg.data}: no training record keeps any of its response within {limit} tokens (each "
                 "prompt alone is longer); raise --max-length, or use a model with a longer context"
+            )
+        if self.cfg.mask_prompt and whole >= engine.global_batch():
+            # Those records keep no target at all once their prompt is masked, and a batch drawn
+            # from them alone has none to average: a NaN loss, reported as a "non-finite loss".
+            raise DataError(
+                f"{self.cfg.data}: with --mask-prompt, {whole} of {n} training records have every target masked (each "
+                f"prompt alone fills the {limit}-token limit), enough to fill a batch of {engine.global_batch()} with "
+                "no target to learn; raise --max-length, shorten or drop those records, or train without --mask-prompt"
             )
         if part or whole:
             engine.cb.warn(
@@ -282,6 +328,7 @@ class FinetuneTask(Task):
         return {
             "kind": cfg.kind,
             "base": {"path": str(Path(self.base_path).resolve()), "sha256": self.base_sha},
+            "data_fingerprint": self.data_fingerprint,
             "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets}
             if cfg.lora_rank
             else None,

@@ -88,7 +88,7 @@ class LMTask(Task):
         return {"data_fingerprint": self.data.fingerprint}
 
     def check_resume(self, engine: Any, obj: dict[str, Any]) -> None:
-        if obj.get("data_fingerprint") not in (None, self.data.fingerprint):
+        if obj.get("data_fingerprint") not in (None, self.data.fingerprint, *self.data.also_accepted):
             raise CheckpointError(
                 "the training text differs from the one this checkpoint was trained on; "
                 "exact resumption needs the same data (start a new run with --init instead)"
