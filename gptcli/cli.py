@@ -42,6 +42,11 @@ _Abort = typer.Abort
 _NoArgsIsHelp = getattr(_click_exceptions, "NoArgsIsHelpError", ())
 
 
+def _argument(metavar: str, help: str) -> Any:
+    """An optional positional argument, shown as its word (its default is said in ``help``)."""
+    return typer.Argument(metavar=metavar, help=help, show_default=False)
+
+
 class _Group(TyperGroup):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -312,14 +317,7 @@ def train(
     "\n\n  gptcli resume runs/x --max-tokens 2B"
 )
 def resume(
-    target: Annotated[
-        Optional[Path],
-        typer.Argument(
-            metavar="RUN",
-            help="Run directory or checkpoint file [default: the most recent unfinished run].",
-            show_default=False,
-        ),
-    ] = None,
+    target: Annotated[Optional[Path], _argument("RUN", "Run directory or checkpoint file [default: the most recent unfinished run].")] = None,
     epochs: Annotated[
         Optional[int], typer.Option(metavar="N", help="New total number of epochs (extends the run).")
     ] = None,
@@ -610,11 +608,7 @@ def finetune_instruct(
     *,
     data: Annotated[
         Optional[str],
-        typer.Argument(
-            metavar="DATA",
-            help="JSON list or JSONL of {instruction, input, output} records (or 'data' in --config).",
-            show_default=False,
-        ),
+        _argument("DATA", "JSON list or JSONL of {instruction, input, output} records (or 'data' in --config)."),
     ] = None,
     template: Annotated[
         Optional[Path],
@@ -639,11 +633,10 @@ def finetune_classify(
     *,
     data: Annotated[
         Optional[str],
-        typer.Argument(
-            metavar="DATA",
-            help="CSV, TSV (.tsv), or JSON (.json list or .jsonl lines) with a text and a label field "
+        _argument(
+            "DATA",
+            "CSV, TSV (.tsv), or JSON (.json list or .jsonl lines) with a text and a label field "
             "(or 'data' in --config).",
-            show_default=False,
         ),
     ] = None,
     **flags: Any,

@@ -602,17 +602,12 @@ def load_yaml_config(path: str | Path) -> dict[str, dict[str, Any]]:
     """
     import yaml
 
+    from gptcli.fsutil import read_file
+
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"config file not found: {p}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{p}: is a directory, not a config file") from None
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{p}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise UsageError(f"{p}: cannot read ({e.strerror})") from None
+    if not p.exists() and not p.is_symlink():
+        raise UsageError(f"config file not found: {p}")
+    text = read_file(p, error=UsageError)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

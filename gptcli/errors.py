@@ -15,47 +15,39 @@ class GptCliError(Exception):
         self.hint = hint
 
 
-class UsageError(GptCliError):
+class _Refused(GptCliError):
+    """What the user gave cannot be used as it is: exit 2, as for bad usage."""
+
+    exit_code = 2
+
+
+class UsageError(_Refused):
     """A bad flag or config value: the message names the flag or key."""
 
-    exit_code = 2
 
-
-class DataError(GptCliError):
+class DataError(_Refused):
     """Unusable input text: missing, empty, undecodable or too short."""
 
-    exit_code = 2
 
-
-class CheckpointError(GptCliError):
+class CheckpointError(_Refused):
     """A file that is not a usable gptcli checkpoint, or one that does not fit the model."""
-
-    exit_code = 2
 
 
 class DownloadError(GptCliError):
     """A download that failed: the message names the URL and the HTTP status or error."""
 
-    exit_code = 1
-
 
 class SaveError(GptCliError):
     """A checkpoint, the metrics log or the config could not be written (a full disk, say)."""
-
-    exit_code = 1
 
 
 class TrainingError(GptCliError):
     """A failure while training, e.g. a non-finite loss."""
 
-    exit_code = 1
-
 
 class RunDirError(GptCliError):
     """A run directory (or prepare's output directory) that cannot be written: another process
     writes it, or it is read-only."""
-
-    exit_code = 1
 
 
 class GptCliWarning(UserWarning):

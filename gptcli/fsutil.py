@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from gptcli.errors import DataError, GptCliError, os_error_reason
+
 TMP_PREFIX = ".tmp-"
 TMP_SUFFIX = ".tmp"
 
@@ -337,3 +339,24 @@ class FileLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def read_file(
+    path: str | Path, *, error: type[GptCliError] = DataError, prefix: str = "", newline: str | None = None
+) -> str:
+    """A user's UTF-8 text file, a leading byte order mark dropped (Windows tools write one);
+    ``error`` (with ``prefix``, such as "invalid --template: ") naming the file and what is wrong
+    with it otherwise. ``newline`` as ``open`` takes it: "" keeps line ends as they are, for a
+    parser (a quoted CSV field may hold a "\r")."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise error(f"{prefix}{p}: is a directory, not a file")
+        with open(p, encoding="utf-8", newline=newline) as f:
+            return f.read().removeprefix("\ufeff")
+    except FileNotFoundError:
+        raise error(f"{prefix}{p}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{prefix}{p}: not UTF-8 text (byte offset {e.start})") from None
+    except OSError as e:
+        raise error(f"{prefix}{p}: cannot read it ({os_error_reason(e)})") from None
