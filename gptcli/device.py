@@ -43,11 +43,22 @@ def set_threads(n: int | None) -> None:
     """``--threads N``: the CPU threads PyTorch's operators use (None keeps PyTorch's choice, one
     per core). One is often faster on a machine other work keeps busy (see the README's speed
     section)."""
+    global _requested
+    _requested = None
     if n is None:
         return
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UsageError(f"invalid --threads: {n!r} (must be an integer >= 1)")
     torch.set_num_threads(n)
+    _requested = n
+
+
+_requested: int | None = None  # the last --threads given, None when PyTorch's choice stands
+
+
+def threads_requested() -> int | None:
+    """The ``--threads`` this command was given (None: not given)."""
+    return _requested
 
 
 def native_bf16(device: torch.device) -> bool:

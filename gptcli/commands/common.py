@@ -11,6 +11,19 @@ from gptcli import console, rundir, wandb_log
 from gptcli.errors import UsageError
 from gptcli.paths import display_path, shell_path
 
+
+def set_threads(threads: int | None) -> None:
+    """``--threads``: torch loads only when it is given (the run directory is not locked yet);
+    not given, a count an earlier command of this process asked for is forgotten, so that a
+    resumed run takes its own (``Engine._check_threads``)."""
+    import sys
+
+    if threads is not None or "gptcli.device" in sys.modules:
+        from gptcli.device import set_threads as set_torch_threads
+
+        set_torch_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------------
 # Signals: the handler only sets a flag; the loop saves at the next step boundary.
 

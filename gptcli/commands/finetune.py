@@ -10,7 +10,7 @@ from typing import Any
 
 from gptcli import console, rundir
 from gptcli.callbacks import Fanout
-from gptcli.commands.common import StopFlag, check_loggers
+from gptcli.commands.common import StopFlag, check_loggers, set_threads
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.paths import display_path, shell_path
 from gptcli.tasks import KIND_INFO
@@ -70,11 +70,7 @@ def _wandb(run_dir: Path, *, wandb: bool, project: str | None, cfg) -> Any:
     return _wandb_logger(run_dir, explicit=wandb, project=project, config={"finetune": cfg.to_dict()})
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads is not None:
-        from gptcli.device import set_threads
-
-        set_threads(threads)
+_set_threads = set_threads
 
 
 def _run(

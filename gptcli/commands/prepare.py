@@ -95,7 +95,8 @@ def _discard(out: Path, made: Path | None, *, keep: set[Path]) -> None:
             p.unlink(missing_ok=True)
         if made is not None:
             for d in (out, *out.parents):
-                d.rmdir()  # stops at the first folder that is not empty (OSError)
+                if d.is_dir():  # the shards' own clean-up may have removed it already
+                    d.rmdir()  # stops at the first folder that is not empty (OSError)
                 if d == made:
                     break
     except OSError:

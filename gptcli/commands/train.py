@@ -14,7 +14,7 @@ from typing import Any
 # claimed and locked before that, so that a second writer is refused at once.
 from gptcli import console, rundir, weights
 from gptcli.callbacks import Callbacks, Fanout
-from gptcli.commands.common import StopFlag, _wandb_logger, check_loggers
+from gptcli.commands.common import StopFlag, _wandb_logger, check_loggers, set_threads
 from gptcli.config import (
     ModelConfig,
     TrainConfig,
@@ -230,11 +230,7 @@ def train_command(
     )
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads is not None:  # torch loads only when asked: the run directory is not locked yet
-        from gptcli.device import set_threads
-
-        set_threads(threads)
+_set_threads = set_threads
 
 
 def _epochs(n: int) -> str:

@@ -33,7 +33,7 @@ from gptcli import checkpoint as ckpt
 from gptcli import distributed, fsdp, fused_loss, rundir
 from gptcli.callbacks import Callbacks
 from gptcli.data import batches_of, loader_iter_seed, permutation
-from gptcli.device import autocast_for, resolve_device
+from gptcli.device import autocast_for, resolve_device, threads_requested
 from gptcli.engine.parts import Interrupted, NonFiniteGuard, make_optimizer, update_best
 from gptcli.engine.progress import Progress
 from gptcli.engine.schedule import Every, budget_reached, format_duration, lr_at, planned_steps, stopped_message
@@ -208,14 +208,19 @@ class Engine:
             ckpt.restore_rng(obj["rng"])
 
     def _check_threads(self) -> None:
-        """Say when a CPU run resumes with another thread count than it last saved with: exact
-        resumption (bit for bit) needs the same one (``--threads``)."""
+        """A CPU run resumes with the thread count it last saved with, which exact resumption
+        (bit for bit) needs; one given with ``--threads`` wins, and its cost is said."""
         saved, now = self.state.threads, torch.get_num_threads()
-        if self.device.type == "cpu" and saved and saved != now:
-            self.cb.warn(
-                f"this run last trained with {saved} CPU thread(s) and resumes with {now}: its numbers will differ "
-                f"slightly (about 1e-8) from a run that never stopped; for exact resumption pass --threads {saved}"
-            )
+        if self.device.type != "cpu" or not saved or saved == now:
+            return
+        if threads_requested() is None:
+            torch.set_num_threads(saved)
+            self.cb.info(f"resuming with the {saved} CPU thread(s) this run last trained with (--threads N to change)")
+            return
+        self.cb.info(
+            f"this run last trained with {saved} CPU thread(s) and resumes with {now}: its numbers will differ "
+            f"slightly (about 1e-8) from a run that never stopped; for exact resumption pass --threads {saved}"
+        )
 
     # -- batches ------------------------------------------------------------------------------
 

@@ -45,7 +45,9 @@ BACKOFF_ENV = "GPTCLI_DOWNLOAD_BACKOFF"
 STALL_ENV = "GPTCLI_DOWNLOAD_STALL_TIMEOUT"
 DEADLINE_ENV = "GPTCLI_DOWNLOAD_DEADLINE"
 # Where a failure that looks like no network points the user.
-OFFLINE_HINT = "check the network, or pass --base-url URL of a mirror (offline: see the README's Troubleshooting)"
+OFFLINE_HINT = (
+    "check the network, or pass --base-url URL of a mirror (see 'An offline machine' in the README's Troubleshooting)"
+)
 # The hosts whose files are OpenAI's originals, byte for byte.
 OFFICIAL_HOSTS = frozenset({"openaipublic.blob.core.windows.net", "f001.backblazeb2.com"})
 DATA_FILE = "model.ckpt.data-00000-of-00001"

@@ -263,7 +263,7 @@ def test_dns_failure_gives_up_after_one_quick_retry_and_points_to_the_readme(tmp
     with pytest.raises(DownloadError) as e:
         download_gpt2("124M", tmp_path / "d", base_url="http://gpt2-mirror.example.invalid/gpt2", policy=policy)
     assert len(calls) == 2, calls
-    msg = str(e.value)
+    msg = f"{e.value}\n{e.value.hint}"  # the error, and its hint line (issue 21: one short line each)
     assert "Name or service not known" in msg and "An offline machine" in msg and "README" in msg, msg
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert "**An offline machine.**" in readme  # the section the message points to
@@ -280,7 +280,8 @@ def test_refused_connection_gives_up_after_one_quick_retry(tmp_path, monkeypatch
     res = invoke("download", "--size", "124M", "--base-url", f"http://127.0.0.1:{port}/gpt2", "--dir", str(tmp_path))
     lines = [x for x in res.output.splitlines() if x.startswith("error:")]
     assert res.exit_code == 1 and len(lines) == 1, res.output
-    assert "connection refused" in lines[0] and "An offline machine" in lines[0], lines[0]
+    hint = [x for x in res.output.splitlines() if x.startswith("hint:")]  # issue 21: the fix on a line of its own
+    assert "connection refused" in lines[0] and len(hint) == 1 and "An offline machine" in hint[0], res.output
     assert len(connects) == 2 and time.monotonic() - started < 5
 
 

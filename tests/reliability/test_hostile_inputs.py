@@ -221,7 +221,7 @@ def test_runs_and_plot_skip_a_malformed_metrics_line_with_a_warning(tmp_path, mo
     assert len(warnings) == 1 and "metrics.jsonl: skipped malformed line 3" in warnings[0], res.output
     assert "and 1 more" in warnings[0], warnings[0]
     row = next(x for x in res.output.splitlines() if x.startswith("runs/r"))
-    assert row.split()[1:4] == ["1/2", "10", "400"] and "7.000" in row, row  # from the good records
+    assert row.split()[2:5] == ["1/2", "10", "400"] and "7.000" in row, row  # from the good records (after KIND)
     res = invoke("plot", "--terminal", str(run))
     assert res.exit_code == 0 and "Traceback" not in res.output, res.output
     assert "warning:" in res.output and "skipped malformed line 3" in res.output, res.output
@@ -248,10 +248,10 @@ def test_one_unreadable_run_never_breaks_runs_for_the_others(tmp_path, monkeypat
     rows = {
         name: next(x for x in out if x.startswith(f"runs/{name}")) for name in ("a-good", "b-locked", "c-bad-config")
     }
-    assert rows["a-good"].split()[1:4] == ["1/2", "10", "400"], rows
+    assert rows["a-good"].split()[2:5] == ["1/2", "10", "400"], rows  # after the KIND column
     # what cannot be read shows as '-'; the epochs planned and the step come from other files
-    assert rows["b-locked"].split()[1:7] == ["-/2", "10", "-", "-", "-", "-"], rows
-    assert rows["c-bad-config"].split()[1] == "1", rows  # epochs done, total unknown
+    assert rows["b-locked"].split()[2:8] == ["-/2", "10", "-", "-", "-", "-"], rows
+    assert rows["c-bad-config"].split()[1:3] == ["-", "1"], rows  # kind and total unknown, epochs done
     warnings = [x for x in out if x.startswith("warning:")]
     assert any("b-locked/metrics.jsonl: cannot be read (Permission denied)" in w for w in warnings), warnings
     assert any("c-bad-config/config.yaml: cannot be read" in w for w in warnings), warnings

@@ -354,7 +354,7 @@ def test_val_file_equal_to_the_training_file_is_refused(tmp_path, verdict):
 # 9. A CPU run resumed with another thread count says that it will not resume exactly
 
 
-def test_resume_with_other_threads_warns(tmp_path, verdict):
+def test_resume_takes_the_runs_threads_or_says_what_other_ones_cost(tmp_path, verdict):
     from ..conftest import TINY_FLAGS
 
     run = tmp_path / "run"
@@ -364,12 +364,16 @@ def test_resume_with_other_threads_warns(tmp_path, verdict):
     obj = ckpt.load_checkpoint(rundir.list_step_checkpoints(run)[-1])
     assert obj["progress"]["threads"] == 1
     try:
-        res = invoke("resume", run, "--max-steps", "2", "--threads", "2")
+        torch.set_num_threads(2)  # what this process would use; the run's own count wins
+        res = invoke("resume", run, "--max-steps", "2")
+        assert res.exit_code == 0, res.output
+        assert torch.get_num_threads() == 1 and "resuming with the 1 CPU thread(s)" in res.output, res.output
+        res = invoke("resume", run, "--max-steps", "3", "--threads", "2")  # asked for: it wins, and its cost is said
     finally:
         torch.set_num_threads(1)
     assert res.exit_code == 0, res.output
-    warnings = [x for x in res.output.splitlines() if x.startswith("warning:") and "thread" in x]
-    assert len(warnings) == 1 and "pass --threads 1" in warnings[0], res.output
+    notes = [x for x in res.output.splitlines() if "thread" in x]
+    assert len(notes) == 1 and "pass --threads 1" in notes[0] and torch.get_num_threads() == 1, res.output
 
 
 # ---------------------------------------------------------------------------------------------
