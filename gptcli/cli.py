@@ -60,7 +60,7 @@ class _Group(TyperGroup):
         except GptCliError as e:
             if debug:
                 raise
-            _error(str(e), hint=e.hint)
+            _error(str(e), hint=e.hint, label=e.label)
             sys.exit(e.exit_code)
         except _NoArgsIsHelp as e:
             typer.echo(e.ctx.get_help(), err=True)
@@ -100,10 +100,10 @@ class _Group(TyperGroup):
         return rv
 
 
-def _error(message: str, *, hint: str | None = None) -> None:
+def _error(message: str, *, hint: str | None = None, label: str = "error") -> None:
     from gptcli import console
 
-    console.error(message)
+    console.error(message, label=label)
     if hint:
         console.hint(hint)
 

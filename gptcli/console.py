@@ -64,8 +64,10 @@ def warn(message: str) -> None:
     err_console().print(f"warning: {message}", style="yellow", markup=False, soft_wrap=True)
 
 
-def error(message: str) -> None:
-    err_console().print(f"error: {message}", style="bold red", markup=False, soft_wrap=True)
+def error(message: str, *, label: str = "error") -> None:
+    """The one line a failure ends with ("error: ..."), or a deliberate stop ("interrupted: ...")."""
+    style = "bold red" if label == "error" else "bold"
+    err_console().print(f"{label}: {message}", style=style, markup=False, soft_wrap=True)
 
 
 def hint(message: str) -> None:

@@ -9,6 +9,7 @@ class GptCliError(Exception):
 
     exit_code = 1
     hint: str | None = None
+    label = "error"  # the word the CLI's one line starts with ("error: ...")
 
     def __init__(self, *args: object, hint: str | None = None):
         super().__init__(*args)

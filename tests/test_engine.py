@@ -5,6 +5,7 @@ guard) reaches every kind."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from gptcli.errors import TrainingError, UsageError
 from gptcli.finetune.trainer import FinetuneConfig, FinetuneTrainer
 from gptcli.training import Interrupted
 
-from .conftest import run_gptcli
+from .conftest import VERDICT, run_gptcli
 from .finetune_helpers import book_model, save_base
 from .test_finetune_classify import write_csv
 
@@ -183,3 +184,20 @@ def test_every_config_file_gptcli_writes_is_a_valid_config_for_the_same_kind_of_
     (workdir / "bad.yaml").write_text("train:\n  text_field: body\n  data: [the-verdict.txt]\n", encoding="utf-8")
     bad = run_gptcli("train", "--config", "bad.yaml", "-o", "runs/bad", cwd=workdir)
     assert bad.returncode == 2 and "invalid text_field (--text-field) in bad.yaml 'body'" in bad.stderr
+
+
+def test_a_config_files_data_paths_are_found_beside_it_and_a_missing_one_says_where_it_looked(tmp_path, monkeypatch):
+    (tmp_path / "conf").mkdir()
+    shutil.copy(VERDICT, tmp_path / "conf" / "the-verdict.txt")
+    model = "model:\n  context_length: 12\n  emb_dim: 32\n  n_heads: 4\n  n_layers: 2\n"
+    (tmp_path / "conf" / "c.yaml").write_text(
+        model + "train:\n  data: [the-verdict.txt]\n  max_steps: 1\n  eval_iter: 1\n"
+    )
+    (tmp_path / "conf" / "m.yaml").write_text("train:\n  data: [missing.txt]\n")
+    ok = run_gptcli("train", "--config", "conf/c.yaml", "-o", "runs/a", "-q", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr  # found beside the config file, not in the current directory
+    bad = run_gptcli("train", "--config", "conf/m.yaml", "-o", "runs/b", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        f"error: conf/m.yaml: data 'missing.txt': not found, neither from the current directory ({tmp_path}) "
+        "nor beside the config file (conf)"
+    )

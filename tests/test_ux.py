@@ -370,7 +370,8 @@ def test_progress_bar_and_ctrl_c_in_a_terminal(tmp_path):
     ), out
     assert "nan" not in out
     assert "Ctrl-C: saving a checkpoint at the end of this step" in out
-    m = re.search(r"error: interrupted at step (\d+); saved (\S+); continue with: gptcli resume (\S+)", out)
+    # a deliberate stop is said as one, not as an error (issue 21)
+    m = re.search(r"interrupted: at step (\d+); saved (\S+); continue with: gptcli resume (\S+)", out)
     assert m, out
     # each evaluation's line scrolls by above the bar (issue 21: it used to vanish into the bar)
     assert re.search(r"ep 1 step 000000: train loss \d+\.\d{3}, val loss \d+\.\d{3}", out), out

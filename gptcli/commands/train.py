@@ -70,6 +70,8 @@ def resolve_train_configs(
         preset_layer = [(None, preset_values(file_preset, where))]
     model_given = {k: v for k, v in model_flags.items() if v is not None}
     train_given = {k: v for k, v in train_flags.items() if v is not None}
+    if config_file and "data" not in train_given:
+        _locate_config_paths(file_cfg["train"], Path(config_file))
     train_cfg = build_config(TrainConfig, (where, file_cfg["train"]), (None, train_given))
     # Absolute paths in the saved config, so that `resume` works from any directory.
     train_cfg.data = [_absolute_if_exists(p) for p in train_cfg.data]
@@ -90,6 +92,29 @@ def resolve_train_configs(
         return None, train_cfg, given
     model_cfg = build_config(ModelConfig, *preset_layer, (where, model_file), (None, model_given))
     return model_cfg, train_cfg, {**model_file, **model_given}
+
+
+def _locate_config_paths(section: dict[str, Any], config_file: Path) -> None:
+    """A config file's ``data`` and ``val_file``: a relative path is read from the current
+    directory, as a flag's is, or else from the config file's own directory; one that is in
+    neither is an error naming the file it came from and both places looked in."""
+    for key in ("data", "val_file"):
+        value = section.get(key)
+        paths = [value] if isinstance(value, str) else value
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            continue  # the validation layer reports the type
+        found = []
+        for p in paths:
+            if p == "-" or set("*?[") & set(p) or Path(p).is_absolute() or Path(p).exists():
+                found.append(p)
+            elif (config_file.parent / p).exists():
+                found.append(str(config_file.parent / p))
+            else:
+                raise UsageError(
+                    f"{config_file}: {key} {p!r}: not found, neither from the current directory "
+                    f"({Path.cwd()}) nor beside the config file ({display_path(config_file.parent)})"
+                )
+        section[key] = found if isinstance(value, list) else found[0]
 
 
 def _check_used(train_cfg: TrainConfig, *, given: dict[str, str | None]) -> None:
@@ -335,9 +360,9 @@ class _IntervalsNote(Callbacks):
 def _aborted(run_dir: Path) -> str:
     saved = rundir.list_step_checkpoints(run_dir)
     if not saved:
-        return "interrupted: stopped at once, before any checkpoint of this run was saved"
+        return "stopped at once, before any checkpoint of this run was saved"
     return (
-        f"interrupted: stopped at once, without saving; the last checkpoint is {saved[-1].name}: continue "
+        f"stopped at once, without saving; the last checkpoint is {saved[-1].name}: continue "
         f"with: gptcli resume {shell_path(run_dir)}"
     )
 

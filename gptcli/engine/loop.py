@@ -530,7 +530,7 @@ class Engine:
             if signum is not None:
                 path = self.save("interrupted")
                 raise Interrupted(
-                    f"interrupted at step {st.step}; saved {display_path(path)}; "
+                    f"at step {st.step}; saved {display_path(path)}; "
                     f"continue with: gptcli resume {shell_path(self.run_dir)}",
                     128 + signum,
                 )
@@ -585,7 +585,7 @@ class Engine:
         signum = self._stop_requested()
         if signum is not None and st.epoch < self.cfg.epochs:
             raise Interrupted(
-                f"interrupted after epoch {st.epoch}; continue with: gptcli resume {shell_path(self.run_dir)}",
+                f"after epoch {st.epoch}; continue with: gptcli resume {shell_path(self.run_dir)}",
                 128 + signum,
             )
 

@@ -56,7 +56,10 @@ def make_optimizer(model: torch.nn.Module, cfg: Any, device: torch.device) -> to
 
 
 class Interrupted(TrainingError):
-    """Raised after a clean stop on SIGINT/SIGTERM; the exit code is 128 + the signal."""
+    """Raised after a clean stop on SIGINT/SIGTERM; the exit code is 128 + the signal. A
+    deliberate stop is no error: the CLI's line says ``interrupted: ...``."""
+
+    label = "interrupted"
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)

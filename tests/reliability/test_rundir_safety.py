@@ -344,7 +344,8 @@ def test_second_ctrl_c_during_a_save_exits_130_and_leaves_no_temporary_file(work
         cwd=workdir, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 130, proc.stderr
-    assert one_error_line(proc.stderr).startswith("error: interrupted")
+    lines = [x for x in proc.stderr.splitlines() if x.strip() and not x.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: stopped at once"), proc.stderr  # issue 21
     assert "inline_container" not in proc.stderr and "enforce fail" not in proc.stderr
     d = workdir / "runs/c/checkpoints"
     assert not list(d.glob(".tmp-*")), "the interrupted save removed its temporary file"
