@@ -231,6 +231,7 @@ _WandbProject = Annotated[
     "paths",
     "epochs",
     "config",
+    "config_short",
     "print_config",
     "preset",
     "<model>",
@@ -258,8 +259,10 @@ def train(
     ] = None,
     config: Annotated[
         Optional[Path],
-        typer.Option("--config", "-c", metavar="FILE", help="YAML config; flags override it.", rich_help_panel=_TRAIN),
+        typer.Option("--config", metavar="FILE", help="YAML config; flags override it.", rich_help_panel=_TRAIN),
     ] = None,
+    # -c is --checkpoint in every other command; train's old -c (its --config) still works, said.
+    config_short: Annotated[Optional[Path], typer.Option("-c", metavar="FILE", hidden=True)] = None,
     print_config: Annotated[
         bool, typer.Option("--print-config", help="Show the resolved settings and exit.", rich_help_panel=_TRAIN)
     ] = False,
@@ -286,7 +289,9 @@ def train(
     **flags: Any,
 ) -> None:
     """Train a GPT model on text files (the book's chapter-5 training loop)."""
-    from gptcli.commands.train import train_command
+    from gptcli.commands.train import deprecated_config_flag, train_command
+
+    config = deprecated_config_flag(config, config_short)
 
     # Every ModelConfig/TrainConfig field with help metadata is a flag (see _train_options);
     # None means not given, so the config file's value or the default applies.

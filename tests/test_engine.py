@@ -5,6 +5,7 @@ guard) reaches every kind."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -201,3 +202,19 @@ def test_a_config_files_data_paths_are_found_beside_it_and_a_missing_one_says_wh
         f"error: conf/m.yaml: data 'missing.txt': not found, neither from the current directory ({tmp_path}) "
         "nor beside the config file (conf)"
     )
+
+
+def test_c_means_checkpoint_everywhere_and_trains_old_c_for_config_still_works_with_a_warning(workdir):
+    tiny = "model:\n  context_length: 12\n  emb_dim: 32\n  n_heads: 4\n  n_layers: 2\ntrain:\n  max_steps: 1\n"
+    (workdir / "c.yaml").write_text(tiny, encoding="utf-8")
+    help_text = run_gptcli("train", "--help", cwd=workdir).stdout
+    assert "--config" in help_text and not re.search(r"-c, --config|--config, -c", help_text)
+    old = run_gptcli(
+        "train", "the-verdict.txt", "-c", "c.yaml", "--eval-iter", "1", "-o", "runs/old", "-q", cwd=workdir
+    )
+    assert old.returncode == 0, old.stderr
+    assert old.stderr.strip() == (
+        "warning: -c is --checkpoint in every other gptcli command; for train's config file write --config FILE"
+    )
+    both = run_gptcli("train", "the-verdict.txt", "-c", "c.yaml", "--config", "c.yaml", "-o", "runs/both", cwd=workdir)
+    assert both.returncode == 2 and both.stderr.startswith("error: give the config file once")

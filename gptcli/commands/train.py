@@ -205,6 +205,17 @@ def _init_weights(train_cfg: TrainConfig, given_model: dict[str, Any]):
 # The commands
 
 
+def deprecated_config_flag(config: Path | None, short: Path | None) -> Path | None:
+    """train's old ``-c FILE`` (``-c`` is ``--checkpoint`` in every other command): still taken,
+    with a warning that names the flag to write."""
+    if short is None:
+        return config
+    if config is not None:
+        raise UsageError("give the config file once, as --config FILE")
+    console.warn("-c is --checkpoint in every other gptcli command; for train's config file write --config FILE")
+    return short
+
+
 def train_command(
     *,
     config_file: Path | None = None,
