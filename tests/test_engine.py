@@ -218,3 +218,9 @@ def test_c_means_checkpoint_everywhere_and_trains_old_c_for_config_still_works_w
     )
     both = run_gptcli("train", "the-verdict.txt", "-c", "c.yaml", "--config", "c.yaml", "-o", "runs/both", cwd=workdir)
     assert both.returncode == 2 and both.stderr.startswith("error: give the config file once")
+
+
+def test_every_kind_of_run_keeps_the_same_number_of_checkpoints_by_default():
+    from gptcli.config import TrainConfig
+
+    assert FinetuneConfig(kind="instruct", data="d", init="m").keep_last == TrainConfig().keep_last == 2

@@ -153,7 +153,7 @@ class FinetuneConfig:
         help="Also save every N steps, every N tokens (50M) or every DURATION (30m: wall time, so a "
         "resumed run saves at other steps).",
     )
-    keep_last: int = shared_field("keep_last", default=3, help="Step checkpoints to keep (the oldest are deleted).")
+    keep_last: int = shared_field("keep_last", help="Step checkpoints to keep (the oldest are deleted).")
     sample_tokens: int = field(default=50, metadata={"kinds": ("instruct",)})  # the epoch's sample
 
     def __post_init__(self) -> None:
