@@ -1,5 +1,6 @@
-"""Property-based fuzzing: random values of every type for every config key, and random flag
-values for ``sample`` and ``eval``. Whatever the input, gptcli answers with exit 0, 1 or 2, at most
+"""Property-based fuzzing: random values of every type for every config key (train's and the
+finetunes'), and random flag values for ``sample`` (one prompt or several), ``eval`` (and its
+``--task``), ``prepare``, ``finetune`` and ``classify``. Whatever the input, gptcli answers with exit 0, 1 or 2, at most
 three lines on stderr, and never a traceback.
 
 Runs in-process through typer's CliRunner (stderr captured on its own) with a bounded number of
@@ -29,6 +30,8 @@ from gptcli.commands.train import resolve_train_configs
 from gptcli.config import ModelConfig, TrainConfig, flag_fields
 from gptcli.device import resolve_device
 from gptcli.errors import GptCliError
+from gptcli.finetune.config import FinetuneConfig
+from gptcli.finetune.config import flag_fields as ft_flag_fields
 from gptcli.model import GPT
 from gptcli.tokenizer import encode
 
@@ -250,3 +253,87 @@ def test_sample_flags(tiny, flags):
 )
 def test_eval_flags(tiny, flags):
     check_cli(run("eval", str(tiny[1]), "--checkpoint", str(tiny[0]), "--quiet", *[a for f in flags for a in f]))
+
+
+# ------------------------------------------------------------------------------------------
+# The newer commands (issue 21): prepare, the finetunes' flags and config keys, classify,
+# eval --task and sample with several prompts
+
+
+@fuzz(60)
+@given(
+    flags=st.tuples(
+        option("--shard-size", INTS | st.sampled_from(["100M", "30m", "1e6", "1_000", "2b", "0", "-1"])),
+        option("--val-tokens", INTS | st.sampled_from(["1k", "10m", "1e3"])),
+        option("--val-ratio", FLOATS),
+        option("--format", st.sampled_from(["auto", "txt", "jsonl", "csv", "parquet", "", "x"])),
+        option("--text-field", st.text(max_size=6)),
+        option("--encoding-errors", st.sampled_from(["strict", "replace", "", "x"])),
+        option("--threads", INTS),
+        st.sampled_from([[], ["--json"]]),
+    )
+)
+def test_prepare_flags(tiny, scratch, flags):
+    out = tempfile.mkdtemp(dir=scratch, prefix="shards-")
+    check_cli(run("prepare", str(tiny[1]), "-o", out, "--quiet", *[a for f in flags for a in f]))
+
+
+FINETUNE_KEYS = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in ("kind",)]
+FT_FLAGS = sorted({"--" + f.name.replace("_", "-") for kind in ("instruct", "classify") for f in ft_flag_fields(kind)})
+
+
+@fuzz(80)
+@given(
+    kind=st.sampled_from(["instruct", "classify"]),
+    flags=st.lists(st.tuples(st.sampled_from(FT_FLAGS), WORDS | st.text(max_size=8) | INTS | FLOATS), max_size=3),
+)
+def test_finetune_flag_values(scratch, kind, flags):
+    """Every finetune flag's values are checked before any model is read: a base that does not
+    exist is the error a valid set of flags ends in, after all of them passed."""
+    data = scratch / "ft.json"
+    data.write_text('[{"instruction": "a", "input": "", "output": "b"}]', encoding="utf-8")
+    args = [a for pair in flags for a in pair]
+    check_cli(run("finetune", kind, str(data), "--init", str(scratch / "no-base.pth"), "-q", *args))
+
+
+@fuzz(80)
+@given(
+    kind=st.sampled_from(["instruct", "classify"]),
+    values=st.dictionaries(st.sampled_from(FINETUNE_KEYS), VALUES, max_size=3),
+)
+def test_finetune_config_keys(scratch, kind, values):
+    path = scratch / "ft.yaml"
+    path.write_text(yaml.safe_dump({"finetune": {"init": str(scratch / "no-base.pth"), "data": "x.json", **values}}))
+    check_cli(run("finetune", kind, "--config", str(path), "-q"))
+
+
+@fuzz(40)
+@given(
+    texts=st.lists(st.text(max_size=12), max_size=3),
+    flags=st.sampled_from([[], ["--json"], ["--file", "missing.txt"], ["--file", ""]]),
+)
+def test_classify_flags(tiny, texts, flags):
+    check_cli(run("classify", "-c", str(tiny[0]), *flags, "--", *texts))
+
+
+@fuzz(40)
+@given(
+    task=option("--task", st.sampled_from(["loss", "hellaswag", "", "x", "HellaSwag"])),
+    flags=st.sampled_from([[], ["--json"], ["--stride", "4"], ["--stride", "0"], ["--split", "test"]]),
+)
+def test_eval_task_flags(tiny, task, flags):
+    check_cli(run("eval", str(tiny[1]), "--checkpoint", str(tiny[0]), "--quiet", *task, *flags))
+
+
+@fuzz(40)
+@given(
+    prompts=st.lists(st.text(max_size=8), min_size=2, max_size=4),
+    flags=st.tuples(
+        option("--num-samples", st.integers(-1, 2).map(str)),
+        option("--max-new-tokens", st.integers(0, 3).map(str)),
+        st.sampled_from([[], ["--json"], ["--temperature", "1", "--seed", "1"]]),
+    ),
+)
+def test_sample_with_several_prompts(tiny, prompts, flags):
+    args = [a for p in prompts for a in ("--prompt", p)]
+    check_cli(run("sample", "--checkpoint", str(tiny[0]), "--quiet", *args, *[a for f in flags for a in f]))
