@@ -55,3 +55,25 @@ def test_the_latest_run_of_a_kind_and_the_latest_unfinished(runs):
     assert Run.latest_unfinished(runs) is None  # every one reached its budget
     assert Run.latest_unfinished(runs, length={"max_steps": 9}).path.name == "classify-lora-stopped"
     assert [r.path.name for r in Run.all(runs)] == list(RUNS)
+
+
+def test_runs_and_info_agree_on_an_interrupted_runs_step_and_tokens(runs, monkeypatch):
+    """An interrupted run saves between evaluations: `runs` shows where `resume` goes on from,
+    the newest checkpoint's step and tokens, as `info` does (issue 21)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from gptcli.cli import app
+
+    run = runs / "lm-stopped"
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("max_steps: 3", "max_steps: null"))  # no budget: interrupted
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # the last evaluation was not logged
+    monkeypatch.chdir(runs.parent)
+    listed = json.loads(CliRunner().invoke(app, ["runs", "--json"]).stdout)
+    row = next(r for r in listed if r["run"].endswith("lm-stopped"))
+    info = json.loads(CliRunner().invoke(app, ["info", str(run), "--json"]).stdout)
+    assert row["status"] == "interrupted"
+    assert (row["step"], row["tokens_seen"]) == (info["step"], info["tokens_seen"]) == (3, 96)

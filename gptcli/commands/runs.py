@@ -223,6 +223,11 @@ def runs_command(root: Path | None = None, *, json_out: bool = False) -> list[di
         r["kind"] = run.kind
         r["stopped_by"] = _run_stopped_by(run.path) if (r["epochs_done"] or 0) < (r["epochs"] or 0) else None
         r["status"] = _status(r, run.path)
+        if r["status"] == "interrupted" and run.newest is not None:
+            # where resume goes on from, as `info` says: the newest checkpoint's step and tokens,
+            # not the last evaluation's (an interrupted run saves between evaluations)
+            progress = run.newest[1]["progress"]
+            r["step"], r["tokens_seen"] = int(progress["step"]), int(progress.get("tokens_seen", 0))
     for w in warnings:  # an unreadable or malformed file: its run still shows, with '-' fields
         console.warn(w)
     if json_out:
