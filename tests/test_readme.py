@@ -211,3 +211,12 @@ def test_readme_commands_run(tmp_path, monkeypatch, _isolated_home):
     assert any(c.startswith("gptcli train") for c in ran) and any(c.startswith("gptcli sample") for c in ran)
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "runs" / "verdict" / "config.yaml").exists()
+
+
+def test_the_first_screen_puts_gptcli_on_the_path_and_gives_one_time_for_the_books_run():
+    """Issue 21: the hints gptcli prints (`continue with: gptcli resume RUN`) must work in the
+    reader's shell, and the README gave three times for the same run."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    first = text.split("## Quick tour")[0]
+    assert "source .venv/bin/activate" in first
+    assert "15–30 minutes" not in text and "about 9\nminutes on the 2-core AMD EPYC" in first
