@@ -47,7 +47,12 @@ def full_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
 
 
 def load_full_state_dict(
-    model: torch.nn.Module, model_sd: dict, optimizer: torch.optim.Optimizer | None = None, optim_sd: dict | None = None
+    model: torch.nn.Module,
+    model_sd: dict,
+    optimizer: torch.optim.Optimizer | None = None,
+    optim_sd: dict | None = None,
+    *,
+    strict: bool = True,
 ) -> None:
     """Load an unsharded state dict (from ``full_state_dict`` or an ordinary checkpoint, saved at
     any world size) into a sharded model and its optimizer. Collective: rank 0 passes the dicts
@@ -55,7 +60,7 @@ def load_full_state_dict(
     broadcast replaces the dicts' values by this rank's shards: pass copies to keep the originals."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
-    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=strict)
     set_model_state_dict(model, model_sd, options=opts)
     if optimizer is not None and optim_sd is not None:
         set_optimizer_state_dict(model, optimizer, optim_sd, options=opts)

@@ -102,3 +102,22 @@ def test_an_fsdp_run_stopped_and_resumed_under_fsdp_equals_an_uninterrupted_one(
         assert all(torch.equal(state[k], cut["optimizer_state_dict"]["state"][i][k]) for k in state)
     # the same losses, the cut run's extra evaluation where its budget stopped it aside
     assert evals(workdir / "runs/full") == [e for e in evals(workdir / "runs/cut") if e[0] != 5]
+
+
+@pytest.mark.slow
+def test_a_lora_finetune_under_fsdp_equals_one_process_and_resumes_under_fsdp(workdir):
+    """The engine's --fsdp reaches the finetunes: a LoRA classifier (frozen base, adapters and a
+    new head) sharded over 2 gloo processes logs one process's losses, and resumes sharded."""
+    from .finetune_helpers import book_model, save_base
+    from .test_finetune_classify import write_csv
+
+    write_csv(workdir / "sms.csv", n=40)
+    save_base(book_model(), workdir / "base.pth")
+    args = ["finetune", "classify", "sms.csv", "--init", "base.pth", "--device", "cpu", "--lora-rank", "2",
+            "--eval-freq", "1", "--eval-iter", "1", "--batch-size", "4", "-q"]  # fmt: skip
+    one_line_error(run_gptcli(*args, "--fsdp", "-o", "runs/no", cwd=workdir), "--fsdp", "torchrun --nproc_per_node=N")
+    run_gptcli(*args, "--max-steps", "4", "-o", "runs/one", cwd=workdir, check=True)
+    torchrun(*args, "--fsdp", "--max-steps", "2", "-o", "runs/sharded", cwd=workdir)
+    torchrun("resume", "runs/sharded", "--max-steps", "4", "-q", cwd=workdir)
+    assert last_checkpoint(workdir / "runs/sharded")["world_size"] == 2
+    close(evals(workdir / "runs/sharded"), evals(workdir / "runs/one"))

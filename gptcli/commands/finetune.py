@@ -174,6 +174,10 @@ def finetune_command(
         cfg_kwargs["template"] = Template.from_file(template_file).text
     cfg = finetune_settings(cfg_kwargs, config_file)
     check_loggers(tensorboard=tensorboard, wandb=wandb, wandb_project=wandb_project)
+    if cfg.fsdp:  # as train's: a new --fsdp run needs torchrun (a resumed one may go on in one process)
+        from gptcli.distributed import require_torchrun
+
+        require_torchrun("--fsdp")
     _set_threads(threads)
     run_dir = out or rundir.default_run_dir([cfg.data])
     lock = rundir.claim_new_run_dir(run_dir)

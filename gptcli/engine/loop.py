@@ -180,13 +180,14 @@ class Engine:
         if self.fsdp:
             # An ordinary checkpoint, saved at any world size, with or without --fsdp: each rank
             # keeps its shards of it (of copies: the load replaces the dicts' values by shards).
-            full = {**self.model.state_dict(), **obj["model_state_dict"]} if self.task.partial_state else None
-            state = dict(full if full is not None else obj["model_state_dict"])
-            if full is None:
+            # A LoRA run's checkpoint holds only the adapters and the new head: the rest is the
+            # base the task already loaded, so only those tensors are set (strict off).
+            state = dict(obj["model_state_dict"])
+            if not self.task.partial_state:
                 ckpt.check_state_fits(self.model_cfg, state, "checkpoint")
             if optim_sd is not None:
                 optim_sd = fsdp.optimizer_state_by_name(self.model, self.optimizer, optim_sd)
-            fsdp.load_full_state_dict(self.model, state, self.optimizer, optim_sd)
+            fsdp.load_full_state_dict(self.model, state, self.optimizer, optim_sd, strict=not self.task.partial_state)
         else:
             self.task.load_state(self.model, obj["model_state_dict"], source="checkpoint")
             if optim_sd is not None:
