@@ -212,7 +212,7 @@ def prepare_data(
         if not all(shards.is_shard_input(p) for p in cfg.data):
             raise DataError("the training data mixes token shards (.bin) with text files; give one kind")
         train_ids, val_ids, fingerprint, sampled = shards.run_tokens(cfg.data, cfg.val_file)
-        data = _run_data(model_cfg, cfg, train_ids, val_ids, fingerprint)
+        data = _run_data(model_cfg, cfg, train_ids, val_ids, fingerprint, from_shards=True)
         data.also_accepted = (sampled,)
         return data
     fmt = input_format(cfg.format)
@@ -246,7 +246,9 @@ def prepare_data(
     return _run_data(model_cfg, cfg, train_ids, val_ids, fingerprint)
 
 
-def _run_data(model_cfg: ModelConfig, cfg: TrainConfig, train_ids, val_ids, fingerprint: str) -> RunData:
+def _run_data(
+    model_cfg: ModelConfig, cfg: TrainConfig, train_ids, val_ids, fingerprint: str, *, from_shards: bool = False
+) -> RunData:
     T = model_cfg.context_length
     stride = cfg.stride or T
     train = TokenWindows(train_ids, T, stride)
@@ -259,8 +261,12 @@ def _run_data(model_cfg: ModelConfig, cfg: TrainConfig, train_ids, val_ids, fing
         )
     if len(val) < 1:
         where = cfg.val_file or f"the last {cfg.val_ratio:g} of the text"
+        fix = "raise --val-ratio or lower --context-length"
+        if from_shards:  # token shards: their val_*.bin are the validation set (--val-ratio is prepare's)
+            where = f"the val_*.bin shards of {cfg.data[0]}"
+            fix = "lower --context-length, or prepare the corpus again with more --val-tokens"
         raise DataError(
             f"validation text too short: {where} has {len(val_ids)} tokens, need at least {T + 1} "
-            f"for one window of {T} tokens (raise --val-ratio or lower --context-length)"
+            f"for one window of {T} tokens ({fix})"
         )
     return RunData(train, val, len(train_ids), len(val_ids), fingerprint)

@@ -70,6 +70,9 @@ def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         try:
             dist.barrier()
+        except RuntimeError as e:  # a peer is gone: the error that said so is the one to report
+            if not peer_lost(e):
+                raise
         finally:
             dist.destroy_process_group()
 
@@ -95,3 +98,12 @@ def all_reduce_sum_int(value: int, device: torch.device) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(t)
     return int(t.item())
+
+
+# What gloo and NCCL say when a collective fails because another process of the run is gone.
+_PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "communicator was aborted")
+
+
+def peer_lost(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that failed because another torchrun process stopped."""
+    return isinstance(e, RuntimeError) and any(s in str(e) for s in _PEER_LOST)

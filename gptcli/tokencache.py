@@ -126,6 +126,11 @@ def safe_cut(text: str, limit: int) -> int | None:
     return None
 
 
+# The longest stretch without a safe cut (``safe_cut``) that is tokenized whole: encoding takes
+# about 50 bytes of memory a character, so this bounds it near 1 GB.
+MAX_UNCUT_CHARS = 1 << 24
+
+
 def iter_chunks(pieces: Iterable[str], chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
     """Regroup a stream of text into chunks of about ``chunk_chars`` cut only at ``safe_cut``
     points, so encoding each chunk and concatenating gives the encoding of the whole stream.
@@ -140,6 +145,12 @@ def iter_chunks(pieces: Iterable[str], chunk_chars: int = CHUNK_CHARS) -> Iterat
         while len(buf) > search_from:
             cut = safe_cut(buf, search_from)
             if cut is None:
+                if search_from >= MAX_UNCUT_CHARS:  # memory stays bounded: refuse, never cut unsafely
+                    raise DataError(
+                        f"the text runs for over {MAX_UNCUT_CHARS:,} characters with no line break or space between "
+                        "words; gptcli tokenizes long text in pieces cut there (whole, such a run would take "
+                        "about 50 times its size in memory): break it up"
+                    )
                 search_from *= 2  # nothing safe yet: look further, then wait for more text
                 continue
             yield buf[:cut]

@@ -154,3 +154,29 @@ def test_standard_input_is_refused_under_torchrun_with_one_clear_error(workdir):
     assert len(errors) == 1 and "'-' (standard input) cannot feed a multi-process run" in errors.pop(), proc.stderr
     # torchrun reports the failed workers with a traceback of its own; none comes from gptcli
     assert "/gptcli/" not in "".join(line for line in proc.stderr.splitlines() if line.lstrip().startswith("File "))
+
+
+def test_the_survivor_of_a_killed_rank_says_so_in_one_line(tmp_path):
+    """Issue 21: when one torchrun process dies, the others' collectives fail with gloo's (or
+    NCCL's) RuntimeError; the engine turns it into one line that says what happened."""
+    from types import SimpleNamespace
+
+    from gptcli import distributed
+    from gptcli.engine.loop import Engine
+    from gptcli.errors import TrainingError
+
+    gloo = RuntimeError(
+        "[../third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:1: Connection reset by peer"
+    )
+    assert distributed.peer_lost(gloo) and not distributed.peer_lost(RuntimeError("shape mismatch"))
+
+    def engine(error):
+        def fail():
+            raise error
+
+        return SimpleNamespace(_fit=fail, dist=SimpleNamespace(enabled=True), run_dir=tmp_path / "runs/x")
+
+    with pytest.raises(TrainingError, match=r"^another process of this torchrun run stopped \(.*Connection reset"):
+        Engine.fit(engine(gloo))
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # any other error is not dressed up as one
+        Engine.fit(engine(RuntimeError("shape mismatch")))

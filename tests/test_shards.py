@@ -207,3 +207,21 @@ def test_training_data_from_shards_and_from_jsonl_equal_the_text_path(tmp_path, 
     (tmp_path / "s" / "val_000000.bin").unlink()
     with pytest.raises(DataError, match=r"no val shards"):
         prepare_data(tiny_cfg, TrainConfig(data=[str(tmp_path / "s")], batch_size=2))
+
+
+def test_a_tiny_nanogpt_val_bin_says_how_to_get_more_validation_tokens(tmp_path):
+    """Issue 21: the error asked to "raise --val-ratio", which a run on shards refuses."""
+    import numpy as np
+
+    from gptcli.config import ModelConfig, TrainConfig
+    from gptcli.data import prepare_data
+    from gptcli.errors import DataError
+
+    rng = np.random.default_rng(0)
+    rng.integers(0, 50257, 500, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    rng.integers(0, 50257, 5, dtype=np.uint16).tofile(tmp_path / "val.bin")  # shorter than one window
+    cfg = TrainConfig(data=[str(tmp_path)], batch_size=2)
+    with pytest.raises(DataError) as e:
+        prepare_data(ModelConfig(context_length=16, emb_dim=32, n_heads=4, n_layers=2), cfg)
+    assert "val_*.bin shards" in str(e.value) and "--val-tokens" in str(e.value)
+    assert "raise --val-ratio" not in str(e.value)

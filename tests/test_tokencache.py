@@ -249,3 +249,16 @@ def test_concurrent_builders_tokenize_once(tmp_path, monkeypatch):
     assert sorted(r.built for r in results) == [False, False, False, True]
     assert len(calls) == one_build > 1
     assert all(np.array_equal(r.tokens, results[0].tokens) for r in results)
+
+
+def test_a_run_of_text_with_no_place_to_cut_is_refused_not_held_whole(monkeypatch):
+    """Issue 21: a 30 MB single-word line took 1.5 GB in prepare; past MAX_UNCUT_CHARS without a
+    safe cut, tokenizing stops with one line instead of holding it all."""
+    from gptcli import tokencache
+    from gptcli.errors import DataError
+
+    monkeypatch.setattr(tokencache, "MAX_UNCUT_CHARS", 4000)
+    with pytest.raises(DataError, match="no line break or space between words"):
+        list(tokencache.iter_chunks(["x" * 3000, "y" * 3000, "z" * 3000], chunk_chars=500))
+    text = "word " * 2000  # ordinary text is cut as always, and encodes as a whole
+    assert "".join(tokencache.iter_chunks([text], chunk_chars=500)) == text

@@ -410,6 +410,14 @@ class Engine:
                 "use a smaller --batch-size (with --grad-accum to keep the effective batch), a shorter "
                 "--context-length, or --precision bf16"
             ) from None
+        except RuntimeError as e:
+            if not (self.dist.enabled and distributed.peer_lost(e)):
+                raise
+            # The survivor of a rank that was killed: one line, not gloo's or NCCL's traceback.
+            raise TrainingError(
+                f"another process of this torchrun run stopped ({str(e).splitlines()[0][:160]}), so this one stops "
+                f"too; its last checkpoint is intact: continue with: gptcli resume {shell_path(self.run_dir)}"
+            ) from None
 
     def _fit(self) -> Progress:
         pending = self.state.sample_pending
