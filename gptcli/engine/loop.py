@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +33,7 @@ from gptcli import distributed, fsdp, fused_loss, rundir
 from gptcli.callbacks import Callbacks
 from gptcli.data import batches_of, loader_iter_seed, permutation
 from gptcli.device import autocast_for, resolve_device, threads_requested
-from gptcli.engine.parts import Interrupted, NonFiniteGuard, make_optimizer, update_best
+from gptcli.engine.parts import Interrupted, NonFiniteGuard, check_disk_space, make_optimizer, update_best
 from gptcli.engine.progress import Progress
 from gptcli.engine.schedule import Every, budget_reached, format_duration, lr_at, planned_steps, stopped_message
 from gptcli.errors import SaveError, TrainingError, UsageError
@@ -636,7 +635,7 @@ class Engine:
         """Write the resolved config, and cut metrics.jsonl back to what the checkpoint knows."""
         if not self.dist.is_main:
             return
-        self._check_disk_space()
+        check_disk_space(self)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         rundir.remove_stale_temporaries(rundir.checkpoint_dir(self.run_dir))
         self.task.write_config(self)
@@ -645,36 +644,6 @@ class Engine:
             self._rebuild_metrics()
         if self.metrics.lines != self.state.metrics_lines:
             self.metrics.truncate(self.state.metrics_lines)
-
-    def _check_disk_space(self) -> None:
-        """Refuse to start when the disk cannot take one checkpoint, before any epoch's work is at
-        risk (the size is known from the model and optimizer); warn when it cannot take all the
-        checkpoints the run keeps."""
-        if self.fsdp:  # shards have no storage of the whole tensor to measure: weights + 2 moments
-            size = ckpt.with_margin(3 * sum(p.numel() * p.element_size() for p in self.model.parameters()))
-        else:
-            size = ckpt.estimate_training_checkpoint(self.model, self.optimizer)
-        where = self.run_dir
-        while not where.exists() and where != where.parent:
-            where = where.parent
-        try:
-            ckpt.check_free_space(where, size, "one checkpoint of this model")
-        except SaveError as e:
-            raise SaveError(f"{e}; nothing was trained: free some space first") from None
-        try:
-            free = shutil.disk_usage(where).free
-        except OSError:
-            return
-        have = len(rundir.list_step_checkpoints(self.run_dir))
-        # The newest --keep-last, the one being written before the oldest goes, and best.pth,
-        # which can keep a rotated-out checkpoint alive.
-        peak = max(1, self.cfg.keep_last + 2 - have)
-        if free < peak * size:
-            self.cb.warn(
-                f"{ckpt.format_bytes(free)} free in {where} holds {free // size} checkpoint(s) of "
-                f"{ckpt.format_bytes(size)}; this run may need {peak} more (--keep-last {self.cfg.keep_last}, "
-                "the save in progress and best.pth): a later save may fail for lack of space"
-            )
 
     def _rebuild_metrics(self) -> None:
         """Resumed without metrics.jsonl: write it again from the checkpoint's history (every

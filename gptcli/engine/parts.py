@@ -4,14 +4,16 @@ best.pth, and the exception a clean stop raises."""
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gptcli import checkpoint as ckpt
 from gptcli import rundir
-from gptcli.errors import TrainingError, os_error_reason
+from gptcli.errors import SaveError, TrainingError, os_error_reason
 
 
 def update_best(
@@ -122,3 +124,34 @@ class NonFiniteGuard:
             )
             raise TrainingError(f"non-finite loss at {where}; no checkpoint written for it{hint}")
         self.warn(f"skipped non-finite loss at {where}")
+
+
+def check_disk_space(engine: Any) -> None:
+    """Refuse to start when the disk cannot take one checkpoint, before any epoch's work is at
+    risk (the size is known from the model and optimizer); warn when it cannot take all the
+    checkpoints the run keeps."""
+    if engine.fsdp:  # shards have no storage of the whole tensor to measure: weights + 2 moments
+        size = ckpt.with_margin(3 * sum(p.numel() * p.element_size() for p in engine.model.parameters()))
+    else:
+        size = ckpt.estimate_training_checkpoint(engine.model, engine.optimizer)
+    where = engine.run_dir
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        ckpt.check_free_space(where, size, "one checkpoint of this model")
+    except SaveError as e:
+        raise SaveError(f"{e}; nothing was trained: free some space first") from None
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return
+    have = len(rundir.list_step_checkpoints(engine.run_dir))
+    # The newest --keep-last, the one being written before the oldest goes, and best.pth,
+    # which can keep a rotated-out checkpoint alive.
+    peak = max(1, engine.cfg.keep_last + 2 - have)
+    if free < peak * size:
+        engine.cb.warn(
+            f"{ckpt.format_bytes(free)} free in {where} holds {free // size} checkpoint(s) of "
+            f"{ckpt.format_bytes(size)}; this run may need {peak} more (--keep-last {engine.cfg.keep_last}, "
+            "the save in progress and best.pth): a later save may fail for lack of space"
+        )
