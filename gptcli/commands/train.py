@@ -45,6 +45,7 @@ def resolve_train_configs(
     preset: str | None,
     model_flags: dict[str, Any],
     train_flags: dict[str, Any],
+    check_paths: bool = True,
 ) -> tuple[ModelConfig | None, TrainConfig, dict[str, Any]]:
     """Defaults, then the config file, then flags given on the command line.
 
@@ -71,7 +72,7 @@ def resolve_train_configs(
     model_given = {k: v for k, v in model_flags.items() if v is not None}
     train_given = {k: v for k, v in train_flags.items() if v is not None}
     if config_file and "data" not in train_given:
-        _locate_config_paths(file_cfg["train"], Path(config_file))
+        _locate_config_paths(file_cfg["train"], Path(config_file), strict=check_paths)
     train_cfg = build_config(TrainConfig, (where, file_cfg["train"]), (None, train_given))
     # Absolute paths in the saved config, so that `resume` works from any directory.
     train_cfg.data = [_absolute_if_exists(p) for p in train_cfg.data]
@@ -94,14 +95,18 @@ def resolve_train_configs(
     return model_cfg, train_cfg, {**model_file, **model_given}
 
 
-def _locate_config_paths(section: dict[str, Any], config_file: Path) -> None:
+def _locate_config_paths(section: dict[str, Any], config_file: Path, *, strict: bool = True) -> None:
     """A config file's ``data`` and ``val_file``: a relative path is read from the current
     directory, as a flag's is, or else from the config file's own directory; one that is in
     neither is an error naming the file it came from and both places looked in."""
     for key in ("data", "val_file"):
         value = section.get(key)
         paths = [value] if isinstance(value, str) else value
-        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        if (
+            not isinstance(paths, list)
+            or not all(isinstance(p, str) for p in paths)
+            or (key == "val_file" and paths is value)
+        ):
             continue  # the validation layer reports the type
         found = []
         for p in paths:
@@ -109,6 +114,8 @@ def _locate_config_paths(section: dict[str, Any], config_file: Path) -> None:
                 found.append(p)
             elif (config_file.parent / p).exists():
                 found.append(str(config_file.parent / p))
+            elif not strict:  # --print-config: the settings, whether or not the data is here yet
+                found.append(p)
             else:
                 raise UsageError(
                     f"{config_file}: {key} {p!r}: not found, neither from the current directory "
@@ -233,7 +240,11 @@ def train_command(
     console.set_quiet(quiet)
     _set_threads(threads)
     model_cfg, train_cfg, given_model = resolve_train_configs(
-        config_file=config_file, preset=preset, model_flags=model_flags or {}, train_flags=train_flags or {}
+        config_file=config_file,
+        preset=preset,
+        model_flags=model_flags or {},
+        train_flags=train_flags or {},
+        check_paths=not print_config,
     )
     init_state = None
     if train_cfg.init:
