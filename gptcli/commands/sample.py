@@ -314,18 +314,9 @@ def interactive_sample(
         if not prompt.strip():
             continue
         if prompt.startswith("/"):
-            word, _, value = prompt[1:].strip().partition(" ")
-            key = word.replace("-", "_")
-            if key in ("quit", "exit", "q"):
+            settings = _slash_command(prompt, settings)
+            if settings is None:
                 return done
-            if key in ("help", "h", "?"):
-                console.info(_INTERACTIVE_HELP)
-            elif key == "settings":
-                console.info(", ".join(f"{k.replace('_', '-')} {_shown(getattr(settings, k))}" for k in _SETTINGS))
-            elif key in _SETTINGS:
-                settings = _apply_setting(settings, word, value)
-            else:
-                console.warn(f"unknown command /{word}; /help lists them")
             continue
         if template is not None:  # the response alone, printed whole (it is cut out of the text)
             try:
@@ -355,6 +346,23 @@ def interactive_sample(
         else:
             console.print_result(prompt + decode(state["ids"]))
         done += 1
+
+
+def _slash_command(line: str, settings: SampleConfig) -> SampleConfig | None:
+    """``sample -i``'s ``/command``: the settings it leaves (None for /quit)."""
+    word, _, value = line[1:].strip().partition(" ")
+    key = word.replace("-", "_")
+    if key in ("quit", "exit", "q"):
+        return None
+    if key in ("help", "h", "?"):
+        console.info(_INTERACTIVE_HELP)
+    elif key == "settings":
+        console.info(", ".join(f"{k.replace('_', '-')} {_shown(getattr(settings, k))}" for k in _SETTINGS))
+    elif key in _SETTINGS:
+        return _apply_setting(settings, word, value)
+    else:
+        console.warn(f"unknown command /{word}; /help lists them")
+    return settings
 
 
 # ---------------------------------------------------------------------------------------------
