@@ -15,7 +15,7 @@ $(BIN)/gptcli: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,serve,export,eval]"
 	# The book's own code, as the independent reference in tests and benchmarks. Its declared
 	# dependencies (TensorFlow, JupyterLab) are not needed for the parts we call.
 	$(BIN)/pip install -q --no-deps llms-from-scratch==1.0.19
