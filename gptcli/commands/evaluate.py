@@ -88,6 +88,8 @@ def eval_command(s: EvalSettings) -> dict[str, Any]:
     the loss and perplexity of the text files, printed as a table or JSON and returned."""
     console.set_quiet(s.quiet)
     set_threads(s.threads)
+    if s.judge:
+        return judge_command(s)
     if s.split is not None:
         return finetune_split_command(s.checkpoint, s.split, device=s.device, json_out=s.json_out)
     paths, checkpoint, model, device, stride = s.paths, s.checkpoint, s.model, s.device, s.stride
@@ -143,3 +145,128 @@ def eval_command(s: EvalSettings) -> dict[str, Any]:
     head = ["checkpoint", "method", "tokens", "loss", "perplexity"]
     row = [str(loaded.path), res.method, f"{res.tokens:,}", f"{res.loss:.4f}", f"{res.perplexity:.2f}"]
     return _print_result(result, head, row, json_out=s.json_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# eval --judge: the book's LLM-as-judge (section 7.8), gptcli.judge
+
+
+def judge_command(s: EvalSettings) -> dict[str, Any]:
+    """Score an instruct run's answers (its test split, answered by the run, or ``--responses
+    FILE``) with the judge, and print the book's two lines: the count of integer scores and their
+    average. Each verdict goes to a JSON Lines file beside the run as it arrives, so a run that
+    stops (Ctrl-C, a judge gone) goes on where it stopped when started again."""
+    from gptcli import judge as jd
+
+    judge = s.judge_client()
+    if s.responses is not None:
+        records, source = jd.read_responses(s.responses), s.responses
+        run = _judged_run(s.checkpoint) if s.checkpoint is not None else None
+        name = f"judge-{_file_word(judge.model)}"
+        out = run / "eval" / f"{name}-{source.stem}.jsonl" if run else source.with_name(f"{source.stem}.{name}.jsonl")
+    else:
+        source = _run_test_responses(s)
+        records = jd.read_responses(source)
+        out = source.parent / f"judge-{_file_word(judge.model)}.jsonl"
+    console.info(f"judging {len(records)} responses with {judge.model} at {judge.endpoint}; verdicts in {out}")
+    kept = 0
+
+    def on_verdict(i: int, verdict: dict[str, Any]) -> None:
+        nonlocal kept
+        kept += 1
+        prog.advance(task)
+        if verdict["score"] is None:
+            console.warn(f"record {i}: Could not convert score: {verdict['reply']}")  # the book's words
+
+    def on_resume(n: int) -> None:
+        nonlocal kept
+        kept = n
+        console.info(f"resuming: {n} of {len(records)} already judged in {out}")
+        prog.update(task, completed=n)
+
+    with console.step_progress("judging", None) as prog:
+        task = prog.add_task("judge", total=len(records))
+        try:
+            res = jd.judge_records(
+                records, judge, out, on_verdict=on_verdict, on_resume=on_resume, on_retry=console.warn
+            )
+        except KeyboardInterrupt:
+            console.info(f"{kept} of {len(records)} verdicts kept in {out}; the same command goes on from there")
+            raise
+        except jd.JudgeError as e:
+            if kept:
+                e.hint = f"{kept} of {len(records)} verdicts kept in {out}; the same command goes on from there"
+            raise
+    return _print_judged(res, judge, source, json_out=s.json_out)
+
+
+def _print_judged(res: Any, judge: Any, source: Path, *, json_out: bool) -> dict[str, Any]:
+    from gptcli.judge import JudgeError
+
+    result = {
+        "judge": {"model": judge.model, "api": judge.api, "url": judge.endpoint},
+        "responses": str(source),
+        "verdicts": str(res.path),
+        "records": res.records,
+        "scores": len(res.scores),
+        "average": res.average,
+        "unscored": [{"index": i, "reply": reply} for i, reply in res.unscored],
+        "asked": res.asked,
+    }
+    if json_out:
+        console.print_result(json.dumps(result))
+    else:  # as the book prints them
+        console.print_result(f"Number of scores: {len(res.scores)} of {res.records}")
+        if res.average is not None:
+            console.print_result(f"Average score: {res.average:.2f}")
+    if res.average is None:
+        first = res.unscored[0][1] if res.unscored else ""
+        raise JudgeError(
+            f"none of the judge's {res.records} replies is an integer (the first: {first[:80]!r}); "
+            f"is {judge.model} a model that follows instructions? the replies are in {res.path}"
+        )
+    return result
+
+
+def _file_word(text: str) -> str:
+    """``text`` as part of a file name: llama3:8b-instruct -> llama3_8b-instruct."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+
+
+def _judged_run(checkpoint: Path) -> Path:
+    """The run directory of ``-c`` (a checkpoint's own folder when it is not in a run)."""
+    from gptcli.rundir import run_dir_of
+
+    p = Path(checkpoint)
+    if p.is_dir():
+        return p
+    return run_dir_of(p) or p.parent
+
+
+def _run_test_responses(s: EvalSettings) -> Path:
+    """The run's answers to its test split, as ``sample --responses test`` writes them, kept in
+    ``<run>/eval/`` (reused while newer than the checkpoint, so a resumed judging answers nothing again)."""
+    from gptcli.checkpoint import resolve_checkpoint
+    from gptcli.commands.sample import instruct_command
+    from gptcli.inference import latest_checkpoint
+    from gptcli.settings.sample import SampleSettings
+    from gptcli.tasks import KIND_INFO
+
+    if s.checkpoint is None:
+        path, note = latest_checkpoint((KIND_INFO["instruct"].recorded,), warn=console.warn)
+        console.info(note)
+    else:
+        path = resolve_checkpoint(s.checkpoint, warn=console.warn)
+    out = _judged_run(path) / "eval" / f"test-responses-{_file_word(path.stem)}.json"
+    if out.is_file() and out.stat().st_mtime >= path.stat().st_mtime:
+        console.info(f"the run's answers to its test split: {out}")
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sample = SampleSettings(
+        checkpoint=path, responses="test", output=out, force=True, device=s.device, threads=s.threads, quiet=s.quiet
+    )
+    try:
+        instruct_command(sample)
+    except UsageError as e:  # worded for sample's flags
+        raise UsageError(str(e).replace("--responses: ", "--judge: ", 1)) from None
+    return out

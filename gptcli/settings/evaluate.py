@@ -7,6 +7,10 @@ from pathlib import Path
 
 from gptcli import settings as shared
 from gptcli.errors import UsageError
+from gptcli.judge import APIS as JUDGE_APIS
+from gptcli.judge import DEFAULT_MODEL as JUDGE_MODEL
+from gptcli.judge import DEFAULT_URL as JUDGE_URL
+from gptcli.judge import Judge
 from gptcli.settings import flag, invalid
 
 TASKS = ("loss", "hellaswag")
@@ -58,10 +62,42 @@ class EvalSettings:
         help="A finetune run (-c RUN): its loss on the train, val or test split of its own data "
         "(and a classifier's accuracy), no FILE needed.",
     )
+    # --judge: the book's LLM-as-judge (gptcli.judge; commands.evaluate.judge_command)
+    judge: bool = flag(
+        False,
+        flags=("--judge",),
+        help="Score an instruct run's answers from 0 to 100 with a larger model as the judge, as the book's "
+        "section 7.8 (-c RUN: its test split, answered by the run; or --responses FILE).",
+    )
+    responses: Path | None = flag(
+        None,
+        metavar="FILE",
+        help="With --judge: the answers to score, a JSON file that sample --responses wrote "
+        "[default: the run's test split, answered by the run].",
+    )
+    judge_url: str = flag(
+        JUDGE_URL, metavar="URL", help="With --judge: the judge server (Ollama's, or an OpenAI-compatible one)."
+    )
+    judge_model: str = flag(JUDGE_MODEL, metavar="NAME", help="With --judge: the model that judges.")
+    judge_api: str = flag(
+        "ollama",
+        choices=JUDGE_APIS,
+        help="With --judge: ollama: Ollama's native /api/chat, as the book; openai: URL/v1/chat/completions "
+        "(gptcli serve, vLLM, ...; an API key from GPTCLI_JUDGE_API_KEY or OPENAI_API_KEY).",
+    )
+    judge_timeout: float = flag(
+        300.0, metavar="SECONDS", help="With --judge: how long to wait for each reply before trying again."
+    )
+    judge_retries: int = flag(
+        3, min=0, metavar="N", help="With --judge: more tries after a timeout, a dropped connection or a 5xx."
+    )
 
     def __post_init__(self) -> None:
         shared.check_flags(self)  # --format, --text-field, --device, --threads, --encoding-errors, --task
         self.paths = list(self.paths or [])
+        self._check_judge()
+        if self.judge:
+            return
         if self.split is not None:
             if self.paths or self.model is not None or self.task != "loss":
                 raise UsageError(
@@ -75,3 +111,41 @@ class EvalSettings:
             raise invalid("--stride", f"{self.stride} (must be at least 1)")
         if self.batch_size < 1:
             raise invalid("--batch-size", f"{self.batch_size} (must be at least 1)")
+
+    def _check_judge(self) -> None:
+        """--judge scores a run's answers: no FILE, --model, --task, --split or --stride; its own
+        flags go with it only."""
+        if not self.judge:
+            given = [
+                name
+                for name, value, default in (
+                    ("--responses", self.responses, None),
+                    ("--judge-url", self.judge_url, JUDGE_URL),
+                    ("--judge-model", self.judge_model, JUDGE_MODEL),
+                    ("--judge-api", self.judge_api, "ollama"),
+                    ("--judge-timeout", self.judge_timeout, 300.0),
+                    ("--judge-retries", self.judge_retries, 3),
+                )
+                if value != default
+            ]
+            if given:
+                raise UsageError(f"{given[0]} goes with --judge")
+            return
+        if self.paths or self.model is not None or self.task != "loss" or self.split is not None:
+            raise UsageError(
+                "--judge scores an instruct run's answers: give -c RUN or --responses FILE, and no FILE, "
+                "--model, --task or --split"
+            )
+        if self.stride is not None:
+            raise UsageError("--stride applies to --task loss only")
+        self.judge_client()  # checks --judge-url, --judge-model, --judge-timeout, --judge-retries
+
+    def judge_client(self) -> Judge:
+        """The judge the --judge flags describe."""
+        return Judge(
+            url=self.judge_url,
+            model=self.judge_model,
+            api=self.judge_api,
+            timeout=self.judge_timeout,
+            retries=self.judge_retries,
+        )
