@@ -16,7 +16,6 @@ torn by a kill is discarded. Only the standard library: judging needs no extra.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import os
@@ -68,6 +67,8 @@ def score_of(reply: str) -> int | None:
 
 def prompt_key(prompt: str) -> str:
     """What a verdict is filed under: the prompt's hash (a changed response is a new prompt)."""
+    import hashlib
+
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
 
@@ -293,7 +294,7 @@ class Judge:
             )
         if isinstance(reason, (ConnectionError, HTTPException)):
             return _Passing(f"the connection dropped ({type(reason).__name__})")
-        return JudgeError(f"cannot reach the judge at {self.endpoint} ({reason})")
+        return JudgeError(f"cannot reach the judge at {self.endpoint} ({reason}); check --judge-url")
 
 
 class _Passing(Exception):
@@ -372,23 +373,28 @@ def judge_records(
         verdicts = read_verdicts(p)
         if on_resume is not None and any(k in verdicts for k in keys):
             on_resume(len({k for k in keys if k in verdicts}))
-        asked = 0
-        with open(p, "a", encoding="utf-8") as f:
+        asked, f = 0, None
+        try:
             for i, (prompt, key) in enumerate(zip(prompts, keys, strict=True)):
                 if key in verdicts:
                     continue
                 reply = judge.ask(prompt, on_retry=on_retry)
                 asked += 1
                 verdict = {"index": i, "key": key, "score": score_of(reply), "reply": reply, "judge": judge.model}
+                if f is None:  # opened at the first verdict: a judge that never answers leaves no file
+                    f = open(p, "a", encoding="utf-8")  # closed below
                 f.write(json.dumps(verdict, ensure_ascii=False) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
                 verdicts[key] = verdict
                 if on_verdict is not None:
                     on_verdict(i, verdict)
+        finally:
+            if f is not None:
+                f.close()
         ordered = [dict(verdicts[k], index=i) for i, k in enumerate(keys)]
         tidy = "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in ordered)
-        if p.read_text(encoding="utf-8") != tidy:
+        if (p.read_text(encoding="utf-8") if p.exists() else "") != tidy:
             atomic_write(p, tidy)
     finally:
         lock.release()

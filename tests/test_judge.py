@@ -294,6 +294,7 @@ def test_cli_errors_are_one_line(fake, responses, tmp_path):
     port = _closed_port()
     out = cli("eval", "--judge", "--responses", responses, "--judge-url", f"http://127.0.0.1:{port}", "-q", expect=1)
     assert f"http://127.0.0.1:{port}/api/chat" in out and "ollama serve" in out and "ollama pull llama3" in out
+    assert not responses.with_name("instruction-data-with-response.judge-llama3.jsonl").exists()
     missing = fake(lambda n, p: ("status", 404, {"error": "model 'llama3' not found, try pulling it first"}))
     out = cli("eval", "--judge", "--responses", responses, "--judge-url", missing.url, "-q", expect=1)
     assert "not found" in out and "ollama pull llama3" in out
@@ -352,7 +353,6 @@ def test_a_run_is_judged_on_its_own_test_split(fake, tmp_path, monkeypatch):
 def test_ctrl_c_keeps_what_is_judged(fake, responses, tmp_path):
     """The installed gptcli, interrupted while the judge thinks over the third record, keeps the
     first two; started again it asks only for the other three."""
-    import os
     import signal
     import subprocess
 
@@ -376,8 +376,8 @@ def test_ctrl_c_keeps_what_is_judged(fake, responses, tmp_path):
     assert "2 of 5 verdicts kept" in stderr and "Traceback" not in stderr
     verdicts = responses.with_name("instruction-data-with-response.judge-llama3.jsonl")
     assert len(verdicts.read_text().splitlines()) == 2
-    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60, env=dict(os.environ))
-    assert again.returncode == 0, again.stderr
+    again = CliRunner().invoke(app, cmd[len(gptcli_exe()) :])
+    assert again.exit_code == 0, again.output
     assert "resuming: 2 of 5 already judged" in again.stderr
     assert again.stdout.splitlines() == ["Number of scores: 5 of 5", "Average score: 42.00"]
     assert len(server.requests) == 6  # 3 before the interruption (one unanswered), then the other 3

@@ -168,7 +168,10 @@ def judge_command(s: EvalSettings) -> dict[str, Any]:
         source = _run_test_responses(s)
         records = jd.read_responses(source)
         out = source.parent / f"judge-{_file_word(judge.model)}.jsonl"
-    console.info(f"judging {len(records)} responses with {judge.model} at {judge.endpoint}; verdicts in {out}")
+    n = len(records)
+    console.info(
+        f"judging {n} response{'s' if n != 1 else ''} with {judge.model} at {judge.endpoint}; verdicts in {out}"
+    )
     kept = 0
 
     def on_verdict(i: int, verdict: dict[str, Any]) -> None:
