@@ -32,6 +32,9 @@ from gptcli.errors import DataError, GptCliError, UsageError
 APIS = ("ollama", "openai")
 DEFAULT_URL = "http://localhost:11434"
 DEFAULT_MODEL = "llama3"
+DEFAULT_API = "ollama"
+DEFAULT_TIMEOUT = 300.0  # seconds for each try: a first request waits while Ollama loads the model
+DEFAULT_RETRIES = 3
 # query_model's options: "required for deterministic responses", as the book says
 BOOK_OPTIONS = {"seed": 123, "temperature": 0, "num_ctx": 2048}
 API_KEY_ENV = ("GPTCLI_JUDGE_API_KEY", "OPENAI_API_KEY")
@@ -117,9 +120,9 @@ class Judge:
 
     url: str = DEFAULT_URL
     model: str = DEFAULT_MODEL
-    api: str = "ollama"
-    timeout: float = 300.0
-    retries: int = 3
+    api: str = DEFAULT_API
+    timeout: float = DEFAULT_TIMEOUT
+    retries: int = DEFAULT_RETRIES
     backoff: float = 1.0
     api_key: str | None = None
     answered: bool = field(default=False, init=False)  # whether it ever answered (then refusals are retried)

@@ -288,6 +288,11 @@ def test_cli_prints_the_books_lines_and_writes_the_verdicts(fake, responses):
     assert result["scores"] == 4 and result["records"] == 5 and result["asked"] == 0
     assert result["average"] == pytest.approx(53.75) and result["unscored"] == [{"index": 2, "reply": "Eighty"}]
     assert len(server.requests) == 5
+    run = responses.parent / "run"
+    run.mkdir()
+    cli("eval", "--judge", "-c", run, "--responses", responses, "--judge-url", server.url, "-q")
+    assert (run / "eval" / "judge-llama3-instruction-data-with-response.jsonl").read_text() == verdicts.read_text()
+    assert len(server.requests) == 10
 
 
 def test_cli_errors_are_one_line(fake, responses, tmp_path):
@@ -309,6 +314,9 @@ def test_cli_errors_are_one_line(fake, responses, tmp_path):
     assert "no FILE, --model" in cli("eval", "--judge", "x.txt", expect=2)
     assert "invalid --judge-url" in cli("eval", "--judge", "--responses", responses, "--judge-url", "h:1", expect=2)
     assert "invalid --judge-timeout" in cli("eval", "--judge", "--judge-timeout", "0", expect=2)
+    assert "nowhere: checkpoint or run directory not found" in cli(
+        "eval", "--judge", "-c", tmp_path / "nowhere", "--responses", responses, expect=2
+    )
 
 
 def test_a_run_is_judged_on_its_own_test_split(fake, tmp_path, monkeypatch):

@@ -238,9 +238,12 @@ def _file_word(text: str) -> str:
 
 def _judged_run(checkpoint: Path) -> Path:
     """The run directory of ``-c`` (a checkpoint's own folder when it is not in a run)."""
+    from gptcli.errors import CheckpointError
     from gptcli.rundir import run_dir_of
 
     p = Path(checkpoint)
+    if not p.exists():
+        raise CheckpointError(f"{p}: checkpoint or run directory not found")
     if p.is_dir():
         return p
     return run_dir_of(p) or p.parent

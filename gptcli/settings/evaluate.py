@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptcli import judge as jd
 from gptcli import settings as shared
 from gptcli.errors import UsageError
-from gptcli.judge import APIS as JUDGE_APIS
-from gptcli.judge import DEFAULT_MODEL as JUDGE_MODEL
-from gptcli.judge import DEFAULT_URL as JUDGE_URL
-from gptcli.judge import Judge
 from gptcli.settings import flag, invalid
 
 TASKS = ("loss", "hellaswag")
+JUDGE_FLAGS = ("responses", "judge_url", "judge_model", "judge_api", "judge_timeout", "judge_retries")
 
 
 @dataclass
@@ -76,20 +75,23 @@ class EvalSettings:
         "[default: the run's test split, answered by the run].",
     )
     judge_url: str = flag(
-        JUDGE_URL, metavar="URL", help="With --judge: the judge server (Ollama's, or an OpenAI-compatible one)."
+        jd.DEFAULT_URL, metavar="URL", help="With --judge: the judge server (Ollama's, or an OpenAI-compatible one)."
     )
-    judge_model: str = flag(JUDGE_MODEL, metavar="NAME", help="With --judge: the model that judges.")
+    judge_model: str = flag(jd.DEFAULT_MODEL, metavar="NAME", help="With --judge: the model that judges.")
     judge_api: str = flag(
-        "ollama",
-        choices=JUDGE_APIS,
+        jd.DEFAULT_API,
+        choices=jd.APIS,
         help="With --judge: ollama: Ollama's native /api/chat, as the book; openai: URL/v1/chat/completions "
         "(gptcli serve, vLLM, ...; an API key from GPTCLI_JUDGE_API_KEY or OPENAI_API_KEY).",
     )
     judge_timeout: float = flag(
-        300.0, metavar="SECONDS", help="With --judge: how long to wait for each reply before trying again."
+        jd.DEFAULT_TIMEOUT, metavar="SECONDS", help="With --judge: how long to wait for each reply before trying again."
     )
     judge_retries: int = flag(
-        3, min=0, metavar="N", help="With --judge: more tries after a timeout, a dropped connection or a 5xx."
+        jd.DEFAULT_RETRIES,
+        min=0,
+        metavar="N",
+        help="With --judge: more tries after a timeout, a dropped connection or a 5xx.",
     )
 
     def __post_init__(self) -> None:
@@ -116,18 +118,8 @@ class EvalSettings:
         """--judge scores a run's answers: no FILE, --model, --task, --split or --stride; its own
         flags go with it only."""
         if not self.judge:
-            given = [
-                name
-                for name, value, default in (
-                    ("--responses", self.responses, None),
-                    ("--judge-url", self.judge_url, JUDGE_URL),
-                    ("--judge-model", self.judge_model, JUDGE_MODEL),
-                    ("--judge-api", self.judge_api, "ollama"),
-                    ("--judge-timeout", self.judge_timeout, 300.0),
-                    ("--judge-retries", self.judge_retries, 3),
-                )
-                if value != default
-            ]
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            given = [f"--{name.replace('_', '-')}" for name in JUDGE_FLAGS if getattr(self, name) != defaults[name]]
             if given:
                 raise UsageError(f"{given[0]} goes with --judge")
             return
@@ -140,9 +132,9 @@ class EvalSettings:
             raise UsageError("--stride applies to --task loss only")
         self.judge_client()  # checks --judge-url, --judge-model, --judge-timeout, --judge-retries
 
-    def judge_client(self) -> Judge:
+    def judge_client(self) -> jd.Judge:
         """The judge the --judge flags describe."""
-        return Judge(
+        return jd.Judge(
             url=self.judge_url,
             model=self.judge_model,
             api=self.judge_api,
