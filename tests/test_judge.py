@@ -295,6 +295,16 @@ def test_cli_prints_the_books_lines_and_writes_the_verdicts(fake, responses):
     assert len(server.requests) == 10
 
 
+def test_a_judge_that_fails_midway_keeps_what_it_judged(fake, responses):
+    server = fake(lambda n, prompt: ("say", "75") if n < 2 else ("drop",))
+    args = ["eval", "--judge", "--responses", str(responses), "--judge-url", server.url, "--judge-retries", "1", "-q"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and res.stdout == ""
+    assert f"error: the judge at {server.url}/api/chat failed 2 tries: the connection dropped" in res.stderr
+    assert "2 of 5 verdicts kept in" in res.stderr and "Traceback" not in res.stderr
+    assert len(server.requests) == 4
+
+
 def test_cli_errors_are_one_line(fake, responses, tmp_path):
     port = _closed_port()
     out = cli("eval", "--judge", "--responses", responses, "--judge-url", f"http://127.0.0.1:{port}", "-q", expect=1)
