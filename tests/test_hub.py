@@ -21,7 +21,10 @@ from .conftest import TINY_FLAGS, VERDICT, run_gptcli
 from .hub_fake import FakeHub
 from .weights_helpers import invoke, logits_of
 
-hh = pytest.importorskip("huggingface_hub", reason="the Hub tests need huggingface_hub (pip install 'gptcli[export]')")
+# huggingface_hub's settings, which the tests set (imported as a module: a package attribute only once imported)
+hub_constants = pytest.importorskip(
+    "huggingface_hub.constants", reason="the Hub tests need huggingface_hub (pip install 'gptcli[export]')"
+)
 transformers = pytest.importorskip("transformers", reason="the Hub tests make their models with transformers")
 
 REPO = "someone/tiny-gpt2"
@@ -46,7 +49,7 @@ def served(tmp_path_factory):
 @pytest.fixture
 def fake_hub(tmp_path, monkeypatch, served):
     hub = FakeHub().start()
-    c = hh.constants
+    c = hub_constants
     monkeypatch.setattr(c, "ENDPOINT", hub.url)
     monkeypatch.setattr(c, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
@@ -103,6 +106,9 @@ def test_download_repo_id_converts_and_model_name_finds_it(fake_hub, served):
     res = invoke("sample", "--model", REPO, "--prompt", "Hello", "--max-new-tokens", "3", "--seed", "1")
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith("Hello")
+    res = invoke("eval", str(VERDICT), "--model", REPO, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["loss"] > 0
 
 
 def test_size_from_the_hub_lands_where_gpt2_124m_is_found(fake_hub, served):
@@ -119,7 +125,7 @@ def test_a_cut_download_resumes_where_it_stopped(fake_hub, served, monkeypatch):
     # huggingface_hub writes what it receives in chunks of DOWNLOAD_CHUNK_SIZE (10 MB) and resumes
     # after the last whole chunk; the tiny model's file is 6.5 MB, so chunks are made smaller here.
     chunk = 1 << 16
-    monkeypatch.setattr(hh.constants, "DOWNLOAD_CHUNK_SIZE", chunk)
+    monkeypatch.setattr(hub_constants, "DOWNLOAD_CHUNK_SIZE", chunk)
     fake_hub.cut_once.add("model.safetensors")
     res = invoke("download", REPO)
     assert res.exit_code == 0, res.output
@@ -151,7 +157,7 @@ def test_offline_mode_uses_the_cache_and_says_when_it_cannot(fake_hub, served, m
     assert invoke("download", REPO).exit_code == 0
     (hub_dir(REPO) / "model.pth").unlink()
     fake_hub.requests.clear()
-    monkeypatch.setattr(hh.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     res = invoke("download", REPO)
     assert res.exit_code == 0, res.output
     assert fake_hub.requests == []
@@ -212,6 +218,11 @@ def test_an_hf_folder_is_a_model_converted_once(served, tmp_path):
     assert resolve_model(str(folder)) == path and path.stat().st_mtime_ns == mtime  # kept, not redone
     res = invoke("sample", "--model", str(folder), "--prompt", "Hi", "--max-new-tokens", "2", "--seed", "1")
     assert res.exit_code == 0, res.output
+    run = tmp_path / "from-hf"
+    quick = ["--batch-size", "4", "--stride", "100", "--eval-freq", "5", "--eval-iter", "1", "--epochs", "1"]
+    res = invoke("train", str(VERDICT), "--init", str(folder), *quick, "--out", str(run), "--quiet")
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(resolve_model(str(run)))["model_config"]["emb_dim"] == 32
     # a changed folder is converted again
     _tiny_hf(seed=5).save_pretrained(folder)
     _same_model(resolve_model(str(folder)), _tiny_hf(seed=5))

@@ -42,8 +42,12 @@ _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 
 
 def _hub():
+    """huggingface_hub, with the submodules used here imported (a package attribute only once
+    imported)."""
     try:
         import huggingface_hub
+        import huggingface_hub.constants
+        import huggingface_hub.errors
     except ImportError:
         raise UsageError(f"the Hugging Face Hub needs huggingface_hub: {EXPORT_EXTRA}") from None
     return huggingface_hub
@@ -60,7 +64,9 @@ def endpoint() -> str:
 
 
 def offline() -> bool:
-    return bool(_hub().constants.is_offline_mode())
+    c = _hub().constants
+    is_offline = getattr(c, "is_offline_mode", None)  # newer versions; older ones have the flag only
+    return bool(is_offline() if is_offline is not None else c.HF_HUB_OFFLINE)
 
 
 @dataclass(frozen=True)
@@ -114,10 +120,12 @@ def _hub_error(e: BaseException, repo_id: str, name: str | None = None) -> GptCl
 
 
 def _is_hub_failure(e: BaseException) -> bool:
+    """A failure of the Hub, the network or the disk, as opposed to a bug: huggingface_hub's
+    errors, OSError, and its HTTP client's errors (httpx, httpx2 or requests, by version)."""
     hh = _hub()
-    import httpx
-
-    return isinstance(e, (hh.errors.HfHubHTTPError, hh.errors.EntryNotFoundError, httpx.HTTPError, OSError))
+    if isinstance(e, (hh.errors.HfHubHTTPError, hh.errors.EntryNotFoundError, OSError)):
+        return True
+    return type(e).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3")
 
 
 # ---------------------------------------------------------------------------------------------
