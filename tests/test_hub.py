@@ -197,10 +197,18 @@ def test_without_huggingface_hub_the_error_names_the_extra(monkeypatch):
     _one_error_line(invoke("download", REPO), "huggingface_hub", "gptcli[export]", code=2)
 
 
-def test_when_openais_server_fails_the_error_names_the_hub():
-    res = invoke("download", "--size", "124M", "--base-url", "http://127.0.0.1:9", "--dir", "x")
-    assert res.exit_code == 1, res.output
-    assert "--source hf" in res.stderr
+def test_when_openais_server_fails_the_error_names_the_hub(monkeypatch):
+    from gptcli.weights import download
+
+    monkeypatch.delenv(download.BASE_URL_ENV, raising=False)
+    monkeypatch.setattr(download, "PRIMARY_URL", "http://127.0.0.1:9/gpt-2/models")  # nothing listens there
+    monkeypatch.setattr(download, "MIRROR_URL", "http://127.0.0.1:9/gpt2")
+    res = invoke("download", "--size", "124M", "--dir", "x")
+    _one_error_line(res, "cannot reach 127.0.0.1:9", code=1)
+    assert "gptcli download --size 124M --source hf" in res.stderr
+    # a mirror of the user's own choosing is not OpenAI's server: its errors stay as they were
+    res = invoke("download", "--size", "124M", "--dir", "x", "--base-url", "http://127.0.0.1:9/m")
+    assert res.exit_code == 1 and "--source hf" not in res.stderr
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ prints.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from gptcli import console
@@ -17,7 +18,7 @@ from gptcli.settings.weights import ConvertSettings, DownloadSettings
 from gptcli.tasks import KIND_INFO, recorded_kind
 from gptcli.weights import CONVERTED_NAME, gpt2_dir
 from gptcli.weights.convert import convert as convert_weights
-from gptcli.weights.download import DATA_FILE, DownloadCallbacks, download_gpt2
+from gptcli.weights.download import BASE_URL_ENV, DATA_FILE, DownloadCallbacks, download_gpt2
 from gptcli.weights.openai import convert_openai
 
 
@@ -106,7 +107,9 @@ def download_command(s: DownloadSettings) -> Path:
         with console.byte_progress(7) as prog:
             out = download_gpt2(size, directory, base_url=base_url, callbacks=_DownloadDisplay(prog))
     except DownloadError as e:
-        raise _with_hub_hint(e, size) from None
+        if base_url is None and not os.environ.get(BASE_URL_ENV):  # OpenAI's own host (and the book's mirror)
+            raise _with_hub_hint(e, size) from None
+        raise
     console.info(f"downloaded GPT-2 {size} to {out}")
     if s.no_convert:
         console.info(f"convert it with: gptcli convert {shell_path(out)}")

@@ -15,6 +15,7 @@ Nothing here prints: progress goes through ``download.DownloadCallbacks``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -46,10 +47,15 @@ def _hub():
     imported)."""
     try:
         import huggingface_hub
+    except ImportError:
+        raise UsageError(f"the Hugging Face Hub needs huggingface_hub: {EXPORT_EXTRA}") from None
+    try:
         import huggingface_hub.constants
         import huggingface_hub.errors
     except ImportError:
-        raise UsageError(f"the Hugging Face Hub needs huggingface_hub: {EXPORT_EXTRA}") from None
+        raise UsageError(
+            f"huggingface_hub {getattr(huggingface_hub, '__version__', '?')} is too old for gptcli: {EXPORT_EXTRA} -U"
+        ) from None
     return huggingface_hub
 
 
@@ -157,7 +163,10 @@ def _bar_class(cb: DownloadCallbacks, name: str):
 
 def _download(repo_id: str, name: str, revision: str, cb: DownloadCallbacks) -> Path:
     hh = _hub()
-    path = Path(hh.hf_hub_download(repo_id, name, revision=revision, tqdm_class=_bar_class(cb, name)))
+    kwargs: dict[str, Any] = {}
+    if "tqdm_class" in inspect.signature(hh.hf_hub_download).parameters:  # older versions draw their own bar
+        kwargs["tqdm_class"] = _bar_class(cb, name)
+    path = Path(hh.hf_hub_download(repo_id, name, revision=revision, **kwargs))
     cb.on_file_done(name, path, skipped=False)
     return path
 
