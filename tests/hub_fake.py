@@ -128,6 +128,8 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id, _, rest = path.lstrip("/").partition("/resolve/")
         revision, _, name = rest.partition("/")
         repo = self.fake.repos.get(repo_id)
+        if repo is not None and repo.private and not self._authorised():
+            repo = None  # a private repository is not there for a request without its token
         if repo is None:  # the Hub answers 401 for a repository it will not show (or that does not exist)
             return self._error(401, "RepoNotFound", "Repository Not Found", head=head)
         if revision not in ("main", repo.commit):

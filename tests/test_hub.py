@@ -174,6 +174,18 @@ def test_a_repository_that_does_not_exist_is_one_line(fake_hub):
     assert not hub_dir("nobody/no-such-model").exists()
 
 
+def test_a_private_repository_is_fetched_with_the_token(fake_hub, served, monkeypatch):
+    fake_hub.add_folder("someone/private-gpt2", served[0]).private = True
+    _one_error_line(invoke("download", "someone/private-gpt2"), "no such model repository", "private", code=1)
+    monkeypatch.setenv("HF_TOKEN", fake_hub.token)
+    res = invoke("download", "someone/private-gpt2")
+    assert res.exit_code == 0, res.output
+    _same_model(hub_dir("someone/private-gpt2") / "model.pth", served[1])
+    res = invoke("info", "someone/private-gpt2", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["checkpoint"] == str(hub_dir("someone/private-gpt2") / "model.pth")
+
+
 def test_another_architecture_is_refused_before_its_weights_move(fake_hub, tmp_path):
     llama = tmp_path / "llama"
     llama.mkdir()
@@ -226,6 +238,9 @@ def test_an_hf_folder_is_a_model_converted_once(served, tmp_path):
     assert resolve_model(str(folder)) == path and path.stat().st_mtime_ns == mtime  # kept, not redone
     res = invoke("sample", "--model", str(folder), "--prompt", "Hi", "--max-new-tokens", "2", "--seed", "1")
     assert res.exit_code == 0, res.output
+    res = invoke("info", str(folder), "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["checkpoint"] == str(path)
     run = tmp_path / "from-hf"
     quick = ["--batch-size", "4", "--stride", "100", "--eval-freq", "5", "--eval-iter", "1", "--epochs", "1"]
     res = invoke("train", str(VERDICT), "--init", str(folder), *quick, "--out", str(run), "--quiet")

@@ -199,9 +199,8 @@ def fetch_repo(repo_id: str, *, revision: str | None = None, callbacks: Download
     hh = _hub()
     cb = callbacks or DownloadCallbacks()
     check_repo_id(repo_id)
-    cb.on_plan([(CONFIG, None)])
-    try:
-        config = _download(repo_id, CONFIG, revision or "main", cb)
+    try:  # a kilobyte: not worth a bar of its own, which would also end the overall one early
+        config = _download(repo_id, CONFIG, revision or "main", DownloadCallbacks())
     except Exception as e:
         if _is_hub_failure(e):
             raise _hub_error(e, repo_id, CONFIG) from None
@@ -209,6 +208,7 @@ def fetch_repo(repo_id: str, *, revision: str | None = None, callbacks: Download
     commit = config.parent.name  # snapshots/<commit>/config.json
     config_from_hf(read_config(config, repo_id), where=f"{repo_id}/{CONFIG}")
     for name in WEIGHT_FILES:
+        cb.on_plan([(name, None)])
         try:
             weights = _download(repo_id, name, commit, cb)
         except hh.errors.EntryNotFoundError as e:
