@@ -198,7 +198,7 @@ def test_another_architecture_is_refused_before_its_weights_move(fake_hub, tmp_p
 
 
 def test_an_invalid_repo_id_and_flag_clashes_are_usage_errors(fake_hub):
-    _one_error_line(invoke("download", "../etc"), "invalid REPO_ID", code=2)
+    _one_error_line(invoke("download", "../etc"), "invalid REPO", code=2)
     _one_error_line(invoke("download", REPO, "--size", "355M"), "--size", code=2)
     _one_error_line(invoke("download", REPO, "--base-url", "http://x"), "HF_ENDPOINT", code=2)
     assert fake_hub.requests == []

@@ -1,4 +1,4 @@
-"""The Hugging Face Hub parts of ``gptcli download`` (``--source hf``, ``REPO_ID``) and of
+"""The Hugging Face Hub parts of ``gptcli download`` (``--source hf``, ``REPO``) and of
 ``gptcli convert --to hf --push``: how they report. The work is ``gptcli.weights.hub``."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _target(s: DownloadSettings, repo_id: str) -> tuple[Path, str]:
 def hub_download_command(
     s: DownloadSettings, *, display: Callable[[Any], Any], convert_bar: Callable[[str], tuple[Any, Any]]
 ) -> Path:
-    """``gptcli download REPO_ID`` and ``gptcli download --size S --source hf``, drawn with
+    """``gptcli download REPO`` and ``gptcli download --size S --source hf``, drawn with
     ``download``'s own progress display (``display(progress)``) and conversion bar."""
     from gptcli.weights import hub
 
@@ -64,7 +64,7 @@ def hub_download_command(
 
 
 def push_export(s: ConvertSettings, export_dir: Path) -> str:
-    """``convert --to hf --push REPO_ID``: the model card into the export, then the upload. A
+    """``convert --to hf --push REPO``: the model card into the export, then the upload. A
     failed push is one error line; the export stays on disk, and the line says so."""
     from gptcli.errors import GptCliError
     from gptcli.modelcard import write_card

@@ -32,7 +32,7 @@ def _resolve_info_target(target: str | None) -> Path:
 
 
 def _downloaded_repo(target: str) -> bool:
-    """``gptcli download REPO_ID`` fetched this name (and no file or folder here has it)."""
+    """``gptcli download REPO`` fetched this name (and no file or folder here has it)."""
     return not Path(target).exists() and (weights.hub_dir(target) / weights.CONVERTED_NAME).is_file()
 
 

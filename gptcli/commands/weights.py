@@ -160,7 +160,7 @@ def convert_command(s: ConvertSettings) -> Path:
             on_note=console.info,
         )
     console.info(f"wrote {out}")
-    if s.push is not None:  # --to hf --push REPO_ID: the Hub (gptcli.commands.hub)
+    if s.push is not None:  # --to hf --push REPO: the Hub (gptcli.commands.hub)
         from gptcli.commands.hub import push_export
 
         push_export(s, out)

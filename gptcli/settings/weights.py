@@ -22,7 +22,7 @@ class DownloadSettings:
     repo: str | None = flag(
         None,
         argument=True,
-        metavar="REPO_ID",
+        metavar="REPO",
         help="A Hugging Face Hub repository of a GPT-2 model (distilgpt2, OWNER/NAME) instead of --size.",
         show_default=False,
     )
@@ -67,7 +67,7 @@ class DownloadSettings:
         shared.check_flags(self)  # --size, --reader, --source
         if self.repo is not None:
             if self.size is not None:
-                raise invalid("--size", f"{self.size} with REPO_ID {self.repo!r} (give one or the other)")
+                raise invalid("--size", f"{self.size} with REPO {self.repo!r} (give one or the other)")
             self.source = "hf"
         if self.size is None:
             self.size = "124M"
@@ -77,7 +77,7 @@ class DownloadSettings:
             if self.reader != "builtin":
                 raise invalid("--reader", f"{self.reader} reads OpenAI's TensorFlow files, not the Hub's")
         elif self.revision is not None:
-            raise invalid("--revision", "is for the Hub (--source hf or a REPO_ID)")
+            raise invalid("--revision", "is for the Hub (--source hf or a REPO)")
 
 
 @dataclass
@@ -131,7 +131,7 @@ class ConvertSettings:
     push: str | None = flag(
         None,
         flags=("--push",),
-        metavar="REPO_ID",
+        metavar="REPO",
         help="With --to hf: also upload the export, with a model card, to this Hub repository (created if "
         "missing; the token is HF_TOKEN or the cached login).",
     )
@@ -150,4 +150,4 @@ class ConvertSettings:
         if self.push is not None and self.target != "hf":
             raise invalid("--push", f"{self.push!r} uploads a Hugging Face export: add --to hf")
         if self.private and self.push is None:
-            raise invalid("--private", "applies to --push REPO_ID")
+            raise invalid("--private", "applies to --push REPO")

@@ -30,7 +30,7 @@ def gpt2_dir(size: str) -> Path:
 
 
 def hub_dir(repo_id: str) -> Path:
-    """Where ``gptcli download REPO_ID`` puts the converted model: ``$GPTCLI_HOME/hub/owner--name``
+    """Where ``gptcli download REPO`` puts the converted model: ``$GPTCLI_HOME/hub/owner--name``
     (Hugging Face's own cache keeps the files it came from)."""
     return gptcli_home() / "hub" / repo_id.replace("/", "--")
 
@@ -52,7 +52,7 @@ def resolve_model(name: str, *, warn: Callable[[str], None] | None = None) -> Pa
     """A checkpoint file for ``--model``/``--init``: a file; a run directory, whose newest
     checkpoint that loads is taken exactly as ``-c RUN`` takes it (``warn`` hears of any skipped);
     a Hugging Face folder, converted on first use (``weights.hf.converted_folder``); a GPT-2 size
-    name (its converted download); or a Hub repository ``gptcli download REPO_ID`` fetched."""
+    name (its converted download); or a Hub repository ``gptcli download REPO`` fetched."""
     p = Path(name)
     try:
         if is_hf_folder(p):
@@ -74,7 +74,7 @@ def resolve_model(name: str, *, warn: Callable[[str], None] | None = None) -> Pa
             return hub
         raise CheckpointError(
             f"{name}: no such file, not a GPT-2 model name (gpt2-124M, gpt2-355M, gpt2-774M, gpt2-1558M), "
-            "and not a downloaded Hub repository (gptcli download REPO_ID)"
+            "and not a downloaded Hub repository (gptcli download REPO)"
         )
     converted = gpt2_dir(size) / CONVERTED_NAME
     if not converted.is_file():

@@ -59,7 +59,7 @@ def _hub():
     return huggingface_hub
 
 
-def check_repo_id(repo_id: str, flag: str = "REPO_ID") -> str:
+def check_repo_id(repo_id: str, flag: str = "REPO") -> str:
     if not _REPO_ID.match(repo_id) or ".." in repo_id or repo_id.endswith((".git", ".")):
         raise UsageError(f"invalid {flag}: {repo_id!r} (a Hub repository: NAME or OWNER/NAME, e.g. distilgpt2)")
     return repo_id
