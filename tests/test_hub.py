@@ -56,6 +56,9 @@ def fake_hub(tmp_path, monkeypatch, served):
     monkeypatch.setattr(c, "HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
     monkeypatch.setattr(c, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf_home" / "stored_tokens"))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    # huggingface_hub 2.x also fetches a registry of coding agents once a day (GET /api/agent-harnesses,
+    # answered 404 here) and would cache it in the real HF_HOME
+    monkeypatch.setattr(c, "AGENT_HARNESSES_PATH", str(tmp_path / "hf_home" / ".agent_harnesses.json"), raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     hub.add_folder(REPO, served[0])
@@ -172,6 +175,20 @@ def test_a_repository_that_does_not_exist_is_one_line(fake_hub):
     res = invoke("download", "nobody/no-such-model")
     _one_error_line(res, "nobody/no-such-model", "no such model repository", code=1)
     assert not hub_dir("nobody/no-such-model").exists()
+
+
+def test_a_sharded_repository_comes_whole(fake_hub, served, tmp_path):
+    sharded = tmp_path / "sharded"
+    served[1].save_pretrained(sharded, max_shard_size="2MB")
+    assert not (sharded / "model.safetensors").exists()  # an index and its shards only
+    fake_hub.add_folder("someone/sharded-gpt2", sharded)
+    res = invoke("download", "someone/sharded-gpt2")
+    assert res.exit_code == 0, res.output
+    shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    gets = [r[1] for r in fake_hub.requests if r[0] == "GET" and "/resolve/" in r[1]]
+    assert sorted(g.rsplit("/", 1)[1] for g in gets) == sorted(["config.json", "model.safetensors.index.json", *shards])
+    _same_model(hub_dir("someone/sharded-gpt2") / "model.pth", served[1])
 
 
 def test_a_private_repository_is_fetched_with_the_token(fake_hub, served, monkeypatch):
