@@ -443,11 +443,14 @@ _SETTINGS_COMMANDS: tuple[tuple[str, type, str | Callable[[Any], None], str, tup
         "download",
         DownloadSettings,
         "weights:download_command",
-        "Download OpenAI's GPT-2 weights (resumable, verified) and convert them for gptcli.",
+        "Download OpenAI's GPT-2 weights (resumable, verified), or a GPT-2 model from the Hugging Face Hub, "
+        "and convert them for gptcli.",
         (
             "gptcli download --size 124M",
             "gptcli download --size 355M --dir models/355M --no-convert",
             "gptcli download --size 124M --base-url https://my-mirror.example/gpt2",
+            "gptcli download --size 124M --source hf",
+            "gptcli download distilgpt2 && gptcli sample --model distilgpt2",
         ),
     ),
     (
@@ -461,6 +464,7 @@ _SETTINGS_COMMANDS: tuple[tuple[str, type, str | Callable[[Any], None], str, tup
             "gptcli convert model_and_optimizer.pth --data the-verdict.txt -o book.pth && gptcli resume book.pth",
             "gptcli convert hf-gpt2/ -o gpt2.pth",
             "gptcli convert runs/verdict --to hf -o verdict-hf/",
+            "gptcli convert runs/verdict --to hf -o verdict-hf/ --push me/verdict-gpt2 --private",
         ),
     ),
     (

@@ -26,7 +26,14 @@ def _resolve_info_target(target: str | None) -> Path:
 
     if target is not None and not Path(target).exists() and weights.model_name_to_size(target):
         return weights.resolve_model(target)  # gpt2-124M etc.: the converted download
+    if target is not None and (weights.is_hf_folder(Path(target)) or _downloaded_repo(target)):
+        return weights.resolve_model(target)  # a Hugging Face folder, or a Hub repository downloaded
     return resolve_checkpoint(Path(target) if target is not None else None, warn=console.warn)
+
+
+def _downloaded_repo(target: str) -> bool:
+    """``gptcli download REPO`` fetched this name (and no file or folder here has it)."""
+    return not Path(target).exists() and (weights.hub_dir(target) / weights.CONVERTED_NAME).is_file()
 
 
 def info_command(s: InfoSettings) -> dict[str, Any]:

@@ -7,17 +7,18 @@ prints.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from gptcli import console
 from gptcli.checkpoint import load_checkpoint
-from gptcli.errors import CheckpointError
+from gptcli.errors import CheckpointError, DownloadError
 from gptcli.paths import shell_path
 from gptcli.settings.weights import ConvertSettings, DownloadSettings
 from gptcli.tasks import KIND_INFO, recorded_kind
 from gptcli.weights import CONVERTED_NAME, gpt2_dir
 from gptcli.weights.convert import convert as convert_weights
-from gptcli.weights.download import DATA_FILE, DownloadCallbacks, download_gpt2
+from gptcli.weights.download import BASE_URL_ENV, DATA_FILE, DownloadCallbacks, download_gpt2
 from gptcli.weights.openai import convert_openai
 
 
@@ -96,10 +97,19 @@ def _convert_bar(description: str):
 
 
 def download_command(s: DownloadSettings) -> Path:
+    if s.source == "hf":  # a Hub repository, or --size from the Hub
+        from gptcli.commands.hub import hub_download_command
+
+        return hub_download_command(s, display=_DownloadDisplay, convert_bar=_convert_bar)
     size, directory, base_url = s.size, s.directory, s.base_url
     console.set_quiet(s.quiet)
-    with console.byte_progress(7) as prog:
-        out = download_gpt2(size, directory, base_url=base_url, callbacks=_DownloadDisplay(prog))
+    try:
+        with console.byte_progress(7) as prog:
+            out = download_gpt2(size, directory, base_url=base_url, callbacks=_DownloadDisplay(prog))
+    except DownloadError as e:
+        if base_url is None and not os.environ.get(BASE_URL_ENV):  # OpenAI's own host (and the book's mirror)
+            raise _with_hub_hint(e, size) from None
+        raise
     console.info(f"downloaded GPT-2 {size} to {out}")
     if s.no_convert:
         console.info(f"convert it with: gptcli convert {shell_path(out)}")
@@ -124,6 +134,13 @@ def download_command(s: DownloadSettings) -> Path:
     return target
 
 
+def _with_hub_hint(e: DownloadError, size: str) -> DownloadError:
+    """OpenAI's server (or a mirror) failed: the same weights are on the Hugging Face Hub."""
+    hub = f"or fetch the same weights from the Hugging Face Hub: gptcli download --size {size} --source hf"
+    e.hint = f"{e.hint}; {hub}" if e.hint else hub
+    return e
+
+
 def convert_command(s: ConvertSettings) -> Path:
     console.set_quiet(s.quiet)
     prog, on_progress = _convert_bar("converting")
@@ -143,6 +160,10 @@ def convert_command(s: ConvertSettings) -> Path:
             on_note=console.info,
         )
     console.info(f"wrote {out}")
+    if s.push is not None:  # --to hf --push REPO: the Hub (gptcli.commands.hub)
+        from gptcli.commands.hub import push_export
+
+        push_export(s, out)
     if s.target == "gptcli" and out.is_file():
         # Just written and renamed into place: no need to check its CRCs again.
         obj = load_checkpoint(out, verify=False)

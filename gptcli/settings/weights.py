@@ -9,12 +9,29 @@ from gptcli import settings as shared
 from gptcli.settings import flag, invalid
 from gptcli.weights import READERS, SIZES, SOURCES, TARGETS
 
+# Where ``gptcli download`` fetches from: OpenAI's files, or the Hugging Face Hub.
+DOWNLOAD_SOURCES = ("openai", "hf")
+
 
 @dataclass
 class DownloadSettings:
-    """``gptcli download``: one of OpenAI's GPT-2 models, converted for gptcli unless ``no_convert``."""
+    """``gptcli download``: one of OpenAI's GPT-2 models, from OpenAI's files or (``--source hf``)
+    the Hugging Face Hub, or any Hub repository of a GPT-2 model (``repo``); converted for gptcli
+    unless ``no_convert``."""
 
-    size: str = flag("124M", choices=SIZES, help="Which of OpenAI's four GPT-2 models.")
+    repo: str | None = flag(
+        None,
+        argument=True,
+        metavar="REPO",
+        help="A Hugging Face Hub repository of a GPT-2 model (distilgpt2, OWNER/NAME) instead of --size.",
+        show_default=False,
+    )
+    size: str | None = flag(
+        None,
+        choices=SIZES,
+        help="Which of OpenAI's four GPT-2 models [default: 124M].",
+        show_default=False,
+    )
     directory: Path | None = flag(
         None,
         flags=("--dir", "-d"),
@@ -34,9 +51,33 @@ class DownloadSettings:
         help="Read the TensorFlow checkpoint with: builtin (no TensorFlow needed) or tensorflow.",
     )
     quiet: bool = shared.quiet_flag()
+    source: str = flag(
+        "openai",
+        choices=DOWNLOAD_SOURCES,
+        help="--size from OpenAI's files, or from the Hugging Face Hub (openai-community/gpt2 etc.; "
+        "HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE apply).",
+    )
+    revision: str | None = flag(
+        None,
+        metavar="REV",
+        help="Hub downloads: the branch, tag or commit [default: main; a re-run keeps the commit it downloaded].",
+    )
 
     def __post_init__(self) -> None:
-        shared.check_flags(self)  # --size, --reader
+        shared.check_flags(self)  # --size, --reader, --source
+        if self.repo is not None:
+            if self.size is not None:
+                raise invalid("--size", f"{self.size} with REPO {self.repo!r} (give one or the other)")
+            self.source = "hf"
+        if self.size is None:
+            self.size = "124M"
+        if self.source == "hf":
+            if self.base_url is not None:
+                raise invalid("--base-url", "is for OpenAI's files; for a mirror of the Hub set HF_ENDPOINT")
+            if self.reader != "builtin":
+                raise invalid("--reader", f"{self.reader} reads OpenAI's TensorFlow files, not the Hub's")
+        elif self.revision is not None:
+            raise invalid("--revision", "is for the Hub (--source hf or a REPO)")
 
 
 @dataclass
@@ -86,10 +127,27 @@ class ConvertSettings:
         "(with --to hf, always merged).",
     )
 
+    # The Hugging Face Hub (gptcli.weights.hub): upload the --to hf export.
+    push: str | None = flag(
+        None,
+        flags=("--push",),
+        metavar="REPO",
+        help="With --to hf: also upload the export, with a model card, to this Hub repository (created if "
+        "missing; the token is HF_TOKEN or the cached login).",
+    )
+    private: bool = flag(False, flags=("--private",), help="With --push: create the repository private.")
+
     def __post_init__(self) -> None:
         shared.check_flags(self)  # --from, --to, --reader
         self.src = str(self.src)
+        self._check_push()
         if self.n_heads is not None and self.n_heads < 1:
             raise invalid("--n-heads", f"{self.n_heads} (must be an integer >= 1)")
         if not 0.0 <= self.drop_rate < 1.0:
             raise invalid("--drop-rate", f"{self.drop_rate} (must be in [0, 1))")
+
+    def _check_push(self) -> None:
+        if self.push is not None and self.target != "hf":
+            raise invalid("--push", f"{self.push!r} uploads a Hugging Face export: add --to hf")
+        if self.private and self.push is None:
+            raise invalid("--private", "applies to --push REPO")

@@ -29,6 +29,19 @@ def gpt2_dir(size: str) -> Path:
     return gptcli_home() / "gpt2" / size
 
 
+def hub_dir(repo_id: str) -> Path:
+    """Where ``gptcli download REPO`` puts the converted model: ``$GPTCLI_HOME/hub/owner--name``
+    (Hugging Face's own cache keeps the files it came from)."""
+    return gptcli_home() / "hub" / repo_id.replace("/", "--")
+
+
+def is_hf_folder(p: Path) -> bool:
+    """A Hugging Face model folder: a config.json and no run of ours (a run has config.yaml)."""
+    from gptcli.rundir import is_run_dir
+
+    return p.is_dir() and (p / "config.json").is_file() and not is_run_dir(p)
+
+
 def model_name_to_size(name: str) -> str | None:
     """'gpt2-124M' or '124M' -> '124M'; None for anything else."""
     size = name[5:] if name.lower().startswith("gpt2-") else name
@@ -38,9 +51,14 @@ def model_name_to_size(name: str) -> str | None:
 def resolve_model(name: str, *, warn: Callable[[str], None] | None = None) -> Path:
     """A checkpoint file for ``--model``/``--init``: a file; a run directory, whose newest
     checkpoint that loads is taken exactly as ``-c RUN`` takes it (``warn`` hears of any skipped);
-    or a GPT-2 size name (its converted download)."""
+    a Hugging Face folder, converted on first use (``weights.hf.converted_folder``); a GPT-2 size
+    name (its converted download); or a Hub repository ``gptcli download REPO`` fetched."""
     p = Path(name)
     try:
+        if is_hf_folder(p):
+            from gptcli.weights.hf import converted_folder
+
+            return converted_folder(p)
         if p.is_dir():
             from gptcli.checkpoint import resolve_checkpoint  # imports torch: only for a run directory
 
@@ -51,8 +69,12 @@ def resolve_model(name: str, *, warn: Callable[[str], None] | None = None) -> Pa
         raise CheckpointError(f"{name[:60]}...: not a usable path ({e.strerror})") from None
     size = model_name_to_size(name)
     if size is None:
+        hub = hub_dir(name) / CONVERTED_NAME if name.count("/") <= 1 and name.strip("/") == name else None
+        if hub is not None and hub.is_file():
+            return hub
         raise CheckpointError(
-            f"{name}: no such file, and not a GPT-2 model name (gpt2-124M, gpt2-355M, gpt2-774M, gpt2-1558M)"
+            f"{name}: no such file, not a GPT-2 model name (gpt2-124M, gpt2-355M, gpt2-774M, gpt2-1558M), "
+            "and not a downloaded Hub repository (gptcli download REPO)"
         )
     converted = gpt2_dir(size) / CONVERTED_NAME
     if not converted.is_file():

@@ -306,3 +306,49 @@ def _write_export(
             with fsutil.atomic_path(out_dir / dst_name) as tmp:
                 shutil.copyfile(src_path, tmp)
     fsutil.atomic_write(out_dir / TOKENIZER_CONFIG, json.dumps(hf_tokenizer_config(cfg), indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# A Hugging Face folder given as a model (``--model DIR``, ``--init DIR``)
+
+CONVERTED_ROOT = "converted"
+_STAMP = "source.json"
+
+
+def _folder_stamp(folder: Path) -> dict[str, Any]:
+    """What the conversion of ``folder`` depends on: every file in it, by size and time (a snapshot
+    in Hugging Face's cache links to its blobs; these are the blobs' own)."""
+    files = {}
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            st = f.stat()
+            files[f.name] = [st.st_size, st.st_mtime_ns]
+    return {"folder": str(folder), "files": files}
+
+
+def converted_folder(folder: str | Path, *, on_progress: Progress | None = None) -> Path:
+    """The gptcli checkpoint of a Hugging Face folder, converted on first use and kept under
+    ``$GPTCLI_HOME/converted/<name>-<hash of its path>/model.pth`` with a stamp of the files it
+    came from: a later use reads that file, and a changed folder is converted again."""
+    import hashlib
+
+    from gptcli.paths import gptcli_home
+
+    folder = Path(folder).resolve()
+    key = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+    cache = gptcli_home() / CONVERTED_ROOT / f"{folder.name}-{key}"
+    out, stamp_path = cache / "model.pth", cache / _STAMP
+    stamp = _folder_stamp(folder)
+    try:
+        if out.is_file() and json.loads(stamp_path.read_text(encoding="utf-8")) == stamp:
+            return out
+    except (OSError, ValueError):
+        pass  # no stamp, or a damaged one: convert again
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SaveError(f"{cache}: cannot convert {folder} here ({os_error_reason(e)})") from None
+    cfg, state = load_hf(folder, on_progress=on_progress)
+    save_checkpoint(ckpt.weights_checkpoint(cfg, state, source="huggingface", hf_folder=str(folder)), out)
+    fsutil.atomic_write(stamp_path, json.dumps(stamp, indent=2) + "\n")
+    return out
