@@ -410,12 +410,14 @@ _SETTINGS_COMMANDS: tuple[tuple[str, type, str | Callable[[Any], None], str, tup
         EvalSettings,
         "evaluate:eval_command",
         "Loss and perplexity over the given text: the book's calc_loss_loader, or a sliding window (--stride).\n"
-        "With --task hellaswag: HellaSwag accuracy, scored as llm.c and nanoGPT do.",
+        "With --task hellaswag: HellaSwag accuracy, scored as llm.c and nanoGPT do.\n"
+        "With --task lm-eval:TASKS: any task of EleutherAI's lm-evaluation-harness (pip install 'gptcli[eval]').",
         (
             "gptcli eval examples/the-verdict.txt",
             "gptcli eval data/ --checkpoint runs/x --json",
             "gptcli eval examples/the-verdict.txt --stride 128",
             "gptcli eval --task hellaswag hellaswag_val.jsonl --model gpt2-124M",
+            "gptcli eval --task lm-eval:arc_easy,piqa,lambada_openai -c runs/x",
         ),
     ),
     (
