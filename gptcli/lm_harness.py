@@ -26,7 +26,7 @@ EVAL_EXTRA = "pip install 'gptcli[eval]'"
 TASK_PREFIX = "lm-eval:"
 # What the JSON output keeps of the harness's results: the figures and what makes them reproducible
 # (the per-task configs, the environment dump and the samples stay out).
-_KEPT = ("results", "groups", "group_subtasks", "versions", "n-shot", "higher_is_better", "n-samples")
+_KEPT = ("results", "groups", "group_subtasks", "versions", "n-shot", "higher_is_better", "n-samples", "config")
 
 
 def require_harness() -> str:
@@ -101,6 +101,8 @@ def run_tasks(
             num_fewshot=num_fewshot,
             limit=limit,
             task_manager=manager,
+            batch_size=getattr(lm, "batch_size", None),  # recorded in the results' config only
+            device=str(getattr(lm, "device", "")) or None,
             log_samples=log_samples,
             bootstrap_iters=bootstrap_iters,
         )
@@ -142,7 +144,11 @@ def write_results(run: HarnessRun, out_dir: Path, *, stamp: str | None = None) -
     """``lm-eval-<time>.json`` (the summary) and ``lm-eval-<time>.md`` (the table) in
     ``out_dir``, each written whole or not at all."""
     stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
-    json_path, table_path = out_dir / f"lm-eval-{stamp}.json", out_dir / f"lm-eval-{stamp}.md"
+    name, n = f"lm-eval-{stamp}", 1
+    while (out_dir / f"{name}.json").exists() or (out_dir / f"{name}.md").exists():  # two runs in one second
+        n += 1
+        name = f"lm-eval-{stamp}-{n}"
+    json_path, table_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         fsutil.atomic_write(json_path, to_json(run.summary) + "\n")

@@ -239,6 +239,37 @@ def test_errors_are_one_line_each(setup, monkeypatch):
         lm_harness.require_harness()
 
 
+def test_the_cli_refuses_bad_flags_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from gptcli.cli import app
+
+    (tmp_path / "a.txt").write_text("some text")
+    for args, words in (
+        (["--task", "lm-eval:arc_easy", str(tmp_path / "a.txt")], "reads its tasks' own data: give no FILE"),
+        (["--task", "arc_easy", str(tmp_path / "a.txt")], "invalid --task: 'arc_easy'"),
+        (["--task", "lm-eval:arc_easy", "--limit", "-3"], "invalid --limit"),
+        (["--num-fewshot", "5", str(tmp_path / "a.txt")], "--num-fewshot applies to --task lm-eval:... only"),
+    ):
+        res = CliRunner().invoke(app, ["eval", *args])
+        assert res.exit_code == 2, (args, res.output)
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert lines[0].startswith("error: ") and words in lines[0], (args, res.output)
+        assert "Traceback" not in res.output
+
+
+def test_results_are_written_whole_and_never_over_an_earlier_run(setup, tmp_path):
+    from gptcli import lm_harness
+
+    ref = setup["ref"]
+    run = lm_harness.HarnessRun(ref.raw, {**ref.summary, "checkpoint": "x.pth"}, ref.table)
+    first = lm_harness.write_results(run, tmp_path / "eval", stamp="20260101-000000")
+    second = lm_harness.write_results(run, tmp_path / "eval", stamp="20260101-000000")
+    assert first != second and all(p.is_file() for p in (*first, *second))
+    assert json.loads(second[0].read_text())["versions"] == {t: 1.0 for t in TASKS}
+    assert [p.name for p in sorted((tmp_path / "eval").iterdir())] == sorted(p.name for p in (*first, *second))
+
+
 def test_a_task_whose_data_cannot_be_had_is_a_data_error(setup, tmp_path):
     from gptcli import lm_harness
     from gptcli.inference import load_model_for_inference
