@@ -23,7 +23,6 @@ from gptcli import fsutil
 from gptcli.errors import DataError, SaveError, UsageError, os_error_reason
 
 EVAL_EXTRA = "pip install 'gptcli[eval]'"
-TASK_PREFIX = "lm-eval:"
 # What the JSON output keeps of the harness's results: the figures and what makes them reproducible
 # (the per-task configs, the environment dump and the samples stay out).
 _KEPT = ("results", "groups", "group_subtasks", "versions", "n-shot", "higher_is_better", "n-samples", "config")
@@ -36,14 +35,6 @@ def require_harness() -> str:
     except ImportError:
         raise UsageError(f"--task lm-eval:... needs EleutherAI's lm-evaluation-harness: {EVAL_EXTRA}") from None
     return str(lm_eval.__version__)
-
-
-def parse_task_list(task: str) -> list[str]:
-    """``lm-eval:arc_easy,piqa`` -> ["arc_easy", "piqa"], each name once, in order."""
-    names = [n.strip() for n in task.removeprefix(TASK_PREFIX).split(",")]
-    if not all(names):
-        raise UsageError(f"invalid --task: {task!r} (give lm-eval:TASK[,TASK...], e.g. lm-eval:arc_easy,piqa)")
-    return list(dict.fromkeys(names))
 
 
 def task_manager(include_path: Path | None, *, include_defaults: bool = True) -> Any:

@@ -215,12 +215,13 @@ def test_rolling_windows_cover_every_token_once(setup):
 
 def test_errors_are_one_line_each(setup, monkeypatch):
     from gptcli import lm_harness
-    from gptcli.settings.evaluate import EvalSettings
+    from gptcli.settings.evaluate import EvalSettings, lm_eval_task_names
 
     with pytest.raises(UsageError, match=r"unknown lm-eval task 'tiny_mcc'; did you mean tiny_mc"):
         lm_harness.check_tasks(["tiny_mcc"], setup["manager"])
-    with pytest.raises(UsageError, match="invalid --task"):
-        lm_harness.parse_task_list("lm-eval:arc_easy,,piqa")
+    with pytest.raises(UsageError, match="invalid --task: 'lm-eval:arc_easy,,piqa'"):
+        EvalSettings(task="lm-eval:arc_easy,,piqa")
+    assert lm_eval_task_names("lm-eval:piqa, arc_easy,piqa") == ["piqa", "arc_easy"]
     with pytest.raises(UsageError, match="give no FILE"):
         EvalSettings(paths=[Path("a.txt")], task="lm-eval:arc_easy")
     with pytest.raises(UsageError, match="invalid --limit"):

@@ -13,7 +13,7 @@ from gptcli.device import set_threads
 from gptcli.errors import UsageError
 from gptcli.evaluation import evaluate_tokens
 from gptcli.inference import LoadedModel, load_model_for_inference
-from gptcli.settings.evaluate import LM_EVAL_PREFIX, EvalSettings
+from gptcli.settings.evaluate import LM_EVAL_PREFIX, EvalSettings, lm_eval_task_names
 
 
 def _load(checkpoint: Path | None, model: str | None, device: str) -> LoadedModel:
@@ -75,7 +75,7 @@ def lm_eval_command(s: EvalSettings) -> dict[str, Any]:
         os.environ["TQDM_DISABLE"] = "1"  # the harness's and the datasets' bars (read when tqdm is imported)
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
     lm_harness.require_harness()
-    names = lm_harness.parse_task_list(s.task)
+    names = lm_eval_task_names(s.task)
     console.info("lm-eval: reading the harness's task registry")
     manager = lm_harness.task_manager(s.include_path)
     lm_harness.check_tasks(names, manager)

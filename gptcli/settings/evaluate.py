@@ -13,9 +13,20 @@ TASKS = ("loss", "hellaswag")
 LM_EVAL_PREFIX = "lm-eval:"  # then the harness's task names: lm-eval:arc_easy,piqa,lambada_openai
 
 
+def lm_eval_task_names(task: str) -> list[str]:
+    """``lm-eval:arc_easy,piqa`` -> ["arc_easy", "piqa"], each name once, in order."""
+    names = [n.strip() for n in task.removeprefix(LM_EVAL_PREFIX).split(",")]
+    if not all(names):
+        raise invalid("--task", f"{task!r} (give lm-eval:TASK[,TASK...], e.g. lm-eval:arc_easy,piqa)")
+    return list(dict.fromkeys(names))
+
+
 def check_task(task: str) -> None:
     if not isinstance(task, str) or not (task in TASKS or task.startswith(LM_EVAL_PREFIX)):
-        raise invalid("--task", f"{task!r} (choose from {', '.join(TASKS)}, or lm-eval:TASK[,TASK...])")
+        harness = f"{LM_EVAL_PREFIX}{task}" if isinstance(task, str) and task else f"{LM_EVAL_PREFIX}TASK[,TASK...]"
+        raise invalid(
+            "--task", f"{task!r} (choose from {', '.join(TASKS)}; or {harness}, lm-evaluation-harness's task)"
+        )
 
 
 @dataclass
@@ -110,6 +121,7 @@ class EvalSettings:
 
     def _check_lm_eval(self) -> None:
         """The harness reads its tasks' own data: no FILE; --limit a count or a fraction."""
+        lm_eval_task_names(self.task)
         if self.paths:
             raise UsageError(
                 f"--task {self.task} reads its tasks' own data: give no FILE ({self.paths[0]}); "
