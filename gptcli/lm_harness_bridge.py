@@ -203,17 +203,53 @@ class GptcliLM(TemplateLM):
                 )
             prompts = [self.tok_encode(c, left_truncate_len=room) or [EOT_ID] for c in contexts]
             sampling = bool(kwargs.get("do_sample")) and float(kwargs.get("temperature", 1.0)) > 0
-            new = generate(
-                self.net,
+            new = self._generate_until_stop(
                 prompts,
+                until,
                 max_new_tokens=max_gen_toks,
                 temperature=float(kwargs.get("temperature", 1.0)) if sampling else 0.0,
                 top_k=kwargs.get("top_k") if sampling else None,
                 top_p=kwargs.get("top_p") if sampling else None,
-                eos_id=EOT_ID,
             )
             for context, gen_kwargs, toks in zip(contexts, all_kwargs, new):
                 text = postprocess_generated_text(self.tok_decode(toks), stop=until, think_end_token=None)
                 results.append(text)
                 self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
         return order.get_original(results)
+
+    def _generate_until_stop(self, prompts: list[list[int]], until: list[str], **sampling: Any) -> list[list[int]]:
+        """``generate``'s new tokens for each prompt (cut before <|endoftext|>), ending early once
+        every row holds one of the stop strings, as HFLM's stopping criteria end its batch: the
+        text before the first stop string, all the harness keeps, is the same either way."""
+        rows: list[list[int]] = [[] for _ in prompts]
+        done = [False] * len(prompts)
+        window = _STOP_WINDOW + max(map(len, until), default=0)  # tokens enough to hold any stop string
+
+        def on_token(tok: torch.Tensor) -> None:
+            if tok.shape[0] != len(rows):  # a batch split by prompt length: no early end
+                return
+            for i, t in enumerate(tok[:, 0].tolist()):
+                if done[i]:
+                    continue
+                if t == EOT_ID:
+                    done[i] = True
+                    continue
+                rows[i].append(t)
+                text = self.tok_decode(rows[i][-window:])
+                done[i] = any(stop and stop in text for stop in until)
+            if all(done):
+                raise _AllStopped
+
+        try:
+            return generate(self.net, prompts, eos_id=EOT_ID, on_token=on_token, **sampling)
+        except _AllStopped:
+            return rows
+
+
+# The last tokens of a row searched for a stop string, beyond the longest one's length in characters
+# (a token decodes to at least one character, so the string, just completed, lies within them).
+_STOP_WINDOW = 8
+
+
+class _AllStopped(Exception):
+    """Raised from ``generate``'s ``on_token`` once every row has met a stop string."""

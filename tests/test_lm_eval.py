@@ -213,6 +213,34 @@ def test_rolling_windows_cover_every_token_once(setup):
     assert ours == pytest.approx(total, abs=1e-3)
 
 
+def test_generation_ends_once_every_row_meets_a_stop_string(setup, monkeypatch):
+    """The text is the same as from the whole generation, cut at the stop string; generate is
+    told to end as soon as every row has met it (HFLM's stopping criteria)."""
+    from gptcli import lm_harness_bridge
+    from gptcli.inference import load_model_for_inference
+
+    lm = lm_harness_bridge.GptcliLM(load_model_for_inference(setup["ckpt"], None, device="cpu").net, batch_size=2)
+
+    class Req:
+        def __init__(self, context: str, until: list[str]):
+            self.args = (context, {"until": until, "max_gen_toks": 20, "do_sample": False})
+
+    contexts = ["Q: What is 1 plus 1?\nA:", "Every effort moves you"]
+    whole = lm.generate_until([Req(c, []) for c in contexts])
+    assert all(len(t) > 12 for t in whole), whole
+    stops = [whole[0][4:7], whole[1][5:8]]  # met a few tokens in
+    steps = []
+    real = lm_harness_bridge.generate
+
+    def counting(*args, on_token, **kwargs):
+        return real(*args, on_token=lambda tok: (steps.append(1), on_token(tok)), **kwargs)
+
+    monkeypatch.setattr(lm_harness_bridge, "generate", counting)
+    cut = lm.generate_until([Req(c, stops) for c in contexts])
+    assert cut == [t.split(stops[0])[0].split(stops[1])[0] for t in whole]
+    assert len(steps) < 20, "generation ran to max_gen_toks although every row had met a stop string"
+
+
 def test_errors_are_one_line_each(setup, monkeypatch):
     from gptcli import lm_harness
     from gptcli.settings.evaluate import EvalSettings, lm_eval_task_names
