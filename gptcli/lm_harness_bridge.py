@@ -36,6 +36,7 @@ that the ``eval`` extra is installed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -57,13 +58,23 @@ Request = tuple[tuple[str, str] | None, list[int], list[int]]  # (strings or Non
 class GptcliLM(TemplateLM):
     """The harness's view of a gptcli ``GPT``: log-likelihoods and greedy generations, batched."""
 
-    def __init__(self, net: GPT, *, batch_size: int = 8, checkpoint: str | None = None) -> None:
+    def __init__(
+        self,
+        net: GPT,
+        *,
+        batch_size: int = 8,
+        checkpoint: str | None = None,
+        on_progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        """``on_progress(kind, done, total)`` hears after each batch of each kind of request
+        ("loglikelihood", "loglikelihood_rolling", "generate_until"); the bridge never prints."""
         super().__init__()
         if batch_size < 1:
             raise UsageError(f"invalid --batch-size: {batch_size} (must be at least 1)")
         self.net = net.eval()
         self._batch_size = batch_size
         self._checkpoint = checkpoint
+        self._on_progress = on_progress or (lambda kind, done, total: None)
 
     # --- what the harness asks of every model ---------------------------------------------------
 
@@ -114,7 +125,7 @@ class GptcliLM(TemplateLM):
 
     @torch.no_grad()
     def _loglikelihood_tokens(
-        self, requests: list[Request], disable_tqdm: bool = False, **kwargs: Any
+        self, requests: list[Request], disable_tqdm: bool = False, *, kind: str = "loglikelihood", **kwargs: Any
     ) -> list[tuple[float, bool]]:
         """(sum of the continuation's log-probabilities, whether greedy decoding gives it) per
         request, computed longest rows first in batches; the results in the requests' order."""
@@ -154,6 +165,7 @@ class GptcliLM(TemplateLM):
                     results.append(answer)
                     if req_strings is not None:
                         self.cache_hook.add_partial("loglikelihood", req_strings, answer)
+            self._on_progress(kind, len(results), len(requests))
         return order.get_original(results)
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
@@ -170,7 +182,7 @@ class GptcliLM(TemplateLM):
             for ctx, cont in map(make_disjoint_window, pieces):
                 windows.append((None, ctx, cont))
                 owner.append(i)
-        scores = self._loglikelihood_tokens(windows, disable_tqdm=True)
+        scores = self._loglikelihood_tokens(windows, disable_tqdm=True, kind="loglikelihood_rolling")
         totals = [0.0] * len(requests)
         for i, (logprob, _) in zip(owner, scores):
             totals[i] += logprob
@@ -215,6 +227,7 @@ class GptcliLM(TemplateLM):
                 text = postprocess_generated_text(self.tok_decode(toks), stop=until, think_end_token=None)
                 results.append(text)
                 self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+            self._on_progress("generate_until", len(results), len(requests))
         return order.get_original(results)
 
     def _generate_until_stop(self, prompts: list[list[int]], until: list[str], **sampling: Any) -> list[list[int]]:

@@ -82,11 +82,19 @@ def lm_eval_command(s: EvalSettings) -> dict[str, Any]:
     loaded = _load(s.checkpoint, s.model, s.device)
     from gptcli.lm_harness_bridge import GptcliLM
 
-    lm = GptcliLM(loaded.net, batch_size=s.batch_size, checkpoint=str(loaded.path))
     settings = {"checkpoint": str(loaded.path), "batch_size": s.batch_size}
     if s.include_path is not None:
         settings["include_path"] = str(s.include_path)
-    run = lm_harness.run_tasks(lm, names, manager, num_fewshot=s.num_fewshot, limit=s.limit, extra=settings)
+    with console.step_progress("lm-eval {task.description}", None) as prog:
+        bars: dict[str, Any] = {}
+
+        def on_progress(kind: str, done: int, total: int) -> None:
+            if kind not in bars:
+                bars[kind] = prog.add_task(kind, total=total)
+            prog.update(bars[kind], completed=done, total=total)
+
+        lm = GptcliLM(loaded.net, batch_size=s.batch_size, checkpoint=str(loaded.path), on_progress=on_progress)
+        run = lm_harness.run_tasks(lm, names, manager, num_fewshot=s.num_fewshot, limit=s.limit, extra=settings)
     json_path, table_path = lm_harness.write_results(run, lm_harness.results_dir(loaded.path))
     result = {**run.summary, "written": [str(json_path), str(table_path)]}
     console.print_result(lm_harness.to_json(result) if s.json_out else run.table)
