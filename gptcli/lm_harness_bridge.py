@@ -26,12 +26,17 @@ off there (the tests compare against HFLM at batch size 1, where it never shares
 windows).
 
 Why not export the checkpoint to Hugging Face's format and wrap it in ``HFLM``? That route scores
-whatever the export folder holds, and a stale or mismatched export scores the wrong weights
-silently: litgpt's harness integration did exactly that (Lightning-AI/litgpt#1357). Here the
-harness scores the very module loaded from the checkpoint given.
+whatever ``HFLM`` ends up loading, not necessarily the checkpoint given: ``litgpt evaluate`` handed
+it a Hub name instead of its converted folder, so it silently scored the downloaded base model, and
+LoRA, QLoRA and full finetunes all got the same benchmark numbers (Lightning-AI/litgpt#1357). Here
+the harness scores the very module ``gptcli.inference`` loaded from the checkpoint given (a test
+checks its tensors are the checkpoint's).
 
-This module imports ``lm_eval`` at the top: only ``gptcli.lm_harness`` imports it, after checking
-that the ``eval`` extra is installed.
+``generate_until`` also ends a batch's generation once every row holds a stop string (HFLM's
+stopping criteria do the same), raising out of ``generate``'s ``on_token``.
+
+This module imports ``lm_eval`` at the top: it is imported (by ``gptcli.commands.evaluate``) only
+after ``gptcli.lm_harness.require_harness`` has found the ``eval`` extra installed.
 """
 
 from __future__ import annotations
