@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gptcli import fsutil
-from gptcli.errors import DataError, SaveError, UsageError, os_error_reason
+from gptcli.errors import DataError, GptCliError, SaveError, UsageError, os_error_reason
 
 EVAL_EXTRA = "pip install 'gptcli[eval]'"
 # What the JSON output keeps of the harness's results: the figures and what makes them reproducible
@@ -103,6 +103,21 @@ def run_tasks(
             hint="the harness downloads its datasets from the Hugging Face Hub; run once where the Hub "
             "can be reached (the datasets cache keeps them), or point --include-path at task YAMLs over local files",
         ) from None
+    except ImportError as e:  # a task's own dependency (langdetect for ifeval, ...)
+        raise UsageError(
+            f"lm-eval {','.join(names)}: a task needs a package that is not installed ({e})",
+            hint="the harness's task extras install them: pip install 'lm-eval[TASK-EXTRA]'",
+        ) from e
+    except (ValueError, KeyError, AssertionError) as e:  # the harness refusing a task or a setting
+        if "marked as unsafe" in str(e):
+            raise UsageError(
+                f"lm-eval {','.join(names)}: a task runs code the model writes, which gptcli does not run "
+                "(the harness's own lm_eval command does, with --confirm_run_unsafe_code)"
+            ) from None
+        raise GptCliError(
+            f"lm-eval {','.join(names)}: the harness stopped ({type(e).__name__}: {e})",
+            hint="GPTCLI_DEBUG=1 shows its traceback",
+        ) from e
     summary = {
         "lm_eval_version": str(lm_eval.__version__),
         "tasks": names,

@@ -299,7 +299,7 @@ def test_results_are_written_whole_and_never_over_an_earlier_run(setup, tmp_path
     assert [p.name for p in sorted((tmp_path / "eval").iterdir())] == sorted(p.name for p in (*first, *second))
 
 
-def test_a_task_whose_data_cannot_be_had_is_a_data_error(setup, tmp_path):
+def test_a_task_whose_data_cannot_be_had_or_that_runs_model_code_is_refused(setup, tmp_path):
     from gptcli import lm_harness
     from gptcli.inference import load_model_for_inference
     from gptcli.lm_harness_bridge import GptcliLM
@@ -313,10 +313,14 @@ def test_a_task_whose_data_cannot_be_had_is_a_data_error(setup, tmp_path):
             'doc_to_text: ""\ndoc_to_target: "{{text}}"\nmetric_list:\n  - metric: word_perplexity\n',
         )
     )
+    unsafe = (setup["tasks"] / "tiny_roll.yaml").read_text().replace("task: tiny_roll", "task: tiny_unsafe")
+    (tmp_path / "unsafe.yaml").write_text(unsafe + "unsafe_code: true\n")
     manager = lm_harness.task_manager(tmp_path, include_defaults=False)
     lm = GptcliLM(load_model_for_inference(setup["ckpt"], None, device="cpu").net)
     with pytest.raises(DataError, match="tiny_gone: could not load the task data"):
         lm_harness.run_tasks(lm, ["tiny_gone"], manager)
+    with pytest.raises(UsageError, match="tiny_unsafe: a task runs code the model writes, which gptcli does not run"):
+        lm_harness.run_tasks(lm, ["tiny_unsafe"], manager)
 
 
 def test_the_command_prints_the_harness_table(setup, monkeypatch, capsys):
