@@ -86,14 +86,15 @@ def setup(tmp_path_factory):
     from lm_eval.models.huggingface import HFLM
 
     from gptcli import lm_harness
-    from gptcli.weights.hf import export_hf
+    from gptcli.weights.convert import convert
 
     root = tmp_path_factory.mktemp("lm_eval")
     cfg = ModelConfig(vocab_size=50257, context_length=CONTEXT, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
     torch.manual_seed(7)
     net = GPT(cfg)
     ckpt = atomic_save(weights_checkpoint(cfg, net.state_dict()), root / "runs" / "tiny" / "checkpoints" / "m.pth")
-    hf_dir = export_hf(cfg, net.state_dict(), root / "hf")  # config, safetensors and the tokenizer's files
+    # what `gptcli convert CKPT --to hf -o hf` writes: config, safetensors and the tokenizer's files
+    hf_dir = convert(ckpt, root / "hf", target="hf")
     tasks = write_tasks(root / "tasks")
     manager = lm_harness.task_manager(tasks, include_defaults=False)
     oracle = HFLM(pretrained=str(hf_dir), batch_size=1, device="cpu")
