@@ -17,7 +17,7 @@ pytest.importorskip("lm_eval", reason="the harness is in the eval extra: pip ins
 
 from gptcli.checkpoint import atomic_save, load_checkpoint, weights_checkpoint  # noqa: E402
 from gptcli.config import ModelConfig  # noqa: E402
-from gptcli.errors import DataError, UsageError  # noqa: E402
+from gptcli.errors import DataError, SaveError, UsageError  # noqa: E402
 from gptcli.model import GPT  # noqa: E402
 from tests.conftest import run_gptcli  # noqa: E402
 
@@ -341,6 +341,14 @@ def test_the_command_prints_the_harness_table(setup, monkeypatch, capsys):
     written = sorted(set(out_dir.iterdir()) - before)
     assert [p.suffix for p in written] == [".json", ".md"]
     assert setup["ref"].table.splitlines()[0] in written[1].read_text()  # the same header row
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lm_harness.fsutil, "atomic_write", full_disk)
+    with pytest.raises(SaveError, match="could not write the results"):
+        eval_command(EvalSettings(task=task, checkpoint=setup["ckpt"], json_out=True, device="cpu", quiet=True))
+    assert set(json.loads(capsys.readouterr().out)["results"]) == set(TASKS)  # the figures still came out
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from typing import Any
 from gptcli import console
 from gptcli.data import corpus_tokens
 from gptcli.device import set_threads
-from gptcli.errors import UsageError
+from gptcli.errors import SaveError, UsageError
 from gptcli.evaluation import evaluate_tokens
 from gptcli.inference import LoadedModel, load_model_for_inference
 from gptcli.settings.evaluate import LM_EVAL_PREFIX, EvalSettings, lm_eval_task_names
@@ -95,7 +95,11 @@ def lm_eval_command(s: EvalSettings) -> dict[str, Any]:
 
         lm = GptcliLM(loaded.net, batch_size=s.batch_size, checkpoint=str(loaded.path), on_progress=on_progress)
         run = lm_harness.run_tasks(lm, names, manager, num_fewshot=s.num_fewshot, limit=s.limit, extra=settings)
-    json_path, table_path = lm_harness.write_results(run, lm_harness.results_dir(loaded.path))
+    try:
+        json_path, table_path = lm_harness.write_results(run, lm_harness.results_dir(loaded.path))
+    except SaveError:  # the figures are not lost with the files: on stdout first, then the error
+        console.print_result(lm_harness.to_json(run.summary) if s.json_out else run.table)
+        raise
     result = {**run.summary, "written": [str(json_path), str(table_path)]}
     console.print_result(lm_harness.to_json(result) if s.json_out else run.table)
     console.info(f"lm-eval: results written to {json_path} and {table_path}")
