@@ -76,10 +76,10 @@ def lm_eval_command(s: EvalSettings) -> dict[str, Any]:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
     lm_harness.require_harness()
     names = lm_eval_task_names(s.task)
+    loaded = _load(s.checkpoint, s.model, s.device)  # first: a missing model is said before the registry's seconds
     console.info("lm-eval: reading the harness's task registry")
     manager = lm_harness.task_manager(s.include_path)
     lm_harness.check_tasks(names, manager)
-    loaded = _load(s.checkpoint, s.model, s.device)
     from gptcli.lm_harness_bridge import GptcliLM
 
     settings = {"checkpoint": str(loaded.path), "batch_size": s.batch_size}
