@@ -411,6 +411,7 @@ _SETTINGS_COMMANDS: tuple[tuple[str, type, str | Callable[[Any], None], str, tup
         "evaluate:eval_command",
         "Loss and perplexity over the given text: the book's calc_loss_loader, or a sliding window (--stride).\n"
         "With --task hellaswag: HellaSwag accuracy, scored as llm.c and nanoGPT do.\n"
+        "With --task lm-eval:TASKS: any task of EleutherAI's lm-evaluation-harness (pip install 'gptcli[eval]').\n"
         "With --judge: an instruct run's answers scored from 0 to 100 by a larger model, as the book's section 7.8.",
         (
             "gptcli eval examples/the-verdict.txt",
@@ -418,6 +419,7 @@ _SETTINGS_COMMANDS: tuple[tuple[str, type, str | Callable[[Any], None], str, tup
             "gptcli eval examples/the-verdict.txt --stride 128",
             "gptcli eval --task hellaswag hellaswag_val.jsonl --model gpt2-124M",
             "gptcli eval --judge -c runs/instruct --judge-model llama3",
+            "gptcli eval --task lm-eval:arc_easy,piqa,lambada_openai -c runs/x",
         ),
     ),
     (

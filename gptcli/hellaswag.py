@@ -8,8 +8,10 @@ does: the row is ``encode(ctx) + encode(" " + ending)`` and only the ending's to
 * ``acc``: the ending with the highest *sum* of its tokens' log-likelihoods is the prediction.
 * ``acc_norm``: the ending with the highest *mean* log-likelihood per ending token (llm.c's and
   nanoGPT's ``avg_loss``). lm-evaluation-harness's ``acc_norm`` divides by the ending's length in
-  bytes instead, so its figures differ slightly (llm.c quotes 0.3114 from the harness against
-  its own 0.2955 for GPT-2 124M).
+  characters instead (its bytes, for English text), and its ``hellaswag`` task also rewrites the
+  text (``activity_label: ctx_a Ctx_b``, WikiHow's bracketed markers cleaned), so its figures
+  differ (llm.c quotes acc 0.2892, acc_norm 0.3114 from the harness against its own 0.2859,
+  0.2955 for GPT-2 124M); ``gptcli eval --task lm-eval:hellaswag`` runs the harness's.
 
 A row longer than the model's context keeps its last tokens (the ending and as much context as
 fits), which only happens for models with a short context.

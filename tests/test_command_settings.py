@@ -71,7 +71,11 @@ def test_the_settings_import_neither_torch_nor_the_terminal():
         (EvalSettings, {}, "no FILE given"),
         (EvalSettings, {"paths": ["a.txt"], "split": "val"}, "--split evaluates a finetune run's own data"),
         (EvalSettings, {"paths": ["a.txt"], "stride": 0}, "invalid --stride: 0 (must be at least 1)"),
-        (EvalSettings, {"paths": ["a.txt"], "task": "mmlu"}, "invalid --task: 'mmlu' (choose from loss, hellaswag)"),
+        (
+            EvalSettings,
+            {"paths": ["a.txt"], "task": "mmlu"},
+            "invalid --task: 'mmlu' (choose from loss, hellaswag; or lm-eval:mmlu, lm-evaluation-harness's task)",
+        ),
         (EvalSettings, {"paths": ["a.txt"], "task": "hellaswag", "stride": 4}, "--stride applies to --task loss only"),
         (EvalSettings, {"paths": ["a.txt"], "format": "xml"}, "invalid --format: 'xml'"),
         (EvalSettings, {"paths": ["a.txt"], "text_field": ""}, "invalid --text-field: '' (must not be empty)"),

@@ -10,10 +10,10 @@ from typing import Any
 from gptcli import console
 from gptcli.data import corpus_tokens
 from gptcli.device import set_threads
-from gptcli.errors import UsageError
+from gptcli.errors import SaveError, UsageError
 from gptcli.evaluation import evaluate_tokens
 from gptcli.inference import LoadedModel, load_model_for_inference
-from gptcli.settings.evaluate import EvalSettings
+from gptcli.settings.evaluate import LM_EVAL_PREFIX, EvalSettings, lm_eval_task_names
 
 
 def _load(checkpoint: Path | None, model: str | None, device: str) -> LoadedModel:
@@ -62,6 +62,50 @@ def hellaswag_command(
     return _print_result(result, head, row, json_out=json_out)
 
 
+def lm_eval_command(s: EvalSettings) -> dict[str, Any]:
+    """lm-evaluation-harness tasks (``--task lm-eval:arc_easy,piqa``) on the model, through
+    ``gptcli.lm_harness``: the harness's table on stdout (or ``--json``), both also written to
+    ``<run>/eval/``."""
+    from gptcli import lm_harness
+
+    if s.quiet:
+        import logging
+        import os
+
+        os.environ["TQDM_DISABLE"] = "1"  # the harness's and the datasets' bars (read when tqdm is imported)
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    lm_harness.require_harness()
+    names = lm_eval_task_names(s.task)
+    loaded = _load(s.checkpoint, s.model, s.device)  # first: a missing model is said before the registry's seconds
+    console.info("lm-eval: reading the harness's task registry")
+    manager = lm_harness.task_manager(s.include_path)
+    lm_harness.check_tasks(names, manager)
+    from gptcli.lm_harness_bridge import GptcliLM
+
+    settings = {"checkpoint": str(loaded.path), "batch_size": s.batch_size}
+    if s.include_path is not None:
+        settings["include_path"] = str(s.include_path)
+    with console.step_progress("lm-eval {task.description}", None) as prog:
+        bars: dict[str, Any] = {}
+
+        def on_progress(kind: str, done: int, total: int) -> None:
+            if kind not in bars:
+                bars[kind] = prog.add_task(kind, total=total)
+            prog.update(bars[kind], completed=done, total=total)
+
+        lm = GptcliLM(loaded.net, batch_size=s.batch_size, checkpoint=str(loaded.path), on_progress=on_progress)
+        run = lm_harness.run_tasks(lm, names, manager, num_fewshot=s.num_fewshot, limit=s.limit, extra=settings)
+    try:
+        json_path, table_path = lm_harness.write_results(run, lm_harness.results_dir(loaded.path))
+    except SaveError:  # the figures are not lost with the files: on stdout first, then the error
+        console.print_result(lm_harness.to_json(run.summary) if s.json_out else run.table)
+        raise
+    result = {**run.summary, "written": [str(json_path), str(table_path)]}
+    console.print_result(lm_harness.to_json(result) if s.json_out else run.table)
+    console.info(f"lm-eval: results written to {json_path} and {table_path}")
+    return result
+
+
 def finetune_split_command(checkpoint: Path | None, split: str, *, device: str, json_out: bool) -> dict[str, Any]:
     """A finetune run's loss on one split of its data (the book's ``calc_loss_loader``), and a
     classifier's accuracy (``calc_accuracy_loader``), with the run's batch size."""
@@ -84,8 +128,8 @@ def finetune_split_command(checkpoint: Path | None, split: str, *, device: str, 
 
 
 def eval_command(s: EvalSettings) -> dict[str, Any]:
-    """``gptcli eval``: a finetune run's split (``--split``), HellaSwag (``--task hellaswag``), or
-    the loss and perplexity of the text files, printed as a table or JSON and returned."""
+    """``gptcli eval``: a finetune run's split (``--split``), HellaSwag (``--task hellaswag``),
+    lm-evaluation-harness tasks (``--task lm-eval:...``), or the loss and perplexity of the text files, printed as a table or JSON and returned."""
     console.set_quiet(s.quiet)
     set_threads(s.threads)
     if s.judge:
@@ -93,6 +137,8 @@ def eval_command(s: EvalSettings) -> dict[str, Any]:
     if s.split is not None:
         return finetune_split_command(s.checkpoint, s.split, device=s.device, json_out=s.json_out)
     paths, checkpoint, model, device, stride = s.paths, s.checkpoint, s.model, s.device, s.stride
+    if s.task.startswith(LM_EVAL_PREFIX):
+        return lm_eval_command(s)
     if s.task == "hellaswag":
         return hellaswag_command(paths, checkpoint=checkpoint, model=model, device=device, json_out=s.json_out)
     if s.text_field is not None:  # given: some input must hold records (formats.check_text_field)

@@ -14,11 +14,30 @@ from gptcli.settings import flag, invalid
 TASKS = ("loss", "hellaswag")
 JUDGE_FLAGS = ("responses", "judge_url", "judge_model", "judge_api", "judge_timeout", "judge_retries")
 
+LM_EVAL_PREFIX = "lm-eval:"  # then the harness's task names: lm-eval:arc_easy,piqa,lambada_openai
+
+
+def lm_eval_task_names(task: str) -> list[str]:
+    """``lm-eval:arc_easy,piqa`` -> ["arc_easy", "piqa"], each name once, in order."""
+    names = [n.strip() for n in task.removeprefix(LM_EVAL_PREFIX).split(",")]
+    if not all(names):
+        raise invalid("--task", f"{task!r} (give lm-eval:TASK[,TASK...], e.g. lm-eval:arc_easy,piqa)")
+    return list(dict.fromkeys(names))
+
+
+def check_task(task: str) -> None:
+    if not isinstance(task, str) or not (task in TASKS or task.startswith(LM_EVAL_PREFIX)):
+        harness = f"{LM_EVAL_PREFIX}{task}" if isinstance(task, str) and task else f"{LM_EVAL_PREFIX}TASK[,TASK...]"
+        raise invalid(
+            "--task", f"{task!r} (choose from {', '.join(TASKS)}; or {harness}, lm-evaluation-harness's task)"
+        )
+
 
 @dataclass
 class EvalSettings:
     """``gptcli eval``: a model's loss and perplexity over text files, its HellaSwag accuracy
-    (``--task hellaswag``), or a finetune run's loss on a split of its own data (``--split``)."""
+    (``--task hellaswag``), lm-evaluation-harness tasks (``--task lm-eval:arc_easy,piqa``), or a
+    finetune run's loss on a split of its own data (``--split``)."""
 
     paths: list[Path] | None = shared.arguments_flag(
         "FILE",
@@ -35,7 +54,8 @@ class EvalSettings:
         8,
         min=1,
         metavar="N",
-        help="Windows per batch; the loss is the mean of the batch means, as the book's calc_loss_loader.",
+        help="Windows per batch; the loss is the mean of the batch means, as the book's calc_loss_loader "
+        "(with --task lm-eval:...: requests per batch).",
     )
     stride: int | None = flag(
         None,
@@ -51,9 +71,28 @@ class EvalSettings:
     quiet: bool = shared.quiet_flag("No progress output on stderr (warnings and errors still).")
     task: str = flag(
         "loss",
-        choices=TASKS,
+        suggest=(*TASKS, LM_EVAL_PREFIX),
+        check=check_task,
         help="loss: loss and perplexity of text files; hellaswag: acc and acc_norm on HellaSwag jsonl files "
-        "(the official hellaswag_val.jsonl).",
+        "(the official hellaswag_val.jsonl); lm-eval:TASK[,TASK...]: tasks of EleutherAI's lm-evaluation-harness "
+        "(its registry's names; datasets from the Hugging Face Hub), no FILE.",
+    )
+    num_fewshot: int | None = flag(
+        None,
+        min=0,
+        metavar="K",
+        help="lm-eval: examples shown before each question [default: each task's own, else 0].",
+    )
+    limit: float | None = flag(
+        None,
+        metavar="N",
+        help="lm-eval: only the first N examples of each task (below 1: that fraction); for quick checks, "
+        "not for reporting.",
+    )
+    include_path: Path | None = flag(
+        None,
+        metavar="DIR",
+        help="lm-eval: a folder of task YAMLs (the harness's format) to add to its registry.",
     )
     split: str | None = flag(
         None,
@@ -97,6 +136,9 @@ class EvalSettings:
     def __post_init__(self) -> None:
         shared.check_flags(self)  # --format, --text-field, --device, --threads, --encoding-errors, --task
         self.paths = list(self.paths or [])
+        for name in ("num_fewshot", "limit", "include_path"):
+            if getattr(self, name) is not None and not self.task.startswith(LM_EVAL_PREFIX):
+                raise UsageError(f"--{name.replace('_', '-')} applies to --task lm-eval:... only")
         self._check_judge()
         if self.judge:
             return
@@ -105,9 +147,11 @@ class EvalSettings:
                 raise UsageError(
                     "--split evaluates a finetune run's own data: give -c RUN and no FILE, --model or --task"
                 )
+        elif self.task.startswith(LM_EVAL_PREFIX):
+            self._check_lm_eval()
         elif not self.paths:
             raise UsageError("no FILE given: pass text files or directories (or --split with a finetune run)")
-        if self.task == "hellaswag" and self.stride is not None:
+        if self.task != "loss" and self.stride is not None:
             raise UsageError("--stride applies to --task loss only")
         if self.stride is not None and self.stride < 1:
             raise invalid("--stride", f"{self.stride} (must be at least 1)")
@@ -141,3 +185,23 @@ class EvalSettings:
             timeout=self.judge_timeout,
             retries=self.judge_retries,
         )
+
+    def _check_lm_eval(self) -> None:
+        """The harness reads its tasks' own data: no FILE; --limit a count or a fraction."""
+        lm_eval_task_names(self.task)
+        if self.paths:
+            raise UsageError(
+                f"--task {self.task} reads its tasks' own data: give no FILE ({self.paths[0]}); "
+                "--include-path DIR adds task YAMLs over local files"
+            )
+        if self.text_field is not None:
+            raise UsageError("--text-field applies to text files, not to --task lm-eval:...")
+        if self.limit is not None:
+            if not self.limit > 0:
+                raise invalid("--limit", f"{self.limit:g} (a count of examples, or a fraction between 0 and 1)")
+            if self.limit >= 1:
+                if self.limit != int(self.limit):
+                    raise invalid("--limit", f"{self.limit:g} (a whole number of examples, or a fraction below 1)")
+                self.limit = int(self.limit)
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise invalid("--num-fewshot", f"{self.num_fewshot} (must be at least 0)")
