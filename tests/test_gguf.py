@@ -193,8 +193,13 @@ def test_llama_cpp_greedy_tokens_equal_gptclis(models, tmp_path, which):
     try:
         assert llm.n_vocab() == 50257 and llm.metadata["gpt2.context_length"] == "32"
         assert llm.tokenize(b"Every effort moves you", add_bos=False) == encode("Every effort moves you")
-        if which == "ins":
-            assert llm.metadata["tokenizer.chat_template"] == chat_template(Template())
+        if which == "ins":  # llama-cpp-python takes the template for its chat completions
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            assert llm.chat_format == "chat_template.default"
+            fmt = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"], "<|endoftext|>", "<|endoftext|>")
+            user = [{"role": "user", "content": ENTRY["instruction"]}]
+            assert fmt(messages=user).prompt == Template().response_prefix(ENTRY)
         prompt = IDS
         n = 32 - len(prompt)
         ours = greedy(gptcli_model(models[which]), prompt, n)
