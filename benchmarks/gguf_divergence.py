@@ -48,10 +48,8 @@ def make_model(which: str):
     from gptcli.config import ModelConfig
     from gptcli.model import GPT
 
-    if which == "book":
-        cfg = ModelConfig.from_preset("gpt2-124M", drop_rate=0.0)
-    else:
-        cfg = ModelConfig.from_preset("gpt2-124M", drop_rate=0.0, context_length=1024, qkv_bias=True, tie_weights=True)
+    # ModelConfig() is the book's chapter-5 shape; the gpt2-124M preset is OpenAI's
+    cfg = ModelConfig(drop_rate=0.0) if which == "book" else ModelConfig.from_preset("gpt2-124M", drop_rate=0.0)
     torch.manual_seed(123)
     return GPT(cfg).eval()
 

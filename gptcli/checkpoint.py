@@ -327,7 +327,8 @@ def verify_archive(path: Path, *, remember: bool = False) -> None:
 def load_checkpoint(
     path: str | Path, *, map_location: str | torch.device = "cpu", verify: bool = True
 ) -> dict[str, Any]:
-    """Load and check a gptcli checkpoint; any problem is one CheckpointError naming the file."""
+    """Load and check a gptcli checkpoint (a ``.pth``, or a weights-only ``.safetensors`` file,
+    told apart by their first bytes); any problem is one CheckpointError naming the file."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
