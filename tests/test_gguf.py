@@ -134,6 +134,15 @@ def test_chat_and_ollama_templates_give_the_prompt_the_run_gives(text):
     )
 
 
+def test_go_template_syntax_in_a_template_is_literal_and_triple_quotes_are_refused():
+    from gptcli.errors import UsageError
+
+    go = ollama_template(Template("{{{{ .System }}}} {instruction}\n{output}"))  # the text "{{ .System }}"
+    assert go.startswith('{{ "{{" }} .System }} {{ .Prompt }}')  # Ollama prints the braces, runs nothing
+    with pytest.raises(UsageError, match='holds """'):
+        modelfile("m.gguf", ModelConfig(**BOOK), Template('"""{instruction}"""\n{output}'))
+
+
 def test_ollama_modelfile(models, tmp_path):
     export(models["ins"], tmp_path / "ins" / "model.gguf", "--ollama")
     text = (tmp_path / "ins" / "Modelfile").read_text(encoding="utf-8")
