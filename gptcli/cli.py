@@ -460,13 +460,15 @@ _SETTINGS_COMMANDS: tuple[tuple[str, type, str | Callable[[Any], None], str, tup
         ConvertSettings,
         "weights:convert_command",
         "Convert GPT-2 weights: OpenAI (TensorFlow), Hugging Face or the book's checkpoints -> gptcli, "
-        "or gptcli -> Hugging Face.",
+        "or gptcli -> Hugging Face, GGUF (llama.cpp, Ollama) or a weights-only file.",
         (
             "gptcli convert ~/.cache/gptcli/gpt2/124M",
             "gptcli convert model_and_optimizer.pth --data the-verdict.txt -o book.pth && gptcli resume book.pth",
             "gptcli convert hf-gpt2/ -o gpt2.pth",
             "gptcli convert runs/verdict --to hf -o verdict-hf/",
             "gptcli convert runs/verdict --to hf -o verdict-hf/ --push me/verdict-gpt2 --private",
+            "gptcli convert runs/verdict --to gguf -o verdict.gguf --outtype q8_0 --ollama",
+            "gptcli convert runs/verdict --weights-only -o verdict.pth",
         ),
     ),
     (

@@ -55,6 +55,8 @@ SKIP = {
     "gptcli prepare 'fineweb-10BT/*.parquet' -o data/fineweb10B --val-tokens 100M": "needs the FineWeb download (tests/test_formats.py and tests/test_shards.py prepare Parquet and shards they write)",
     "torchrun --standalone --nproc_per_node=8 -m gptcli train      --config examples/configs/gpt2-124M-fineweb.yaml --out runs/gpt2-124M-fineweb": "needs 8 GPUs and the prepared corpus; tests/test_distributed.py runs this config tiny under torchrun with 2 gloo processes",
     "torchrun --nproc_per_node=2 -m gptcli train examples/the-verdict.txt --epochs 1": "the full model on 2 CPU ranks; tests/test_distributed.py runs the same with gloo at tiny settings",
+    'llama-cli -m verdict.gguf -p "Every effort moves you" -n 50': "needs llama.cpp's command-line tools; tests/test_gguf.py runs the GGUF files through llama.cpp's Python bindings",
+    'cd q8 && ollama create verdict -f Modelfile && ollama run verdict "Every effort moves you"': "needs Ollama; tests/test_gguf.py checks the Modelfile",
 }
 # One epoch of a dozen steps: 46 windows of 12 tokens, 100 tokens apart, 4 per batch.
 TINY_TRAIN = [
