@@ -90,6 +90,8 @@ class Engine:
         self._rows: list[_Row] = []
         self._cond = threading.Condition()
         self._stopping = False
+        self.peak_rows = 0  # the most rows one decode step has run (the tests check batching with it)
+        self.tokens = 0  # tokens generated so far, every row together
         self._thread = threading.Thread(target=self._run, name="gptcli-engine", daemon=True)
         self._thread.start()
 
@@ -120,7 +122,7 @@ class Engine:
     def load(self) -> dict[str, int]:
         """Rows decoding and requests waiting, for the health route."""
         with self._cond:
-            return {"rows": len(self._rows), "waiting": len(self._pending)}
+            return {"rows": len(self._rows), "waiting": len(self._pending), "tokens": self.tokens}
 
     # -- the engine thread ---------------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class Engine:
             self._rows = [r for r in self._rows if not r.done and not r.req.cancelled]
             if self._rows:
                 rows = list(self._rows)
+                self.peak_rows = max(self.peak_rows, len(rows))
                 self._guarded(list({id(r.req): r.req for r in rows}.values()), lambda rows=rows: self._step(rows))
                 self._rows = [r for r in self._rows if not r.done and not r.req.cancelled]
 
@@ -197,6 +200,7 @@ class Engine:
                 self._finish(r, "stop")
                 continue
             r.ids.append(tok)
+            self.tokens += 1
             lp = None
             if logprobs is not None:
                 top = logprobs[i].topk(req.logprobs) if req.logprobs > 0 else None
