@@ -111,6 +111,11 @@ def serve_command(s: ServeSettings) -> None:
             if served.engine is not None:  # every stream ends now, with its final event
                 served.engine.stop(timeout=0)
             super().handle_exit(sig, frame)
+            # uvicorn raises the signal again once stopped, which would end the process with it;
+            # a stop asked for is a clean exit here ("stopped", exit 0)
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
 
     config = uvicorn.Config(
         app,
