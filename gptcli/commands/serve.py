@@ -74,7 +74,7 @@ def load_served(s: ServeSettings) -> Any:
         name=_model_name(loaded.path, s.model),
         kind="instruct" if chat.instruct else "lm",
         context_length=loaded.net.cfg.context_length,
-        engine=Engine(loaded.net, max_batch=s.max_batch, max_queue=s.max_queue),
+        engine=Engine(loaded.net, max_batch=s.max_batch, max_queue=s.max_queue, exact=s.batch_math == "exact"),
         chat=chat,
     )
 
