@@ -104,7 +104,8 @@ class Engine:
         with self._cond:
             if self._stopping:
                 raise ShuttingDown()
-            if len(self._pending) >= self.max_queue:
+            free = self.max_batch - len(self._rows) - sum(r.n for r in self._pending)
+            if req.n > free and len(self._pending) >= self.max_queue:  # it would have to wait
                 raise QueueFull()
             self._pending.append(req)
             self._cond.notify()
