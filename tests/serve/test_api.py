@@ -236,3 +236,31 @@ def test_page_is_served(base_server):
     r = httpx.get(base_server.url + "/")
     assert r.status_code == 200 and "<html" in r.text.lower()
     assert json.loads(httpx.get(base_server.url + "/health").text)["status"] == "ok"
+
+
+def test_a_seeded_request_draws_the_same_text_whatever_shares_its_batch(base_server):
+    client = base_server.client()
+    kw = dict(model=base_server.name, prompt="Once upon", max_tokens=20, temperature=1.3, seed=11)
+    alone = client.completions.create(**kw).choices[0].text
+    others = [f"Some other prompt number {i}" for i in range(6)]
+    with concurrent.futures.ThreadPoolExecutor(7) as pool:
+        busy = [pool.submit(client.completions.create, model=base_server.name, prompt=p, max_tokens=20) for p in others]
+        together = pool.submit(client.completions.create, **kw)
+        assert together.result().choices[0].text == alone
+        assert all(f.result().choices for f in busy)
+
+
+def test_cors_only_with_an_origin(base_server):
+    from starlette.testclient import TestClient
+
+    from gptcli.serve.api import create_app
+
+    preflight = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"}
+    r = httpx.options(base_server.url + "/v1/completions", headers=preflight)
+    assert "access-control-allow-origin" not in r.headers
+    app = create_app(base_server.served, cors_origin="http://localhost:3000")
+    with TestClient(app) as tc:
+        r = tc.options("/v1/completions", headers=preflight)
+        assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
+        r = tc.options("/v1/completions", headers={**preflight, "Origin": "http://evil.example"})
+        assert r.headers.get("access-control-allow-origin") != "http://evil.example"
