@@ -303,11 +303,13 @@ FAST_ROWS = 4  # the fast batch math pads the rows to a multiple of this (see de
 
 def _rows_linear(layer: torch.nn.Module, x: torch.Tensor, exact: bool = True) -> torch.Tensor:
     """``layer(x)`` for x (B, 1, C_in): each row computed as a one-row product (see above), or,
-    not ``exact``, as one matrix product over the rows padded to a multiple of ``FAST_ROWS``."""
+    not ``exact`` and with at least ``FAST_ROWS`` rows, as one matrix product over the rows padded to
+    a multiple of ``FAST_ROWS`` (fewer rows gain nothing from it: one-row kernels stream the
+    weights faster than a padded matmul)."""
     B = x.shape[0]
     if not isinstance(layer, torch.nn.Linear) or type(layer).forward is not torch.nn.Linear.forward:
         return torch.cat([layer(x[b : b + 1]) for b in range(B)])  # adapters (LoRA): row by row
-    if not exact:
+    if not exact and B >= FAST_ROWS:
         pad = -B % FAST_ROWS
         if pad:
             x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])])
@@ -325,10 +327,10 @@ def decode_rows(model: GPT, tokens: Sequence[int], caches: Sequence[KVCache], *,
     (B, V). Every row must have room left in the context.
 
     ``exact``: each row's logits are bit for bit those ``generate`` computes for it alone. Off, the
-    weights' matmuls run as one matrix product over the rows (padded to a multiple of
-    ``FAST_ROWS``): several times faster for many rows on CPU, but a row's last bits then differ
-    from its one-row arithmetic (so a greedy answer can differ from ``gptcli sample``'s where two
-    tokens nearly tie), and may depend on how many rows share the step."""
+    weights' matmuls of a step with ``FAST_ROWS`` rows or more run as one matrix product over the
+    rows (padded to a multiple of ``FAST_ROWS``): several times faster for many rows on CPU, but a
+    row's last bits then differ from its one-row arithmetic (so a greedy answer can differ from
+    ``gptcli sample``'s where two tokens nearly tie) and depend on how many rows share the step."""
     cfg = model.cfg
     device = next(model.parameters()).device
     if any(c.length >= cfg.context_length for c in caches):

@@ -43,8 +43,8 @@ class ServeSettings:
         "exact",
         choices=BATCH_MATH,
         help="exact: every row of a batch is bit for bit its answer alone (the same tokens as gptcli sample); "
-        "fast: one matrix product over the rows, faster with many clients on CPU, its last bits (and so, rarely, "
-        "a greedy token at a near tie) differing from gptcli sample's.",
+        "fast: one matrix product over 4 or more rows, faster with many clients on CPU, its last bits (and so, "
+        "rarely, a greedy token at a near tie) differing from gptcli sample's.",
     )
     cors_origin: str | None = flag(
         None,
