@@ -264,3 +264,86 @@ def _generate_static(
     if eos_id is not None:
         new = [row[: row.index(eos_id)] if eos_id in row else row for row in new]
     return new
+
+
+# ---------------------------------------------------------------------------------------------
+# Step-level pieces for a server's continuous batching: each row has its own KVCache (as a lone
+# prompt in ``generate`` has), rows join and leave between steps, and one decode step runs every
+# row at once. Every row's numbers are bit for bit those of the row generated alone: CPU matmul
+# kernels round a row differently with other rows beside it (MKL's gemm for 4+ rows blocks the sum
+# differently from its one-row kernel), so the weights' matmuls run as a batch of one-row products
+# (``torch.baddbmm`` over the weight broadcast, which streams the weights once and keeps each row's
+# arithmetic), and attention runs row by row over each row's own cache, as it does alone.
+
+
+def cache_dtype(model: GPT, device: torch.device) -> torch.dtype:
+    """The KV cache's dtype: fp32 on CPU whatever the weights (see ``generate``)."""
+    return torch.float32 if device.type == "cpu" else next(model.parameters()).dtype
+
+
+@torch.no_grad()
+def prefill_row(model: GPT, ids: Sequence[int]) -> tuple[torch.Tensor, KVCache]:
+    """A new row: its prompt through the model alone, as ``generate`` starts a single prompt;
+    returns the logits after its last token (1, V) and its cache. The prompt must fit the context."""
+    device = next(model.parameters()).device
+    cache = KVCache(model.cfg, 1, device=device, dtype=cache_dtype(model, device))
+    logits = model(torch.tensor([list(ids)], device=device), cache)[:, -1, :]
+    return logits, cache
+
+
+def copy_cache(cache: KVCache) -> KVCache:
+    """An independent copy of a row's cache (the rows of one prompt's ``n`` samples)."""
+    new = KVCache.__new__(KVCache)
+    new.k, new.v, new.length = cache.k.clone(), cache.v.clone(), cache.length
+    return new
+
+
+def _rows_linear(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for x (B, 1, C_in), each row computed as a one-row product (see above)."""
+    B = x.shape[0]
+    if not isinstance(layer, torch.nn.Linear) or type(layer).forward is not torch.nn.Linear.forward:
+        return torch.cat([layer(x[b : b + 1]) for b in range(B)])  # adapters (LoRA): row by row
+    w = layer.weight.t().unsqueeze(0).expand(B, -1, -1)  # (B, C_in, C_out), no copy
+    if layer.bias is None:
+        return torch.bmm(x, w)
+    return torch.baddbmm(layer.bias.view(1, 1, -1).expand(B, 1, -1), x, w)
+
+
+@torch.no_grad()
+def decode_rows(model: GPT, tokens: Sequence[int], caches: Sequence[KVCache]) -> torch.Tensor:
+    """One decode step over many rows: ``tokens[b]`` is appended to row ``b``, whose cache holds
+    its ``caches[b].length`` earlier positions (each row its own); returns the next-token logits
+    (B, V). Each row's logits are exactly those ``generate`` computes for it alone. Every row must
+    have room left in the context."""
+    cfg = model.cfg
+    device = next(model.parameters()).device
+    if any(c.length >= cfg.context_length for c in caches):
+        raise ValueError(f"a row is already at the context length {cfg.context_length}")
+    B, C, nh, hd = len(tokens), cfg.emb_dim, cfg.n_heads, cfg.head_dim
+    idx = torch.tensor(list(tokens), device=device).view(B, 1)
+    pos = torch.tensor([c.length for c in caches], device=device).view(B, 1)
+    x = model.wte(idx) + model.wpe(pos)  # (B, 1, C); dropout is off in eval mode
+    for layer, block in enumerate(model.h):
+        attn = block.attn
+        q, k, v = _rows_linear(attn.c_attn, block.ln_1(x)).split(C, dim=2)  # each (B, 1, C)
+        ys = []
+        for b, cache in enumerate(caches):
+            qb = q[b : b + 1].view(1, 1, nh, hd).transpose(1, 2)  # (1, nh, 1, hs)
+            kb = k[b : b + 1].view(1, 1, nh, hd).transpose(1, 2)
+            vb = v[b : b + 1].view(1, 1, nh, hd).transpose(1, 2)
+            start = cache.length
+            cache.k[layer, :, :, start : start + 1] = kb
+            cache.v[layer, :, :, start : start + 1] = vb
+            ck = cache.k[layer, :, :, : start + 1]  # (1, nh, start+1, hs)
+            cv = cache.v[layer, :, :, : start + 1]
+            y = torch.nn.functional.scaled_dot_product_attention(qb.to(ck.dtype), ck, cv, is_causal=start == 0)
+            ys.append(y.to(x.dtype).transpose(1, 2).contiguous().view(1, 1, C))
+        x = x + _rows_linear(attn.c_proj, torch.cat(ys))
+        h = block.ln_2(x)
+        x = x + _rows_linear(
+            block.mlp.c_proj, torch.nn.functional.gelu(_rows_linear(block.mlp.c_fc, h), approximate="tanh")
+        )
+    for cache in caches:
+        cache.length += 1
+    logits = _rows_linear(model.lm_head, model.ln_f(x))  # (B, 1, padded_vocab)
+    return logits[:, -1, : cfg.vocab_size]
