@@ -64,12 +64,14 @@ def server(tmp_path_factory):
         cwd=root,
     )
     lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
     try:
-        line = lines.get(timeout=120)
+        line = lines.get(timeout=120)  # None: it exited without one
     except queue.Empty:
+        line = None
+    if line is None:
         proc.kill()
-        pytest.fail("gptcli serve printed no URL in 120 s: " + proc.stderr.read())
+        pytest.fail("gptcli serve printed no URL: " + proc.stderr.read()[-2000:])
     url = line.split(" at ")[-1].strip()
     assert url.startswith("http://127.0.0.1:"), line
     yield url
@@ -149,7 +151,11 @@ def test_the_chat_page_streams_stops_and_survives_errors(server):
             _wait_idle(page, 2)
             partial = _answers(page)[1]
             assert "stopped" in page.inner_text(".msg.assistant >> nth=1")
-            history = [user, {"role": "assistant", "content": expected}, {"role": "user", "content": "Tell me everything"}]
+            history = [
+                user,
+                {"role": "assistant", "content": expected},
+                {"role": "user", "content": "Tell me everything"},
+            ]
             full = _api_chat(server, history, temperature=0, max_tokens=LONG)
             assert full.startswith(partial) and 0 < len(partial) < len(full), (len(partial), len(full))
             assert page.is_enabled("#send") and not page.is_enabled("#stop")
