@@ -144,11 +144,18 @@ def test_the_chat_page_streams_stops_and_survives_errors(server):
             assert len(set(pieces)) > 2, pieces  # it grew piece by piece, not in one go
 
             # 3. Stop a long answer mid-stream: a strict prefix stays, and the page is usable again.
+            # A tiny model writes 900 tokens in about a second, so the browser's network is slowed
+            # to a few chunks a second for this answer, or it could end before Stop is pressed.
+            cdp = page.context.new_cdp_session(page)
+            cdp.send("Network.enable")
+            slow = {"offline": False, "latency": 0, "downloadThroughput": 2000, "uploadThroughput": -1}
+            cdp.send("Network.emulateNetworkConditions", slow)
             page.fill("#max-tokens", str(LONG))
             _send(page, "Tell me everything")
             page.wait_for_function("document.querySelectorAll('.msg.assistant .text')[1]?.textContent.length > 20")
             page.click("#stop")
             _wait_idle(page, 2)
+            cdp.send("Network.emulateNetworkConditions", {**slow, "downloadThroughput": -1})
             partial = _answers(page)[1]
             assert "stopped" in page.inner_text(".msg.assistant >> nth=1")
             history = [
