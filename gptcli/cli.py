@@ -34,6 +34,7 @@ from gptcli.settings.evaluate import EvalSettings
 from gptcli.settings.prepare import PrepareSettings
 from gptcli.settings.runs import InfoSettings, PlotSettings, RunsSettings
 from gptcli.settings.sample import SampleSettings
+from gptcli.settings.serve import ServeSettings
 from gptcli.settings.weights import ConvertSettings, DownloadSettings
 
 # Recent typer versions vendor click; take its exception classes from wherever typer's come from.
@@ -440,6 +441,18 @@ _SETTINGS_COMMANDS: tuple[tuple[str, type, str | Callable[[Any], None], str, tup
         (
             "gptcli chat -c runs/instruct",
             "gptcli chat -c runs/verdict --temperature 0.8 --top-k 40 --system 'You are terse.'",
+        ),
+    ),
+    (
+        "serve",
+        ServeSettings,
+        "serve:serve_command",
+        "Serve a model over HTTP: OpenAI's API (/v1/completions, /v1/chat/completions, /v1/models) and a chat page.",
+        (
+            "gptcli serve -c runs/verdict",
+            "gptcli serve --model gpt2-124M --port 8080 --max-batch 8",
+            "GPTCLI_API_KEY=secret gptcli serve -c runs/instruct --host 0.0.0.0",
+            "gptcli serve -c runs/spam   # a classifier: POST /v1/classify",
         ),
     ),
     (
