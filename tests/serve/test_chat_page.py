@@ -4,8 +4,8 @@ random model: the streamed answer is the API's greedy answer, Stop keeps a stric
 answer and leaves the page usable, and a refusal (a wrong API key, too many max tokens) shows in
 the page, after which a good message succeeds.
 
-Without chromium the test is skipped, saying so, except in CI (the ``CI`` variable set), where
-.ci/run installs it and its absence is a failure."""
+Without chromium (``GPTCLI_CHROMIUM`` names another path) the test is skipped, saying so, except
+in CI (the ``CI`` variable set), where .ci/run installs it and its absence is a failure."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ CONTEXT = 1024
 LONG = 900
 
 
-def _browser_or_skip():
+@pytest.fixture(scope="module")
+def sync_playwright():
+    """Playwright's sync API, once chromium is known to be there (before any server starts)."""
     if not CHROMIUM.exists():
         reason = f"no chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)"
         if os.environ.get("CI"):
@@ -108,8 +110,7 @@ def _wait_idle(page, answers: int) -> None:
     )
 
 
-def test_the_chat_page_streams_stops_and_survives_errors(server):
-    sync_playwright = _browser_or_skip()
+def test_the_chat_page_streams_stops_and_survives_errors(sync_playwright, server):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--headless=new"])
         try:
