@@ -163,3 +163,30 @@ def test_bad_uses_are_one_error_line(root):
         res = invoke("chat", *args, expect=code, input="Hi\n")
         lines = [x for x in res.output.splitlines() if x.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], res.output
+
+
+def test_in_a_terminal_ctrl_c_stops_the_answer_and_the_chat_goes_on(tmp_path):
+    pexpect = pytest.importorskip("pexpect", reason="the terminal test drives gptcli chat through pexpect")
+    from .conftest import gptcli_exe
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(**dict(BOOK_CFG, context_length=1024))  # room for an answer long enough to interrupt
+    ckpt.atomic_save(ckpt.weights_checkpoint(cfg, GPT(cfg).state_dict()), tmp_path / "long.pth")
+    exe, *pre = gptcli_exe()
+    args = [*pre, "chat", "-c", str(tmp_path / "long.pth"), "--max-new-tokens", "1000", "--device", "cpu"]
+    term = pexpect.spawn(exe, args, encoding="utf-8", timeout=120, dimensions=(40, 200))
+    try:
+        term.expect(">>> ")
+        term.sendline("Hello there")
+        term.expect_exact("Hello there\r\n")  # the terminal's echo
+        term.expect(r"[^\r\n]{20}")  # the answer has begun to stream
+        term.sendintr()
+        term.expect(r"\(stopped\)")
+        term.expect(">>> ")  # the chat goes on
+        term.sendline("/reset")
+        term.expect("conversation cleared")
+        term.sendline("/quit")
+        term.expect(pexpect.EOF)
+    finally:
+        term.close()
+    assert term.exitstatus == 0
