@@ -298,11 +298,20 @@ def copy_cache(cache: KVCache) -> KVCache:
     return new
 
 
-def _rows_linear(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` for x (B, 1, C_in), each row computed as a one-row product (see above)."""
+FAST_ROWS = 4  # the fast batch math pads the rows to a multiple of this (see decode_rows)
+
+
+def _rows_linear(layer: torch.nn.Module, x: torch.Tensor, exact: bool = True) -> torch.Tensor:
+    """``layer(x)`` for x (B, 1, C_in): each row computed as a one-row product (see above), or,
+    not ``exact``, as one matrix product over the rows padded to a multiple of ``FAST_ROWS``."""
     B = x.shape[0]
     if not isinstance(layer, torch.nn.Linear) or type(layer).forward is not torch.nn.Linear.forward:
         return torch.cat([layer(x[b : b + 1]) for b in range(B)])  # adapters (LoRA): row by row
+    if not exact:
+        pad = -B % FAST_ROWS
+        if pad:
+            x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])])
+        return layer(x)[:B]
     w = layer.weight.t().unsqueeze(0).expand(B, -1, -1)  # (B, C_in, C_out), no copy
     if layer.bias is None:
         return torch.bmm(x, w)
@@ -310,11 +319,16 @@ def _rows_linear(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_rows(model: GPT, tokens: Sequence[int], caches: Sequence[KVCache]) -> torch.Tensor:
+def decode_rows(model: GPT, tokens: Sequence[int], caches: Sequence[KVCache], *, exact: bool = True) -> torch.Tensor:
     """One decode step over many rows: ``tokens[b]`` is appended to row ``b``, whose cache holds
     its ``caches[b].length`` earlier positions (each row its own); returns the next-token logits
-    (B, V). Each row's logits are exactly those ``generate`` computes for it alone. Every row must
-    have room left in the context."""
+    (B, V). Every row must have room left in the context.
+
+    ``exact``: each row's logits are bit for bit those ``generate`` computes for it alone. Off, the
+    weights' matmuls run as one matrix product over the rows (padded to a multiple of
+    ``FAST_ROWS``): several times faster for many rows on CPU, but a row's last bits then differ
+    from its one-row arithmetic (so a greedy answer can differ from ``gptcli sample``'s where two
+    tokens nearly tie), and may depend on how many rows share the step."""
     cfg = model.cfg
     device = next(model.parameters()).device
     if any(c.length >= cfg.context_length for c in caches):
@@ -325,7 +339,7 @@ def decode_rows(model: GPT, tokens: Sequence[int], caches: Sequence[KVCache]) ->
     x = model.wte(idx) + model.wpe(pos)  # (B, 1, C); dropout is off in eval mode
     for layer, block in enumerate(model.h):
         attn = block.attn
-        q, k, v = _rows_linear(attn.c_attn, block.ln_1(x)).split(C, dim=2)  # each (B, 1, C)
+        q, k, v = _rows_linear(attn.c_attn, block.ln_1(x), exact).split(C, dim=2)  # each (B, 1, C)
         ys = []
         for b, cache in enumerate(caches):
             qb = q[b : b + 1].view(1, 1, nh, hd).transpose(1, 2)  # (1, nh, 1, hs)
@@ -338,12 +352,11 @@ def decode_rows(model: GPT, tokens: Sequence[int], caches: Sequence[KVCache]) ->
             cv = cache.v[layer, :, :, : start + 1]
             y = torch.nn.functional.scaled_dot_product_attention(qb.to(ck.dtype), ck, cv, is_causal=start == 0)
             ys.append(y.to(x.dtype).transpose(1, 2).contiguous().view(1, 1, C))
-        x = x + _rows_linear(attn.c_proj, torch.cat(ys))
+        x = x + _rows_linear(attn.c_proj, torch.cat(ys), exact)
         h = block.ln_2(x)
-        x = x + _rows_linear(
-            block.mlp.c_proj, torch.nn.functional.gelu(_rows_linear(block.mlp.c_fc, h), approximate="tanh")
-        )
+        hidden = torch.nn.functional.gelu(_rows_linear(block.mlp.c_fc, h, exact), approximate="tanh")
+        x = x + _rows_linear(block.mlp.c_proj, hidden, exact)
     for cache in caches:
         cache.length += 1
-    logits = _rows_linear(model.lm_head, model.ln_f(x))  # (B, 1, padded_vocab)
+    logits = _rows_linear(model.lm_head, model.ln_f(x), exact)  # (B, 1, padded_vocab)
     return logits[:, -1, : cfg.vocab_size]

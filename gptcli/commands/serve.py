@@ -74,7 +74,7 @@ def load_served(s: ServeSettings) -> Any:
         name=_model_name(loaded.path, s.model),
         kind="instruct" if chat.instruct else "lm",
         context_length=loaded.net.cfg.context_length,
-        engine=Engine(loaded.net, max_batch=s.max_batch, max_queue=s.max_queue),
+        engine=Engine(loaded.net, max_batch=s.max_batch, max_queue=s.max_queue, exact=s.batch_math == "exact"),
         chat=chat,
     )
 
@@ -111,6 +111,11 @@ def serve_command(s: ServeSettings) -> None:
             if served.engine is not None:  # every stream ends now, with its final event
                 served.engine.stop(timeout=0)
             super().handle_exit(sig, frame)
+            # uvicorn raises the signal again once stopped, which would end the process with it;
+            # a stop asked for is a clean exit here ("stopped", exit 0)
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
 
     config = uvicorn.Config(
         app,

@@ -252,19 +252,40 @@ def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
 
-async def _stream(job: _Job, request: Request, chunk: Callable[[int, tuple], dict | None], first: list[dict]):
-    """The SSE body: ``first`` chunks, then one per event, then ``data: [DONE]``; an error after
-    the stream began is an error chunk (OpenAI's object), then ``[DONE]``."""
+def _include_usage(body: dict) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+async def _stream(
+    job: _Job,
+    request: Request,
+    chunk: Callable[[int, tuple], dict | None],
+    first: list[dict],
+    usage: Callable[[int], dict] | None = None,
+):
+    """The SSE body: ``first`` chunks, then one per event, then (``stream_options.include_usage``)
+    ``usage(completion_tokens)``'s chunk, then ``data: [DONE]``; an error after the stream began is
+    an error chunk (OpenAI's object), then ``[DONE]``."""
+    used = 0
     try:
         for c in first:
             yield _sse(c)
         async for index, ev in job.events(request):
+            if ev[0] == "done":
+                used += ev[4]
             c = chunk(index, ev)
             if c is not None:
                 yield _sse(c)
+        if usage is not None:
+            yield _sse(usage(used))
     except ApiError as e:
         yield _sse(e.body())
     yield "data: [DONE]\n\n"
+
+
+def _usage(n_prompt: int, used: int) -> dict[str, int]:
+    return {"prompt_tokens": n_prompt, "completion_tokens": used, "total_tokens": n_prompt + used}
 
 
 def _token_text(t: int) -> str:
@@ -449,7 +470,13 @@ def create_app(
                     return None
                 return {**head, "object": "text_completion", "choices": [choice]}
 
-            return StreamingResponse(_stream(job, request, chunk, []), media_type="text/event-stream")
+            usage = None
+            if _include_usage(body):
+
+                def usage(used: int) -> dict:
+                    return {**head, "object": "text_completion", "choices": [], "usage": _usage(n_prompt, used)}
+
+            return StreamingResponse(_stream(job, request, chunk, [], usage), media_type="text/event-stream")
         texts, reasons, lps, used = {}, {}, {}, 0
         async for index, ev in job.events(request):
             texts[index] = texts.get(index, "") + ev[2]
@@ -466,8 +493,7 @@ def create_app(
             }
             for i in sorted(reasons)
         ]
-        usage = {"prompt_tokens": n_prompt, "completion_tokens": used, "total_tokens": n_prompt + used}
-        return {**head, "object": "text_completion", "choices": choices, "usage": usage}
+        return {**head, "object": "text_completion", "choices": choices, "usage": _usage(n_prompt, used)}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
@@ -501,10 +527,6 @@ def create_app(
         extra = {"gptcli": {"dropped_turns": dropped}}
         job.start()
         if s.stream:
-            include_usage = isinstance(body.get("stream_options"), dict) and bool(
-                body["stream_options"].get("include_usage")
-            )
-            used = [0]
 
             def chunk(index: int, ev: tuple) -> dict | None:
                 text, lp = ev[2], ev[-1]
@@ -515,7 +537,6 @@ def create_app(
                     choice["logprobs"] = _chat_logprobs([lp])
                 if ev[0] == "done":
                     choice["finish_reason"] = ev[3]
-                    used[0] += ev[4]
                 elif not text and not (want_lp and lp):
                     return None
                 return {**head, "object": "chat.completion.chunk", "choices": [choice]}
@@ -537,15 +558,13 @@ def create_app(
                 }
             ]
 
-            async def body_with_usage():
-                async for piece in _stream(job, request, chunk, first):
-                    if piece == "data: [DONE]\n\n" and include_usage:
-                        usage = {"prompt_tokens": len(ids), "completion_tokens": used[0]}
-                        usage["total_tokens"] = usage["prompt_tokens"] + used[0]
-                        yield _sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
-                    yield piece
+            usage = None
+            if _include_usage(body):
 
-            return StreamingResponse(body_with_usage(), media_type="text/event-stream")
+                def usage(used: int) -> dict:
+                    return {**head, "object": "chat.completion.chunk", "choices": [], "usage": _usage(len(ids), used)}
+
+            return StreamingResponse(_stream(job, request, chunk, first, usage), media_type="text/event-stream")
         texts, reasons, lps, used = {}, {}, {}, 0
         async for index, ev in job.events(request):
             texts[index] = texts.get(index, "") + ev[2]
@@ -562,8 +581,7 @@ def create_app(
             }
             for i in sorted(reasons)
         ]
-        usage = {"prompt_tokens": len(ids), "completion_tokens": used, "total_tokens": len(ids) + used}
-        return {**head, "object": "chat.completion", "choices": choices, "usage": usage, **extra}
+        return {**head, "object": "chat.completion", "choices": choices, "usage": _usage(len(ids), used), **extra}
 
     @app.post("/v1/classify")
     async def classify(request: Request) -> Any:

@@ -82,8 +82,9 @@ class Engine:
     """The model's one thread. ``submit`` queues a request (``QueueFull`` past ``max_queue``
     waiting requests); ``stop`` ends every request in flight with an error event and the thread."""
 
-    def __init__(self, model: GPT, *, max_batch: int = 16, max_queue: int = 64):
+    def __init__(self, model: GPT, *, max_batch: int = 16, max_queue: int = 64, exact: bool = True):
         self.model = model
+        self.exact = exact  # decode_rows's batch math: bit for bit each row alone, or faster
         self.max_batch = max_batch
         self.max_queue = max_queue
         self._pending: deque[Request] = deque()
@@ -181,7 +182,7 @@ class Engine:
         self._accept(rows, logits.expand(req.n, -1))
 
     def _step(self, rows: list[_Row]) -> None:
-        logits = decode_rows(self.model, [r.ids[-1] for r in rows], [r.cache for r in rows])
+        logits = decode_rows(self.model, [r.ids[-1] for r in rows], [r.cache for r in rows], exact=self.exact)
         by_req: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
             by_req.setdefault(id(r.req), []).append(i)

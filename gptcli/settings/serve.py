@@ -14,6 +14,7 @@ from gptcli.settings import flag, invalid
 API_KEY_ENV = "GPTCLI_API_KEY"
 MAX_BATCH_LIMIT = 256
 MAX_QUEUE_LIMIT = 4096
+BATCH_MATH = ("exact", "fast")
 
 
 @dataclass
@@ -38,6 +39,13 @@ class ServeSettings:
     )
     max_batch: int = flag(16, metavar="N", help="Most rows decoded together (requests in flight times their n).")
     max_queue: int = flag(64, metavar="N", help="Most requests waiting for a row; past it the server answers 429.")
+    batch_math: str = flag(
+        "exact",
+        choices=BATCH_MATH,
+        help="exact: every row of a batch is bit for bit its answer alone (the same tokens as gptcli sample); "
+        "fast: one matrix product over the rows, faster with many clients on CPU, its last bits (and so, rarely, "
+        "a greedy token at a near tie) differing from gptcli sample's.",
+    )
     cors_origin: str | None = flag(
         None,
         metavar="ORIGIN",

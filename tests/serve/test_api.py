@@ -85,7 +85,9 @@ def test_seeded_sampling_repeats_and_matches_sample_seed(base_server, runs, caps
 def _stream_text(client, method, **kw) -> tuple[dict[int, str], dict[int, str]]:
     texts: dict[int, str] = {}
     reasons: dict[int, str] = {}
-    for chunk in method(stream=True, **kw):
+    for chunk in method(stream=True, stream_options={"include_usage": True}, **kw):
+        if chunk.usage is not None:
+            reasons["usage"] = chunk.usage.completion_tokens
         for c in chunk.choices:
             piece = c.text if hasattr(c, "text") else (c.delta.content or "")
             texts[c.index] = texts.get(c.index, "") + piece
@@ -106,7 +108,7 @@ def test_streamed_text_equals_whole_text(base_server, instruct_server):
         whole = client.completions.create(model=base_server.name, **kw)
         texts, reasons = _stream_text(client, client.completions.create, model=base_server.name, **kw)
         assert texts == {c.index: c.text for c in whole.choices}
-        assert reasons == {c.index: c.finish_reason for c in whole.choices}
+        assert reasons == {c.index: c.finish_reason for c in whole.choices} | {"usage": whole.usage.completion_tokens}
     for srv in (base_server, instruct_server):
         chat = srv.client().chat.completions
         for kw in (dict(max_tokens=30), dict(max_tokens=30, temperature=1.8, seed=2, n=2)):
@@ -114,7 +116,9 @@ def test_streamed_text_equals_whole_text(base_server, instruct_server):
             whole = chat.create(model=srv.name, messages=msgs, **kw)
             texts, reasons = _stream_text(srv.client(), chat.create, model=srv.name, messages=msgs, **kw)
             assert texts == {c.index: c.message.content for c in whole.choices}
-            assert reasons == {c.index: c.finish_reason for c in whole.choices}
+            assert reasons == {c.index: c.finish_reason for c in whole.choices} | {
+                "usage": whole.usage.completion_tokens
+            }
 
 
 def test_chat_on_an_instruct_run_equals_sample_instruction(instruct_server, runs, capsys):
