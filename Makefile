@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # 2-core machine), most of it pip unpacking torch. Override with TORCH_SPEC=torch on a GPU machine.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-fast lint format demo bench clean
+.PHONY: install test test-fast lint format demo bench screenshot clean
 
 install: $(BIN)/gptcli
 
@@ -54,6 +54,10 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/run_cpu.py
+
+# The README's picture of the chat page, docs/chat-page.png (needs chromium): make screenshot RUN=runs/demo-...
+screenshot: install
+	$(BIN)/python docs/chat_page_screenshot.py $(RUN)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

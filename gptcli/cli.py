@@ -28,6 +28,7 @@ from gptcli.finetune.config import LENGTH_FLAGS as FINETUNE_LENGTH_FLAGS
 from gptcli.finetune.config import FinetuneConfig
 from gptcli.finetune.config import flag_fields as finetune_flag_fields
 from gptcli.settings import THREADS_HELP
+from gptcli.settings.chat import ChatSettings
 from gptcli.settings.classify import ClassifySettings
 from gptcli.settings.evaluate import EvalSettings
 from gptcli.settings.prepare import PrepareSettings
@@ -433,6 +434,17 @@ _SETTINGS_COMMANDS: tuple[tuple[str, type, str | Callable[[Any], None], str, tup
             'gptcli sample --model gpt2-124M --prompt "Every effort moves you" --top-k 50 --temperature 1.5',
             'gptcli sample --prompt "Hello" --num-samples 4 --seed 1 --json',
             "gptcli sample --interactive --temperature 1.0 --top-k 40",
+        ),
+    ),
+    (
+        "chat",
+        ChatSettings,
+        "chat:chat_command",
+        "A multi-turn conversation in the terminal, formatted as `gptcli serve`'s chat endpoint formats it.\n"
+        "The oldest turns are dropped when the context fills; /reset starts again, /quit or Ctrl-D leaves.",
+        (
+            "gptcli chat -c runs/instruct",
+            "gptcli chat -c runs/verdict --temperature 0.8 --top-k 40 --system 'You are terse.'",
         ),
     ),
     (

@@ -167,6 +167,8 @@ def _tiny(args: list[str]) -> tuple[list[str], str | None, str | None]:
         args = [*args, "--max-new-tokens", "8"]
         if "--interactive" in args or "-i" in args:
             stdin = "Every effort moves you\n/temperature 1.0\nI had\n"
+    elif cmd == "chat":
+        args, stdin = [*args, "--max-new-tokens", "4"], "Every effort moves you\nI had\n/reset\nHello\n"
     return args, out_file, stdin
 
 
