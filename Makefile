@@ -20,6 +20,11 @@ $(BIN)/gptcli: pyproject.toml
 	# dependencies (TensorFlow, JupyterLab) are not needed for the parts we call.
 	$(BIN)/pip install -q --no-deps llms-from-scratch==1.0.19
 	$(BIN)/pip install -q tqdm
+	# llama.cpp's Python bindings, for the tests that read gptcli's GGUF files with llama.cpp itself
+	# (tests/test_gguf.py; they skip, saying so, without it). Built from source they take about an
+	# hour on two cores, so only a prebuilt wheel beside the checkout is installed.
+	if ls ../shared/wheels/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+		$(BIN)/pip install -q ../shared/wheels/llama_cpp_python-*.whl; fi
 	touch $(BIN)/gptcli
 
 # Two pytest workers: every test runs torch on one thread (tests/conftest.py), so two workers keep

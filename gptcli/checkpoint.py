@@ -4,16 +4,25 @@ resolving a run directory (laid out by ``gptcli.rundir``) to the checkpoint to l
 A checkpoint is a ``.pth`` that ``torch.load(path, weights_only=True)`` reads: plain dicts, lists,
 numbers, strings and tensors only (RNG states are stored as tensors), so loading one never runs
 code. It keeps the book's ``model_state_dict`` and ``optimizer_state_dict`` keys.
+
+A weights-only checkpoint (``kind: weights``, or a merged classifier: no optimizer state, no
+progress) may also be a ``.safetensors`` file: the state dict as its tensors, every other key as
+JSON in its metadata (``gptcli``), beside ``format``, ``version`` and a CRC32 per tensor.
+``load_checkpoint`` reads either into the same dict.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import json
+import os
 import pickle
 import random
 import shutil
+import stat
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +36,7 @@ from gptcli.model import GPT, gptcli_shapes
 
 FORMAT = "gptcli-checkpoint"
 VERSION = 1
+SAFETENSORS_SUFFIX = ".safetensors"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,6 +131,54 @@ def atomic_save(obj: dict[str, Any], path: str | Path) -> Path:
         kept = "; the file already there is unchanged" if path.exists() else ""
         raise SaveError(f"{path}: could not save checkpoint ({_save_failure(cause)}){kept}") from e
     return path
+
+
+def save_weights(obj: dict[str, Any], path: str | Path, *, safetensors: bool | None = None) -> Path:
+    """Save a weights-only checkpoint: a ``.pth`` (``atomic_save``), or a ``.safetensors`` file
+    (``safetensors``; None: by the name's suffix), written beside it and renamed into place as
+    ``atomic_save`` does."""
+    path = Path(path)
+    if not (path.suffix == SAFETENSORS_SUFFIX if safetensors is None else safetensors):
+        return atomic_save(obj, path)
+    from safetensors.torch import save_file
+
+    state = obj["model_state_dict"]
+    tensors: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}  # safetensors refuses shared storage: a tied head is written once
+    first: dict[tuple, str] = {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if key in first:
+            tied[name] = first[key]
+            continue
+        first[key] = name
+        tensors[name] = t.detach().cpu().contiguous()
+    rest = {k: v for k, v in obj.items() if k != "model_state_dict"}
+    metadata = {
+        "format": FORMAT,
+        "version": str(obj.get("version", VERSION)),
+        "gptcli": json.dumps(rest),
+        "tied": json.dumps(tied),
+        "order": json.dumps(list(state)),
+        "crc32": json.dumps({k: _crc32(t) for k, t in tensors.items()}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    check_free_space(path.parent, with_margin(checkpoint_nbytes(tensors)), f"the weights file {path.name}")
+    try:
+        with fsutil.atomic_path(path) as tmp:
+            # safetensors writes through a private temporary file (mode 0600): the file gets the
+            # mode every new file gets (0666 less the umask), as a .pth does
+            tmp.touch()
+            mode = stat.S_IMODE(tmp.stat().st_mode)
+            save_file(tensors, str(tmp), metadata=metadata)
+            os.chmod(tmp, mode)
+    except OSError as e:
+        raise SaveError(f"{path}: could not save the weights ({os_error_reason(e)})") from None
+    return path
+
+
+def _crc32(t: torch.Tensor) -> int:
+    return zlib.crc32(t.contiguous().view(torch.uint8).numpy()) if t.numel() else 0
 
 
 class _WriteRecorder:
@@ -344,6 +402,11 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    if is_safetensors(path):
+        obj = _load_safetensors(path, verify=verify)
+        if map_location != "cpu":
+            obj["model_state_dict"] = {k: v.to(map_location) for k, v in obj["model_state_dict"].items()}
+        return _checked(obj, path)
     if verify:
         verify_archive(path, model_only=model_only)
     try:
@@ -355,6 +418,10 @@ def load_checkpoint(
         elif isinstance(e, (zipfile.BadZipFile, EOFError, RuntimeError)) or "zip" in reason.lower():
             reason = f"file is truncated or corrupt ({reason[:120]})"
         raise CheckpointError(f"{path}: not a readable gptcli checkpoint: {reason}") from None
+    return _checked(obj, path)
+
+
+def _checked(obj: Any, path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a gptcli checkpoint (no '{FORMAT}' format marker)")
     if obj.get("version", 0) > VERSION:
@@ -362,6 +429,52 @@ def load_checkpoint(
     for key in ("model_config", "model_state_dict"):
         if key not in obj:
             raise CheckpointError(f"{path}: checkpoint lacks '{key}'")
+    return obj
+
+
+def is_safetensors(path: Path) -> bool:
+    """Whether ``path`` starts as a safetensors file does: an 8-byte header length, then JSON."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
+
+
+def _load_safetensors(path: Path, *, verify: bool) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise CheckpointError(
+                    f"{path}: not a gptcli weights file (no '{FORMAT}' format marker); a Hugging Face model "
+                    "converts with: gptcli convert FOLDER"
+                )
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        obj = json.loads(meta["gptcli"])
+        tied = json.loads(meta.get("tied", "{}"))
+        crcs = json.loads(meta.get("crc32", "{}"))
+        order = json.loads(meta.get("order", "[]"))
+    except CheckpointError:
+        raise
+    except Exception as e:  # a cut or damaged file, bad JSON in the metadata
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable gptcli weights file ({reason})") from None
+    if verify:
+        bad = next((k for k, t in state.items() if k in crcs and _crc32(t) != crcs[k]), None)
+        if bad is not None:
+            raise CheckpointError(f"{path}: weights file is corrupt: CRC mismatch in tensor {bad!r}")
+    for name, source in tied.items():
+        if source in state:
+            state[name] = state[source]
+    # the order the state dict had (GPT.state_dict()'s), as a .pth keeps it
+    obj["model_state_dict"] = {
+        k: state[k] for k in [*(k for k in order if k in state), *sorted(set(state) - set(order))]
+    }
     return obj
 
 

@@ -80,7 +80,11 @@ def test_the_settings_import_neither_torch_nor_the_terminal():
         (PrepareSettings, {"inputs": ["a"], "out": "o", "encoding_errors": "x"}, "invalid --encoding-errors: 'x'"),
         (ConvertSettings, {"src": "a", "n_heads": 0}, "invalid --n-heads: 0 (must be an integer >= 1)"),
         (ConvertSettings, {"src": "a", "drop_rate": 1.0}, "invalid --drop-rate: 1.0 (must be in [0, 1))"),
-        (ConvertSettings, {"src": "a", "target": "onnx"}, "invalid --to: 'onnx' (choose from gptcli, hf)"),
+        (
+            ConvertSettings,
+            {"src": "a", "target": "onnx"},
+            "invalid --to: 'onnx' (choose from gptcli, hf, gguf, safetensors)",
+        ),
         (DownloadSettings, {"size": "7B"}, "invalid --size: '7B' (choose from 124M, 355M, 774M, 1558M)"),
         (ClassifySettings, {}, "nothing to classify: give TEXT arguments or --file"),
     ],

@@ -401,6 +401,11 @@ def instruct_command(s: SampleSettings) -> list[dict[str, Any]]:
     cfg = loaded.finetune["config"]
     if s.instruction is not None:
         records = [{"instruction": s.instruction, "input": s.input_text or ""}]
+    elif cfg is None:  # a weights-only file: the template came along, the data settings did not
+        raise UsageError(
+            f"--responses: {loaded.path} holds an instruct run's weights but not its data settings; give the run "
+            "itself with -c RUN"
+        )
     else:
         check_split_data(loaded.finetune)
         records = split_of(cfg["data"], cfg["split"], responses, seed=cfg.get("split_seed"))

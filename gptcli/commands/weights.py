@@ -141,9 +141,21 @@ def convert_command(s: ConvertSettings) -> Path:
             merge_lora=s.merge_lora,
             force=s.force,
             on_note=console.info,
+            weights_only=s.weights_only,
+            outtype=s.outtype,
+            ollama=s.ollama,
         )
     console.info(f"wrote {out}")
-    if s.target == "gptcli" and out.is_file():
+    if s.target == "gguf":
+        if s.ollama:
+            console.info(f"wrote {out.with_name('Modelfile')}")
+            console.info(
+                f"run it with: cd {shell_path(out.parent)} && ollama create NAME -f Modelfile && ollama run NAME"
+            )
+        console.info(f"run it with: llama-cli -m {shell_path(out)}")
+    elif s.target == "safetensors" or s.weights_only:
+        console.info(f"use it with: gptcli sample --model {shell_path(out)}  (or eval, or train --init)")
+    elif s.target == "gptcli" and out.is_file():
         # Just written and renamed into place: no need to check its CRCs again.
         obj = load_checkpoint(out, verify=False)
         kind = recorded_kind(obj.get("kind"))

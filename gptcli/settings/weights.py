@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gptcli import settings as shared
 from gptcli.settings import flag, invalid
-from gptcli.weights import READERS, SIZES, SOURCES, TARGETS
+from gptcli.weights import GGUF_OUTTYPES, READERS, SIZES, SOURCES, TARGETS
 
 
 @dataclass
@@ -46,12 +46,13 @@ class ConvertSettings:
     src: str = flag(
         argument=True,
         metavar="SRC",
-        help="OpenAI checkpoint folder, Hugging Face folder or weights file, the book's .pth, or (with --to hf) "
-        "a gptcli checkpoint, run or gpt2-124M.",
+        help="OpenAI checkpoint folder, Hugging Face folder or weights file, the book's .pth, or (with --to hf, "
+        "gguf or safetensors, or --weights-only) a gptcli checkpoint, run or gpt2-124M.",
         show_default=False,
     )
     output: Path | None = shared.output_flag(
-        "Output .pth (--to gptcli) or folder (--to hf) [default: beside SRC; with --merge-lora, <run>/merged.pth].",
+        "Output .pth (--to gptcli), folder (--to hf) or file (--to gguf, --to safetensors) [default: beside SRC; "
+        "with --merge-lora, <run>/merged.pth].",
         metavar="PATH",
     )
     source: str | None = flag(None, flags=("--from",), choices=SOURCES, help="The format of SRC [default: detected].")
@@ -86,9 +87,29 @@ class ConvertSettings:
         "(with --to hf, always merged).",
     )
 
+    weights_only: bool = flag(
+        False,
+        flags=("--weights-only",),
+        help="A gptcli checkpoint or run: write only the model and its config (no optimizer state), which "
+        "sample, eval and --init take (a LoRA run merged; --to safetensors always is weights-only).",
+    )
+    outtype: str = flag(
+        "f32",
+        choices=GGUF_OUTTYPES,
+        help="--to gguf: the type of the weight matrices (norms, biases and the position embedding stay f32).",
+    )
+    ollama: bool = flag(
+        False, flags=("--ollama",), help="--to gguf: also write an Ollama Modelfile beside the GGUF file."
+    )
+
     def __post_init__(self) -> None:
-        shared.check_flags(self)  # --from, --to, --reader
+        shared.check_flags(self)  # --from, --to, --reader, --outtype
         self.src = str(self.src)
+        if self.target != "gguf":
+            if self.outtype != "f32":
+                raise invalid("--outtype", f"{self.outtype} is for --to gguf (this writes --to {self.target})")
+            if self.ollama:
+                raise invalid("--ollama", f"a Modelfile goes with --to gguf (this writes --to {self.target})")
         if self.n_heads is not None and self.n_heads < 1:
             raise invalid("--n-heads", f"{self.n_heads} (must be an integer >= 1)")
         if not 0.0 <= self.drop_rate < 1.0:

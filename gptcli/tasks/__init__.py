@@ -67,7 +67,8 @@ def task_class(kind: str) -> type:
 def model_from_checkpoint(obj: dict[str, Any], path: Any) -> tuple[Any, dict[str, Any] | None]:
     """The one way to rebuild a model from a loaded checkpoint of any kind, as it was trained:
     (the model, and a finetune's settings and records; None for other kinds). A finetune's model
-    is its base, made ready as its task makes it (a new head, adapters), then its own tensors."""
+    is its base, made ready as its task makes it (a new head, adapters), then its own tensors. A
+    weights-only file of an instruct run is a plain model with its template (``config`` None)."""
     if obj.get("kind") in FINETUNE_RECORDED:
         from gptcli.tasks.finetune import model_from_finetune_checkpoint
 
@@ -75,6 +76,11 @@ def model_from_checkpoint(obj: dict[str, Any], path: Any) -> tuple[Any, dict[str
         return net, {**info, "config": cfg.to_dict()}
     from gptcli.checkpoint import model_from_checkpoint as plain
 
+    origin = obj.get("finetuned_from")
+    if obj.get("kind") == "weights" and isinstance(origin, dict) and origin.get("kind") == "instruct":
+        # an instruct run's weights alone (convert --weights-only, --merge-lora): its template goes
+        # with it, so sample formats an instruction as the run did; its data settings do not
+        return plain(obj, path), {"kind": "instruct", "template": origin.get("template"), "config": None}
     return plain(obj, path), None
 
 

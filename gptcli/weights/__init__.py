@@ -18,7 +18,9 @@ from gptcli.paths import gptcli_home
 SIZES = ("124M", "355M", "774M", "1558M")
 # ``convert --from`` and ``--to``, and the TensorFlow checkpoint readers of ``--reader``.
 SOURCES = ("openai", "hf", "book", "gptcli")
-TARGETS = ("gptcli", "hf")
+TARGETS = ("gptcli", "hf", "gguf", "safetensors")
+# ``convert --to gguf --outtype``: the type of the matrices in the GGUF file.
+GGUF_OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 READERS = ("builtin", "tensorflow")
 CONVERTED_NAME = "model.pth"
 # The file of OpenAI's seven per size that gives the model's shape.

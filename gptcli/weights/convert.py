@@ -1,7 +1,9 @@
 """``gptcli convert``: detect what a file is, and route it to the right map.
 
 Into gptcli: OpenAI's TensorFlow checkpoint, Hugging Face's GPT-2, the book's ``model.pth`` /
-``model_and_optimizer.pth``. Out to Hugging Face: any of those, or a gptcli checkpoint or run.
+``model_and_optimizer.pth``. Out to Hugging Face or GGUF (llama.cpp, Ollama): any of those, or a
+gptcli checkpoint or run. A gptcli checkpoint or run to a weights-only file (``--weights-only``,
+a ``.pth``; ``--to safetensors``): the model and its config, without the optimizer's state.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from gptcli import checkpoint as ckpt
+from gptcli import fsutil
 from gptcli.config import ModelConfig
 from gptcli.errors import CheckpointError, UsageError
 from gptcli.model import gptcli_shapes
@@ -22,11 +26,19 @@ from gptcli.tasks import FINETUNE_RECORDED, recorded_kind
 from gptcli.weights import CONVERTED_NAME, SOURCES, TARGETS, model_name_to_size, resolve_model
 from gptcli.weights.book import book_to_gptcli, convert_book, infer_config, load_book_file
 from gptcli.weights.common import Progress, check_tensors
-from gptcli.weights.hf import convert_hf, export_hf
+from gptcli.weights.hf import convert_hf, export_hf, load_hf
 from gptcli.weights.openai import convert_openai, load_openai
 
 
 def _is_gptcli_file(path: Path) -> bool:
+    if ckpt.is_safetensors(path):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return (f.metadata() or {}).get("format") == ckpt.FORMAT
+        except Exception:
+            return False
     try:
         with zipfile.ZipFile(path) as z:
             if not any(n.endswith("/data.pkl") for n in z.namelist()):
@@ -54,6 +66,8 @@ def detect_format(src: Path) -> str:
     name = src.name
     if name.endswith(".index") or ".data-0" in name:
         return "openai"
+    if name.endswith(".safetensors") and _is_gptcli_file(src):
+        return "gptcli"  # a weights-only file from convert --to safetensors
     if name.endswith((".safetensors", ".safetensors.index.json", ".bin")):
         return "hf"
     if name.endswith((".pth", ".pt")):
@@ -61,10 +75,16 @@ def detect_format(src: Path) -> str:
     raise UsageError(f"{src}: cannot tell the format from the name; pass --from openai, hf or book")
 
 
-def default_output(src: Path, source: str, target: str) -> Path:
+def default_output(src: Path, source: str, target: str, *, weights_only: bool = False) -> Path:
+    base = src if src.is_dir() else src.with_suffix("")
     if target == "hf":
-        base = src if src.is_dir() else src.with_suffix("")
         return base.with_name(base.name + "-hf")
+    if target == "gguf":
+        return base.with_name(base.name + ".gguf")
+    if target == "safetensors":
+        return base.with_name(base.name + ckpt.SAFETENSORS_SUFFIX)
+    if weights_only:
+        return base.with_name(base.name + "-weights.pth")
     if source == "openai":
         return (src if src.is_dir() else src.parent) / CONVERTED_NAME
     if source == "hf":
@@ -106,19 +126,112 @@ def merged_finetune(obj: dict, path: Path) -> tuple[ModelConfig, dict[str, torch
     return model.cfg, state, {"config": cfg.to_dict(), "info": info}
 
 
-def _write_merged(obj: dict, path: Path, out_path: Path) -> Path:
+def merged_checkpoint(obj: dict, path: Path) -> dict:
     """``--merge-lora``: an instruct run becomes a plain weights checkpoint (``--model``,
-    ``--init``, ``--to hf`` all take it); a classifier stays a classifier (its head has a bias and
-    one output per label), now with every weight in the file and no base to look up."""
+    ``--init``, ``--to hf`` all take it) that remembers its template (``finetuned_from``), so
+    ``sample --instruction`` formats a prompt as the run did; a classifier stays a classifier (its
+    head has a bias and one output per label), now with every weight in the file and no base to
+    look up."""
     model_cfg, state, ft = merged_finetune(obj, path)
     origin = {"kind": obj["kind"], "checkpoint": str(path), "template": ft["info"].get("template")}
     if recorded_kind(obj["kind"]).generates_text:  # a language model's head: plain weights
-        return ckpt.atomic_save(ckpt.weights_checkpoint(model_cfg, state, finetuned_from=origin), out_path)
+        return ckpt.weights_checkpoint(model_cfg, state, finetuned_from=origin)
     cfg = {**ft["config"], "lora_rank": 0, "trainable": "all"}
     info = {**ft["info"], "lora": None}
-    return ckpt.atomic_save(
-        ckpt.weights_checkpoint(model_cfg, state, kind=obj["kind"], train_config=cfg, finetune=info), out_path
-    )
+    return ckpt.weights_checkpoint(model_cfg, state, kind=obj["kind"], train_config=cfg, finetune=info)
+
+
+def weights_only_checkpoint(src: Path) -> dict:
+    """The weights-only checkpoint of a gptcli checkpoint or run: its model (a finetune's merged,
+    ``merged_checkpoint``) and config, no optimizer state or progress; where it came from in
+    ``source``."""
+    path = ckpt.resolve_checkpoint(src)
+    obj = ckpt.load_checkpoint(path)
+    if obj.get("kind") in FINETUNE_RECORDED:
+        return merged_checkpoint(obj, path)
+    cfg = ckpt.read_model_config(obj, path)
+    ckpt.check_state_fits(cfg, obj["model_state_dict"], path)
+    keep = {k: obj[k] for k in ("source", "finetuned_from") if k in obj}
+    if obj.get("kind") != "weights":
+        step = obj.get("progress", {}).get("step")
+        keep["source"] = {"kind": obj.get("kind"), "checkpoint": str(path), "step": step}
+    return ckpt.weights_checkpoint(cfg, dict(obj["model_state_dict"]), **keep)
+
+
+def instruct_template(obj: dict) -> Any | None:
+    """The prompt template (``gptcli.finetune.instruct.Template``) of a weights checkpoint made
+    from an instruct run, None for any other."""
+    origin = obj.get("finetuned_from")
+    if obj.get("kind") != "weights" or not isinstance(origin, dict) or origin.get("kind") != "instruct":
+        return None
+    from gptcli.finetune.instruct import Template
+
+    return Template(origin.get("template"))
+
+
+def _write_merged(obj: dict, path: Path, out_path: Path) -> Path:
+    return ckpt.atomic_save(merged_checkpoint(obj, path), out_path)
+
+
+def _gptcli_for_gguf(src: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Any | None, str]:
+    """A gptcli checkpoint or run, made ready for GGUF: its config, its weights (a LoRA run's
+    merged), an instruct run's template and a name; a classifier is refused."""
+    path = ckpt.resolve_checkpoint(src)
+    obj = ckpt.load_checkpoint(path)
+    kind = recorded_kind(obj.get("kind"))
+    if kind is not None and not kind.generates_text:
+        raise UsageError(
+            f"{src}: is a classifier; llama.cpp has no classification head for GPT-2, so --to gguf cannot hold it"
+        )
+    weights = weights_only_checkpoint(path)
+    run = path.parent.parent if path.parent.name == "checkpoints" else None
+    name = (run or path.with_suffix("")).name
+    return ckpt.read_model_config(weights, path), weights["model_state_dict"], instruct_template(weights), name
+
+
+def _write_gguf(
+    cfg: ModelConfig,
+    state: dict[str, torch.Tensor],
+    out_path: Path,
+    *,
+    template: Any | None,
+    name: str,
+    outtype: str,
+    ollama: bool,
+    force: bool,
+    on_progress: Progress | None,
+) -> Path:
+    """The GGUF file, and with ``ollama`` an Ollama ``Modelfile`` beside it."""
+    from gptcli.weights.gguf import export_gguf, modelfile
+
+    if ollama:  # its problems (a template a Modelfile cannot quote, a file there) come before any work
+        text = modelfile(out_path.name, cfg, template)
+        model_file = out_path.with_name("Modelfile")
+        check_output_file(model_file, flag=None, force=force)
+    out = export_gguf(cfg, state, out_path, outtype=outtype, template=template, name=name, on_progress=on_progress)
+    if ollama:
+        fsutil.atomic_write(model_file, text)
+    return out
+
+
+def _load_other(
+    src: Path,
+    source: str,
+    *,
+    reader: str,
+    n_heads: int | None,
+    drop_rate: float,
+    on_progress: Progress | None,
+    on_note: Callable[[str], None] | None,
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Any source but a gptcli checkpoint, brought into memory as (config, state)."""
+    if source == "openai":
+        return load_openai(src, reader=reader, on_progress=on_progress)
+    if source == "book":
+        sd, _ = load_book_file(src)
+        cfg = infer_config(sd, n_heads=n_heads, drop_rate=drop_rate, source=str(src), on_note=on_note)
+        return cfg, book_to_gptcli(sd, cfg, source=str(src), on_progress=on_progress)
+    return load_hf(src, on_progress=on_progress)
 
 
 def convert(
@@ -135,12 +248,16 @@ def convert(
     merge_lora: bool = False,
     force: bool = False,
     on_note: Callable[[str], None] | None = None,
+    weights_only: bool = False,
+    outtype: str = "f32",
+    ollama: bool = False,
 ) -> Path:
     """Convert ``src`` and return the path written. ``merge_lora``: a finetune run's model with
-    its LoRA adapters folded into the weights. An existing output (a file, or a folder that
-    holds files) is replaced only with ``force``; a run's checkpoint or folder never is
-    (``gptcli.outputs``). ``on_note``: what the conversion had to assume (a book state dict's
-    head count)."""
+    its LoRA adapters folded into the weights. ``weights_only`` (and ``target`` safetensors): the
+    model and its config alone. ``outtype`` and ``ollama``: ``--to gguf``'s matrix type and its
+    Ollama Modelfile. An existing output (a file, or a folder that holds files) is replaced only
+    with ``force``; a run's checkpoint or folder never is (``gptcli.outputs``). ``on_note``: what
+    the conversion had to assume (a book state dict's head count)."""
     src = Path(src)
     if target not in TARGETS:
         raise UsageError(f"invalid --to: {target!r} (choose from {', '.join(TARGETS)})")
@@ -155,18 +272,35 @@ def convert(
         raise UsageError(
             "invalid --data: only a book checkpoint with optimizer state, converted to gptcli, keeps training text"
         )
-    out_path = Path(out) if out is not None else default_output(src, source, target)
+    out_path = Path(out) if out is not None else default_output(src, source, target, weights_only=weights_only)
     if out_path.exists() and src.exists() and out_path.resolve() == src.resolve():
         raise UsageError(f"invalid --output: {out_path} is the input; choose another path")
     flag = "-o" if out is not None else None
-    if target == "gptcli":
+    if target != "hf":
         _check_file_output(out_path)
         check_output_file(out_path, flag=flag, force=force)
     else:
         check_output_dir(out_path, flag=flag, force=force)
-    finetuned = _finetune_checkpoint(src) if source == "gptcli" else None
-    if merge_lora and finetuned is None:
+    if merge_lora and (source != "gptcli" or _finetune_checkpoint(src) is None):
         raise UsageError(f"invalid --merge-lora: {src} is not a finetune run or checkpoint (gptcli finetune makes one)")
+    other = dict(reader=reader, n_heads=n_heads, drop_rate=drop_rate, on_progress=on_progress, on_note=on_note)
+    if target == "gguf":
+        if source == "gptcli":
+            cfg, state, template, name = _gptcli_for_gguf(src)
+        else:
+            (cfg, state), template, name = _load_other(src, source, **other), None, src.with_suffix("").name
+        return _write_gguf(
+            cfg, state, out_path, template=template, name=name, outtype=outtype, ollama=ollama, force=force,
+            on_progress=on_progress,
+        )  # fmt: skip
+    if target == "safetensors" or weights_only:
+        if source == "gptcli":
+            obj = weights_only_checkpoint(src)
+        else:
+            cfg, state = _load_other(src, source, **other)
+            obj = ckpt.weights_checkpoint(cfg, state, source=source)
+        return ckpt.save_weights(obj, out_path, safetensors=target == "safetensors")
+    finetuned = _finetune_checkpoint(src) if source == "gptcli" else None
     if finetuned is not None:
         path, obj = finetuned
         if target == "gptcli":
@@ -194,17 +328,13 @@ def convert(
             return convert_book(
                 src, out_path, n_heads=n_heads, drop_rate=drop_rate, data=data, on_progress=on_progress, on_note=on_note
             )
-        raise UsageError(f"{src}: is already a gptcli checkpoint (use --to hf to export it)")
+        raise UsageError(
+            f"{src}: is already a gptcli checkpoint (use --weights-only for the model alone, or --to hf, gguf or "
+            "safetensors to export it)"
+        )
 
     # target == "hf": bring any source into memory as (config, state), then export
-    if source == "gptcli":
-        cfg, state = _load_gptcli(src)
-    elif source == "openai":
-        cfg, state = load_openai(src, reader=reader, on_progress=on_progress)
-    elif source == "book":
-        sd, _ = load_book_file(src)
-        cfg = infer_config(sd, n_heads=n_heads, drop_rate=drop_rate, source=str(src), on_note=on_note)
-        state = book_to_gptcli(sd, cfg, source=str(src), on_progress=on_progress)
-    else:
+    if source == "hf":
         raise UsageError(f"{src}: is already in Hugging Face's format")
+    cfg, state = _load_gptcli(src) if source == "gptcli" else _load_other(src, source, **other)
     return export_hf(cfg, state, out_path, on_progress=on_progress)
