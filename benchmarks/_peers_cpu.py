@@ -157,15 +157,27 @@ def run(args) -> dict:
             [[k, f"{p:.2f}x", f"{b:.2f}x", f"{g:g}x", C.verdict_met(b, g)] for k, (p, b, g) in targets.items()],
             ["target", "median of rounds", "best vs best", "target", ""],
         )
-    agreement = {}
+    agreement, dlogit = {}, {}
     ref = outputs.get("gptcli fp32")
     if ref is not None:
         for k, toks in outputs.items():
             if k != "gptcli fp32":
                 agreement[f"{k} = gptcli fp32 (leading greedy tokens)"] = _agree(toks, ref)
+        # the largest |logit difference| from fp32 at any position of fp32's own greedy text
+        seq = torch.tensor([prompt + ref])
+        with torch.no_grad():
+            want = models["gptcli fp32"](seq).float()
+            for k, m in models.items():
+                if k != "gptcli fp32":
+                    dlogit[k] = (m(seq).float() - want).abs().max().item()
         print()
         for k, v in agreement.items():
             print(f"{k}: {v} of {n}")
+        for k, v in dlogit.items():
+            print(
+                f"{k}: max |logit - fp32's| {v:.4f} over {seq.shape[1]} positions (fp32's logits span "
+                f"{want.min().item():.2f} to {want.max().item():.2f})"
+            )
     return {
         "shape": {
             "model": "GPT-2 124M, context 1024, tied, qkv bias",
@@ -183,6 +195,7 @@ def run(args) -> dict:
             k: {"median_ratio": p, "best_ratio": b, "target": g, "met": b >= g} for k, (p, b, g) in targets.items()
         },
         "greedy_agreement": agreement,
+        "max_abs_dlogit_vs_fp32": dlogit,
         "loadavg": os.getloadavg()[0],
         "elapsed_s": time.perf_counter(),
     }

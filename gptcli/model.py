@@ -40,8 +40,10 @@ class KVCache:
 
     def __init__(self, cfg: ModelConfig, batch_size: int, *, device: torch.device | str, dtype: torch.dtype):
         shape = (cfg.n_layers, batch_size, cfg.n_heads, cfg.context_length, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # never read before written (attention sees positions < length only): no need to zero
+        # 75 MB at the 124M shape before each generation
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0  # positions filled so far
 
     def reset(self) -> None:
