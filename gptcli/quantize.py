@@ -1,5 +1,11 @@
-"""Weight-only int8 for decoding on CPU (``--dtype int8``, opt-in).
+"""Weight formats for decoding on CPU: prepacked bf16 (``--dtype bf16``) and weight-only int8
+(``--dtype int8``, opt-in).
 
+bf16: each Linear's weight is reordered once into oneDNN's blocked layout, the one its bf16 matmul
+converts a plain weight into at every call; the products are the same bits as ``F.linear``'s
+(tests/test_fast_decode.py checks the logits), only faster at batch 1.
+
+int8:
 Every Linear weight becomes int8 with one scale per output row (symmetric, round to nearest);
 activations, LayerNorms, embeddings and the KV cache keep their dtype (bf16 weights around fp32
 attention, as ``--dtype bf16``). The matmul is torch's own weight-only int8 kernel,
@@ -53,3 +59,40 @@ def quantize_linears_int8(net: nn.Module) -> nn.Module:
 def int8_supported() -> bool:
     """Whether this torch has the CPU int8 weight-only matmul (torch 2.3 and later)."""
     return hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+def packing_supported() -> bool:
+    """Whether this torch and CPU have oneDNN's bf16 linear with prepacked weights."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class PackedLinear(nn.Module):
+    """A bf16 nn.Linear whose weight is held prepacked by oneDNN (an opaque tensor, so it is kept
+    out of the state dict: this module is for inference only, made by ``pack_linears_bf16``)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)  # 1: batch-1 hint
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight as a plain (out, in) tensor, unpacked on demand (a copy)."""
+        return self.packed.to_dense()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")
+
+
+def pack_linears_bf16(net: nn.Module) -> nn.Module:
+    """Replace every bf16 nn.Linear of ``net`` (in place) by a PackedLinear computing the same
+    bits; a head tied to the embedding gets its own packed copy, the embedding keeps its rows."""
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear) and child.weight.dtype == torch.bfloat16:
+                setattr(parent, name, PackedLinear(child))
+    return net

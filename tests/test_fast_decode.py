@@ -26,6 +26,29 @@ def tied_model(seed: int) -> GPT:
 
 
 # ---------------------------------------------------------------------------------------------
+# --dtype bf16: prepacked weights, the same bits
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_prepacked_bf16_computes_the_same_bits_as_plain_bf16(tie):
+    from gptcli.quantize import PackedLinear, packing_supported
+
+    if not packing_supported():
+        pytest.skip("this torch or CPU has no oneDNN bf16 linear: bf16 keeps plain nn.Linear")
+    torch.manual_seed(0)
+    cfg = ModelConfig(context_length=64, emb_dim=64, n_heads=4, n_layers=2, drop_rate=0.0, tie_weights=tie)
+    m = GPT(cfg).eval()
+    plain = copy.deepcopy(m).to(torch.bfloat16)
+    packed = prepare_for_inference(copy.deepcopy(m), dtype="bf16", device=CPU)
+    assert sum(isinstance(mod, PackedLinear) for mod in packed.modules()) == 4 * 2 + 1
+    x = torch.randint(0, 50257, (3, 20))
+    with torch.no_grad():
+        assert torch.equal(packed(x), plain(x))  # prefill shapes
+        assert torch.equal(packed(x[:1, :1]), plain(x[:1, :1]))  # one token
+    assert generate(packed, PROMPT, max_new_tokens=30) == generate(plain, PROMPT, max_new_tokens=30)
+
+
+# ---------------------------------------------------------------------------------------------
 # --dtype int8
 
 
