@@ -35,7 +35,8 @@ def weight_bytes(net: torch.nn.Module) -> int:
     if head is not None:
         skip.discard(id(head))
     seen, total = set(), 0
-    for t in list(net.parameters()) + list(net.buffers()):
+    packed = [m.packed for m in net.modules() if isinstance(getattr(m, "packed", None), torch.Tensor)]  # bf16
+    for t in list(net.parameters()) + list(net.buffers()) + packed:
         if id(t) not in seen and id(t) not in skip:
             seen.add(id(t))
             total += t.numel() * t.element_size()
