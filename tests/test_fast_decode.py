@@ -157,3 +157,24 @@ def test_inference_checks_the_model_records_and_skips_the_optimizer_state(tmp_pa
     _flip_byte_of_record(path, sorted(model & set(data))[0])
     with pytest.raises(CheckpointError, match="CRC mismatch"):
         load_model_for_inference(path, None, device="cpu")
+
+
+def test_124m_shape_loaded_fp32_keeps_greedy_tokens_and_packed_bf16_keeps_bits(tmp_path):
+    """At the real 124M shape (random weights): the memory-mapped, no-init load of a training
+    checkpoint decodes the same greedy tokens as the model it was saved from, and prepacked bf16
+    computes the bits of plain bf16."""
+    from gptcli.config import preset_values
+    from gptcli.quantize import packing_supported
+
+    torch.manual_seed(0)
+    m = GPT(ModelConfig(**preset_values("gpt2-124M"), drop_rate=0.0)).eval()
+    path = checkpoint.atomic_save(checkpoint.weights_checkpoint(m.cfg, m.state_dict()), tmp_path / "m.pth")
+    loaded = load_model_for_inference(path, None, device="cpu").net
+    prompt = torch.tensor([list(range(100, 116))])
+    assert generate(loaded, prompt, max_new_tokens=20) == generate(m, prompt, max_new_tokens=20)
+    del loaded
+    if packing_supported():
+        plain = copy.deepcopy(m).to(torch.bfloat16)
+        packed = prepare_for_inference(m, dtype="bf16", device=CPU)
+        with torch.no_grad():
+            assert torch.equal(packed(prompt), plain(prompt))
