@@ -10,6 +10,12 @@ qkv bias zeroed, its head untied). The shape is the book's chapter-5 124M traini
 * gptcli: ``gptcli.generation.generate``, the function ``gptcli sample`` calls, on a model cast
   the way ``gptcli sample --dtype`` casts it.
 
+A second part (issue 26, ``benchmarks/_peers_cpu.py``) runs GPT-2 124M (tied, context 1024)
+against llama.cpp in the same process: gptcli ``--dtype fp32``, ``bf16`` and ``int8`` against
+``llama-cpp-python`` on f32 and q8_0 GGUF files of the same weights, with tokens/s, ratios and the
+memory bandwidth each reached. Without llama-cpp-python it says so and times gptcli alone.
+Targets: fp32 >= 0.8x llama.cpp f32, bf16 >= 1.0x llama.cpp f32, int8 >= 0.8x llama.cpp q8_0.
+
 Targets (issue 4): gptcli ``--dtype fp32`` (the default) >= 5x the book's generate and no slower
 than transformers fp32; gptcli ``--dtype bf16`` >= 10x the book's generate (fp32). Each target's
 label names the dtype of both sides. Also reports how many leading greedy tokens bf16 shares with
@@ -18,6 +24,7 @@ fp32.
     python benchmarks/bench_sample_cpu.py               # ~3 minutes on 2 quiet cores
     python benchmarks/bench_sample_cpu.py --book-bf16   # also the book's generate on bf16 weights (+1 minute)
     python benchmarks/bench_sample_cpu.py --quick       # 2 repetitions instead of 3
+    python benchmarks/bench_sample_cpu.py --peers-only  # only the llama.cpp comparison (~2 minutes)
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import copy
 import sys
 
 import _common as C  # noqa: I001 (puts the checkout on sys.path)
+import _peers_cpu
 import torch
 
 PROMPT = "Every effort moves you"
@@ -97,11 +105,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu", help="cpu (the benchmark's subject) or cuda")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--peers-only", action="store_true", help="only the llama.cpp comparison (GPT-2 124M)")
+    ap.add_argument("--no-peers", action="store_true", help="skip the llama.cpp comparison")
+    ap.add_argument("--peer-reps", type=int, default=3, help="rounds of the llama.cpp comparison (best is kept)")
+    ap.add_argument("--dtypes", default="fp32,bf16,int8", help="gptcli dtypes in the llama.cpp comparison")
+    ap.add_argument("--gguf-dir", default="/tmp/gptcli-bench-gguf", help="where the GGUF files are written")
     args = ap.parse_args(argv)
+    args.dtypes = [d for d in args.dtypes.split(",") if d]
     if args.quick:
         args.reps = 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.peers_only:
+        result = {"benchmark": "sample_cpu_peers", "machine": C.machine_info(), "peers": _peers_cpu.run(args)}
+        C.write_result("sample_cpu_peers", result, args.out)
+        return result
 
     from llms_from_scratch import ch04, ch05
 
@@ -228,6 +246,9 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": {k: {"measured": v, "target": t, "met": v >= t} for k, (v, t) in targets.items()},
         "greedy_agreement": agreement,
     }
+    if not args.no_peers and dev.type == "cpu":
+        print()
+        result["peers"] = _peers_cpu.run(args)
     C.write_result("sample_cpu" if dev.type == "cpu" else f"sample_{dev.type}", result, args.out)
     return result
 

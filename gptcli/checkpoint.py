@@ -13,8 +13,11 @@ JSON in its metadata (``gptcli``), beside ``format``, ``version`` and a CRC32 pe
 
 from __future__ import annotations
 
+import collections
+import io
 import json
 import os
+import pickle
 import random
 import shutil
 import stat
@@ -299,8 +302,53 @@ def _file_state(path: Path) -> tuple | None:
     return (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def verify_archive(path: Path, *, remember: bool = False) -> None:
-    """Check every record of the checkpoint's zip archive against its stored CRC32.
+class _Anything:
+    """Whatever a checkpoint's pickle builds besides tensors, when only its tensors' records matter."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _StorageKeys(pickle.Unpickler):
+    """Unpickles a checkpoint's data.pkl into its structure with each tensor replaced by the key of
+    the record that holds its bytes; builds nothing else and reads no tensor data."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return lambda storage, *args, **kwargs: storage
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        return _Anything
+
+    def persistent_load(self, pid: Any) -> str:
+        return str(pid[2])  # ('storage', storage type, key, location, numel)
+
+
+def model_records(zf: zipfile.ZipFile) -> set[str] | None:
+    """The names of the records holding the model's weights (``model_state_dict``), read from the
+    archive's pickle alone; None when the pickle is not of the expected shape."""
+    names = zf.namelist()
+    pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pkl) != 1:
+        return None
+    prefix = pkl[0][: -len("data.pkl")]
+    try:
+        obj = _StorageKeys(io.BytesIO(zf.read(pkl[0]))).load()
+        keys = {v for v in obj["model_state_dict"].values() if isinstance(v, str)}
+    except Exception:  # any surprise: fall back to checking every record
+        return None
+    data = {n for n in names if n.startswith(prefix + "data/")}
+    return (set(names) - data) | {prefix + "data/" + k for k in keys}
+
+
+def verify_archive(path: Path, *, remember: bool = False, model_only: bool = False) -> None:
+    """Check every record of the checkpoint's zip archive against its stored CRC32; with
+    ``model_only``, only those the model's weights are read from (plus every record that is not
+    a tensor's): what inference reads of a training checkpoint, whose AdamW state is twice its
+    weights.
 
     torch.save writes a CRC32 per record but torch.load does not check them (least of all with
     mmap), so a bit flipped on disk would otherwise load silently as a wrong weight. With
@@ -313,7 +361,8 @@ def verify_archive(path: Path, *, remember: bool = False) -> None:
         return
     try:
         with zipfile.ZipFile(path) as zf:
-            bad = zf.testzip()
+            wanted = model_records(zf) if model_only else None
+            bad = zf.testzip() if wanted is None else _first_bad_record(zf, wanted)
     except (zipfile.BadZipFile, EOFError, OSError) as e:
         raise CheckpointError(
             f"{path}: not a readable gptcli checkpoint: truncated or not a checkpoint archive ({e})"
@@ -324,11 +373,31 @@ def verify_archive(path: Path, *, remember: bool = False) -> None:
         _verified.add(state)
 
 
+def _first_bad_record(zf: zipfile.ZipFile, names: set[str]) -> str | None:
+    """The first of ``names`` whose CRC32 does not match, as ``ZipFile.testzip`` for all records."""
+    for info in zf.infolist():
+        if info.filename in names:
+            try:
+                with zf.open(info) as f:
+                    while f.read(1 << 24):
+                        pass
+            except zipfile.BadZipFile:
+                return info.filename
+    return None
+
+
 def load_checkpoint(
-    path: str | Path, *, map_location: str | torch.device = "cpu", verify: bool = True
+    path: str | Path,
+    *,
+    map_location: str | torch.device = "cpu",
+    verify: bool = True,
+    model_only: bool = False,
 ) -> dict[str, Any]:
     """Load and check a gptcli checkpoint (a ``.pth``, or a weights-only ``.safetensors`` file,
-    told apart by their first bytes); any problem is one CheckpointError naming the file."""
+    told apart by their first bytes); any problem is one CheckpointError naming the file.
+
+    The tensors are memory-mapped: only those that are used are ever read. ``model_only`` (for
+    inference) checks the CRC32s of the model's records only, not those of the optimizer state."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -340,7 +409,7 @@ def load_checkpoint(
             obj["model_state_dict"] = {k: v.to(map_location) for k, v in obj["model_state_dict"].items()}
         return _checked(obj, path)
     if verify:
-        verify_archive(path)
+        verify_archive(path, model_only=model_only)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as e:  # pickle, zip and tensor errors all mean "not a usable checkpoint"
@@ -519,13 +588,23 @@ def model_from_checkpoint(obj: dict[str, Any], path: Path | str = "checkpoint"):
     """Rebuild the model from a loaded checkpoint alone (its stored config and weights); the
     shapes are checked first, so nothing is allocated for a config that does not fit."""
     cfg = read_model_config(obj, path)
-    check_state_fits(cfg, obj["model_state_dict"], path)
-    model = GPT(cfg)
-    load_weights(model, obj["model_state_dict"], source=str(path))
+    state = obj["model_state_dict"]
+    check_state_fits(cfg, state, path)
+    # Built without drawing a random init (1-2 s at 124M), then given the checkpoint's tensors
+    # themselves (memory-mapped by load_checkpoint: nothing is copied and the pages are read when
+    # first used). A tied head becomes one parameter again: load_state_dict used to copy wte then
+    # lm_head into the one tensor, so lm_head's values are the ones kept.
+    model = GPT(cfg, init_weights=False)
+    state = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items()}
+    load_weights(model, state, source=str(path), assign=True)
+    if cfg.tie_weights:
+        model.wte.weight = model.lm_head.weight
     return model
 
 
-def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *, source: str) -> None:
+def load_weights(
+    model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *, source: str, assign: bool = False
+) -> None:
     """Load a state dict, naming every missing, unexpected or mis-shaped tensor on failure."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
@@ -544,4 +623,4 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *,
         problems.append("wrong shape " + ", ".join(shapes[:8]) + (" ..." if len(shapes) > 8 else ""))
     if problems:
         raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(problems))
-    model.load_state_dict(state_dict)
+    model.load_state_dict(state_dict, assign=assign)

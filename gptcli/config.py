@@ -144,7 +144,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # "matrices" is nanoGPT's and llm.c's (weights of 2 or more dimensions; not biases, LayerNorms).
 DECAY_CHOICES = ("all", "matrices")
 # Weights' dtypes for sampling and evaluation (``--dtype``; gptcli.device resolves them).
-DTYPES = ("auto", "fp32", "bf16")
+DTYPES = ("auto", "fp32", "bf16", "int8")  # int8: weight-only, CPU (gptcli.quantize)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # as --help lists them and completion offers them

@@ -82,13 +82,14 @@ def native_bf16(device: torch.device) -> bool:
 # token for token; bf16 is the opt-in fast path (benchmarks/bench_sample_cpu.py: 1.5x fp32's speed
 # on a CPU with native bf16, greedy text departing from fp32's after a while).
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """The weights' dtype for ``--dtype`` (default fp32). ``auto``, an explicit
+    """The weights' dtype for ``--dtype`` (default fp32; int8's int8 matrices work on bf16
+    activations, so bf16 is the dtype of the rest of its model). ``auto``, an explicit
     choice, is bf16 on CPUs with native bf16, where benchmarks/bench_sample_cpu.py measured greedy
     decoding faster than fp32, and fp32 everywhere else, GPUs included, until sampling is measured
     there."""
     if dtype not in DTYPES:
         raise UsageError(f"invalid --dtype: {dtype!r} (choose from {', '.join(DTYPES)})")
-    if dtype == "bf16" or (dtype == "auto" and device.type == "cpu" and native_bf16(device)):
+    if dtype in ("bf16", "int8") or (dtype == "auto" and device.type == "cpu" and native_bf16(device)):
         return torch.bfloat16
     return torch.float32
 

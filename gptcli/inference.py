@@ -107,7 +107,7 @@ def load_model_for_inference(
             path = fallback
     if dtype not in DTYPES:
         raise UsageError(f"invalid --dtype: {dtype!r} (choose from {', '.join(DTYPES)})")
-    obj = load_checkpoint(path)
+    obj = load_checkpoint(path, model_only=True)  # the weights only: never the AdamW state
     kind = recorded_kind(obj.get("kind"))
     if kind is not None and not kind.generates_text:
         run = rundir.run_dir_of(path) or path
@@ -124,11 +124,24 @@ def prepare_for_inference(net: GPT, *, dtype: str, device: torch.device) -> GPT:
     fp32 on CPU also stores every Linear weight column-major (the same values and state dict):
     ``F.linear`` computes ``x @ W.t()``, and with ``W.t()`` contiguous MKL's batch-1 kernels stream
     the weights about 1.4x faster (benchmarks/bench_sample_cpu.py). bf16 kernels are fastest with
-    the usual row-major layout, so bf16 weights keep it.
+    the usual row-major layout, and on CPU are prepacked for oneDNN once (the same products, faster
+    at batch 1: gptcli.quantize). int8 (CPU only) is bf16 with every
+    Linear replaced by a weight-only int8 one (gptcli.quantize).
     """
+    if dtype == "int8" and device.type != "cpu":
+        raise UsageError(f"invalid --dtype: 'int8' runs on the CPU only (not on {device.type}); use bf16 there")
     net.to(device)
     if resolve_dtype(dtype, device) == torch.bfloat16:
         net.to(torch.bfloat16)
+        if dtype == "int8":
+            from gptcli.quantize import quantize_linears_int8
+
+            quantize_linears_int8(net)
+        elif device.type == "cpu":
+            from gptcli.quantize import pack_linears_bf16, packing_supported
+
+            if packing_supported():
+                pack_linears_bf16(net)
     elif device.type == "cpu":
         for m in net.modules():
             if isinstance(m, torch.nn.Linear):

@@ -58,7 +58,7 @@ def test_the_settings_import_neither_torch_nor_the_terminal():
     [
         (SampleSettings, {"top_k": 0}, "invalid --top-k: 0 (must be >= 1)"),
         (SampleSettings, {"device": "gpu"}, "invalid --device: 'gpu' (choose from auto, cpu, cuda, cuda:N or mps)"),
-        (SampleSettings, {"dtype": "fp8"}, "invalid --dtype: 'fp8' (choose from auto, fp32, bf16)"),
+        (SampleSettings, {"dtype": "fp8"}, "invalid --dtype: 'fp8' (choose from auto, fp32, bf16, int8)"),
         (SampleSettings, {"threads": 0}, "invalid --threads: 0 (must be >= 1)"),
         (
             SampleSettings,

@@ -827,12 +827,12 @@ CHOICES = [
     ("train", "--preset", ["gpt2-124M", "gpt2-355M", "gpt2-774M", "gpt2-1558M"]),
     ("train", "--precision", ["fp32", "bf16", "fp16"]),
     ("train", "--encoding-errors", ["strict", "replace", "ignore"]),
-    ("sample", "--dtype", ["auto", "fp32", "bf16"]),
+    ("sample", "--dtype", ["auto", "fp32", "bf16", "int8"]),
     ("eval", "--encoding-errors", ["strict", "replace", "ignore"]),
     ("download", "--size", ["124M", "355M", "774M", "1558M"]),
     ("download", "--reader", ["builtin", "tensorflow"]),
     ("convert", "--from", ["openai", "hf", "book", "gptcli"]),
-    ("convert", "--to", ["gptcli", "hf"]),
+    ("convert", "--to", ["gptcli", "hf", "gguf", "safetensors"]),
     ("convert", "--reader", ["builtin", "tensorflow"]),
 ]
 DEVICES = ["auto", "cpu", "cuda", "mps"]  # --device also takes cuda:N, so it lists and offers these without enforcing
@@ -875,7 +875,7 @@ def test_completion_offers_choices_not_file_names(tmp_path):
     (tmp_path / "bf16-notes.txt").write_text("a file completion must not offer")
     assert _complete("gptcli", "train", "--precision", "") == ["fp32", "bf16", "fp16"]
     assert _complete("gptcli", "sample", "--dtype", "b") == ["bf16"]
-    assert _complete("gptcli", "convert", "--to", "") == ["gptcli", "hf"]
+    assert _complete("gptcli", "convert", "--to", "") == ["gptcli", "hf", "gguf", "safetensors"]
     assert _complete("gptcli", "eval", "--device", "c") == ["cpu", "cuda"]
     assert _complete("gptcli", "train", "--device", "") == DEVICES
 

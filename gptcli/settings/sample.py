@@ -109,7 +109,8 @@ class SampleSettings:
         "fp32",
         choices=DTYPES,
         help="Weights' dtype: fp32 (exactly the reference), bf16 (faster on CPUs with native bf16; greedy text "
-        "drifts from fp32's after a while) or auto (bf16 where native on CPU, else fp32).",
+        "drifts from fp32's after a while), int8 (CPU only: int8 matrices, a quarter of fp32's bytes; drifts "
+        "sooner) or auto (bf16 where native on CPU, else fp32).",
     )
     no_cache: bool = flag(
         False, flags=("--no-cache",), help="Re-run the whole context for every token (slow; for checking)."

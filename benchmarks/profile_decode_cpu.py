@@ -1,0 +1,89 @@
+"""Where the time of one batch-1 decode step goes on CPU: a torch.profiler table.
+
+Builds the GPT-2 124M shape (context 1024, tied head, qkv bias; transformers-style random init),
+prepares it as ``gptcli sample --dtype DTYPE`` does, prefills a 16-token prompt and profiles
+``--steps`` one-token steps of ``generate``'s own step function. Prints the operators by self CPU
+time, the step time, and the bandwidth reached (bytes of weights streamed per token x tokens/s).
+
+    python benchmarks/profile_decode_cpu.py                 # fp32, 20 steps
+    python benchmarks/profile_decode_cpu.py --dtype bf16 --top 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import _common as C  # noqa: I001 (puts the checkout on sys.path)
+import torch
+
+
+def weight_bytes(net: torch.nn.Module) -> int:
+    """Bytes of weights one decode step reads: every tensor but the embeddings, of which a step
+    reads one row each (a head tied to the embedding is read whole, as the head)."""
+    skip = {id(t) for m in net.modules() if isinstance(m, torch.nn.Embedding) for t in m.parameters()}
+    head = getattr(getattr(net, "lm_head", None), "weight", None)
+    if head is not None:
+        skip.discard(id(head))
+    seen, total = set(), 0
+    packed = [m.packed for m in net.modules() if isinstance(getattr(m, "packed", None), torch.Tensor)]  # bf16
+    for t in list(net.parameters()) + list(net.buffers()) + packed:
+        if id(t) not in seen and id(t) not in skip:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dtype", default="fp32", help="fp32, bf16 or int8, as gptcli sample --dtype")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from gptcli.config import ModelConfig, preset_values
+    from gptcli.inference import prepare_for_inference
+    from gptcli.model import GPT, KVCache
+
+    cfg = ModelConfig(**preset_values("gpt2-124M"), drop_rate=0.0)
+    torch.manual_seed(0)
+    net = prepare_for_inference(GPT(cfg), dtype=args.dtype, device=torch.device("cpu"))
+    n = args.steps
+    # generate()'s own cache and one-token step (a tensor prompt on CPU takes this path)
+    cache = KVCache(cfg, 1, device="cpu", dtype=torch.float32)
+
+    def steps(k: int, tok: torch.Tensor) -> torch.Tensor:
+        for _ in range(k):
+            tok = net(tok, cache)[:, -1, :].argmax(-1, keepdim=True)
+        return tok
+
+    with torch.no_grad():
+        tok = net(torch.arange(100, 116).view(1, -1), cache)[:, -1, :].argmax(-1, keepdim=True)
+        tok = steps(5, tok)  # warm-up
+        t0 = time.perf_counter()
+        tok = steps(n, tok)
+        dt = (time.perf_counter() - t0) / n
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            steps(n, tok)
+    wb = weight_bytes(net)
+    print(
+        f"machine: {C.cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"load {os.getloadavg()[0]:.2f}",
+        file=sys.stderr,
+    )
+    print(
+        f"--dtype {args.dtype}: {dt * 1e3:.1f} ms per step ({1 / dt:.1f} tokens/s), {wb / 1e6:.0f} MB of weights "
+        f"per token, {wb / dt / 1e9:.1f} GB/s"
+    )
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Weight formats for decoding on CPU: prepacked bf16 (``--dtype bf16``) and weight-only int8
+(``--dtype int8``, opt-in).
+
+bf16: each Linear's weight is reordered once into oneDNN's blocked layout, the one its bf16 matmul
+converts a plain weight into at every call; the products are the same bits as ``F.linear``'s
+(tests/test_fast_decode.py checks the logits), only faster at batch 1.
+
+int8:
+Every Linear weight becomes int8 with one scale per output row (symmetric, round to nearest);
+activations, LayerNorms, embeddings and the KV cache keep their dtype (bf16 weights around fp32
+attention, as ``--dtype bf16``). The matmul is torch's own weight-only int8 kernel,
+``aten._weight_int8pack_mm``, which reads one byte per weight: decoding at batch 1 streams every
+weight once per token, so a quarter of fp32's bytes. It changes the computed function: greedy text
+departs from fp32's after a while (benchmarks/bench_sample_cpu.py reports by how much).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+ACT_DTYPE = torch.bfloat16  # the kernel's activations and scales; fp32 activations take a slow path
+
+
+class Int8Linear(nn.Module):
+    """``y = x @ (q * scale[:, None]).T + bias`` with ``q`` int8 (out, in) and one scale per row."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        w = weight.detach().float()
+        # the scale the kernel will use is the bf16 one, so quantise against it: no row is then
+        # off by its scale's rounding (up to 0.4%), only each weight by half a step
+        scale = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny).to(ACT_DTYPE)
+        q = torch.round(w / scale.float().unsqueeze(1)).clamp(-127, 127).to(torch.int8)
+        self.in_features, self.out_features = w.shape[1], w.shape[0]
+        self.register_buffer("weight_int8", q.contiguous())  # (out, in)
+        self.register_buffer("scales", scale)  # (out,)
+        self.register_buffer("bias", None if bias is None else bias.detach().to(ACT_DTYPE))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(ACT_DTYPE)  # (N, in)
+        y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scales)  # (N, out)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*shape[:-1], self.out_features)
+
+
+def quantize_linears_int8(net: nn.Module) -> nn.Module:
+    """Replace every nn.Linear of ``net`` (in place) by an Int8Linear of its weights; a head tied
+    to the embedding gets its own int8 copy, the embedding keeps its float rows for the lookup."""
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, Int8Linear(child.weight, child.bias))
+    return net
+
+
+def int8_supported() -> bool:
+    """Whether this torch has the CPU int8 weight-only matmul (torch 2.3 and later)."""
+    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+def packing_supported() -> bool:
+    """Whether this torch and CPU have oneDNN's bf16 linear with prepacked weights."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class PackedLinear(nn.Module):
+    """A bf16 nn.Linear whose weight is held prepacked by oneDNN (an opaque tensor, so it is kept
+    out of the state dict: this module is for inference only, made by ``pack_linears_bf16``)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)  # 1: batch-1 hint
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight as a plain (out, in) tensor, unpacked on demand (a copy)."""
+        return self.packed.to_dense()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")
+
+
+def pack_linears_bf16(net: nn.Module) -> nn.Module:
+    """Replace every bf16 nn.Linear of ``net`` (in place) by a PackedLinear computing the same
+    bits; a head tied to the embedding gets its own packed copy, the embedding keeps its rows."""
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear) and child.weight.dtype == torch.bfloat16:
+                setattr(parent, name, PackedLinear(child))
+    return net
