@@ -55,6 +55,12 @@ SKIP = {
     "gptcli prepare 'fineweb-10BT/*.parquet' -o data/fineweb10B --val-tokens 100M": "needs the FineWeb download (tests/test_formats.py and tests/test_shards.py prepare Parquet and shards they write)",
     "torchrun --standalone --nproc_per_node=8 -m gptcli train      --config examples/configs/gpt2-124M-fineweb.yaml --out runs/gpt2-124M-fineweb": "needs 8 GPUs and the prepared corpus; tests/test_distributed.py runs this config tiny under torchrun with 2 gloo processes",
     "torchrun --nproc_per_node=2 -m gptcli train examples/the-verdict.txt --epochs 1": "the full model on 2 CPU ranks; tests/test_distributed.py runs the same with gloo at tiny settings",
+    "ollama serve": "starts Ollama, the book's judge (tests/test_judge.py serves a fake judge on loopback)",
+    "ollama pull llama3": "needs Ollama and the network",
+    "gptcli eval --judge -c runs/alpaca": "needs a judge running (tests/test_judge.py judges with a fake one on loopback)",
+    "gptcli eval --judge --responses responses.json --json": "needs a judge running (tests/test_judge.py)",
+    "gptcli serve -c runs/judge-run --port 8000": "starts a server that runs until stopped (tests/serve/ serves on loopback)",
+    "gptcli eval --judge -c runs/alpaca --judge-api openai --judge-url http://127.0.0.1:8000 --judge-model judge-run": "needs the server of the line before (tests/test_judge.py judges through an OpenAI-style fake)",
     'llama-cli -m verdict.gguf -p "Every effort moves you" -n 50': "needs llama.cpp's command-line tools; tests/test_gguf.py runs the GGUF files through llama.cpp's Python bindings",
     'cd q8 && ollama create verdict -f Modelfile && ollama run verdict "Every effort moves you"': "needs Ollama; tests/test_gguf.py checks the Modelfile",
 }
