@@ -59,6 +59,7 @@ SKIP = {
     "ollama pull llama3": "needs Ollama and the network",
     "gptcli eval --judge -c runs/alpaca": "needs a judge running (tests/test_judge.py judges with a fake one on loopback)",
     "gptcli eval --judge --responses responses.json --json": "needs a judge running (tests/test_judge.py)",
+    "gptcli sample -c runs/alpaca --responses test -o responses.json": "needs an instruct run (tests/test_judge.py answers a tiny one's test split)",
     "gptcli serve -c runs/judge-run --port 8000": "starts a server that runs until stopped (tests/serve/ serves on loopback)",
     "gptcli eval --judge -c runs/alpaca --judge-api openai --judge-url http://127.0.0.1:8000 --judge-model judge-run": "needs the server of the line before (tests/test_judge.py judges through an OpenAI-style fake)",
     'llama-cli -m verdict.gguf -p "Every effort moves you" -n 50': "needs llama.cpp's command-line tools; tests/test_gguf.py runs the GGUF files through llama.cpp's Python bindings",
