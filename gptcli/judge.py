@@ -137,8 +137,8 @@ class Judge:
             raise UsageError("invalid --judge-model: '' (must not be empty)")
         if not self.timeout > 0:
             raise UsageError(f"invalid --judge-timeout: {self.timeout} (must be above 0)")
-        if self.retries < 0:
-            raise UsageError(f"invalid --judge-retries: {self.retries} (must be >= 0)")
+        if not 0 <= self.retries <= 100:
+            raise UsageError(f"invalid --judge-retries: {self.retries} (must be from 0 to 100)")
         if self.api == "openai" and self.api_key is None:
             self.api_key = next((os.environ[k] for k in API_KEY_ENV if os.environ.get(k)), None)
 

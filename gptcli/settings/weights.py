@@ -169,5 +169,9 @@ class ConvertSettings:
     def _check_push(self) -> None:
         if self.push is not None and self.target != "hf":
             raise invalid("--push", f"{self.push!r} uploads a Hugging Face export: add --to hf")
+        if self.push is not None:  # before the export is written, not after
+            from gptcli.weights.hub import check_repo_id
+
+            check_repo_id(self.push, "--push")
         if self.private and self.push is None:
             raise invalid("--private", "applies to --push REPO")
