@@ -16,7 +16,7 @@ import torch
 
 from gptcli import console
 from gptcli.chat_template import ChatFormat, cut_at_stops, trim_messages
-from gptcli.commands.sample import warn_filters_without_temperature
+from gptcli.commands.sample import typed_lines, warn_filters_without_temperature
 from gptcli.device import set_threads
 from gptcli.generation import generate_with
 from gptcli.inference import LoadedModel, load_model_for_inference, long_prompt_warning
@@ -143,26 +143,8 @@ def chat_command(s: ChatSettings, *, input_fn: Callable[[str], str] = input) -> 
             console.info(
                 "type a message and press Enter; /help for commands; /reset starts again; Ctrl-D or /quit leaves"
             )
-    if tty:
-        try:
-            import readline  # noqa: F401  (line editing and history for input(); optional, so lazy)
-        except ImportError:
-            pass
     answers = 0
-    while True:
-        try:
-            line = input_fn(">>> " if tty else "")
-        except EOFError:
-            if tty:
-                console.print_result("")
-            return answers
-        except KeyboardInterrupt:
-            console.print_result("")
-            console.info("(Ctrl-D or /quit to leave)")
-            continue
-        text = line.rstrip("\n")
-        if not text.strip():
-            continue
+    for text in typed_lines(input_fn, tty=tty):
         if text.startswith("/"):
             if not _command(text, conv):
                 return answers
@@ -185,6 +167,7 @@ def chat_command(s: ChatSettings, *, input_fn: Callable[[str], str] = input) -> 
         console.print_result("")
         conv.answered(answer)
         answers += 1
+    return answers
 
 
 def _command(line: str, conv: Conversation) -> bool:

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -294,25 +295,8 @@ def interactive_sample(
     if tty and not quiet:
         what = "an instruction" if template is not None else "a prompt"
         console.info(f"type {what} and press Enter; /help for settings; Ctrl-D or /quit to leave")
-        try:
-            import readline  # noqa: F401  (line editing and history for input(); optional, so lazy)
-        except ImportError:
-            pass
     done = 0
-    while True:
-        try:
-            line = input_fn(">>> " if tty else "")
-        except EOFError:
-            if tty:
-                console.print_result("")
-            return done
-        except KeyboardInterrupt:
-            console.print_result("")
-            console.info("(Ctrl-D or /quit to leave)")
-            continue
-        prompt = line.rstrip("\n")
-        if not prompt.strip():
-            continue
+    for prompt in typed_lines(input_fn, tty=tty):
         if prompt.startswith("/"):
             settings = _slash_command(prompt, settings)
             if settings is None:
@@ -346,6 +330,31 @@ def interactive_sample(
         else:
             console.print_result(prompt + decode(state["ids"]))
         done += 1
+    return done
+
+
+def typed_lines(input_fn: Callable[[str], str], *, tty: bool) -> Iterator[str]:
+    """The non-blank lines typed at the ``>>>`` prompt of ``sample -i`` and ``chat``, until Ctrl-D;
+    a Ctrl-C at the prompt (not during an answer) only says how to leave."""
+    if tty:
+        try:
+            import readline  # noqa: F401  (line editing and history for input(); optional, so lazy)
+        except ImportError:
+            pass
+    while True:
+        try:
+            line = input_fn(">>> " if tty else "")
+        except EOFError:
+            if tty:
+                console.print_result("")
+            return
+        except KeyboardInterrupt:
+            console.print_result("")
+            console.info("(Ctrl-D or /quit to leave)")
+            continue
+        text = line.rstrip("\n")
+        if text.strip():
+            yield text
 
 
 def _slash_command(line: str, settings: SampleConfig) -> SampleConfig | None:
