@@ -23,6 +23,9 @@ VERDICT = ROOT / "examples" / "the-verdict.txt"
 
 if str(ROOT) not in sys.path:  # run from a checkout without installing: gptcli imports from here
     sys.path.insert(0, str(ROOT))
+# As the gptcli executable does (gptcli.cli.main), before torch is imported: 2 MB pages for
+# PyTorch's large CPU buffers. THP_MEM_ALLOC_ENABLE=0 in the environment measures without them.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
 def cpu_flags() -> set[str]:
@@ -63,6 +66,7 @@ def machine_info() -> dict:
         "avx512_bf16": "avx512_bf16" in flags,
         "amx_bf16": "amx_bf16" in flags,
         "loadavg_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # 2 MB pages for torch's CPU buffers
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

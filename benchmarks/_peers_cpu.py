@@ -78,10 +78,24 @@ def write_ggufs(cfg, state, directory: Path) -> dict[str, Path]:
     return out
 
 
+def prepared(base: torch.nn.Module, dtype: str) -> torch.nn.Module:
+    """``base`` as ``gptcli sample --dtype dtype`` prepares it; ``fp32-unsplit`` is fp32 with each
+    product on MKL's own threading (plain ``F.linear`` on the column-major weights, as before
+    SplitLinear), to measure that lever in the same run."""
+    from gptcli.inference import prepare_for_inference
+    from gptcli.quantize import SplitLinear
+
+    net = prepare_for_inference(copy.deepcopy(base), dtype=dtype.removesuffix("-unsplit"), device=torch.device("cpu"))
+    if dtype.endswith("-unsplit"):
+        for m in net.modules():
+            if isinstance(m, SplitLinear):
+                m.__class__ = torch.nn.Linear  # the same Parameters, F.linear's forward
+    return net
+
+
 def run(args) -> dict:
     from gptcli.config import ModelConfig, preset_values
     from gptcli.generation import generate
-    from gptcli.inference import prepare_for_inference
     from gptcli.model import GPT
 
     cfg = ModelConfig(**preset_values("gpt2-124M"), drop_rate=0.0)  # tied, context 1024, qkv bias
@@ -90,10 +104,7 @@ def run(args) -> dict:
     prompt = [(1000 + 37 * i) % cfg.vocab_size for i in range(PROMPT_TOKENS)]
     idx = torch.tensor([prompt])
     n = args.new_tokens
-    models = {
-        f"gptcli {d}": prepare_for_inference(copy.deepcopy(base), dtype=d, device=torch.device("cpu"))
-        for d in args.dtypes
-    }
+    models = {f"gptcli {d}": prepared(base, d) for d in args.dtypes}
     nbytes = {k: weight_bytes(m) for k, m in models.items()}
     outputs: dict[str, list[int]] = {}
     variants = {}
@@ -150,8 +161,14 @@ def run(args) -> dict:
             # the best round of each, and the median of the per-round ratios (same load in a round)
             ratios[f"{subject} vs {peer}"] = best[peer] / best[subject]
             targets[label] = (C.paired_ratio(times, peer, subject), best[peer] / best[subject], goal)
+    for subject, before in (("gptcli fp32", "gptcli fp32-unsplit"),):  # a lever, on and off in one run
+        if subject in times and before in times:
+            ratios[f"{subject} vs {before}"] = best[before] / best[subject]
     print()
     C.print_table(rows, ["variant", "tokens/s (best)", "MB/token", "GB/s"])
+    for k, v in ratios.items():
+        if "unsplit" in k:
+            print(f"{k}: {v:.2f}x (median of rounds {C.paired_ratio(times, *reversed(k.split(' vs '))):.2f}x)")
     if targets:
         print()
         C.print_table(

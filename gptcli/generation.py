@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from gptcli.model import GPT, KVCache, StaticKVCache
+from gptcli.quantize import SplitLinear
 from gptcli.settings.sample import MIN_TEMPERATURE, SampleConfig  # noqa: F401  (the settings, torch-free)
 from gptcli.tokenizer import EOT_ID
 
@@ -307,7 +308,12 @@ def _rows_linear(layer: torch.nn.Module, x: torch.Tensor, exact: bool = True) ->
     a multiple of ``FAST_ROWS`` (fewer rows gain nothing from it: one-row kernels stream the
     weights faster than a padded matmul)."""
     B = x.shape[0]
-    if not isinstance(layer, torch.nn.Linear) or type(layer).forward is not torch.nn.Linear.forward:
+    if B == 1:
+        return layer(x)  # generate's own call
+    if not isinstance(layer, torch.nn.Linear) or type(layer).forward not in (
+        torch.nn.Linear.forward,
+        SplitLinear.forward,
+    ):
         return torch.cat([layer(x[b : b + 1]) for b in range(B)])  # adapters (LoRA): row by row
     if not exact and B >= FAST_ROWS:
         pad = -B % FAST_ROWS

@@ -123,7 +123,8 @@ def prepare_for_inference(net: GPT, *, dtype: str, device: torch.device) -> GPT:
 
     fp32 on CPU also stores every Linear weight column-major (the same values and state dict):
     ``F.linear`` computes ``x @ W.t()``, and with ``W.t()`` contiguous MKL's batch-1 kernels stream
-    the weights about 1.4x faster (benchmarks/bench_sample_cpu.py). bf16 kernels are fastest with
+    the weights about 1.4x faster (benchmarks/bench_sample_cpu.py); and runs a few rows' products
+    on all threads, one block of columns each, with the same bits (gptcli.quantize.SplitLinear). bf16 kernels are fastest with
     the usual row-major layout, and on CPU are prepacked for oneDNN once (the same products, faster
     at batch 1: gptcli.quantize). int8 (CPU only) is bf16 with every
     Linear replaced by a weight-only int8 one (gptcli.quantize).
@@ -143,9 +144,12 @@ def prepare_for_inference(net: GPT, *, dtype: str, device: torch.device) -> GPT:
             if packing_supported():
                 pack_linears_bf16(net)
     elif device.type == "cpu":
+        from gptcli.quantize import split_linears_fp32
+
         for m in net.modules():
             if isinstance(m, torch.nn.Linear):
                 m.weight.data = m.weight.data.t().contiguous().t()
+        split_linears_fp32(net)
     return net.eval()
 
 

@@ -1,5 +1,13 @@
-"""Weight formats for decoding on CPU: prepacked bf16 (``--dtype bf16``) and weight-only int8
+"""Weight formats and kernels for decoding on CPU: fp32 products split across the threads
+(``--dtype fp32``, the default), prepacked bf16 (``--dtype bf16``) and weight-only int8
 (``--dtype int8``, opt-in).
+
+fp32: at batch 1 a product is a matrix-vector product, and MKL runs those on one thread whatever
+``torch.set_num_threads`` says, so a decode step streamed its weights from one core. SplitLinear
+cuts each (column-major) weight into one block of output columns per thread, views them as a
+batch without copying, and lets ``torch.baddbmm`` run the blocks in parallel: every output is still
+the same dot product by the same MKL kernel, so the bits are those of ``F.linear`` (checked by
+tests/test_fast_decode.py), only computed on all threads.
 
 bf16: each Linear's weight is reordered once into oneDNN's blocked layout, the one its bf16 matmul
 converts a plain weight into at every call; the products are the same bits as ``F.linear``'s
@@ -18,8 +26,61 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 ACT_DTYPE = torch.bfloat16  # the kernel's activations and scales; fp32 activations take a slow path
+
+
+SPLIT_MAX_ROWS = 256  # more rows than this (a long prefill, eval's batches): MKL's own threading
+SPLIT_MIN_BLOCK = 1 << 17  # weights per thread below which one thread is faster (tiny models)
+
+
+class SplitLinear(nn.Linear):
+    """An fp32 nn.Linear, holding the very same Parameters (a tied head stays tied, the state dict
+    is unchanged), whose column-major weight's products with a few rows run one block of output
+    columns per thread (see above). Made by ``split_linears_fp32`` for inference on CPU."""
+
+    def __init__(self, linear: nn.Linear):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+
+    def parts(self, rows: int) -> int:
+        """Into how many blocks a product with ``rows`` rows is cut now: one per thread, or 0 where
+        ``F.linear`` runs it as it is (one thread, too many rows, too small a weight, or a weight
+        that is not column-major)."""
+        k, n = self.in_features, self.out_features
+        parts = torch.get_num_threads()
+        if parts < 2 or n % parts or (n // parts) * k < SPLIT_MIN_BLOCK or not 0 < rows <= SPLIT_MAX_ROWS:
+            return 0
+        return parts if self.weight.stride() == (1, n) else 0  # column-major: w.t() is a contiguous (k, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, k, n = self.weight, self.in_features, self.out_features
+        rows = x.numel() // k if k else 0
+        parts = self.parts(rows)
+        if not parts:
+            return F.linear(x, w, self.bias)
+        cols = n // parts
+        blocks = w.t().as_strided((parts, k, cols), (cols, n, 1))  # (P, k, n/P): views, no copy
+        x3 = x.reshape(1, rows, k).expand(parts, rows, k)  # (P, rows, k)
+        if self.bias is None:
+            y = torch.bmm(x3, blocks)
+        else:
+            y = torch.baddbmm(self.bias.view(parts, 1, cols), x3, blocks)  # (P, rows, n/P)
+        return y.transpose(0, 1).reshape(*x.shape[:-1], n)
+
+
+def split_linears_fp32(net: nn.Module) -> nn.Module:
+    """Replace every fp32 nn.Linear of ``net`` (in place) by a SplitLinear on the same Parameters
+    (their weights must already be column-major, as ``prepare_for_inference`` stores them)."""
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            plain = isinstance(child, nn.Linear) and type(child).forward is nn.Linear.forward
+            if plain and child.weight.dtype == torch.float32:
+                setattr(parent, name, SplitLinear(child))
+    return net
 
 
 class Int8Linear(nn.Module):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import os
+import sys
 import zipfile
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gptcli import checkpoint
 from gptcli.config import ModelConfig
@@ -23,6 +26,80 @@ def tied_model(seed: int) -> GPT:
     torch.manual_seed(seed)
     cfg = ModelConfig(context_length=64, emb_dim=64, n_heads=4, n_layers=2, drop_rate=0.0, tie_weights=True)
     return GPT(cfg).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# --dtype fp32: products split across the threads, the same bits
+
+
+@pytest.fixture
+def two_threads():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(saved)
+
+
+# GPT-2 124M's products and a 1558M one's (k, n); the head's (50304 rows) is in the model test below
+SHAPES = [(768, 2304), (768, 768), (768, 3072), (3072, 768), (1600, 6400)]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("k,n", SHAPES)
+def test_split_linear_computes_the_bits_of_f_linear_on_all_threads(two_threads, k, n, bias):
+    from gptcli.quantize import SPLIT_MAX_ROWS, SplitLinear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(k, n, bias=bias)
+    lin.weight.data = lin.weight.data.t().contiguous().t()  # column-major, as prepare_for_inference
+    split = SplitLinear(lin)
+    assert split.weight is lin.weight and split.bias is lin.bias  # the same Parameters
+    with torch.no_grad():
+        for shape in [(1, k), (1, 1, k), (3, k), (2, 8, k), (SPLIT_MAX_ROWS, k)]:
+            rows = torch.Size(shape[:-1]).numel()
+            assert split.parts(rows) == 2, shape  # the split path is the one tested
+            x = torch.randn(shape)
+            assert torch.equal(split(x), F.linear(x, lin.weight, lin.bias)), shape
+        assert split.parts(SPLIT_MAX_ROWS + 1) == 0  # long prefills: MKL's own threading
+    torch.set_num_threads(1)
+    assert split.parts(1) == 0
+
+
+def test_split_linear_leaves_row_major_and_small_weights_to_f_linear(two_threads):
+    from gptcli.quantize import SplitLinear
+
+    assert SplitLinear(torch.nn.Linear(768, 768)).parts(1) == 0  # row-major: no column blocks
+    small = torch.nn.Linear(64, 192)
+    small.weight.data = small.weight.data.t().contiguous().t()
+    assert SplitLinear(small).parts(1) == 0  # a tiny model's products: one thread is faster
+    odd = torch.nn.Linear(768, 2305)
+    odd.weight.data = odd.weight.data.t().contiguous().t()
+    assert SplitLinear(odd).parts(1) == 0  # columns that do not divide among the threads
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_fp32_model_splits_its_products_and_keeps_its_logits_and_tokens(two_threads, tie):
+    from gptcli.quantize import SplitLinear
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(context_length=64, emb_dim=768, n_heads=12, n_layers=1, drop_rate=0.0, tie_weights=tie)
+    m = GPT(cfg).eval()
+    fast = prepare_for_inference(copy.deepcopy(m), dtype="fp32", device=CPU)
+    splits = [mod for mod in fast.modules() if isinstance(mod, SplitLinear)]
+    assert len(splits) == 4 + 1 and all(s.parts(1) == 2 for s in splits)
+    if tie:
+        assert fast.lm_head.weight is fast.wte.weight
+    assert fast.state_dict().keys() == m.state_dict().keys()
+    unsplit = copy.deepcopy(fast)
+    for mod in unsplit.modules():
+        if isinstance(mod, SplitLinear):
+            mod.__class__ = torch.nn.Linear  # the layout before: F.linear on the column-major weights
+    x = torch.randint(0, 50257, (1, 20))
+    with torch.no_grad():
+        assert torch.equal(fast(x), unsplit(x))  # prefill
+        assert torch.equal(fast(x[:, :1]), unsplit(x[:, :1]))  # one token
+    assert generate(fast, PROMPT, max_new_tokens=20) == generate(unsplit, PROMPT, max_new_tokens=20)
+    assert generate(fast, PROMPT, max_new_tokens=20) == generate(m, PROMPT, max_new_tokens=20)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,3 +255,22 @@ def test_124m_shape_loaded_fp32_keeps_greedy_tokens_and_packed_bf16_keeps_bits(t
         packed = prepare_for_inference(m, dtype="bf16", device=CPU)
         with torch.no_grad():
             assert torch.equal(packed(prompt), plain(prompt))
+
+
+# ---------------------------------------------------------------------------------------------
+# 2 MB pages for the weights
+
+
+@pytest.mark.parametrize("given,kept", [(None, "1"), ("0", "0")])
+def test_the_executable_asks_torch_for_huge_pages_unless_told_not_to(monkeypatch, given, kept):
+    from gptcli import cli
+
+    if given is None:
+        monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    else:
+        monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", given)
+    monkeypatch.setattr(sys, "argv", ["gptcli", "--help"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 0
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == kept
