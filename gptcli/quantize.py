@@ -46,15 +46,23 @@ class SplitLinear(nn.Linear):
         self.weight = linear.weight
         self.bias = linear.bias
 
+    _parts: tuple[int, int] = (0, 0)  # (threads, blocks for that many threads), computed once
+
     def parts(self, rows: int) -> int:
-        """Into how many blocks a product with ``rows`` rows is cut now: one per thread, or 0 where
-        ``F.linear`` runs it as it is (one thread, too many rows, too small a weight, or a weight
-        that is not column-major)."""
+        """Into how many blocks a product with ``rows`` rows is cut now: one per thread, fewer
+        where a block would hold fewer than ``SPLIT_MIN_BLOCK`` weights or the columns do not
+        divide evenly, and 0 where ``F.linear`` runs it as it is (one block, too many rows, or a
+        weight that is not column-major)."""
         k, n = self.in_features, self.out_features
-        parts = torch.get_num_threads()
-        if parts < 2 or n % parts or (n // parts) * k < SPLIT_MIN_BLOCK or not 0 < rows <= SPLIT_MAX_ROWS:
+        if not 0 < rows <= SPLIT_MAX_ROWS or self.weight.stride() != (1, n):  # w.t(): a contiguous (k, n)
             return 0
-        return parts if self.weight.stride() == (1, n) else 0  # column-major: w.t() is a contiguous (k, n)
+        threads = torch.get_num_threads()
+        if self._parts[0] != threads:
+            parts = min(threads, n * k // SPLIT_MIN_BLOCK)
+            while parts > 1 and n % parts:
+                parts -= 1
+            self._parts = (threads, parts if parts > 1 else 0)
+        return self._parts[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, k, n = self.weight, self.in_features, self.out_features

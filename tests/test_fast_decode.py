@@ -74,7 +74,29 @@ def test_split_linear_leaves_row_major_and_small_weights_to_f_linear(two_threads
     assert SplitLinear(small).parts(1) == 0  # a tiny model's products: one thread is faster
     odd = torch.nn.Linear(768, 2305)
     odd.weight.data = odd.weight.data.t().contiguous().t()
-    assert SplitLinear(odd).parts(1) == 0  # columns that do not divide among the threads
+    assert SplitLinear(odd).parts(1) == 0  # 2305 columns do not divide into 2 blocks
+
+
+@pytest.mark.parametrize(
+    "threads,k,n,parts", [(4, 768, 768, 4), (8, 768, 768, 4), (8, 768, 2304, 8), (3, 768, 2305, 0)]
+)
+def test_split_linear_blocks_stay_large_and_even_on_many_threads(threads, k, n, parts):
+    from gptcli.quantize import SPLIT_MIN_BLOCK, SplitLinear
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        lin = torch.nn.Linear(k, n)
+        lin.weight.data = lin.weight.data.t().contiguous().t()
+        split = SplitLinear(lin)
+        assert split.parts(1) == parts
+        if parts:
+            assert n % parts == 0 and (n // parts) * k >= SPLIT_MIN_BLOCK
+            x = torch.randn(3, k)
+            with torch.no_grad():
+                assert torch.equal(split(x), F.linear(x, lin.weight, lin.bias))
+    finally:
+        torch.set_num_threads(saved)
 
 
 @pytest.mark.parametrize("tie", [True, False])
