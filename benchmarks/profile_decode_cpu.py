@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--products",
+        action="store_true",
+        help="also time the step's 49 weight products alone, back to back (what the kernels reach "
+        "without the rest of the step), and for fp32 the same products through F.linear unsplit and numpy's BLAS",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,6 +89,47 @@ def main(argv: list[str] | None = None) -> None:
         f"per token, {wb / dt / 1e9:.1f} GB/s"
     )
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
+    if args.products:
+        products(net, dt, wb, fp32=args.dtype == "fp32")
+
+
+def products(net: torch.nn.Module, step_s: float, wb: int, *, fp32: bool, rounds: int = 15) -> None:
+    """The step's weight products alone, in the step's order, each on a one-row input: the
+    fastest a step could be if nothing but its products ran (best of ``rounds``)."""
+    import torch.nn.functional as F
+
+    from gptcli.quantize import SplitLinear
+
+    layers = [m for b in net.h for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)] + [net.lm_head]
+    dtype = next(net.parameters()).dtype
+    xs = {w: torch.randn(1, 1, w, dtype=dtype) for w in {m.in_features for m in layers}}
+
+    def best(f) -> float:
+        f()
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    ways = {"as the step runs them": lambda: [m(xs[m.in_features]) for m in layers]}
+    if fp32 and any(isinstance(m, SplitLinear) for m in layers):
+        ways["F.linear, unsplit (MKL's own threading)"] = lambda: [
+            F.linear(xs[m.in_features], m.weight, m.bias) for m in layers
+        ]
+    if fp32:  # another BLAS on the same column-major weights: numpy's (OpenBLAS in its wheels)
+        wts = [m.weight.detach().t().numpy() for m in layers]  # (in, out) views, no copy
+        xn = {w: x.view(-1).numpy() for w, x in xs.items()}
+        ways["numpy matmul (its BLAS)"] = lambda: [xn[w.shape[0]] @ w for w in wts]
+    print(f"\nthe step's {len(layers)} products alone, back to back (best of {rounds}):")
+    with torch.no_grad():
+        for name, f in ways.items():
+            t = best(f)
+            print(
+                f"  {name}: {t * 1e3:.1f} ms ({wb / t / 1e9:.1f} GB/s, at most {1 / t:.1f} tokens/s); "
+                f"the rest of the step {max(step_s - t, 0) * 1e3:.1f} ms"
+            )
 
 
 if __name__ == "__main__":
