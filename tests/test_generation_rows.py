@@ -27,9 +27,24 @@ def _solo_logits(model: GPT, ids: list[int], steps: list[int]) -> list[torch.Ten
     return out
 
 
-@pytest.mark.parametrize("kw", [{}, {"qkv_bias": True, "tie_weights": True}])
-def test_rows_joining_and_leaving_match_solo_bit_for_bit(kw):
+@pytest.fixture
+def two_threads():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(saved)
+
+
+WIDE = {"emb_dim": 768, "n_heads": 12, "n_layers": 1}  # GPT-2's width: its products split (SplitLinear)
+
+
+@pytest.mark.parametrize("kw", [{}, {"qkv_bias": True, "tie_weights": True}, WIDE])
+def test_rows_joining_and_leaving_match_solo_bit_for_bit(two_threads, kw):
+    from gptcli.quantize import SplitLinear
+
     model = _model(**kw)
+    splits = [m.parts(1) for m in model.modules() if isinstance(m, SplitLinear)]
+    assert (max(splits) == 2) == (kw is WIDE)  # a solo row splits its products; rows share whole weights
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 300, (n,), generator=g).tolist() for n in (3, 17, 1, 9, 30, 5, 12)]
     joins = [0, 0, 1, 2, 2, 4, 6]  # the step at which each row arrives
