@@ -13,6 +13,12 @@ import pytest
 # Tiny models spend their time in thread hand-offs, not arithmetic: one thread is faster, and
 # subprocesses (the installed gptcli) inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# No test reaches the Hugging Face Hub: huggingface_hub and datasets read these once, when first
+# imported, so they are set here, before any test module imports them, in every worker alike. The
+# tests against the fake Hub on 127.0.0.1 set huggingface_hub's constants (tests/test_hub.py), and
+# the installed-CLI one passes HF_HUB_OFFLINE=0 to its subprocess.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 try:
     import torch
 

@@ -336,7 +336,7 @@ def test_the_installed_cli_honours_hf_endpoint_and_hf_home(fake_hub, served, tmp
         "HF_HOME": str(tmp_path / "hf_env_home"),
         "NO_PROXY": "127.0.0.1",
         "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "0",  # online here, whatever another test module of this worker set
+        "HF_HUB_OFFLINE": "0",  # online here (tests/conftest.py keeps every other test offline)
     }
     run_gptcli("download", "--size", "124M", "--source", "hf", cwd=tmp_path, env=env, check=True)
     assert (tmp_path / "hf_env_home" / "hub" / "models--openai-community--gpt2").is_dir()

@@ -21,9 +21,8 @@ from gptcli.errors import DataError, SaveError, UsageError  # noqa: E402
 from gptcli.model import GPT  # noqa: E402
 from tests.conftest import run_gptcli  # noqa: E402
 
-# No test here may reach the Hub (the datasets library reads these when it is first imported).
-os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ["HF_HUB_OFFLINE"] = "1"
+# No test here may reach the Hub: tests/conftest.py sets HF_HUB_OFFLINE and HF_DATASETS_OFFLINE.
+assert os.environ["HF_HUB_OFFLINE"] == os.environ["HF_DATASETS_OFFLINE"] == "1"
 
 TASKS = ["tiny_mc", "tiny_roll", "tiny_gen"]
 CONTEXT = 32  # short, so that some rows, documents and prompts overflow it
