@@ -123,11 +123,11 @@ def prepare_for_inference(net: GPT, *, dtype: str, device: torch.device) -> GPT:
 
     fp32 on CPU also stores every Linear weight column-major (the same values and state dict):
     ``F.linear`` computes ``x @ W.t()``, and with ``W.t()`` contiguous MKL's batch-1 kernels stream
-    the weights about 1.4x faster (benchmarks/bench_sample_cpu.py); and runs a few rows' products
-    on all threads, one block of columns each, with the same bits (gptcli.quantize.SplitLinear). bf16 kernels are fastest with
-    the usual row-major layout, and on CPU are prepacked for oneDNN once (the same products, faster
-    at batch 1: gptcli.quantize). int8 (CPU only) is bf16 with every
-    Linear replaced by a weight-only int8 one (gptcli.quantize).
+    the weights about 1.4x faster (benchmarks/bench_sample_cpu.py); and its products of a few rows
+    run on all threads, one block of columns each, with the same bits (gptcli.quantize.SplitLinear).
+    bf16 kernels are fastest with the usual row-major layout, and on CPU are prepacked for oneDNN
+    once (the same products, faster at batch 1: gptcli.quantize). int8 (CPU only) is bf16 with
+    every Linear replaced by a weight-only int8 one (gptcli.quantize).
     """
     if dtype == "int8" and device.type != "cpu":
         raise UsageError(f"invalid --dtype: 'int8' runs on the CPU only (not on {device.type}); use bf16 there")
