@@ -62,10 +62,15 @@ def evaluate_tokens(
 
 def _book_loss(model: GPT, windows: TokenWindows, batch_size: int, device, on_progress) -> EvalResult:
     batches = batches_of(range(len(windows)), batch_size, drop_last=False)
+    exact = next(model.parameters()).dtype == torch.float32
     total, done = 0.0, 0
     for ids in batches:
         x, y = windows.batch(ids)
-        total += model(x.to(device), targets=y.to(device)).item()  # the book's calc_loss_batch
+        x, y = x.to(device), y.to(device)
+        if exact:
+            total += model(x, targets=y).item()  # the book's calc_loss_batch
+        else:  # bf16 or int8 weights: the cross-entropy of their logits taken in fp32, not in bf16
+            total += F.cross_entropy(model(x).float().flatten(0, 1), y.flatten()).item()
         done += len(ids)
         if on_progress is not None:
             on_progress(done, len(windows))

@@ -183,3 +183,38 @@ def test_bad_strides_and_short_texts_get_one_error_line(tmp_path):
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
     assert str(short) in res.stderr and "--stride 32" in res.stderr
     assert _eval_json(str(short), "-c", str(path), "--stride", "32")["tokens"] == len(tokenize(short.read_text())) - 1
+
+
+def test_eval_dtype_measures_the_faster_modes_loss(tmp_path):
+    """--dtype bf16 / int8: the book's windows scored by the model as sample --dtype runs it, its
+    logits' cross-entropy taken in fp32: close to fp32's loss, not equal; fp32 stays the book's."""
+    from gptcli.inference import load_model_for_inference
+
+    _, _, path = _saved_model(tmp_path)
+    fp32 = _eval_json(str(VERDICT), "-c", str(path))
+    assert fp32["dtype"] == "fp32"
+    ids = torch.tensor(tokenize(VERDICT.read_text(encoding="utf-8")))
+    n = (len(ids) - 1) // 32  # the book's windows: 160
+    x, y = ids[: n * 32].view(n, 32), ids[1 : n * 32 + 1].view(n, 32)
+    for dtype in ("bf16", "int8"):
+        res = _eval_json(str(VERDICT), "-c", str(path), "--dtype", dtype)
+        assert res["dtype"] == dtype and res["windows"] == fp32["windows"] == n
+        assert res["loss"] != fp32["loss"] and abs(res["loss"] - fp32["loss"]) < 0.02, (dtype, res["loss"])
+        net = load_model_for_inference(path, None, device="cpu", dtype=dtype).net
+        with torch.no_grad():  # the mean of the batch means, each batch's cross-entropy in fp32
+            means = [
+                F.cross_entropy(net(xb).float().flatten(0, 1), yb.flatten()).item()
+                for xb, yb in zip(x.split(8), y.split(8))
+            ]
+        assert abs(res["loss"] - sum(means) / len(means)) < 1e-6, dtype
+
+
+def test_eval_dtype_is_refused_where_it_does_not_apply(tmp_path):
+    _, _, path = _saved_model(tmp_path)
+    res = invoke("eval", "-c", str(path), "--split", "test", "--dtype", "bf16")
+    assert res.exit_code == 2
+    assert res.stderr.strip().splitlines() == [
+        "error: --dtype bf16 applies to text files, --task hellaswag and lm-eval:... only"
+    ]
+    res = invoke("eval", str(VERDICT), "-c", str(path), "--dtype", "int4")
+    assert res.exit_code == 2 and "--dtype" in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -121,3 +121,20 @@ def test_eval_task_hellaswag_prints_acc_acc_norm_and_the_count(tiny_model, tmp_p
     assert "acc_norm" in table.stdout and f"{res.acc_norm:.4f}" in table.stdout
     bad = CliRunner().invoke(app, ["eval", "--task", "hellaswag", str(EXAMPLES), "-c", ckpt, "--stride", "4"])
     assert bad.exit_code == 2 and bad.stderr.strip() == "error: --stride applies to --task loss only"
+
+
+def test_eval_task_hellaswag_with_dtype_scores_the_model_as_that_dtype_runs_it(tiny_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from gptcli.cli import app
+    from gptcli.inference import load_model_for_inference
+
+    path = atomic_save(weights_checkpoint(tiny_model.cfg, tiny_model.state_dict()), tmp_path / "m.pth")
+    args = ["eval", "--task", "hellaswag", str(EXAMPLES), "-c", str(path), "--json", "--dtype", "int8"]
+    proc = CliRunner().invoke(app, args)
+    assert proc.exit_code == 0, proc.output
+    out = json.loads(proc.stdout)
+    want = hellaswag.evaluate(
+        load_model_for_inference(path, None, device="cpu", dtype="int8").net, hellaswag.read_examples(EXAMPLES)
+    )
+    assert (out["dtype"], out["examples"], out["acc"], out["acc_norm"]) == ("int8", 5, want.acc, want.acc_norm)

@@ -16,8 +16,8 @@ from gptcli.inference import LoadedModel, load_model_for_inference
 from gptcli.settings.evaluate import LM_EVAL_PREFIX, EvalSettings, lm_eval_task_names
 
 
-def _load(checkpoint: Path | None, model: str | None, device: str) -> LoadedModel:
-    loaded = load_model_for_inference(checkpoint, model, device=device, warn=console.warn)
+def _load(checkpoint: Path | None, model: str | None, device: str, dtype: str = "fp32") -> LoadedModel:
+    loaded = load_model_for_inference(checkpoint, model, device=device, dtype=dtype, warn=console.warn)
     if loaded.note:  # which run was picked, when none was named
         console.info(loaded.note)
     return loaded
@@ -33,13 +33,13 @@ def _print_result(result: dict[str, Any], head: list[str], row: list[str], *, js
 
 
 def hellaswag_command(
-    paths: list[Path], *, checkpoint: Path | None, model: str | None, device: str, json_out: bool
+    paths: list[Path], *, checkpoint: Path | None, model: str | None, device: str, json_out: bool, dtype: str = "fp32"
 ) -> dict[str, Any]:
     """HellaSwag accuracy (``gptcli.hellaswag``) of the model over the examples of the files."""
     from gptcli import hellaswag
 
     examples = [ex for p in paths for ex in hellaswag.read_examples(p)]
-    loaded = _load(checkpoint, model, device)
+    loaded = _load(checkpoint, model, device, dtype)
     with console.step_progress("hellaswag", None) as prog:
         task = prog.add_task("hellaswag", total=len(examples))
         res = hellaswag.evaluate(
@@ -52,6 +52,7 @@ def hellaswag_command(
         "checkpoint": str(loaded.path),
         "files": [str(p) for p in paths],
         "task": "hellaswag",
+        "dtype": dtype,
         "examples": res.examples,
         "acc": res.acc,
         "acc_norm": res.acc_norm,
@@ -76,13 +77,15 @@ def lm_eval_command(s: EvalSettings) -> dict[str, Any]:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
     lm_harness.require_harness()
     names = lm_eval_task_names(s.task)
-    loaded = _load(s.checkpoint, s.model, s.device)  # first: a missing model is said before the registry's seconds
+    loaded = _load(
+        s.checkpoint, s.model, s.device, s.dtype
+    )  # first: a missing model is said before the registry's seconds
     console.info("lm-eval: reading the harness's task registry")
     manager = lm_harness.task_manager(s.include_path)
     lm_harness.check_tasks(names, manager)
     from gptcli.lm_harness_bridge import GptcliLM
 
-    settings = {"checkpoint": str(loaded.path), "batch_size": s.batch_size}
+    settings = {"checkpoint": str(loaded.path), "batch_size": s.batch_size, "dtype": s.dtype}
     if s.include_path is not None:
         settings["include_path"] = str(s.include_path)
     with console.step_progress("lm-eval {task.description}", None) as prog:
@@ -140,7 +143,9 @@ def eval_command(s: EvalSettings) -> dict[str, Any]:
     if s.task.startswith(LM_EVAL_PREFIX):
         return lm_eval_command(s)
     if s.task == "hellaswag":
-        return hellaswag_command(paths, checkpoint=checkpoint, model=model, device=device, json_out=s.json_out)
+        return hellaswag_command(
+            paths, checkpoint=checkpoint, model=model, device=device, json_out=s.json_out, dtype=s.dtype
+        )
     if s.text_field is not None:  # given: some input must hold records (formats.check_text_field)
         from gptcli.data import input_format
         from gptcli.formats import check_text_field, resolve_inputs
@@ -157,7 +162,7 @@ def eval_command(s: EvalSettings) -> dict[str, Any]:
     tokens = corpus_tokens(paths, errors=s.encoding_errors, format=s.format, text_field=s.text_field or "text")
     if len(tokens) < 2:
         raise UsageError(f"{paths[0]}: needs at least 2 tokens to evaluate, has {len(tokens)}")
-    loaded = _load(checkpoint, model, device)
+    loaded = _load(checkpoint, model, device, s.dtype)
     T = loaded.net.cfg.context_length
     if stride is not None and stride > T:
         raise UsageError(f"invalid --stride: {stride} (at most the model's context length, {T})")
@@ -180,6 +185,7 @@ def eval_command(s: EvalSettings) -> dict[str, Any]:
         "checkpoint": str(loaded.path),
         "files": [str(p) for p in paths],
         "method": res.method,
+        "dtype": s.dtype,
         "context_length": T,
         "stride": res.stride,
         "batch_size": s.batch_size,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gptcli import judge as jd
 from gptcli import settings as shared
+from gptcli.config import DTYPES
 from gptcli.errors import UsageError
 from gptcli.settings import flag, invalid
 
@@ -66,6 +67,12 @@ class EvalSettings:
     )
     device: str = shared.device_flag()
     threads: int | None = shared.threads_flag()
+    dtype: str = flag(
+        "fp32",
+        choices=DTYPES,
+        help="Weights' dtype, as gptcli sample --dtype: fp32 (exactly the reference), bf16, int8 (CPU only) "
+        "or auto; the others measure what the faster modes cost in loss or accuracy (not with --split or --judge).",
+    )
     json_out: bool = shared.json_flag()
     encoding_errors: str = shared.encoding_errors_flag()
     quiet: bool = shared.quiet_flag("No progress output on stderr (warnings and errors still).")
@@ -140,6 +147,8 @@ class EvalSettings:
             if getattr(self, name) is not None and not self.task.startswith(LM_EVAL_PREFIX):
                 raise UsageError(f"--{name.replace('_', '-')} applies to --task lm-eval:... only")
         self._check_judge()
+        if self.dtype != "fp32" and (self.judge or self.split is not None):
+            raise UsageError(f"--dtype {self.dtype} applies to text files, --task hellaswag and lm-eval:... only")
         if self.judge:
             return
         if self.split is not None:
