@@ -18,22 +18,7 @@ import time
 
 import _common as C  # noqa: I001 (puts the checkout on sys.path)
 import torch
-
-
-def weight_bytes(net: torch.nn.Module) -> int:
-    """Bytes of weights one decode step reads: every tensor but the embeddings, of which a step
-    reads one row each (a head tied to the embedding is read whole, as the head)."""
-    skip = {id(t) for m in net.modules() if isinstance(m, torch.nn.Embedding) for t in m.parameters()}
-    head = getattr(getattr(net, "lm_head", None), "weight", None)
-    if head is not None:
-        skip.discard(id(head))
-    seen, total = set(), 0
-    packed = [m.packed for m in net.modules() if isinstance(getattr(m, "packed", None), torch.Tensor)]  # bf16
-    for t in list(net.parameters()) + list(net.buffers()) + packed:
-        if id(t) not in seen and id(t) not in skip:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total
+from _peers_cpu import weight_bytes  # bytes of weights one decode step reads
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -79,3 +79,13 @@ def run_gptcli(*args: str, cwd: Path, timeout: float = 600, env: dict | None = N
             f"gptcli {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
     return proc
+
+
+@pytest.fixture
+def two_threads():
+    """PyTorch on 2 threads for one test (the suite runs on one, above): the paths that split work
+    across threads (gptcli.quantize.SplitLinear) only run with several."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(saved)

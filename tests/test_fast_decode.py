@@ -32,14 +32,6 @@ def tied_model(seed: int) -> GPT:
 # --dtype fp32: products split across the threads, the same bits
 
 
-@pytest.fixture
-def two_threads():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(saved)
-
-
 # GPT-2 124M's products and a 1558M one's (k, n); the head's (50304 rows) is in the model test below
 SHAPES = [(768, 2304), (768, 768), (768, 3072), (3072, 768), (1600, 6400)]
 

@@ -27,14 +27,6 @@ def _solo_logits(model: GPT, ids: list[int], steps: list[int]) -> list[torch.Ten
     return out
 
 
-@pytest.fixture
-def two_threads():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(saved)
-
-
 WIDE = {"emb_dim": 768, "n_heads": 12, "n_layers": 1}  # GPT-2's width: its products split (SplitLinear)
 
 

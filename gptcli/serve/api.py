@@ -284,6 +284,22 @@ async def _stream(
     yield "data: [DONE]\n\n"
 
 
+async def _collect(job: _Job, request: Request) -> tuple[dict, dict, dict, int]:
+    """A non-streamed answer: each choice's text, finish reason and token logprobs, by index, and
+    the completion tokens of all choices."""
+    texts: dict[int, str] = {}
+    reasons: dict[int, str] = {}
+    lps: dict[int, list] = {}
+    used = 0
+    async for index, ev in job.events(request):
+        texts[index] = texts.get(index, "") + ev[2]
+        lps.setdefault(index, []).extend([ev[-1]] if ev[-1] else [])
+        if ev[0] == "done":
+            reasons[index] = ev[3]
+            used += ev[4]
+    return texts, reasons, lps, used
+
+
 def _usage(n_prompt: int, used: int) -> dict[str, int]:
     return {"prompt_tokens": n_prompt, "completion_tokens": used, "total_tokens": n_prompt + used}
 
@@ -477,13 +493,7 @@ def create_app(
                     return {**head, "object": "text_completion", "choices": [], "usage": _usage(n_prompt, used)}
 
             return StreamingResponse(_stream(job, request, chunk, [], usage), media_type="text/event-stream")
-        texts, reasons, lps, used = {}, {}, {}, 0
-        async for index, ev in job.events(request):
-            texts[index] = texts.get(index, "") + ev[2]
-            lps.setdefault(index, []).extend([ev[-1]] if ev[-1] else [])
-            if ev[0] == "done":
-                reasons[index] = ev[3]
-                used += ev[4]
+        texts, reasons, lps, used = await _collect(job, request)
         choices = [
             {
                 "index": i,
@@ -565,13 +575,7 @@ def create_app(
                     return {**head, "object": "chat.completion.chunk", "choices": [], "usage": _usage(len(ids), used)}
 
             return StreamingResponse(_stream(job, request, chunk, first, usage), media_type="text/event-stream")
-        texts, reasons, lps, used = {}, {}, {}, 0
-        async for index, ev in job.events(request):
-            texts[index] = texts.get(index, "") + ev[2]
-            lps.setdefault(index, []).extend([ev[-1]] if ev[-1] else [])
-            if ev[0] == "done":
-                reasons[index] = ev[3]
-                used += ev[4]
+        texts, reasons, lps, used = await _collect(job, request)
         choices = [
             {
                 "index": i,

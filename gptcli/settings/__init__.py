@@ -23,7 +23,15 @@ from dataclasses import MISSING, field
 from pathlib import Path
 from typing import Any
 
-from gptcli.config import DEVICE_CHOICES, DEVICE_NAMES, ENCODING_ERRORS, INPUT_FORMATS, flag_fields, is_device_name
+from gptcli.config import (
+    DEVICE_CHOICES,
+    DEVICE_NAMES,
+    DTYPES,
+    ENCODING_ERRORS,
+    INPUT_FORMATS,
+    flag_fields,
+    is_device_name,
+)
 from gptcli.errors import UsageError
 
 
@@ -119,6 +127,18 @@ THREADS_HELP = "CPU threads for PyTorch [default: PyTorch's choice, one per core
 def threads_flag(help: str = THREADS_HELP) -> Any:
     """``--threads N`` (one owner: gptcli.device.set_threads)."""
     return flag(None, help=help, metavar="N", min=1, check=check_threads)
+
+
+DTYPE_HELP = (
+    "Weights' dtype: fp32 (exactly the reference), bf16 (faster on CPUs with native bf16; greedy text drifts from "
+    "fp32's after a while), int8 (CPU only: int8 matrices, a quarter of fp32's bytes; drifts sooner) or auto "
+    "(bf16 where native on CPU, else fp32)."
+)
+
+
+def dtype_flag(help: str = DTYPE_HELP) -> Any:
+    """``--dtype`` of the commands that run a model (one owner of the choices: gptcli.config.DTYPES)."""
+    return flag("fp32", choices=DTYPES, help=help)
 
 
 def device_flag() -> Any:

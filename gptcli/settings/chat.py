@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptcli import settings as shared
-from gptcli.config import DTYPES
 from gptcli.settings import flag
 from gptcli.settings.sample import DEFAULT_MAX_NEW_TOKENS, INSTRUCT_MAX_NEW_TOKENS, SampleConfig
 
@@ -35,11 +34,7 @@ class ChatSettings:
     seed: int | None = flag(None, metavar="N", help="Seed for repeatable sampling.")
     device: str = shared.device_flag()
     threads: int | None = shared.threads_flag()
-    dtype: str = flag(
-        "fp32",
-        choices=DTYPES,
-        help="Weights' dtype: fp32 (exactly the reference), bf16 or auto (bf16 where native on CPU, else fp32).",
-    )
+    dtype: str = shared.dtype_flag()
     quiet: bool = shared.quiet_flag("No banner on stderr (warnings and errors still).")
 
     def __post_init__(self) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from gptcli import judge as jd
 from gptcli import settings as shared
-from gptcli.config import DTYPES
 from gptcli.errors import UsageError
 from gptcli.settings import flag, invalid
 
@@ -67,11 +66,9 @@ class EvalSettings:
     )
     device: str = shared.device_flag()
     threads: int | None = shared.threads_flag()
-    dtype: str = flag(
-        "fp32",
-        choices=DTYPES,
-        help="Weights' dtype, as gptcli sample --dtype: fp32 (exactly the reference), bf16, int8 (CPU only) "
-        "or auto; the others measure what the faster modes cost in loss or accuracy (not with --split or --judge).",
+    dtype: str = shared.dtype_flag(
+        "Weights' dtype, as gptcli sample --dtype: fp32 (exactly the reference), bf16, int8 (CPU only) or auto; "
+        "the others measure what the faster modes cost in loss or accuracy (not with --split or --judge)."
     )
     json_out: bool = shared.json_flag()
     encoding_errors: str = shared.encoding_errors_flag()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptcli import settings as shared
-from gptcli.config import DTYPES, SEED_MAX, SEED_MIN
+from gptcli.config import SEED_MAX, SEED_MIN
 from gptcli.errors import UsageError
 from gptcli.settings import flag, invalid
 
@@ -105,13 +105,7 @@ class SampleSettings:
     )
     device: str = shared.device_flag()
     threads: int | None = shared.threads_flag()
-    dtype: str = flag(
-        "fp32",
-        choices=DTYPES,
-        help="Weights' dtype: fp32 (exactly the reference), bf16 (faster on CPUs with native bf16; greedy text "
-        "drifts from fp32's after a while), int8 (CPU only: int8 matrices, a quarter of fp32's bytes; drifts "
-        "sooner) or auto (bf16 where native on CPU, else fp32).",
-    )
+    dtype: str = shared.dtype_flag()
     no_cache: bool = flag(
         False, flags=("--no-cache",), help="Re-run the whole context for every token (slow; for checking)."
     )

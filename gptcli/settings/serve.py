@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptcli import settings as shared
-from gptcli.config import DTYPES
 from gptcli.errors import UsageError
 from gptcli.settings import flag, invalid
 
@@ -53,11 +52,7 @@ class ServeSettings:
     )
     device: str = shared.device_flag()
     threads: int | None = shared.threads_flag()
-    dtype: str = flag(
-        "fp32",
-        choices=DTYPES,
-        help="Weights' dtype: fp32 (exactly gptcli sample's default), bf16 or auto, as gptcli sample.",
-    )
+    dtype: str = shared.dtype_flag()
     quiet: bool = shared.quiet_flag("No notes on stderr (the URL on stdout and warnings still print).")
 
     def __post_init__(self) -> None:
