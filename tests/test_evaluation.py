@@ -207,6 +207,13 @@ def test_eval_dtype_measures_the_faster_modes_loss(tmp_path):
                 for xb, yb in zip(x.split(8), y.split(8))
             ]
         assert abs(res["loss"] - sum(means) / len(means)) < 1e-6, dtype
+        table = invoke("eval", str(VERDICT), "-c", str(path), "--dtype", dtype, "-q")
+        assert table.exit_code == 0 and f"{res['loss']:.4f}" in table.stdout
+        assert "dtype" in next(line for line in table.stdout.splitlines() if "method" in line)
+    header = next(
+        line for line in invoke("eval", str(VERDICT), "-c", str(path), "-q").stdout.splitlines() if "method" in line
+    )
+    assert "dtype" not in header  # fp32: the book's table as it was
 
 
 def test_eval_dtype_is_refused_where_it_does_not_apply(tmp_path):

@@ -203,3 +203,34 @@ def test_hf_mismatches_name_each_tensor(tmp_path):
     (tmp_path / "hf" / "config.json").write_text(json.dumps({**conf, "activation_function": "relu"}))
     with pytest.raises(CheckpointError, match="activation_function='relu' is not supported"):
         convert(tmp_path / "hf", tmp_path / "o.pth")
+
+
+def test_fp32_greedy_with_products_split_across_threads_matches_transformers(tmp_path, two_threads):
+    """GPT-2's width, on 2 threads: sample's fp32 products run one block of columns per thread
+    (gptcli.quantize.SplitLinear), and the greedy tokens are still transformers' own."""
+    from gptcli.generation import generate
+    from gptcli.inference import load_model_for_inference
+    from gptcli.quantize import SplitLinear
+    from gptcli.weights.openai import convert_openai
+
+    cfg = tiny_openai_cfg(context_length=64, emb_dim=768, n_heads=12, n_layers=2)
+    tensors = random_openai_tensors(cfg, seed=13)
+    for name in tensors:  # as above: text that depends on the context, top tokens close
+        if not name.endswith(("/g", "/b", "wte")):
+            tensors[name] = tensors[name] * 10
+    out = convert_openai(write_openai_dir(tmp_path / "124M", cfg, tensors), tmp_path / "model.pth")
+    net = load_model_for_inference(None, str(out), device="cpu").net
+    splits = [m for m in net.modules() if isinstance(m, SplitLinear)]
+    assert len(splits) == 4 * 2 + 1 and all(m.parts(1) == 2 for m in splits)
+    ids = encode("Every effort moves you")
+    ours = generate(net, torch.tensor([ids]), max_new_tokens=40)[0]
+    hf = hf_model_from_openai(cfg, tensors)
+    with torch.no_grad():
+        ref = hf.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=40,
+            do_sample=False,
+            pad_token_id=EOT_ID,
+        )[0, len(ids) :].tolist()
+    assert ours == ref

@@ -60,6 +60,9 @@ def hellaswag_command(
     }
     head = ["checkpoint", "task", "examples", "acc", "acc_norm"]
     row = [str(loaded.path), "hellaswag", f"{res.examples:,}", f"{res.acc:.4f}", f"{res.acc_norm:.4f}"]
+    if dtype != "fp32":
+        head.insert(2, "dtype")
+        row.insert(2, dtype)
     return _print_result(result, head, row, json_out=json_out)
 
 
@@ -196,6 +199,9 @@ def eval_command(s: EvalSettings) -> dict[str, Any]:
     }
     head = ["checkpoint", "method", "tokens", "loss", "perplexity"]
     row = [str(loaded.path), res.method, f"{res.tokens:,}", f"{res.loss:.4f}", f"{res.perplexity:.2f}"]
+    if s.dtype != "fp32":  # a faster mode's figures say so
+        head.insert(2, "dtype")
+        row.insert(2, s.dtype)
     return _print_result(result, head, row, json_out=s.json_out)
 
 
